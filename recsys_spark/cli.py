@@ -1,0 +1,81 @@
+"""`python -m recsys_spark <stage> [--config conf/local.yaml] [--set key=value ...]`.
+
+Stages: generate, ingest, features, train, score, evaluate, nightly (ingest..evaluate in order),
+show (a few users' latest recommendations with item names).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from recsys_spark import config as config_mod
+
+STAGES = ["generate", "ingest", "features", "train", "score", "evaluate", "nightly", "show"]
+NIGHTLY = ["ingest", "features", "train", "score", "evaluate"]
+
+
+def parse_args(argv: list[str] | None = None, stage: str | None = None) -> tuple[str, config_mod.Config, argparse.Namespace]:
+    p = argparse.ArgumentParser(prog="python -m recsys_spark", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    if stage is None:
+        p.add_argument("stage", choices=STAGES)
+    p.add_argument("--config", default=None,
+                   help="YAML config (default: conf/local.yaml when it exists, else built-in defaults)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+    p.add_argument("--users", type=int, default=5, help="show: how many users to print")
+    args = p.parse_args(argv)
+    path = args.config
+    if path is None and os.path.isfile("conf/local.yaml"):
+        path = "conf/local.yaml"
+    cfg = config_mod.load(path, args.overrides)
+    return stage or args.stage, cfg, args
+
+
+def run_stage(spark, cfg: config_mod.Config, stage: str, args: argparse.Namespace | None = None):
+    from recsys_spark import evaluate, features, ingest, score, show, train
+
+    fn = {"ingest": ingest.run, "features": features.run, "train": train.run, "score": score.run,
+          "evaluate": evaluate.run}.get(stage)
+    if stage == "show":
+        return show.run(spark, cfg, getattr(args, "users", 5))
+    if stage == "nightly":
+        timings = {}
+        for s in NIGHTLY:
+            t0 = time.time()
+            print(f"=== {s} ===", flush=True)
+            run_stage(spark, cfg, s)
+            timings[s] = time.time() - t0
+        print("nightly stage wall times: " + ", ".join(f"{s} {t:.1f}s" for s, t in timings.items()), flush=True)
+        return timings
+    return fn(spark, cfg)
+
+
+def main(argv: list[str] | None = None, stage: str | None = None) -> int:
+    try:
+        stage, cfg, args = parse_args(argv, stage)
+    except config_mod.ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return 2
+    if stage == "generate":
+        from recsys_spark.generate import generate
+
+        t0 = time.time()
+        summary = generate(cfg.generate, cfg.paths.raw)
+        print(f"generated {summary['events']} events for {summary['users']} users and {summary['items']} items "
+              f"in {time.time() - t0:.1f}s -> {cfg.paths.raw}", flush=True)
+        return 0
+    from recsys_spark.ingest import IngestError
+    from recsys_spark.session import build_spark
+
+    spark = build_spark(cfg.spark)
+    try:
+        run_stage(spark, cfg, stage, args)
+    except (IngestError, FileNotFoundError, ValueError) as exc:
+        print(f"error in {stage}: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        spark.stop()
+    return 0

@@ -1,0 +1,311 @@
+"""Typed, validated configuration.
+
+A config file is YAML whose top-level sections map onto the frozen dataclasses below. Loading is
+strict: an unknown section or key, or a value of the wrong type, raises :class:`ConfigError` naming
+the exact key, so a typo in a nightly config fails at start-up instead of silently using a default.
+
+Overrides use dotted keys with YAML values: ``--set train.epochs=3 --set spark.master=local[1]``.
+Relative paths in ``paths`` are resolved against the current directory at load time, so a config is
+unambiguous once loaded (executors receive absolute paths).
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key and what was expected."""
+
+
+@dataclass(frozen=True)
+class SparkConfig:
+    master: str = "local[2]"
+    app_name: str = "recsys-spark"
+    shuffle_partitions: int = 4
+    # Resolve the Delta jars with spark.jars.packages (False when the cluster already has them,
+    # e.g. Databricks, or when spark-submit --packages supplies them).
+    delta_packages: bool = True
+    log_level: str = "WARN"
+    conf: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    # Root of the lakehouse: Delta tables live under <root>/tables, checkpoints under <root>/models.
+    root: str = "data/local"
+    # Where `generate` writes the raw synthetic shop and where `ingest` reads raw files from,
+    # unless ingest.events / users / items name other locations.
+    raw: str = "data/local/raw"
+
+
+@dataclass(frozen=True)
+class GenerateConfig:
+    users: int = 2000
+    items: int = 400
+    events: int = 120_000
+    categories: int = 16
+    seed: int = 7
+    formats: list[str] = field(default_factory=lambda: ["parquet"])
+    # Share of event rows deliberately corrupted (null ids, bad timestamps, unknown types) so the
+    # demo exercises quarantine; 0 for clean data.
+    corrupt_fraction: float = 0.0
+    with_ratings: bool = False
+    start_date: str = "2026-01-01"
+    days: int = 180
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    # Paths (file, directory or glob) of raw inputs; empty means <paths.raw>/events etc.
+    events: str = ""
+    users: str = ""
+    items: str = ""
+    # csv | parquet | json | auto (from the file extension)
+    format: str = "auto"
+    # Timestamp strings are parsed with this pattern; numbers are unix seconds.
+    timestamp_format: str = "yyyy-MM-dd HH:mm:ss"
+    event_types: list[str] = field(default_factory=lambda: ["view", "add_to_cart", "purchase", "rating"])
+
+
+@dataclass(frozen=True)
+class FeaturesConfig:
+    event_weights: dict[str, float] = field(
+        default_factory=lambda: {"view": 1.0, "add_to_cart": 3.0, "purchase": 5.0, "rating": 2.0}
+    )
+    half_life_days: float = 30.0
+    # Event types that enter the behaviour sequence (consecutive repeats of one item are collapsed).
+    sequence_event_types: list[str] = field(
+        default_factory=lambda: ["view", "add_to_cart", "purchase", "rating"]
+    )
+    max_seq_len: int = 50
+    # leave_last_out: last item test, second-to-last validation. time: events at or after
+    # time_cutoff are held out; each user's first held-out item is the test target.
+    split: str = "leave_last_out"
+    time_cutoff: Optional[str] = None
+    # Files of the training table; more files than Horovod ranks keeps shards balanced.
+    train_files: int = 8
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    num_proc: int = 2
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 0.002
+    weight_decay: float = 0.0
+    d_model: int = 64
+    n_heads: int = 2
+    n_layers: int = 2
+    dropout: float = 0.2
+    use_profile: bool = True
+    use_content: bool = True
+    seed: int = 42
+    # Torch intra-op threads per rank (ranks share the executor's cores).
+    threads_per_rank: int = 1
+
+
+@dataclass(frozen=True)
+class ScoreConfig:
+    k: int = 10
+    # YYYY-MM-DD; empty means today (UTC).
+    run_date: str = ""
+    # Users scored per torch batch on an executor.
+    batch_users: int = 1024
+    # Empty means the most recent checkpoint under <paths.root>/models.
+    model_run_id: str = ""
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    ks: list[int] = field(default_factory=lambda: [10, 20])
+
+
+@dataclass(frozen=True)
+class Config:
+    spark: SparkConfig = field(default_factory=SparkConfig)
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    generate: GenerateConfig = field(default_factory=GenerateConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    score: ScoreConfig = field(default_factory=ScoreConfig)
+    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+
+    def __post_init__(self) -> None:
+        _check_values(self)
+
+    @property
+    def tables_dir(self) -> str:
+        return os.path.join(self.paths.root, "tables")
+
+    @property
+    def models_dir(self) -> str:
+        return os.path.join(self.paths.root, "models")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_values(cfg: Config) -> None:
+    """Checks that go beyond types: ranges and enumerations."""
+    f, t = cfg.features, cfg.train
+    if f.split not in ("leave_last_out", "time"):
+        raise ConfigError(f"features.split: expected 'leave_last_out' or 'time', got {f.split!r}")
+    if f.split == "time" and not f.time_cutoff:
+        raise ConfigError("features.time_cutoff: required when features.split is 'time' (e.g. '2026-06-01')")
+    if f.half_life_days <= 0:
+        raise ConfigError(f"features.half_life_days: must be > 0, got {f.half_life_days}")
+    if f.max_seq_len < 2:
+        raise ConfigError(f"features.max_seq_len: must be >= 2, got {f.max_seq_len}")
+    if t.num_proc < 1:
+        raise ConfigError(f"train.num_proc: must be >= 1, got {t.num_proc}")
+    if t.d_model % t.n_heads:
+        raise ConfigError(f"train.d_model ({t.d_model}) must be divisible by train.n_heads ({t.n_heads})")
+    if cfg.score.k < 1:
+        raise ConfigError(f"score.k: must be >= 1, got {cfg.score.k}")
+    if cfg.ingest.format not in ("auto", "csv", "parquet", "json"):
+        raise ConfigError(f"ingest.format: expected auto|csv|parquet|json, got {cfg.ingest.format!r}")
+    for fmt in cfg.generate.formats:
+        if fmt not in ("csv", "parquet", "json"):
+            raise ConfigError(f"generate.formats: unknown format {fmt!r} (use csv, parquet, json)")
+
+
+# ----------------------------------------------------------------------------------------------
+# Loading and type checking
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Return value checked against the annotation tp, or raise ConfigError naming key."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], key)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list of {_type_name(args[0])}, got {value!r}")
+        return [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return {_coerce(k, args[0], f"{key} key"): _coerce(v, args[1], f"{key}.{k}") for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if isinstance(value, (dict, list)) or value is None:
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return str(value)
+    raise ConfigError(f"{key}: unsupported config type {tp}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"unknown config key(s): {', '.join(where + u for u in unknown)}; "
+            f"valid keys{' in ' + prefix if prefix else ''}: {', '.join(sorted(names))}"
+        )
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value or {}, key)
+        else:
+            kwargs[name] = _coerce(value, tp, key)
+    return cls(**kwargs)
+
+
+def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {part} is not a section")
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """'train.epochs=3' -> ('train.epochs', 3). The value is parsed as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. train.epochs=3")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--set {key}: cannot parse value {raw!r}: {exc}") from None
+    return key.strip(), value
+
+
+def _resolve_paths(cfg: Config, base: Path) -> Config:
+    def absolute(p: str) -> str:
+        if not p or "://" in p or p.startswith("dbfs:"):
+            return p
+        return str((base / p).resolve()) if not os.path.isabs(p) else p
+
+    paths = dataclasses.replace(cfg.paths, root=absolute(cfg.paths.root), raw=absolute(cfg.paths.raw))
+    ingest = dataclasses.replace(
+        cfg.ingest,
+        events=absolute(cfg.ingest.events) if cfg.ingest.events else os.path.join(paths.raw, "events"),
+        users=absolute(cfg.ingest.users) if cfg.ingest.users else "",
+        items=absolute(cfg.ingest.items) if cfg.ingest.items else "",
+    )
+    return dataclasses.replace(cfg, paths=paths, ingest=ingest)
+
+
+def load(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
+    """Load a YAML config (or the defaults when path is None) and apply dotted overrides.
+
+    Raises ConfigError for a missing file, unknown key, wrong type or out-of-range value.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p} (pass --config conf/local.yaml or another file in conf/)")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{p}: not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{p}: expected a mapping of sections at the top level")
+    for text in overrides or []:
+        key, value = parse_override(text)
+        _set_dotted(data, key, value)
+    cfg = _build(Config, data, "")
+    return _resolve_paths(cfg, Path.cwd())
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config from Config.to_dict() output (e.g. stored in a checkpoint)."""
+    return _build(Config, data, "")

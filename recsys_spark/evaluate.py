@@ -1,0 +1,116 @@
+"""Evaluation: Recall@K and NDCG@K with full ranking and seen items removed.
+
+Protocol (leave-last-out): the model sees each test user's history up to, but not including, the
+test target (training items + validation target), ranks every item in the catalog except the ones
+in that history, and is scored on where the single test target lands. Popularity counts come from
+the same histories, never from test targets.
+
+`recall_at_k` / `ndcg_at_k` are the numpy reference; `spark_metrics` computes the same numbers in
+Spark from a (user_idx, rank, item_idx) table.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timezone
+
+import numpy as np
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from recsys_spark import schema, tables
+from recsys_spark.config import Config
+from recsys_spark.score import attention_topk, popularity_topk
+
+
+def recall_at_k(ranked: np.ndarray, targets: np.ndarray, k: int) -> float:
+    """ranked (U, >=k) item ids best first; targets (U,) one held-out item per user."""
+    return float(np.mean((ranked[:, :k] == targets[:, None]).any(axis=1)))
+
+
+def ndcg_at_k(ranked: np.ndarray, targets: np.ndarray, k: int) -> float:
+    """With one relevant item the ideal DCG is 1, so NDCG = 1 / log2(rank + 1) if rank <= k else 0."""
+    hits = ranked[:, :k] == targets[:, None]
+    gains = hits / np.log2(np.arange(2, k + 2))[None, :]
+    return float(np.mean(gains.sum(axis=1)))
+
+
+def spark_metrics(recs: DataFrame, targets: DataFrame, ks: list[int]) -> dict[str, float]:
+    """recs: user_idx, rank, item_idx; targets: user_idx, target. Users without a hit count as 0.
+
+    Returns {"recall@k": ..., "ndcg@k": ..., "n_users": ...} averaged over all target users.
+    """
+    hit = (targets.join(recs, (recs.user_idx == targets.user_idx) & (recs.item_idx == targets.target), "left")
+           .select(targets.user_idx, F.col("rank")))
+    aggs = [F.count("*").alias("n_users")]
+    for k in ks:
+        inside = F.col("rank").isNotNull() & (F.col("rank") <= k)
+        aggs.append(F.avg(F.when(inside, 1.0).otherwise(0.0)).alias(f"recall@{k}"))
+        aggs.append(F.avg(F.when(inside, 1.0 / F.log2(F.col("rank") + 1.0)).otherwise(0.0)).alias(f"ndcg@{k}"))
+    row = hit.agg(*aggs).first().asDict()
+    return {key: (int(v) if key == "n_users" else float(v or 0.0)) for key, v in row.items()}
+
+
+def test_users(spark: SparkSession, cfg: Config, versions: dict | None = None) -> DataFrame:
+    """user_idx, input (= seen: history before the test target), target, profile columns."""
+    v = versions or {}
+    root = cfg.tables_dir
+    seqs = tables.read(spark, tables.path(root, schema.SEQUENCES), v.get(schema.SEQUENCES))
+    prof = tables.read(spark, tables.path(root, schema.USER_PROFILE), v.get(schema.USER_PROFILE))
+    hist = F.when(F.col("valid_target").isNotNull(),
+                  F.concat("train_items", F.array("valid_target"))).otherwise(F.col("train_items"))
+    return (seqs.where(F.col("test_target").isNotNull())
+            .select("user_idx", hist.alias("input"), hist.alias("seen"), F.col("test_target").alias("target"))
+            .join(prof.select("user_idx", "profile_cat", "profile_num"), "user_idx", "left"))
+
+
+def popularity_counts(users: DataFrame, n_items: int) -> np.ndarray:
+    """Interaction counts per item over the users' input histories (dense, index = item_idx)."""
+    counts = np.zeros(n_items, dtype=np.float64)
+    for r in users.select(F.explode("input").alias("item_idx")).groupBy("item_idx").count().collect():
+        if 0 <= r.item_idx < n_items:
+            counts[r.item_idx] = r["count"]
+    return counts
+
+
+def run(spark: SparkSession, cfg: Config) -> dict:
+    """Evaluate the latest checkpoint and popularity on the test split; append to the metrics table."""
+    from recsys_spark.train import latest_checkpoint, load_checkpoint
+
+    ckpt_path = latest_checkpoint(cfg.models_dir, cfg.score.model_run_id)
+    model, ckpt = load_checkpoint(ckpt_path)
+    ks = sorted(set(cfg.evaluate.ks))
+    kmax = max(ks)
+    users = test_users(spark, cfg).persist()
+    n_users = users.count()
+    if n_users == 0:
+        raise ValueError("no user has a test target (needs 3+ items with leave_last_out); nothing to evaluate")
+    targets = users.select("user_idx", "target")
+    results = {}
+    timings = {}
+    t0 = time.time()
+    recs = attention_topk(users, ckpt_path, kmax, cfg.score.batch_users)
+    results["attention"] = spark_metrics(recs, targets, ks)
+    timings["attention"] = time.time() - t0
+    t0 = time.time()
+    pop = popularity_counts(users, model.cfg.n_items)
+    results["popularity"] = spark_metrics(popularity_topk(users, pop, kmax), targets, ks)
+    timings["popularity"] = time.time() - t0
+    users.unpersist()
+
+    eval_id = "eval-" + uuid.uuid4().hex[:12]
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    rows = []
+    for name, m in results.items():
+        for k in ks:
+            for metric in ("recall", "ndcg"):
+                rows.append((eval_id, ckpt["run_id"], name, metric, k, m[f"{metric}@{k}"], m["n_users"],
+                             "test", now))
+    loc = tables.path(cfg.tables_dir, schema.METRICS)
+    tables.append(spark.createDataFrame(rows, schema.METRICS_SCHEMA), loc)
+    header = f"{'model':<12}" + "".join(f"{f'{m}@{k}':>12}" for k in ks for m in ("recall", "ndcg"))
+    print(f"evaluate {eval_id} (model {ckpt['run_id']}, {n_users} test users, full ranking, seen removed):")
+    print(header)
+    for name, m in results.items():
+        print(f"{name:<12}" + "".join(f"{m[f'{metric}@{k}']:>12.4f}" for k in ks for metric in ("recall", "ndcg")))
+    return {"eval_id": eval_id, "model_run_id": ckpt["run_id"], "metrics": results, "seconds": timings}

@@ -1,0 +1,75 @@
+"""Table names, column names and schemas: names live here and nowhere else."""
+from __future__ import annotations
+
+from pyspark.sql import types as T
+
+# Raw input columns. user_id, item_id, event_type and timestamp are required; the rest optional.
+REQUIRED_EVENT_COLUMNS = ("user_id", "item_id", "event_type", "timestamp")
+OPTIONAL_EVENT_COLUMNS = ("event_id", "rating")
+USER_ATTRIBUTE_COLUMNS = ("age_band", "gender", "region")
+ITEM_ATTRIBUTE_COLUMNS = ("category", "brand")
+
+# Delta tables, relative to <paths.root>/tables.
+EVENTS = "bronze/events"
+QUARANTINE = "bronze/quarantine"
+USERS = "silver/users"
+ITEMS = "silver/items"
+USER_INDEX = "gold/user_index"
+ITEM_INDEX = "gold/item_index"
+ATTRIBUTE_INDEX = "gold/attribute_index"
+USER_ITEM = "gold/user_item"
+USER_PROFILE = "gold/user_profile"
+ITEM_CONTENT = "gold/item_content"
+SEQUENCES = "gold/sequences"
+TRAIN_EXAMPLES = "gold/train_examples"
+RECOMMENDATIONS = "gold/recommendations"
+METRICS = "gold/metrics"
+RUNS = "gold/runs"
+
+EVENTS_SCHEMA = T.StructType(
+    [
+        T.StructField("event_id", T.StringType(), False),
+        T.StructField("user_id", T.StringType(), False),
+        T.StructField("item_id", T.StringType(), False),
+        T.StructField("event_type", T.StringType(), False),
+        T.StructField("ts", T.TimestampType(), False),
+        T.StructField("rating", T.DoubleType(), True),
+        T.StructField("source_file", T.StringType(), True),
+        T.StructField("ingest_run_id", T.StringType(), False),
+    ]
+)
+
+QUARANTINE_SCHEMA = T.StructType(
+    [
+        T.StructField("reason", T.StringType(), False),
+        T.StructField("source_file", T.StringType(), True),
+        T.StructField("raw", T.StringType(), True),  # the offending row as JSON of its raw values
+        T.StructField("ingest_run_id", T.StringType(), False),
+        T.StructField("quarantined_at", T.TimestampType(), False),
+    ]
+)
+
+RECOMMENDATIONS_SCHEMA = T.StructType(
+    [
+        T.StructField("user_id", T.StringType(), False),
+        T.StructField("rank", T.IntegerType(), False),
+        T.StructField("item_id", T.StringType(), False),
+        T.StructField("score", T.FloatType(), False),
+        T.StructField("model_run_id", T.StringType(), False),
+        T.StructField("run_date", T.DateType(), False),
+    ]
+)
+
+METRICS_SCHEMA = T.StructType(
+    [
+        T.StructField("eval_run_id", T.StringType(), False),
+        T.StructField("model_run_id", T.StringType(), True),
+        T.StructField("model", T.StringType(), False),
+        T.StructField("metric", T.StringType(), False),
+        T.StructField("k", T.IntegerType(), False),
+        T.StructField("value", T.DoubleType(), False),
+        T.StructField("n_users", T.LongType(), False),
+        T.StructField("split", T.StringType(), False),
+        T.StructField("evaluated_at", T.TimestampType(), False),
+    ]
+)

@@ -1,0 +1,44 @@
+"""The only place a SparkSession is built. Delta Lake is always on."""
+from __future__ import annotations
+
+import os
+import sys
+
+from pyspark.sql import SparkSession
+
+from recsys_spark.config import SparkConfig
+
+DELTA_PACKAGE = "io.delta:delta-spark_2.12:3.3.2"
+
+
+def build_spark(cfg: SparkConfig) -> SparkSession:
+    """Return a SparkSession with Delta Lake enabled.
+
+    Under spark-submit or on Databricks the master and packages given there win; this function only
+    adds what is missing. In local mode executors run this interpreter, so the package resolves.
+    """
+    # Python workers must run the same interpreter (and so the same torch/petastorm) as the driver.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    builder = (
+        SparkSession.builder.appName(cfg.app_name)
+        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+        .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
+        .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
+        .config("spark.sql.session.timeZone", "UTC")
+        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.databricks.delta.snapshotPartitions", "2")
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    )
+    # Under spark-submit the JVM is already up (PYSPARK_GATEWAY_PORT is set) with the master and
+    # packages given on its command line; setting them again would be ignored or, worse, override.
+    submitted = "PYSPARK_GATEWAY_PORT" in os.environ
+    if cfg.master and not submitted:
+        builder = builder.master(cfg.master)
+    for key, value in cfg.conf.items():
+        builder = builder.config(key, value)
+    if cfg.delta_packages and not submitted:
+        builder = builder.config("spark.jars.packages", DELTA_PACKAGE)
+    spark = builder.getOrCreate()
+    spark.sparkContext.setLogLevel(cfg.log_level)
+    return spark

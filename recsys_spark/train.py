@@ -1,0 +1,269 @@
+"""Training: a Horovod rank's loop over its Petastorm shard, and the Spark launcher.
+
+The launcher pins the training table's Delta version, resolves that version's active parquet
+files through Spark, and hands only plain picklable values (file URLs, config dicts, paths) to
+`horovod.spark.run`. Each rank reads a disjoint shard of row groups with Petastorm's
+`make_batch_reader(cur_shard=rank, shard_count=size)`, averages gradients with Horovod, and rank 0
+writes a self-describing checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from typing import Iterator, Optional
+
+import numpy as np
+
+TRAIN_COLUMNS = ["user_idx", "window", "input", "target", "profile_cat", "profile_num"]
+
+
+@dataclass
+class TrainJob:
+    """Everything a rank needs, as plain values (it is pickled to the executors)."""
+    files: list[str]
+    model_config: dict
+    item_category: list[int]
+    train_config: dict
+    full_config: dict
+    data_versions: dict
+    steps_per_epoch: int
+    checkpoint_dir: str
+    run_id: str
+
+
+def _stack(column) -> np.ndarray:
+    if isinstance(column, np.ndarray) and column.dtype != object:
+        return column
+    return np.stack([np.asarray(x) for x in column])
+
+
+def shard_batches(files: list[str], rank: int, size: int, batch_size: int, seed: int,
+                  num_epochs: Optional[int] = None, columns: Optional[list[str]] = None) -> Iterator[dict]:
+    """Yield fixed-size dicts of numpy arrays from this rank's shard of the parquet files.
+
+    The shard is every size-th row group (Petastorm's sharding), so shards of different ranks
+    are disjoint and together cover the files. Rows are shuffled within a buffer with a seeded
+    generator; num_epochs=None repeats the shard forever.
+    """
+    import warnings
+
+    from petastorm import make_batch_reader
+
+    # petastorm 0.12 uses pyarrow's legacy dataset API (the reason pyarrow is pinned < 15); its
+    # deprecation warnings are known and would otherwise flood every rank's log.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
+    rng = np.random.default_rng(seed + rank)
+    buf: dict[str, list] = {}
+    n_buf = 0
+    with make_batch_reader(files, cur_shard=rank, shard_count=size, num_epochs=num_epochs,
+                           shuffle_row_groups=True, seed=seed, reader_pool_type="dummy",
+                           schema_fields=columns or TRAIN_COLUMNS) as reader:
+        for batch in reader:
+            d = batch._asdict()
+            for name, col in d.items():
+                buf.setdefault(name, []).append(_stack(col))
+            n_buf += len(next(iter(d.values())))
+            if n_buf < batch_size * 4 and num_epochs is None:
+                continue
+            merged = {k: np.concatenate(v) for k, v in buf.items()}
+            perm = rng.permutation(n_buf)
+            full = (n_buf // batch_size) * batch_size
+            for lo in range(0, full, batch_size):
+                yield {k: v[perm[lo: lo + batch_size]] for k, v in merged.items()}
+            rest = perm[full:]
+            buf = {k: [v[rest]] for k, v in merged.items()}
+            n_buf = len(rest)
+        if n_buf:
+            merged = {k: np.concatenate(v) for k, v in buf.items()}
+            yield merged
+
+
+def train_steps(model, optimizer, batches: Iterator[dict], steps: int, use_profile: bool) -> float:
+    """Run `steps` optimizer steps; return the mean loss. Works with any iterator of batches."""
+    import torch
+
+    model.train()
+    total = 0.0
+    for _ in range(steps):
+        b = next(batches)
+        seq = torch.as_tensor(b["input"], dtype=torch.long)
+        tgt = torch.as_tensor(b["target"], dtype=torch.long)
+        pc = torch.as_tensor(b["profile_cat"], dtype=torch.long) if use_profile else None
+        pn = torch.as_tensor(b["profile_num"], dtype=torch.float32) if use_profile else None
+        _, loss = model(seq, tgt, pc, pn)
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        optimizer.step()
+        total += float(loss)
+    return total / max(1, steps)
+
+
+def worker(job: TrainJob) -> dict:
+    """One Horovod rank. Returns per-epoch losses, timings and the rank's final weight checksum."""
+    import horovod.torch as hvd
+    import torch
+
+    from recsys_spark.model import AttentionRecommender, ModelConfig
+
+    hvd.init()
+    tc = job.train_config
+    torch.set_num_threads(int(tc["threads_per_rank"]))
+    torch.manual_seed(int(tc["seed"]))
+    np.random.seed(int(tc["seed"]))
+    mcfg = ModelConfig(**job.model_config)
+    model = AttentionRecommender(mcfg, torch.as_tensor(job.item_category, dtype=torch.long))
+    opt = torch.optim.AdamW(model.parameters(), lr=float(tc["lr"]) * hvd.size() ** 0.5,
+                            weight_decay=float(tc["weight_decay"]))
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    hvd.broadcast_optimizer_state(opt, root_rank=0)
+    opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())
+    batches = shard_batches(job.files, hvd.rank(), hvd.size(), int(tc["batch_size"]), int(tc["seed"]))
+    history = []
+    for epoch in range(int(tc["epochs"])):
+        t0 = time.time()
+        loss = train_steps(model, opt, batches, job.steps_per_epoch, mcfg.use_profile)
+        loss = float(hvd.allreduce(torch.tensor(loss), name="epoch_loss"))
+        history.append({"epoch": epoch + 1, "loss": loss, "seconds": round(time.time() - t0, 3)})
+        if hvd.rank() == 0:
+            print(f"[train {job.run_id}] epoch {epoch + 1}/{tc['epochs']} loss {loss:.4f} "
+                  f"({history[-1]['seconds']:.1f}s, {job.steps_per_epoch} steps x {hvd.size()} ranks)", flush=True)
+    batches.close()  # closes the Petastorm reader
+    checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
+    if hvd.rank() == 0:
+        save_checkpoint(job, model, history)
+    rank = hvd.rank()
+    hvd.shutdown()
+    return {"rank": rank, "history": history, "checksum": checksum}
+
+
+def save_checkpoint(job: TrainJob, model, history: list) -> str:
+    """Write <checkpoint_dir>/<run_id>/{model.pt,manifest.json} atomically (rename of a temp dir)."""
+    import torch
+
+    final = os.path.join(job.checkpoint_dir, job.run_id)
+    tmp = final + ".tmp-" + uuid.uuid4().hex[:6]
+    os.makedirs(tmp)
+    manifest = {
+        "run_id": job.run_id,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "model_config": job.model_config,
+        "train_config": job.train_config,
+        "data_versions": job.data_versions,
+        "history": history,
+    }
+    torch.save({"state_dict": model.state_dict(), **manifest, "config": job.full_config},
+               os.path.join(tmp, "model.pt"))
+    with open(os.path.join(tmp, "manifest.json"), "w") as fh:
+        json.dump(manifest, fh, indent=2)
+    os.rename(tmp, final)
+    return final
+
+
+def load_checkpoint(path: str):
+    """Rebuild (model in eval mode, checkpoint dict) from a checkpoint directory alone."""
+    import torch
+
+    from recsys_spark.model import AttentionRecommender, ModelConfig
+
+    ckpt = torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=False)
+    mcfg = ModelConfig(**ckpt["model_config"])
+    model = AttentionRecommender(mcfg, ckpt["state_dict"]["item_category"])
+    model.load_state_dict(ckpt["state_dict"])
+    model.eval()
+    return model, ckpt
+
+
+def latest_checkpoint(models_dir: str, run_id: str = "") -> str:
+    """The checkpoint directory of run_id, or the newest complete one under models_dir."""
+    if run_id:
+        path = os.path.join(models_dir, run_id)
+        if not os.path.isfile(os.path.join(path, "manifest.json")):
+            raise FileNotFoundError(f"no checkpoint {run_id} under {models_dir} (score.model_run_id)")
+        return path
+    runs = []
+    if os.path.isdir(models_dir):
+        for name in os.listdir(models_dir):
+            m = os.path.join(models_dir, name, "manifest.json")
+            if os.path.isfile(m):
+                with open(m) as fh:
+                    runs.append((json.load(fh)["created_at"], name))
+    if not runs:
+        raise FileNotFoundError(f"no trained model under {models_dir}; run the 'train' stage first")
+    return os.path.join(models_dir, max(runs)[1])
+
+
+# ------------------------------------------------------------------------------------------------
+# Driver side
+
+
+def prepare(spark, cfg) -> TrainJob:
+    """Pin table versions, resolve active files, and size the model from the data."""
+    from pyspark.sql import functions as F
+
+    from recsys_spark import schema, tables
+
+    root = cfg.tables_dir
+    train_path = tables.path(root, schema.TRAIN_EXAMPLES)
+    tables.require(spark, train_path, "features")
+    versions = {name: tables.version(spark, tables.path(root, name))
+                for name in (schema.TRAIN_EXAMPLES, schema.ITEM_CONTENT, schema.ITEM_INDEX, schema.USER_PROFILE,
+                             schema.SEQUENCES, schema.EVENTS)}
+    files = tables.active_files(spark, train_path, versions[schema.TRAIN_EXAMPLES])
+    tc = cfg.train
+    if len(files) < tc.num_proc:
+        raise ValueError(f"the training table has {len(files)} file(s) but train.num_proc is {tc.num_proc}: "
+                         f"every rank needs its own shard. Raise features.train_files (now "
+                         f"{cfg.features.train_files}) to at least {tc.num_proc} and re-run features.")
+    train_df = tables.read(spark, train_path, versions[schema.TRAIN_EXAMPLES])
+    n_rows = train_df.count()
+    if n_rows == 0:
+        raise ValueError(f"the training table {train_path} is empty: no user has 2+ items in the training split")
+    content = tables.read(spark, tables.path(root, schema.ITEM_CONTENT), versions[schema.ITEM_CONTENT])
+    cats = content.select("item_idx", "category_idx").collect()
+    n_items = max(r.item_idx for r in cats) + 1
+    item_category = [0] * n_items
+    for r in cats:
+        item_category[r.item_idx] = int(r.category_idx)
+    prof = tables.read(spark, tables.path(root, schema.USER_PROFILE), versions[schema.USER_PROFILE])
+    stats = prof.select(*[F.max(F.col("profile_cat")[i]).alias(f"c{i}") for i in range(3)],
+                        F.max(F.size("profile_num")).alias("n_num")).first()
+    model_config = {
+        "n_items": n_items, "max_len": cfg.features.max_seq_len, "d_model": tc.d_model,
+        "n_heads": tc.n_heads, "n_layers": tc.n_layers, "dropout": tc.dropout,
+        "n_categories": max(item_category) + 1,
+        "attr_cardinalities": [int(stats[f"c{i}"] or 0) + 1 for i in range(3)],
+        "n_profile_num": int(stats["n_num"] or 0),
+        "use_profile": tc.use_profile, "use_content": tc.use_content,
+    }
+    run_id = "attn-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    return TrainJob(
+        files=files, model_config=model_config, item_category=item_category,
+        train_config=asdict(tc), full_config=cfg.to_dict(), data_versions=versions,
+        steps_per_epoch=max(1, math.ceil(n_rows / (tc.batch_size * tc.num_proc))),
+        checkpoint_dir=cfg.models_dir, run_id=run_id,
+    )
+
+
+def run(spark, cfg) -> dict:
+    """Train with Horovod on Spark executors; return rank results and the checkpoint path."""
+    import horovod.spark
+
+    job = prepare(spark, cfg)
+    os.makedirs(job.checkpoint_dir, exist_ok=True)
+    print(f"train {job.run_id}: {len(job.files)} files of {cfg.tables_dir}/gold/train_examples at version "
+          f"{job.data_versions['gold/train_examples']}, {cfg.train.num_proc} Horovod ranks, "
+          f"{job.steps_per_epoch} steps/epoch", flush=True)
+    t0 = time.time()
+    results = horovod.spark.run(worker, args=(job,), num_proc=cfg.train.num_proc, use_gloo=True,
+                                start_timeout=600, verbose=0)
+    elapsed = time.time() - t0
+    path = os.path.join(job.checkpoint_dir, job.run_id)
+    print(f"train {job.run_id}: done in {elapsed:.1f}s, final loss {results[0]['history'][-1]['loss']:.4f}; "
+          f"checkpoint {path}", flush=True)
+    return {"run_id": job.run_id, "checkpoint": path, "results": results, "seconds": elapsed}

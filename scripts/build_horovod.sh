@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Build the Horovod 0.28.1 wheel (PyTorch + Gloo, no MPI/TF/MXNet) once and cache it.
+#
+# Horovod 0.28.1 as released sets C++14 in its CMake files, while torch >= 2.1 headers need C++17,
+# so we patch the PyPI sdist before building. PyPI's cmake 4.x rejects gloo's
+# cmake_minimum_required, so the system cmake (Debian's 3.25) must be on PATH.
+#
+# Usage: scripts/build_horovod.sh PYTHON WHEEL_DIR
+#   PYTHON     interpreter of the environment that already has torch installed
+#   WHEEL_DIR  cache directory; if a horovod-0.28.1 wheel is already there, nothing is built
+set -euo pipefail
+py=${1:?usage: build_horovod.sh PYTHON WHEEL_DIR}
+wheel_dir=${2:?usage: build_horovod.sh PYTHON WHEEL_DIR}
+version=0.28.1
+mkdir -p "$wheel_dir"
+if ls "$wheel_dir"/horovod-"$version"-*.whl >/dev/null 2>&1; then
+  echo "horovod $version wheel already cached in $wheel_dir"
+  exit 0
+fi
+if ! command -v cmake >/dev/null || ! cmake --version | head -1 | grep -qE ' 3\.'; then
+  echo "error: Horovod's build needs cmake 3.x on PATH (found: $(cmake --version 2>/dev/null | head -1 || echo none))." >&2
+  echo "       On Debian/Ubuntu: apt-get install -y cmake g++ make" >&2
+  exit 1
+fi
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+"$py" -m pip download --no-deps --no-binary :all: -d "$work" "horovod==$version"
+tar -xzf "$work"/horovod-"$version".tar.gz -C "$work"
+src="$work/horovod-$version"
+sed -i 's/CMAKE_CXX_STANDARD 14/CMAKE_CXX_STANDARD 17/' "$src/CMakeLists.txt" "$src/horovod/torch/CMakeLists.txt"
+grep -q 'CMAKE_CXX_STANDARD 17' "$src/horovod/torch/CMakeLists.txt" || { echo "error: C++17 patch did not apply" >&2; exit 1; }
+echo "building horovod $version wheel (about 10 minutes on 2 cores)..."
+HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_TENSORFLOW=1 \
+HOROVOD_WITHOUT_MXNET=1 MAKEFLAGS="-j$(nproc)" \
+  "$py" -m pip wheel --no-deps --no-build-isolation -w "$work/out" "$src"
+cp "$work"/out/horovod-*.whl "$wheel_dir"/
+echo "cached $(ls "$wheel_dir"/horovod-*.whl)"

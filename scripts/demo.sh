@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# One command for a fresh machine: set up, generate a synthetic shop, run the nightly pipeline
+# (ingest, features, train, score, evaluate) on local Spark + local Delta, and show the result.
+# Extra arguments are config overrides, e.g. scripts/demo.sh --set generate.events=1000000
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=$(scripts/setup.sh)
+"$py" -m recsys_spark generate --config conf/local.yaml "$@"
+"$py" -m recsys_spark nightly --config conf/local.yaml "$@"
+"$py" -m recsys_spark show --config conf/local.yaml "$@"
