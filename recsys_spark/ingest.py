@@ -80,14 +80,24 @@ def read_raw(spark: SparkSession, path: str, fmt: str) -> DataFrame:
     return reader.load(path).withColumn("source_file", F.input_file_name())
 
 
+def _epoch_to_timestamp(c):
+    """Epoch numbers in seconds, milliseconds, microseconds or nanoseconds (told apart by size:
+    any date after 1973 in one unit is out of range of the next). Parquet nanosecond timestamps
+    arrive here as longs (spark.sql.legacy.parquet.nanosAsLong)."""
+    x = c.cast("double")
+    secs = (F.when(F.abs(x) >= 1e17, x / 1e9).when(F.abs(x) >= 1e14, x / 1e6)
+            .when(F.abs(x) >= 1e11, x / 1e3).otherwise(x))
+    return F.timestamp_micros((secs * 1e6).cast("long"))
+
+
 def _parse_timestamp(col: DataFrame, dtype: str, fmt: str):
     c = F.col("timestamp")
     if dtype in ("timestamp", "timestamp_ntz"):
         return c.cast("timestamp")
     if dtype in ("bigint", "int", "double", "float", "long") or dtype.startswith("decimal"):
-        return F.timestamp_seconds(c.cast("long"))
+        return _epoch_to_timestamp(c)
     s = F.trim(c.cast("string"))
-    return F.when(s.rlike(r"^\d{9,11}$"), F.timestamp_seconds(s.cast("long"))).otherwise(
+    return F.when(s.rlike(r"^\d{9,19}$"), _epoch_to_timestamp(s)).otherwise(
         F.coalesce(F.to_timestamp(s, fmt), F.to_timestamp(s))
     )
 

@@ -29,6 +29,9 @@ def build_spark(cfg: SparkConfig) -> SparkSession:
         .config("spark.ui.showConsoleProgress", "false")
         .config("spark.databricks.delta.snapshotPartitions", "2")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        # pandas/pyarrow write nanosecond timestamps that Spark 3.5 cannot read; read them as longs
+        # and let ingest convert them.
+        .config("spark.sql.legacy.parquet.nanosAsLong", "true")
     )
     # Under spark-submit the JVM is already up (PYSPARK_GATEWAY_PORT is set) with the master and
     # packages given on its command line; setting them again would be ignored or, worse, override.

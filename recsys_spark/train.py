@@ -142,6 +142,23 @@ def worker(job: TrainJob) -> dict:
     return {"rank": rank, "history": history, "checksum": checksum}
 
 
+def shard_ids(files: list[str], seed: int = 0) -> dict:
+    """Horovod rank function: read this rank's shard once and return the (user_idx, window) keys.
+
+    A diagnostic for checking that shards are disjoint and cover the table.
+    """
+    import horovod.torch as hvd
+
+    hvd.init()
+    ids = []
+    for b in shard_batches(files, hvd.rank(), hvd.size(), batch_size=1 << 30, seed=seed, num_epochs=1,
+                           columns=["user_idx", "window"]):
+        ids.extend(zip(b["user_idx"].tolist(), b["window"].tolist()))
+    rank = hvd.rank()
+    hvd.shutdown()
+    return {"rank": rank, "ids": ids}
+
+
 def save_checkpoint(job: TrainJob, model, history: list) -> str:
     """Write <checkpoint_dir>/<run_id>/{model.pt,manifest.json} atomically (rename of a temp dir)."""
     import torch

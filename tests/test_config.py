@@ -1,0 +1,67 @@
+import pytest
+
+from recsys_spark import config
+
+
+def test_defaults_load_and_local_yaml_is_valid(tmp_path, monkeypatch):
+    cfg = config.load("conf/local.yaml")
+    assert cfg.train.num_proc == 2
+    assert cfg.paths.root.endswith("data/local") and cfg.paths.root.startswith("/")
+
+
+def test_unknown_key_is_an_error_naming_it(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("train:\n  epochz: 3\n")
+    with pytest.raises(config.ConfigError, match=r"train\.epochz"):
+        config.load(p)
+
+
+def test_unknown_section_is_an_error(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("trian:\n  epochs: 3\n")
+    with pytest.raises(config.ConfigError, match="trian"):
+        config.load(p)
+
+
+@pytest.mark.parametrize("text,key", [
+    ("train:\n  epochs: three\n", "train.epochs"),
+    ("train:\n  lr: fast\n", "train.lr"),
+    ("train:\n  use_profile: 1\n", "train.use_profile"),
+    ("features:\n  event_weights: {view: heavy}\n", "features.event_weights.view"),
+    ("evaluate:\n  ks: 10\n", "evaluate.ks"),
+])
+def test_wrong_type_is_an_error_naming_the_key(tmp_path, text, key):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    with pytest.raises(config.ConfigError, match=key.replace(".", r"\.")):
+        config.load(p)
+
+
+def test_overrides_are_typed_and_applied():
+    cfg = config.load(None, ["train.epochs=3", "features.event_weights={view: 2, purchase: 9}", "spark.master=local[1]"])
+    assert cfg.train.epochs == 3
+    assert cfg.features.event_weights == {"view": 2.0, "purchase": 9.0}
+    assert cfg.spark.master == "local[1]"
+    with pytest.raises(config.ConfigError, match="train.epochs"):
+        config.load(None, ["train.epochs=many"])
+    with pytest.raises(config.ConfigError, match="KEY=VALUE"):
+        config.load(None, ["train.epochs"])
+
+
+def test_value_checks():
+    with pytest.raises(config.ConfigError, match="time_cutoff"):
+        config.load(None, ["features.split=time"])
+    with pytest.raises(config.ConfigError, match="features.split"):
+        config.load(None, ["features.split=random"])
+    with pytest.raises(config.ConfigError, match="divisible"):
+        config.load(None, ["train.d_model=10", "train.n_heads=3"])
+
+
+def test_missing_file_says_what_to_do():
+    with pytest.raises(config.ConfigError, match="not found"):
+        config.load("conf/nope.yaml")
+
+
+def test_round_trip_through_dict():
+    cfg = config.load(None, ["train.epochs=4"])
+    assert config.from_dict(cfg.to_dict()) == cfg

@@ -1,0 +1,132 @@
+"""Features contract on a hand-checkable shop, with real Spark and Delta."""
+import pytest
+from pyspark.sql import functions as F
+
+from conftest import make_config
+from recsys_spark import features, ingest, schema, tables
+
+HEADER = "event_id,user_id,item_id,event_type,timestamp\n"
+# ref time (newest event) is 2026-01-03 00:00:00
+EVENTS = [
+    "e1,u1,i1,view,2026-01-01 00:00:00",
+    "e2,u1,i1,add_to_cart,2026-01-01 00:01:00",
+    "e3,u1,i2,view,2026-01-02 00:00:00",
+    "e4,u1,i3,view,2026-01-02 12:00:00",
+    "e5,u1,i3,purchase,2026-01-03 00:00:00",
+    "e6,u2,i2,view,2026-01-02 00:00:00",
+    "e7,u2,i1,view,2026-01-02 06:00:00",
+]
+
+
+def _setup(tmp_path, events=EVENTS, **sections):
+    d = tmp_path / "raw"
+    (d / "events").mkdir(parents=True, exist_ok=True)
+    (d / "events" / "a.csv").write_text(HEADER + "\n".join(events) + "\n")
+    (d / "items").mkdir(exist_ok=True)
+    (d / "items" / "i.csv").write_text("item_id,title,category,brand,price\n"
+                                       "i1,Phone One,Phone,Acme,100\ni2,Case Two,Case,Acme,10\n"
+                                       "i3,Phone Three,Phone,Globex,200\ni4,New Case,Case,Globex,12\n")
+    (d / "users").mkdir(exist_ok=True)
+    (d / "users" / "u.csv").write_text("user_id,age_band,gender,region\nu1,25-34,F,north\nu2,55+,M,south\n")
+    sections.setdefault("features", {"half_life_days": 1.0, "max_seq_len": 2, "train_files": 2})
+    return make_config(tmp_path, **sections)
+
+
+def _read(spark, cfg, name):
+    return tables.read(spark, tables.path(cfg.tables_dir, name))
+
+
+def test_user_item_weights_combine_event_types_and_decay(spark, tmp_path):
+    cfg = _setup(tmp_path)
+    ingest.run(spark, cfg)
+    features.run(spark, cfg)
+    ui = _read(spark, cfg, schema.USER_ITEM)
+    uidx = {r.user_id: r.user_idx for r in _read(spark, cfg, schema.USER_INDEX).collect()}
+    iidx = {r.item_id: r.item_idx for r in _read(spark, cfg, schema.ITEM_INDEX).collect()}
+    w = {(r.user_idx, r.item_idx): r.weight for r in ui.collect()}
+    # u1/i1: view (2 days old: 1 * 0.25) + cart 1 minute later (3 * 0.5 ** (2 - 1/1440))
+    assert w[(uidx["u1"], iidx["i1"])] == pytest.approx(0.25 + 3 * 0.5 ** (2 - 1 / 1440))
+    # u1/i3: view 12h old (0.5 ** 0.5) + purchase at ref time (5)
+    assert w[(uidx["u1"], iidx["i3"])] == pytest.approx(0.5 ** 0.5 + 5)
+    assert w[(uidx["u2"], iidx["i2"])] == pytest.approx(0.5)
+    assert len(w) == 5
+
+
+def test_sequences_are_chronological_collapsed_and_split_leave_last_out(spark, tmp_path):
+    cfg = _setup(tmp_path)
+    ingest.run(spark, cfg)
+    features.run(spark, cfg)
+    iidx = {r.item_id: r.item_idx for r in _read(spark, cfg, schema.ITEM_INDEX).collect()}
+    seqs = {r.user_id: r for r in _read(spark, cfg, schema.SEQUENCES).collect()}
+    u1 = seqs["u1"]
+    # view i1, cart i1 (collapsed), view i2, view i3, purchase i3 (collapsed)
+    assert u1.items == [iidx["i1"], iidx["i2"], iidx["i3"]]
+    assert u1.train_items == [iidx["i1"]] and u1.valid_target == iidx["i2"] and u1.test_target == iidx["i3"]
+    u2 = seqs["u2"]  # two items: training only
+    assert u2.items == [iidx["i2"], iidx["i1"]] and u2.test_target is None and u2.train_items == u2.items
+
+
+def test_time_split(spark, tmp_path):
+    cfg = _setup(tmp_path, features={"half_life_days": 1.0, "split": "time", "time_cutoff": "2026-01-02 06:00:00",
+                                      "train_files": 2})
+    ingest.run(spark, cfg)
+    features.run(spark, cfg)
+    iidx = {r.item_id: r.item_idx for r in _read(spark, cfg, schema.ITEM_INDEX).collect()}
+    seqs = {r.user_id: r for r in _read(spark, cfg, schema.SEQUENCES).collect()}
+    assert seqs["u1"].train_items == [iidx["i1"]]
+    assert seqs["u1"].valid_target == iidx["i2"] and seqs["u1"].test_target == iidx["i3"]
+    assert seqs["u2"].test_target is None  # one item before the cut-off: nothing to validate on
+
+
+def test_training_windows_are_padded_next_item_pairs(spark):
+    df = spark.createDataFrame([(1, [1, 2, 3, 4, 5]), (2, [7]), (3, [8, 9])], "user_idx long, train_items array<int>")
+    rows = sorted((r.user_idx, r.window, r.input, r.target) for r in features.training_windows(df, 3).collect())
+    assert rows == [
+        (1, 0, [2, 3, 4], [3, 4, 5]),
+        (1, 1, [0, 0, 1], [0, 0, 2]),
+        (3, 0, [0, 0, 8], [0, 0, 9]),
+    ]
+
+
+def test_index_appends_new_ids_and_never_renumbers(spark, tmp_path):
+    cfg = _setup(tmp_path)
+    ingest.run(spark, cfg)
+    features.run(spark, cfg)
+    before_u = {r.user_id: r.user_idx for r in _read(spark, cfg, schema.USER_INDEX).collect()}
+    before_i = {r.item_id: r.item_idx for r in _read(spark, cfg, schema.ITEM_INDEX).collect()}
+    assert sorted(before_i.values()) == [1, 2, 3, 4]  # i4 has no events but is in the catalog
+    assert sorted(before_u.values()) == [0, 1]
+    # New ids that sort before the old ones must still get new numbers after them.
+    (tmp_path / "raw" / "events" / "b.csv").write_text(HEADER + "e8,a0,h0,view,2026-01-03 01:00:00\n")
+    ingest.run(spark, cfg)
+    features.run(spark, cfg)
+    after_u = {r.user_id: r.user_idx for r in _read(spark, cfg, schema.USER_INDEX).collect()}
+    after_i = {r.item_id: r.item_idx for r in _read(spark, cfg, schema.ITEM_INDEX).collect()}
+    assert {k: after_u[k] for k in before_u} == before_u and after_u["a0"] == 2
+    assert {k: after_i[k] for k in before_i} == before_i and after_i["h0"] == 5
+
+
+def test_profiles_and_item_content(spark, tmp_path):
+    cfg = _setup(tmp_path)
+    ingest.run(spark, cfg)
+    features.run(spark, cfg)
+    uidx = {r.user_id: r.user_idx for r in _read(spark, cfg, schema.USER_INDEX).collect()}
+    content = {r.item_id: r for r in _read(spark, cfg, schema.ITEM_CONTENT).collect()}
+    assert content["i1"].category_idx == content["i3"].category_idx != content["i2"].category_idx
+    assert content["i4"].title == "New Case" and content["i4"].price == 12.0
+    prof = {r.user_idx: r for r in _read(spark, cfg, schema.USER_PROFILE).collect()}
+    p1 = prof[uidx["u1"]]
+    assert (p1.n_view, p1.n_add_to_cart, p1.n_purchase, p1.n_events, p1.n_items) == (3, 1, 1, 5, 3)
+    assert p1.recency_days == pytest.approx(0.0)
+    phone = content["i1"].category_idx
+    assert p1.category_shares[phone] == pytest.approx(4 / 5)  # 4 of 5 events on phones
+    assert sum(p1.category_shares) == pytest.approx(1.0)
+    assert p1.age_band_idx > 0 and p1.gender_idx > 0 and p1.region_idx > 0
+    assert prof[uidx["u2"]].age_band_idx != p1.age_band_idx
+    assert len(p1.profile_num) == 8 + len(p1.category_shares)
+
+
+def test_features_without_events_table_says_run_ingest(spark, tmp_path):
+    cfg = make_config(tmp_path)
+    with pytest.raises(FileNotFoundError, match="run the 'ingest' stage"):
+        features.run(spark, cfg)
