@@ -68,7 +68,8 @@ class IngestConfig:
     events: str = ""
     users: str = ""
     items: str = ""
-    # csv | parquet | json | auto (from the file extension)
+    # csv | parquet | json | sasrec (`user item...` text) | movielens (ratings.csv / ratings.dat) |
+    # auto (from the file names and extensions: .txt is sasrec, ratings.dat/ratings.csv movielens)
     format: str = "auto"
     # Timestamp strings are parsed with this pattern; numbers are unix seconds.
     timestamp_format: str = "yyyy-MM-dd HH:mm:ss"
@@ -85,6 +86,8 @@ class FeaturesConfig:
     sequence_event_types: list[str] = field(
         default_factory=lambda: ["view", "add_to_cart", "purchase", "rating"]
     )
+    # Steps of history the model attends over; 0 = from data (80th percentile of history lengths,
+    # within [50, 200]).
     max_seq_len: int = 50
     # leave_last_out: last item test, second-to-last validation. time: events at or after
     # time_cutoff are held out; each user's first held-out item is the test target.
@@ -126,6 +129,14 @@ class ScoreConfig:
 @dataclass(frozen=True)
 class EvaluateConfig:
     ks: list[int] = field(default_factory=lambda: [10, 20])
+    # Baselines ranked on the same users with the same protocol: popularity, als, item_knn.
+    baselines: list[str] = field(default_factory=lambda: ["popularity"])
+    # ALS (implicit) grid, chosen on the validation targets by NDCG@10.
+    als_ranks: list[int] = field(default_factory=lambda: [64])
+    als_reg_params: list[float] = field(default_factory=lambda: [0.01, 0.1])
+    als_alphas: list[float] = field(default_factory=lambda: [1.0, 10.0])
+    als_max_iter: int = 10
+    knn_neighbors: int = 100
 
 
 @dataclass(frozen=True)
@@ -163,16 +174,19 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("features.time_cutoff: required when features.split is 'time' (e.g. '2026-06-01')")
     if f.half_life_days <= 0:
         raise ConfigError(f"features.half_life_days: must be > 0, got {f.half_life_days}")
-    if f.max_seq_len < 2:
-        raise ConfigError(f"features.max_seq_len: must be >= 2, got {f.max_seq_len}")
+    if f.max_seq_len != 0 and f.max_seq_len < 2:
+        raise ConfigError(f"features.max_seq_len: must be 0 (from data) or >= 2, got {f.max_seq_len}")
     if t.num_proc < 1:
         raise ConfigError(f"train.num_proc: must be >= 1, got {t.num_proc}")
     if t.d_model % t.n_heads:
         raise ConfigError(f"train.d_model ({t.d_model}) must be divisible by train.n_heads ({t.n_heads})")
     if cfg.score.k < 1:
         raise ConfigError(f"score.k: must be >= 1, got {cfg.score.k}")
-    if cfg.ingest.format not in ("auto", "csv", "parquet", "json"):
-        raise ConfigError(f"ingest.format: expected auto|csv|parquet|json, got {cfg.ingest.format!r}")
+    if cfg.ingest.format not in ("auto", "csv", "parquet", "json", "sasrec", "movielens"):
+        raise ConfigError(f"ingest.format: expected auto|csv|parquet|json|sasrec|movielens, got {cfg.ingest.format!r}")
+    unknown = sorted(set(cfg.evaluate.baselines) - {"popularity", "als", "item_knn"})
+    if unknown:
+        raise ConfigError(f"evaluate.baselines: unknown baseline(s) {unknown} (use popularity, als, item_knn)")
     for fmt in cfg.generate.formats:
         if fmt not in ("csv", "parquet", "json"):
             raise ConfigError(f"generate.formats: unknown format {fmt!r} (use csv, parquet, json)")

@@ -51,17 +51,26 @@ def spark_metrics(recs: DataFrame, targets: DataFrame, ks: list[int]) -> dict[st
     return {key: (int(v) if key == "n_users" else float(v or 0.0)) for key, v in row.items()}
 
 
-def test_users(spark: SparkSession, cfg: Config, versions: dict | None = None) -> DataFrame:
-    """user_idx, input (= seen: history before the test target), target, profile columns."""
+def _history_users(spark: SparkSession, cfg: Config, history, target: str, versions: dict | None) -> DataFrame:
     v = versions or {}
     root = cfg.tables_dir
     seqs = tables.read(spark, tables.path(root, schema.SEQUENCES), v.get(schema.SEQUENCES))
     prof = tables.read(spark, tables.path(root, schema.USER_PROFILE), v.get(schema.USER_PROFILE))
+    return (seqs.where(F.col(target).isNotNull())
+            .select("user_idx", history.alias("input"), history.alias("seen"), F.col(target).alias("target"))
+            .join(prof.select("user_idx", "profile_cat", "profile_num"), "user_idx", "left"))
+
+
+def test_users(spark: SparkSession, cfg: Config, versions: dict | None = None) -> DataFrame:
+    """user_idx, input (= seen: history before the test target), target, profile columns."""
     hist = F.when(F.col("valid_target").isNotNull(),
                   F.concat("train_items", F.array("valid_target"))).otherwise(F.col("train_items"))
-    return (seqs.where(F.col("test_target").isNotNull())
-            .select("user_idx", hist.alias("input"), hist.alias("seen"), F.col("test_target").alias("target"))
-            .join(prof.select("user_idx", "profile_cat", "profile_num"), "user_idx", "left"))
+    return _history_users(spark, cfg, hist, "test_target", versions)
+
+
+def valid_users(spark: SparkSession, cfg: Config, versions: dict | None = None) -> DataFrame:
+    """user_idx, input (= seen: training history), target (validation item), profile columns."""
+    return _history_users(spark, cfg, F.col("train_items"), "valid_target", versions)
 
 
 def popularity_counts(users: DataFrame, n_items: int) -> np.ndarray:
@@ -73,44 +82,77 @@ def popularity_counts(users: DataFrame, n_items: int) -> np.ndarray:
     return counts
 
 
-def run(spark: SparkSession, cfg: Config) -> dict:
-    """Evaluate the latest checkpoint and popularity on the test split; append to the metrics table."""
+def run(spark: SparkSession, cfg: Config, monitor=None) -> dict:
+    """Evaluate the latest checkpoint and the configured baselines on the test split.
+
+    monitor, if given, has start(model_name) / stop() called around each model's work.
+
+    Appends one row per (model, metric, k) to the metrics table and prints a table. Returns
+    {"metrics": {model: {...}}, "train_s": {model: s}, "score_s": {model: s}, ...}.
+    """
+    from recsys_spark import baselines
     from recsys_spark.train import latest_checkpoint, load_checkpoint
 
     ckpt_path = latest_checkpoint(cfg.models_dir, cfg.score.model_run_id)
     model, ckpt = load_checkpoint(ckpt_path)
-    ks = sorted(set(cfg.evaluate.ks))
+    n_items = model.cfg.n_items
+    ks = sorted(set(cfg.evaluate.ks) | {10})
     kmax = max(ks)
-    users = test_users(spark, cfg).persist()
+    versions = ckpt.get("data_versions") or None
+    users = test_users(spark, cfg, versions).persist()
     n_users = users.count()
     if n_users == 0:
         raise ValueError("no user has a test target (needs 3+ items with leave_last_out); nothing to evaluate")
     targets = users.select("user_idx", "target")
-    results = {}
-    timings = {}
-    t0 = time.time()
-    recs = attention_topk(users, ckpt_path, kmax, cfg.score.batch_users)
-    results["attention"] = spark_metrics(recs, targets, ks)
-    timings["attention"] = time.time() - t0
-    t0 = time.time()
-    pop = popularity_counts(users, model.cfg.n_items)
-    results["popularity"] = spark_metrics(popularity_topk(users, pop, kmax), targets, ks)
-    timings["popularity"] = time.time() - t0
+    results, train_s, score_s, params = {}, {}, {}, {}
+
+    def timed(name, recs_fn, fit_seconds=0.0):
+        if monitor:
+            monitor.start(name)
+        t0 = time.time()
+        recs = recs_fn()
+        results[name] = spark_metrics(recs, targets, ks)
+        score_s[name] = time.time() - t0
+        train_s[name] = fit_seconds
+        if monitor:
+            monitor.stop()
+
+    timed("attention", lambda: attention_topk(users, ckpt_path, kmax, cfg.score.batch_users),
+          sum(h["seconds"] for h in ckpt.get("history", [])))
+    ev = cfg.evaluate
+    if "popularity" in ev.baselines:
+        pop = popularity_counts(users, n_items)
+        timed("popularity", lambda: popularity_topk(users, pop, kmax))
+    if "als" in ev.baselines:
+        if monitor:
+            monitor.start("als")
+        t0 = time.time()
+        val = valid_users(spark, cfg, versions).persist()
+        grid = {"ranks": ev.als_ranks, "reg_params": ev.als_reg_params, "alphas": ev.als_alphas}
+        recs, best, tried = baselines.als_grid(
+            val, users, n_items, kmax, grid, lambda r, t: spark_metrics(r, t, [10])["ndcg@10"], seed=cfg.train.seed)
+        val.unpersist()
+        fit = time.time() - t0
+        params["als"] = {"best": best, "grid": [{**p, "valid_ndcg@10": m} for p, m in tried]}
+        print(f"als grid (validation NDCG@10): " + ", ".join(
+            f"rank={p['rank']} reg={p['regParam']} alpha={p['alpha']}: {m:.4f}" for p, m in tried), flush=True)
+        timed("als", lambda: recs, fit)
+    if "item_knn" in ev.baselines:
+        if monitor:
+            monitor.start("item_knn")
+        recs, fit = baselines.item_knn_topk(spark, users, n_items, kmax, ev.knn_neighbors)
+        timed("item_knn", lambda: recs, fit)
     users.unpersist()
 
     eval_id = "eval-" + uuid.uuid4().hex[:12]
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    rows = []
-    for name, m in results.items():
-        for k in ks:
-            for metric in ("recall", "ndcg"):
-                rows.append((eval_id, ckpt["run_id"], name, metric, k, m[f"{metric}@{k}"], m["n_users"],
-                             "test", now))
+    rows = [(eval_id, ckpt["run_id"], name, metric, k, m[f"{metric}@{k}"], m["n_users"], "test", now)
+            for name, m in results.items() for k in ks for metric in ("recall", "ndcg")]
     loc = tables.path(cfg.tables_dir, schema.METRICS)
     tables.append(spark.createDataFrame(rows, schema.METRICS_SCHEMA), loc)
-    header = f"{'model':<12}" + "".join(f"{f'{m}@{k}':>12}" for k in ks for m in ("recall", "ndcg"))
     print(f"evaluate {eval_id} (model {ckpt['run_id']}, {n_users} test users, full ranking, seen removed):")
-    print(header)
+    print(f"{'model':<12}" + "".join(f"{f'{m}@{k}':>12}" for k in ks for m in ("recall", "ndcg")))
     for name, m in results.items():
         print(f"{name:<12}" + "".join(f"{m[f'{metric}@{k}']:>12.4f}" for k in ks for metric in ("recall", "ndcg")))
-    return {"eval_id": eval_id, "model_run_id": ckpt["run_id"], "metrics": results, "seconds": timings}
+    return {"eval_id": eval_id, "model_run_id": ckpt["run_id"], "n_users": n_users, "metrics": results,
+            "train_s": train_s, "score_s": score_s, "params": params}

@@ -197,15 +197,25 @@ def profiles(events: DataFrame, users: DataFrame | None, item_content: DataFrame
     )
 
 
+def auto_max_len(seqs: DataFrame) -> int:
+    """Sequence length from data statistics: the 80th percentile of training history lengths,
+    rounded up to a multiple of 10 and kept within [50, 200] (long histories, as in MovieLens, get
+    200 steps; short ones, as in Amazon reviews, get 50)."""
+    p80 = seqs.select(F.percentile_approx(F.size("train_items"), 0.8).alias("p")).first()["p"] or 0
+    return int(min(200, max(50, -(-int(p80) // 10) * 10)))
+
+
 @dataclass
 class FeaturesReport:
     versions: dict[str, int]
     n_users: int
     n_items: int
     n_train_rows: int
+    max_seq_len: int
 
     def summary(self) -> str:
-        return (f"features: {self.n_users} users, {self.n_items} items, {self.n_train_rows} training windows; "
+        return (f"features: {self.n_users} users, {self.n_items} items, {self.n_train_rows} training windows "
+                f"of {self.max_seq_len} steps; "
                 f"table versions {self.versions}")
 
 
@@ -290,7 +300,8 @@ def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
 
     seqs = tables.read(spark, seq_path, written[schema.SEQUENCES])
     prof = tables.read(spark, tables.path(root, schema.USER_PROFILE), written[schema.USER_PROFILE])
-    train = (training_windows(seqs, fc.max_seq_len)
+    max_len = fc.max_seq_len or auto_max_len(seqs)
+    train = (training_windows(seqs, max_len)
              .join(prof.select("user_idx", "profile_cat", "profile_num"), "user_idx", "left")
              .repartition(fc.train_files, "user_idx").sortWithinPartitions("user_idx", "window"))
     train_path = tables.path(root, schema.TRAIN_EXAMPLES)
@@ -301,6 +312,6 @@ def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
         written[name] = tables.version(spark, tables.path(root, name))
 
     report = FeaturesReport(written, user_index.count(), item_index.count(),
-                            tables.read(spark, train_path).count())
+                            tables.read(spark, train_path).count(), max_len)
     print(report.summary(), flush=True)
     return report

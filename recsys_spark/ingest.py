@@ -60,24 +60,79 @@ def _detect_format(path: str, configured: str) -> str:
     if not files:
         raise IngestError(f"no input files found at {path}; check ingest.events (or paths.raw) "
                           f"or run 'python -m recsys_spark generate' for a synthetic shop")
+    names = {os.path.basename(f).lower() for f in files}
+    if names and all(n.startswith("ratings.") and n.endswith((".dat", ".csv")) for n in names):
+        first = open(sorted(files)[0], encoding="latin-1").readline()
+        if "::" in first or first.lower().startswith("userid,"):
+            return "movielens"
     exts = {os.path.splitext(f)[1].lower().lstrip(".") for f in files}
-    exts = {"json" if e in ("jsonl", "ndjson") else e for e in exts}
-    known = exts & {"csv", "parquet", "json"}
+    exts = {"json" if e in ("jsonl", "ndjson") else "sasrec" if e == "txt" else e for e in exts}
+    known = exts & {"csv", "parquet", "json", "sasrec"}
     if len(known) != 1 or exts - known:
         raise IngestError(f"cannot tell the input format of {path} from its file extensions {sorted(exts)}; "
-                          f"set ingest.format to csv, parquet or json (one format per input path)")
+                          f"set ingest.format to csv, parquet, json, sasrec or movielens (one format per input path)")
     return known.pop()
 
 
 def read_raw(spark: SparkSession, path: str, fmt: str) -> DataFrame:
     """Read raw files as they are, with a source_file column. CSV columns stay strings."""
     fmt = _detect_format(path, fmt)
+    if fmt == "sasrec":
+        return read_sasrec(spark, path)
+    if fmt == "movielens":
+        return read_movielens(spark, path)
     reader = spark.read.format(fmt)
     if fmt == "csv":
         reader = reader.option("header", "true").option("inferSchema", "false")
     if os.path.isdir(path):
         reader = reader.option("recursiveFileLookup", "true")
     return reader.load(path).withColumn("source_file", F.input_file_name())
+
+
+# Sequence-only formats carry order but no time: event k of line n gets this many seconds after
+# SEQUENCE_EPOCH, so the order of lines and of items within a line is the chronological order.
+SEQUENCE_EPOCH = 1_000_000_000
+SEQUENCE_LINE_SECONDS = 100_000
+
+
+def read_sasrec(spark: SparkSession, path: str) -> DataFrame:
+    """The SASRec / S3-Rec text formats: `user item` per line, or `user item1 item2 ...` per line.
+
+    Lines are chronological (per user, in file order). Every item becomes a 'purchase' event with
+    a synthetic, order-preserving timestamp. A line with a user and no item is kept as a row with
+    a null item_id, so validation quarantines it instead of dropping it silently.
+    """
+    lines = spark.read.text(path).withColumn("source_file", F.input_file_name())
+    numbered = lines.rdd.zipWithIndex().map(lambda r: (r[0][0], r[0][1], r[1]))
+    df = spark.createDataFrame(numbered, "line string, source_file string, line_no long")
+    df = df.where(F.trim("line") != "").withColumn("tok", F.split(F.trim("line"), r"\s+"))
+    df = df.select("source_file", "line_no", F.col("tok")[0].alias("user_id"),
+                   F.posexplode_outer(F.expr("slice(tok, 2, greatest(size(tok) - 1, 1))")).alias("pos", "item_id"))
+    ts = F.lit(SEQUENCE_EPOCH) + F.col("line_no") * SEQUENCE_LINE_SECONDS + F.coalesce(F.col("pos"), F.lit(0))
+    return df.select("user_id", "item_id", F.lit("purchase").alias("event_type"),
+                     ts.cast("long").alias("timestamp"), "source_file")
+
+
+def read_movielens(spark: SparkSession, path: str) -> DataFrame:
+    """MovieLens ratings: `ratings.csv` (userId,movieId,rating,timestamp) or `ratings.dat`
+    (UserID::MovieID::Rating::Timestamp). Each rating becomes a 'rating' event."""
+    local = path[len("file:"):] if path.startswith("file:") else path
+    sample = sorted(glob.glob(os.path.join(local, "*")) if os.path.isdir(local) else glob.glob(local))
+    first = open(sample[0], encoding="latin-1").readline() if sample else ""
+    if "::" in first:
+        raw = spark.read.text(path).withColumn("source_file", F.input_file_name())
+        parts = F.split("value", "::")
+        df = raw.select(parts[0].alias("user_id"), parts[1].alias("item_id"), parts[2].alias("rating"),
+                        parts[3].alias("timestamp"), "source_file")
+    else:
+        raw = (spark.read.option("header", "true").csv(path)
+               .withColumn("source_file", F.input_file_name()))
+        missing = [c for c in ("userId", "movieId", "rating", "timestamp") if c not in raw.columns]
+        if missing:
+            raise IngestError(f"{path}: not a MovieLens ratings.csv, missing column(s) {', '.join(missing)}")
+        df = raw.select(F.col("userId").alias("user_id"), F.col("movieId").alias("item_id"), "rating",
+                        "timestamp", "source_file")
+    return df.withColumn("event_type", F.lit("rating"))
 
 
 def _epoch_to_timestamp(c):

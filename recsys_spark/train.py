@@ -250,8 +250,9 @@ def prepare(spark, cfg) -> TrainJob:
     prof = tables.read(spark, tables.path(root, schema.USER_PROFILE), versions[schema.USER_PROFILE])
     stats = prof.select(*[F.max(F.col("profile_cat")[i]).alias(f"c{i}") for i in range(3)],
                         F.max(F.size("profile_num")).alias("n_num")).first()
+    max_len = train_df.select(F.size("input").alias("n")).first()["n"]  # chosen by features
     model_config = {
-        "n_items": n_items, "max_len": cfg.features.max_seq_len, "d_model": tc.d_model,
+        "n_items": n_items, "max_len": int(max_len), "d_model": tc.d_model,
         "n_heads": tc.n_heads, "n_layers": tc.n_layers, "dropout": tc.dropout,
         "n_categories": max(item_category) + 1,
         "attr_cardinalities": [int(stats[f"c{i}"] or 0) + 1 for i in range(3)],

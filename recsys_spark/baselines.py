@@ -1,0 +1,152 @@
+"""Baselines a Spark user would run instead: Spark MLlib ALS (implicit) and item-to-item kNN.
+
+Both rank the full catalog with the user's history removed through the same top-K kernel as the
+attention model, so the protocols are identical. Inputs are DataFrames of
+(user_idx, input array<int>, seen array<int>) as built by evaluate.test_users / valid_users.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import functions as F
+
+from recsys_spark.score import TOPK_SCHEMA, _to_rows
+
+
+def interactions(users: DataFrame) -> DataFrame:
+    """(user_idx, item_idx, weight = number of occurrences in the user's input history)."""
+    return (users.select("user_idx", F.explode("input").alias("item_idx"))
+            .groupBy("user_idx", "item_idx").agg(F.count("*").cast("float").alias("weight")))
+
+
+def _factor_topk(batches: Iterator[pd.DataFrame], item_factors: np.ndarray, k: int) -> Iterator[pd.DataFrame]:
+    import torch
+
+    from recsys_spark.model import topk_excluding
+
+    torch.set_num_threads(1)
+    items = torch.as_tensor(item_factors)
+    dim = item_factors.shape[1]
+    for pdf in batches:
+        users = np.stack([np.asarray(f, dtype=np.float32) if f is not None else np.zeros(dim, np.float32)
+                          for f in pdf["features"]]) if len(pdf) else np.zeros((0, dim), np.float32)
+        top, scores = topk_excluding(torch.as_tensor(users), items, list(pdf["seen"]), k)
+        yield _to_rows(pdf["user_idx"].to_numpy(), top, scores)
+
+
+@dataclass
+class ALSResult:
+    recs: DataFrame
+    params: dict
+    fit_seconds: float
+
+
+def als_fit_topk(train: DataFrame, users: DataFrame, n_items: int, k: int, rank: int, reg: float, alpha: float,
+                 seed: int = 42, max_iter: int = 10) -> ALSResult:
+    """Fit implicit ALS on train (user_idx, item_idx, weight); top-k for users, their `seen` removed.
+
+    Users unknown to the model get a zero vector (every score 0, so ties fall to item id order).
+    """
+    from pyspark.ml.recommendation import ALS
+
+    t0 = time.time()
+    als = ALS(rank=rank, regParam=reg, alpha=alpha, implicitPrefs=True, maxIter=max_iter, seed=seed,
+              userCol="user_idx", itemCol="item_idx", ratingCol="weight", coldStartStrategy="drop",
+              nonnegative=False)
+    model = als.fit(train)
+    factors = np.zeros((n_items, rank), dtype=np.float32)
+    for r in model.itemFactors.collect():
+        if 0 <= r.id < n_items:
+            factors[r.id] = r.features
+    elapsed = time.time() - t0
+    uf = model.userFactors.select(F.col("id").cast("long").alias("user_idx"), "features")
+    recs = (users.select("user_idx", "seen").join(uf, "user_idx", "left")
+            .mapInPandas(lambda it: _factor_topk(it, factors, k), TOPK_SCHEMA))
+    return ALSResult(recs, {"rank": rank, "regParam": reg, "alpha": alpha, "maxIter": max_iter}, elapsed)
+
+
+def als_grid(valid_users: DataFrame, test_users: DataFrame, n_items: int, k: int, grid: dict, metric_fn,
+             seed: int = 42) -> tuple[DataFrame, dict, list]:
+    """Choose ALS hyper-parameters on validation users, refit on the test histories, rank test users.
+
+    metric_fn(recs, targets) -> float (higher is better), computed on validation targets only.
+    Returns (test recs, best params with fit time, [(params, validation metric), ...]).
+    """
+    val_train = interactions(valid_users.select("user_idx", "input")).persist()
+    val_targets = valid_users.select("user_idx", "target")
+    tried = []
+    for rank, reg, alpha in itertools.product(grid["ranks"], grid["reg_params"], grid["alphas"]):
+        res = als_fit_topk(val_train, valid_users, n_items, k, rank, reg, alpha, seed)
+        tried.append((res.params, metric_fn(res.recs, val_targets)))
+    val_train.unpersist()
+    best = max(tried, key=lambda t: t[1])[0]
+    test_train = interactions(test_users.select("user_idx", "input")).persist()
+    res = als_fit_topk(test_train, test_users, n_items, k, best["rank"], best["regParam"], best["alpha"], seed)
+    return res.recs, {**best, "fit_seconds": res.fit_seconds}, tried
+
+
+def item_neighbors(users: DataFrame, n_neighbors: int, history_cap: int = 200) -> DataFrame:
+    """Cosine item-item similarity from co-occurrence in user histories, top n_neighbors per item.
+
+    sim(i, j) = c_ij / sqrt(c_i c_j), c_ij = users having both. Each user's most recent
+    `history_cap` distinct items are used, bounding the pair count per user.
+    Output: (item_idx, neighbor, sim).
+    """
+    hist = users.select("user_idx", F.explode(F.slice(F.array_distinct(F.reverse("input")), 1, history_cap))
+                        .alias("item_idx"))
+    counts = hist.groupBy("item_idx").agg(F.count("*").alias("c"))
+    pairs = (hist.alias("a").join(hist.alias("b"), "user_idx")
+             .where(F.col("a.item_idx") != F.col("b.item_idx"))
+             .groupBy(F.col("a.item_idx").alias("item_idx"), F.col("b.item_idx").alias("neighbor"))
+             .agg(F.count("*").alias("cij")))
+    sims = (pairs.join(counts, "item_idx")
+            .join(counts.select(F.col("item_idx").alias("neighbor"), F.col("c").alias("cn")), "neighbor")
+            .select("item_idx", "neighbor", (F.col("cij") / F.sqrt(F.col("c") * F.col("cn"))).alias("sim")))
+    w = Window.partitionBy("item_idx").orderBy(F.desc("sim"), "neighbor")
+    return sims.withColumn("r", F.row_number().over(w)).where(F.col("r") <= n_neighbors).drop("r")
+
+
+def _knn_topk(batches: Iterator[pd.DataFrame], nbr_idx: np.ndarray, nbr_sim: np.ndarray, k: int,
+              history_cap: int) -> Iterator[pd.DataFrame]:
+    import torch
+
+    from recsys_spark.model import topk_from_scores
+
+    torch.set_num_threads(1)
+    n_items = nbr_idx.shape[0]
+    for pdf in batches:
+        for lo in range(0, len(pdf), 512):
+            part = pdf.iloc[lo: lo + 512]
+            scores = np.zeros((len(part), n_items), dtype=np.float32)
+            for r, hist in enumerate(part["input"]):
+                h = np.unique(np.asarray(hist if hist is not None else [], dtype=np.int64)[-history_cap:])
+                h = h[(h > 0) & (h < n_items)]
+                np.add.at(scores[r], nbr_idx[h].ravel(), nbr_sim[h].ravel())
+            top, sc = topk_from_scores(torch.as_tensor(scores), list(part["seen"]), k)
+            yield _to_rows(part["user_idx"].to_numpy(), top, sc)
+
+
+def item_knn_topk(spark: SparkSession, users: DataFrame, n_items: int, k: int, n_neighbors: int = 100,
+                  history_cap: int = 200) -> tuple[DataFrame, float]:
+    """Item-kNN: score(u, j) = sum over u's history items i of sim(i, j). Returns (recs, fit seconds)."""
+    t0 = time.time()
+    nb = item_neighbors(users, n_neighbors, history_cap).collect()
+    nbr_idx = np.zeros((n_items, n_neighbors), dtype=np.int64)  # 0 = padding item, never recommended
+    nbr_sim = np.zeros((n_items, n_neighbors), dtype=np.float32)
+    fill = np.zeros(n_items, dtype=np.int64)
+    for r in sorted(nb, key=lambda r: (r.item_idx, -r.sim, r.neighbor)):
+        i = r.item_idx
+        if 0 <= i < n_items and fill[i] < n_neighbors and 0 <= r.neighbor < n_items:
+            nbr_idx[i, fill[i]] = r.neighbor
+            nbr_sim[i, fill[i]] = r.sim
+            fill[i] += 1
+    elapsed = time.time() - t0
+    recs = users.select("user_idx", "input", "seen").mapInPandas(
+        lambda it: _knn_topk(it, nbr_idx, nbr_sim, k, history_cap), TOPK_SCHEMA)
+    return recs, elapsed
