@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": "leave-last-out; full ranking over all items; the user's history removed",
         "rows": rows,
         "stage_seconds": stage_s,
-        "attention_history": trained["results"][0]["history"],
+        "attention_history": trained["history"],
         "model_run_id": trained["run_id"],
         "als": ev["params"].get("als"),
         "config": {k: v for k, v in cfg.to_dict().items() if k in ("features", "train", "evaluate")},

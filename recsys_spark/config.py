@@ -113,6 +113,15 @@ class TrainConfig:
     seed: int = 42
     # Torch intra-op threads per rank (ranks share the executor's cores).
     threads_per_rank: int = 1
+    # Early stopping: rank 0 ranks a sample of validation users (training history -> validation
+    # item, full ranking, history removed) every eval_every epochs and keeps the best weights;
+    # training stops after `patience` evaluations without improvement. valid_users 0 disables it.
+    valid_users: int = 2000
+    eval_every: int = 1
+    patience: int = 3
+    # Wall-clock budget for the epoch loop in seconds (0 = none): training stops after the first
+    # epoch that ends past it, keeping the best validated weights.
+    time_budget_s: float = 0.0
 
 
 @dataclass(frozen=True)

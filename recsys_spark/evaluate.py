@@ -5,7 +5,7 @@ test target (training items + validation target), ranks every item in the catalo
 in that history, and is scored on where the single test target lands. Popularity counts come from
 the same histories, never from test targets.
 
-`recall_at_k` / `ndcg_at_k` are the numpy reference; `spark_metrics` computes the same numbers in
+`recsys_spark.metrics` holds the numpy reference; `spark_metrics` computes the same numbers in
 Spark from a (user_idx, rank, item_idx) table.
 """
 from __future__ import annotations
@@ -21,18 +21,6 @@ from pyspark.sql import functions as F
 from recsys_spark import schema, tables
 from recsys_spark.config import Config
 from recsys_spark.score import attention_topk, popularity_topk
-
-
-def recall_at_k(ranked: np.ndarray, targets: np.ndarray, k: int) -> float:
-    """ranked (U, >=k) item ids best first; targets (U,) one held-out item per user."""
-    return float(np.mean((ranked[:, :k] == targets[:, None]).any(axis=1)))
-
-
-def ndcg_at_k(ranked: np.ndarray, targets: np.ndarray, k: int) -> float:
-    """With one relevant item the ideal DCG is 1, so NDCG = 1 / log2(rank + 1) if rank <= k else 0."""
-    hits = ranked[:, :k] == targets[:, None]
-    gains = hits / np.log2(np.arange(2, k + 2))[None, :]
-    return float(np.mean(gains.sum(axis=1)))
 
 
 def spark_metrics(recs: DataFrame, targets: DataFrame, ks: list[int]) -> dict[str, float]:

@@ -34,6 +34,9 @@ class TrainJob:
     steps_per_epoch: int
     checkpoint_dir: str
     run_id: str
+    # Validation sample for early stopping: input (V, L), target (V,), seen (list of arrays),
+    # profile_cat (V, 3), profile_num (V, P). None disables early stopping.
+    valid: Optional[dict] = None
 
 
 def _stack(column) -> np.ndarray:
@@ -125,18 +128,46 @@ def worker(job: TrainJob) -> dict:
     opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())
     batches = shard_batches(job.files, hvd.rank(), hvd.size(), int(tc["batch_size"]), int(tc["seed"]))
     history = []
+    best = {"ndcg@10": -1.0, "epoch": 0, "state": None}
+    bad_evals = 0
+    started = time.time()
+    budget = float(tc.get("time_budget_s") or 0.0)
     for epoch in range(int(tc["epochs"])):
         t0 = time.time()
         loss = train_steps(model, opt, batches, job.steps_per_epoch, mcfg.use_profile)
         loss = float(hvd.allreduce(torch.tensor(loss), name="epoch_loss"))
-        history.append({"epoch": epoch + 1, "loss": loss, "seconds": round(time.time() - t0, 3)})
+        entry = {"epoch": epoch + 1, "loss": loss, "seconds": round(time.time() - t0, 3)}
+        stop = 0
+        if job.valid is not None and (epoch + 1) % int(tc["eval_every"]) == 0:
+            if hvd.rank() == 0:
+                entry["valid_ndcg@10"] = validate(model, job.valid)
+                if entry["valid_ndcg@10"] > best["ndcg@10"]:
+                    best = {"ndcg@10": entry["valid_ndcg@10"], "epoch": epoch + 1,
+                            "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+                    bad_evals = 0
+                else:
+                    bad_evals += 1
+                stop = int(bad_evals >= int(tc["patience"]))
+        if budget and hvd.rank() == 0 and time.time() - started > budget:
+            stop = 2
+        stop = int(hvd.broadcast(torch.tensor(stop), root_rank=0, name=f"stop_{epoch}"))
+        history.append(entry)
         if hvd.rank() == 0:
-            print(f"[train {job.run_id}] epoch {epoch + 1}/{tc['epochs']} loss {loss:.4f} "
-                  f"({history[-1]['seconds']:.1f}s, {job.steps_per_epoch} steps x {hvd.size()} ranks)", flush=True)
+            extra = f", valid NDCG@10 {entry['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in entry else ""
+            print(f"[train {job.run_id}] epoch {epoch + 1}/{tc['epochs']} loss {loss:.4f}{extra} "
+                  f"({entry['seconds']:.1f}s, {job.steps_per_epoch} steps x {hvd.size()} ranks)", flush=True)
+        if stop:
+            if hvd.rank() == 0:
+                why = (f"no validation gain in {tc['patience']} evaluations" if stop == 1
+                       else f"time budget of {budget:.0f}s used")
+                print(f"[train {job.run_id}] early stop: {why}; keeping epoch {best['epoch'] or epoch + 1}", flush=True)
+            break
     batches.close()  # closes the Petastorm reader
     checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
     if hvd.rank() == 0:
-        save_checkpoint(job, model, history)
+        if best["state"] is not None:
+            model.load_state_dict(best["state"])
+        save_checkpoint(job, model, history, best_epoch=best["epoch"] or len(history))
     rank = hvd.rank()
     hvd.shutdown()
     return {"rank": rank, "history": history, "checksum": checksum}
@@ -159,7 +190,28 @@ def shard_ids(files: list[str], seed: int = 0) -> dict:
     return {"rank": rank, "ids": ids}
 
 
-def save_checkpoint(job: TrainJob, model, history: list) -> str:
+def validate(model, valid: dict, k: int = 10, batch: int = 512) -> float:
+    """NDCG@k of the validation targets, full ranking with each user's history removed."""
+    import torch
+
+    from recsys_spark.metrics import ndcg_at_k
+    from recsys_spark.model import topk_excluding
+
+    model.eval()
+    tops = []
+    with torch.no_grad():
+        items = model.item_vectors()
+        for lo in range(0, len(valid["target"]), batch):
+            sl = slice(lo, lo + batch)
+            pc = torch.as_tensor(valid["profile_cat"][sl]) if model.use_profile else None
+            pn = torch.as_tensor(valid["profile_num"][sl]) if model.use_profile else None
+            users = model.user_vectors(torch.as_tensor(valid["input"][sl]), pc, pn)
+            tops.append(topk_excluding(users, items, valid["seen"][sl], k)[0])
+    model.train()
+    return ndcg_at_k(np.concatenate(tops), valid["target"], k)
+
+
+def save_checkpoint(job: TrainJob, model, history: list, best_epoch: Optional[int] = None) -> str:
     """Write <checkpoint_dir>/<run_id>/{model.pt,manifest.json} atomically (rename of a temp dir)."""
     import torch
 
@@ -173,6 +225,7 @@ def save_checkpoint(job: TrainJob, model, history: list) -> str:
         "train_config": job.train_config,
         "data_versions": job.data_versions,
         "history": history,
+        "best_epoch": best_epoch or len(history),
     }
     torch.save({"state_dict": model.state_dict(), **manifest, "config": job.full_config},
                os.path.join(tmp, "model.pt"))
@@ -259,13 +312,38 @@ def prepare(spark, cfg) -> TrainJob:
         "n_profile_num": int(stats["n_num"] or 0),
         "use_profile": tc.use_profile, "use_content": tc.use_content,
     }
+    valid = _validation_sample(spark, cfg, versions, int(max_len), model_config["n_profile_num"])
     run_id = "attn-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     return TrainJob(
         files=files, model_config=model_config, item_category=item_category,
         train_config=asdict(tc), full_config=cfg.to_dict(), data_versions=versions,
         steps_per_epoch=max(1, math.ceil(n_rows / (tc.batch_size * tc.num_proc))),
-        checkpoint_dir=cfg.models_dir, run_id=run_id,
+        checkpoint_dir=cfg.models_dir, run_id=run_id, valid=valid,
     )
+
+
+def _validation_sample(spark, cfg, versions: dict, max_len: int, n_num: int) -> Optional[dict]:
+    """Up to train.valid_users users with a validation target, as numpy arrays (a fixed sample:
+    the users with the smallest hash of their index)."""
+    from pyspark.sql import functions as F
+
+    from recsys_spark.evaluate import valid_users
+    from recsys_spark.model import pad_left
+
+    n = cfg.train.valid_users
+    if n <= 0:
+        return None
+    rows = (valid_users(spark, cfg, versions).orderBy(F.xxhash64("user_idx"), "user_idx").limit(n).collect())
+    if not rows:
+        return None
+    return {
+        "input": pad_left([r.input for r in rows], max_len),
+        "target": np.array([r.target for r in rows], dtype=np.int64),
+        "seen": [np.asarray(r.input, dtype=np.int64) for r in rows],
+        "profile_cat": np.array([r.profile_cat or [0, 0, 0] for r in rows], dtype=np.int64),
+        "profile_num": np.array([r.profile_num if r.profile_num and len(r.profile_num) == n_num
+                                 else [0.0] * n_num for r in rows], dtype=np.float32),
+    }
 
 
 def run(spark, cfg) -> dict:
@@ -282,6 +360,7 @@ def run(spark, cfg) -> dict:
                                 start_timeout=600, verbose=0)
     elapsed = time.time() - t0
     path = os.path.join(job.checkpoint_dir, job.run_id)
-    print(f"train {job.run_id}: done in {elapsed:.1f}s, final loss {results[0]['history'][-1]['loss']:.4f}; "
-          f"checkpoint {path}", flush=True)
-    return {"run_id": job.run_id, "checkpoint": path, "results": results, "seconds": elapsed}
+    history = next(r for r in results if r["rank"] == 0)["history"]
+    print(f"train {job.run_id}: done in {elapsed:.1f}s ({len(history)} epochs), final loss "
+          f"{history[-1]['loss']:.4f}; checkpoint {path}", flush=True)
+    return {"run_id": job.run_id, "checkpoint": path, "results": results, "history": history, "seconds": elapsed}

@@ -36,10 +36,17 @@ def _read(spark, cfg, name):
     return tables.read(spark, tables.path(cfg.tables_dir, name))
 
 
-def test_user_item_weights_combine_event_types_and_decay(spark, tmp_path):
-    cfg = _setup(tmp_path)
+@pytest.fixture(scope="module")
+def built(spark, tmp_path_factory):
+    """The hand-checkable shop, ingested and featurized once for the read-only tests below."""
+    cfg = _setup(tmp_path_factory.mktemp("features"))
     ingest.run(spark, cfg)
     features.run(spark, cfg)
+    return cfg
+
+
+def test_user_item_weights_combine_event_types_and_decay(spark, built):
+    cfg = built
     ui = _read(spark, cfg, schema.USER_ITEM)
     uidx = {r.user_id: r.user_idx for r in _read(spark, cfg, schema.USER_INDEX).collect()}
     iidx = {r.item_id: r.item_idx for r in _read(spark, cfg, schema.ITEM_INDEX).collect()}
@@ -52,10 +59,8 @@ def test_user_item_weights_combine_event_types_and_decay(spark, tmp_path):
     assert len(w) == 5
 
 
-def test_sequences_are_chronological_collapsed_and_split_leave_last_out(spark, tmp_path):
-    cfg = _setup(tmp_path)
-    ingest.run(spark, cfg)
-    features.run(spark, cfg)
+def test_sequences_are_chronological_collapsed_and_split_leave_last_out(spark, built):
+    cfg = built
     iidx = {r.item_id: r.item_idx for r in _read(spark, cfg, schema.ITEM_INDEX).collect()}
     seqs = {r.user_id: r for r in _read(spark, cfg, schema.SEQUENCES).collect()}
     u1 = seqs["u1"]
@@ -106,10 +111,8 @@ def test_index_appends_new_ids_and_never_renumbers(spark, tmp_path):
     assert {k: after_i[k] for k in before_i} == before_i and after_i["h0"] == 5
 
 
-def test_profiles_and_item_content(spark, tmp_path):
-    cfg = _setup(tmp_path)
-    ingest.run(spark, cfg)
-    features.run(spark, cfg)
+def test_profiles_and_item_content(spark, built):
+    cfg = built
     uidx = {r.user_id: r.user_idx for r in _read(spark, cfg, schema.USER_INDEX).collect()}
     content = {r.item_id: r for r in _read(spark, cfg, schema.ITEM_CONTENT).collect()}
     assert content["i1"].category_idx == content["i3"].category_idx != content["i2"].category_idx

@@ -8,7 +8,8 @@ from pyspark.sql import functions as F
 from conftest import make_config
 from recsys_spark import ingest, schema, tables
 from recsys_spark.baselines import als_fit_topk, interactions, item_knn_topk, item_neighbors
-from recsys_spark.evaluate import ndcg_at_k, recall_at_k, spark_metrics
+from recsys_spark.evaluate import spark_metrics
+from recsys_spark.metrics import ndcg_at_k, recall_at_k
 
 
 def _events(spark, cfg):
@@ -110,24 +111,22 @@ def test_quality_benchmark_writes_the_result_table(tmp_path):
     import subprocess
     import sys
 
-    from recsys_spark.config import GenerateConfig
-    from recsys_spark.generate import make_catalog
-
     rng = np.random.default_rng(0)
-    cat = make_catalog(GenerateConfig(items=60, categories=6), rng)
+    successor = rng.permutation(60)  # every item has one successor and one predecessor
     lines = []
-    for u in range(1, 151):
+    for u in range(1, 301):
         item = int(rng.integers(0, 60))
         seq = []
-        for _ in range(int(rng.integers(5, 15))):
+        for _ in range(int(rng.integers(6, 16))):
             seq.append(item + 1)
-            item = int(cat.successor[item]) if rng.random() < 0.7 else int(rng.integers(0, 60))
+            item = int(successor[item]) if rng.random() < 0.8 else int(rng.integers(0, 60))
         lines.append(" ".join(map(str, [u] + seq)))
     data = tmp_path / "tiny.txt"
     data.write_text("\n".join(lines) + "\n")
     out = tmp_path / "result.json"
     cmd = [sys.executable, "-m", "recsys_spark.bench_quality", str(data), "--out", str(out),
-           "--set", "train.epochs=6", "--set", "train.d_model=32", "--set", "features.max_seq_len=20",
+           "--set", "train.epochs=10", "--set", "train.d_model=32", "--set", "features.max_seq_len=20",
+           "--set", "train.batch_size=16", "--set", "train.lr=0.005", "--set", "train.patience=10",
            "--set", "evaluate.als_reg_params=[0.1]", "--set", "evaluate.als_alphas=[1.0]",
            "--set", "spark.conf={spark.driver.memory: 2g}", "--set", "spark.shuffle_partitions=2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
@@ -142,5 +141,5 @@ def test_quality_benchmark_writes_the_result_table(tmp_path):
         assert row["peak_rss_mb"] > 0
     by = {r["model"]: r for r in result["rows"]}
     # The successor structure is learnable by sequence models and item-kNN, not by popularity.
-    assert by["attention"]["ndcg@10"] > by["popularity"]["ndcg@10"]
+    assert by["attention"]["ndcg@10"] > 1.5 * by["popularity"]["ndcg@10"]
     assert "attention" in proc.stdout and "item_knn" in proc.stdout

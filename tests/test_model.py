@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from recsys_spark.evaluate import ndcg_at_k, recall_at_k
+from recsys_spark.metrics import ndcg_at_k, recall_at_k
 from recsys_spark.model import AttentionRecommender, ModelConfig, pad_left, topk_excluding
 
 
