@@ -70,15 +70,6 @@ def replace_partition(df: DataFrame, location: str, predicate: str, partition_by
     )
 
 
-def merge_insert_new(spark: SparkSession, df: DataFrame, location: str, keys: list[str]) -> None:
-    """Insert rows of df whose keys are not in the table yet; create the table if it is missing."""
-    if not exists(spark, location):
-        df.write.format("delta").save(location)
-        return
-    cond = " AND ".join(f"t.{k} = s.{k}" for k in keys)
-    DeltaTable.forPath(spark, location).alias("t").merge(df.alias("s"), cond).whenNotMatchedInsertAll().execute()
-
-
 def upsert(spark: SparkSession, df: DataFrame, location: str, keys: list[str]) -> None:
     """Update rows whose keys exist and insert the rest; create the table if it is missing."""
     if not exists(spark, location):

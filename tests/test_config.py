@@ -65,3 +65,9 @@ def test_missing_file_says_what_to_do():
 def test_round_trip_through_dict():
     cfg = config.load(None, ["train.epochs=4"])
     assert config.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize("name", ["local.yaml", "bench.yaml", "cluster.yaml"])
+def test_shipped_profiles_are_valid(name):
+    cfg = config.load(f"conf/{name}")
+    assert cfg.train.num_proc >= 1
