@@ -106,6 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         trained = train.run(spark, cfg)
         stage_s["train"] = round(time.time() - t0, 1)
         mon.stop()
+        with open(os.path.join(trained["checkpoint"], "manifest.json")) as fh:
+            model_config = json.load(fh)["model_config"]  # read before the work folder is removed
         t0 = time.time()
         ev = evaluate.run(spark, cfg, monitor=mon)
         stage_s["evaluate"] = round(time.time() - t0, 1)
@@ -130,6 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         "stage_seconds": stage_s,
         "attention_history": trained["history"],
         "model_run_id": trained["run_id"],
+        "model_config": model_config,
         "als": ev["params"].get("als"),
         "config": {k: v for k, v in cfg.to_dict().items() if k in ("features", "train", "evaluate")},
     }

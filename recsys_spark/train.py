@@ -8,6 +8,7 @@ writes a self-describing checkpoint.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -63,27 +64,31 @@ def shard_batches(files: list[str], rank: int, size: int, batch_size: int, seed:
     rng = np.random.default_rng(seed + rank)
     buf: dict[str, list] = {}
     n_buf = 0
-    with make_batch_reader(files, cur_shard=rank, shard_count=size, num_epochs=num_epochs,
-                           shuffle_row_groups=True, seed=seed, reader_pool_type="dummy",
-                           schema_fields=columns or TRAIN_COLUMNS) as reader:
-        for batch in reader:
-            d = batch._asdict()
-            for name, col in d.items():
-                buf.setdefault(name, []).append(_stack(col))
-            n_buf += len(next(iter(d.values())))
-            if n_buf < batch_size * 4 and num_epochs is None:
-                continue
-            merged = {k: np.concatenate(v) for k, v in buf.items()}
-            perm = rng.permutation(n_buf)
-            full = (n_buf // batch_size) * batch_size
-            for lo in range(0, full, batch_size):
-                yield {k: v[perm[lo: lo + batch_size]] for k, v in merged.items()}
-            rest = perm[full:]
-            buf = {k: [v[rest]] for k, v in merged.items()}
-            n_buf = len(rest)
-        if n_buf:
-            merged = {k: np.concatenate(v) for k, v in buf.items()}
-            yield merged
+    # One reader per pass with its own seed: petastorm's own num_epochs=None repeats the row
+    # groups in an order that differs from run to run, which would break reproducibility.
+    passes = itertools.count() if num_epochs is None else range(num_epochs)
+    for p in passes:
+        with make_batch_reader(files, cur_shard=rank, shard_count=size, num_epochs=1,
+                               shuffle_row_groups=True, seed=seed + p, reader_pool_type="dummy",
+                               schema_fields=columns or TRAIN_COLUMNS) as reader:
+            for batch in reader:
+                d = batch._asdict()
+                for name, col in d.items():
+                    buf.setdefault(name, []).append(_stack(col))
+                n_buf += len(next(iter(d.values())))
+                if n_buf < batch_size * 4 and num_epochs is None:
+                    continue
+                merged = {k: np.concatenate(v) for k, v in buf.items()}
+                perm = rng.permutation(n_buf)
+                full = (n_buf // batch_size) * batch_size
+                for lo in range(0, full, batch_size):
+                    yield {k: v[perm[lo: lo + batch_size]] for k, v in merged.items()}
+                rest = perm[full:]
+                buf = {k: [v[rest]] for k, v in merged.items()}
+                n_buf = len(rest)
+    if n_buf:
+        merged = {k: np.concatenate(v) for k, v in buf.items()}
+        yield merged
 
 
 def train_steps(model, optimizer, batches: Iterator[dict], steps: int, use_profile: bool) -> float:

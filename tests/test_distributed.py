@@ -58,6 +58,20 @@ def test_horovod_ranks_read_disjoint_shards_covering_the_table(spark, tmp_path):
     assert sorted(a | b) == [(u, 0) for u in range(200)]
 
 
+def _job(files, checkpoint_dir, run_id):
+    return TrainJob(
+        files=files,
+        model_config={"n_items": 16, "max_len": L, "d_model": 16, "n_heads": 2, "n_layers": 1, "dropout": 0.1,
+                      "n_categories": 1, "attr_cardinalities": [2, 2, 2], "n_profile_num": 2,
+                      "use_profile": True, "use_content": True},
+        item_category=[0] * 16,
+        train_config={"epochs": 3, "batch_size": 32, "lr": 0.01, "weight_decay": 0.0, "seed": 3,
+                      "threads_per_rank": 1},
+        full_config={}, data_versions={"train": 0}, steps_per_epoch=5,
+        checkpoint_dir=checkpoint_dir, run_id=run_id,
+    )
+
+
 @pytest.mark.slow
 def test_horovod_averages_gradients_so_ranks_end_identical(spark, tmp_path):
     import horovod.spark
@@ -68,17 +82,7 @@ def test_horovod_averages_gradients_so_ranks_end_identical(spark, tmp_path):
     loc = str(tmp_path / "train")
     tables.overwrite(_train_df(spark, range(300), 4), loc)
     files = tables.active_files(spark, loc, tables.version(spark, loc))
-    job = TrainJob(
-        files=files,
-        model_config={"n_items": 16, "max_len": L, "d_model": 16, "n_heads": 2, "n_layers": 1, "dropout": 0.1,
-                      "n_categories": 1, "attr_cardinalities": [2, 2, 2], "n_profile_num": 2,
-                      "use_profile": True, "use_content": True},
-        item_category=[0] * 16,
-        train_config={"epochs": 3, "batch_size": 32, "lr": 0.01, "weight_decay": 0.0, "seed": 3,
-                      "threads_per_rank": 1},
-        full_config={}, data_versions={"train": 0}, steps_per_epoch=5,
-        checkpoint_dir=str(tmp_path / "models"), run_id="attn-test",
-    )
+    job = _job(files, str(tmp_path / "models"), "attn-test")
     results = horovod.spark.run(worker, args=(job,), num_proc=2, use_gloo=True, verbose=0)
     by_rank = {r["rank"]: r for r in results}
     assert set(by_rank) == {0, 1}
@@ -92,3 +96,19 @@ def test_horovod_averages_gradients_so_ranks_end_identical(spark, tmp_path):
     assert total == pytest.approx(by_rank[0]["checksum"], rel=1e-9)
     scores, _ = model(torch.tensor([[0, 1, 2, 3]]))
     assert scores.shape == (1, 16)
+
+
+@pytest.mark.slow
+def test_same_seed_same_weights(spark, tmp_path):
+    """Seeded training over the same pinned files is repeatable (Petastorm order, init, Gloo sums)."""
+    import horovod.spark
+
+    loc = str(tmp_path / "train")
+    tables.overwrite(_train_df(spark, range(200), 4), loc)
+    files = tables.active_files(spark, loc, tables.version(spark, loc))
+    sums = []
+    for run in ("a", "b"):
+        res = horovod.spark.run(worker, args=(_job(files, str(tmp_path / "models"), f"attn-{run}"),),
+                                num_proc=2, use_gloo=True, verbose=0)
+        sums.append([r["checksum"] for r in sorted(res, key=lambda r: r["rank"])])
+    assert sums[0] == sums[1]
