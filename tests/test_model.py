@@ -34,7 +34,11 @@ def test_attention_is_causal_and_ignores_padding():
     assert torch.allclose(h1[:, :-1], h2[:, :-1], atol=1e-6)
     assert not torch.allclose(h1[:, -1], h2[:, -1])
     assert torch.isfinite(h1).all()
-    # Same items with more left padding give the same last state (padding is invisible).
+    # Padding is invisible: whatever the padding row's vector holds, real positions do not change.
+    with torch.no_grad():
+        m.item_emb.weight[0] = 5.0
+    h3 = m.encode(seq)
+    assert torch.allclose(h1[:, 2:], h3[:, 2:], atol=1e-6)
 
 
 def test_forward_returns_scores_and_loss_and_learns_a_transition():
