@@ -28,7 +28,7 @@ def interactions(users: DataFrame) -> DataFrame:
 def _factor_topk(batches: Iterator[pd.DataFrame], item_factors: np.ndarray, k: int) -> Iterator[pd.DataFrame]:
     import torch
 
-    from recsys_spark.model import topk_excluding
+    from recsys_spark.topk import topk_excluding
 
     torch.set_num_threads(1)
     items = torch.as_tensor(item_factors)
@@ -116,7 +116,7 @@ def _knn_topk(batches: Iterator[pd.DataFrame], nbr_idx: np.ndarray, nbr_sim: np.
               history_cap: int) -> Iterator[pd.DataFrame]:
     import torch
 
-    from recsys_spark.model import topk_from_scores
+    from recsys_spark.topk import topk_from_scores
 
     torch.set_num_threads(1)
     n_items = nbr_idx.shape[0]

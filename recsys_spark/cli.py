@@ -34,6 +34,31 @@ def parse_args(argv: list[str] | None = None, stage: str | None = None) -> tuple
     return stage or args.stage, cfg, args
 
 
+def retrain_due(spark, cfg: config_mod.Config) -> tuple[bool, str]:
+    """Whether the nightly run trains: no model yet, or the newest one has served
+    train.retrain_every scoring nights already (gold/score_runs counts them)."""
+    from pyspark.sql import functions as F
+
+    from recsys_spark import schema, tables
+    from recsys_spark.train import latest_checkpoint
+
+    every = cfg.train.retrain_every
+    if cfg.score.model_run_id:
+        return False, f"score.model_run_id pins model {cfg.score.model_run_id}; not retraining"
+    try:
+        run_id = os.path.basename(latest_checkpoint(cfg.models_dir))
+    except FileNotFoundError:
+        return True, "no trained model yet"
+    runs = tables.path(cfg.tables_dir, schema.SCORE_RUNS)
+    nights = 0
+    if tables.exists(spark, runs):
+        nights = (tables.read(spark, runs).where(F.col("model_run_id") == run_id)
+                  .select("run_date").distinct().count())
+    if nights >= every:
+        return True, f"model {run_id} has served {nights} night(s); train.retrain_every is {every}: retraining"
+    return False, f"model {run_id} has served {nights} of {every} night(s) (train.retrain_every): scoring with it"
+
+
 def run_stage(spark, cfg: config_mod.Config, stage: str, args: argparse.Namespace | None = None):
     from recsys_spark import evaluate, features, ingest, score, show, train
 
@@ -46,6 +71,11 @@ def run_stage(spark, cfg: config_mod.Config, stage: str, args: argparse.Namespac
         for s in NIGHTLY:
             t0 = time.time()
             print(f"=== {s} ===", flush=True)
+            if s == "train":
+                due, why = retrain_due(spark, cfg)
+                print(f"train: {why}", flush=True)
+                if not due:
+                    continue
             run_stage(spark, cfg, s)
             timings[s] = time.time() - t0
         print("nightly stage wall times: " + ", ".join(f"{s} {t:.1f}s" for s, t in timings.items()), flush=True)

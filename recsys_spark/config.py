@@ -122,6 +122,9 @@ class TrainConfig:
     # Wall-clock budget for the epoch loop in seconds (0 = none): training stops after the first
     # epoch that ends past it, keeping the best validated weights.
     time_budget_s: float = 0.0
+    # nightly: retrain when the newest model has already served this many scoring nights
+    # (1 = retrain every night; 7 = weekly, scoring with the same model in between).
+    retrain_every: int = 1
 
 
 @dataclass(frozen=True)
@@ -133,6 +136,26 @@ class ScoreConfig:
     batch_users: int = 1024
     # Empty means the most recent checkpoint under <paths.root>/models.
     model_run_id: str = ""
+    # full: score every user. incremental: rescore only users with new events since the last
+    # successful scoring run (Delta Change Data Feed of the events table) and carry the others
+    # forward; falls back to full, saying why, when the model, rules or eligibility changed.
+    mode: str = "full"
+    # Business rules, applied before ranking. eligibility: a Delta table (path, or name under
+    # <paths.root>/tables) with columns item_id, eligible (boolean); items it marks false are never
+    # recommended, items it does not list are eligible. Empty = every item is eligible.
+    eligibility: str = ""
+    # At most this many items of one category per user's list (0 = no cap).
+    max_per_category: int = 0
+    # MMR diversity re-rank of the best 4*k candidates: lambda in (0, 1], 0 = off.
+    mmr_lambda: float = 0.0
+    # History items stored per recommendation as its explanation ("because you viewed X"); 0 = off.
+    explain: int = 3
+    # auto: CUDA when the executor has a GPU, else CPU. cpu | cuda force one.
+    device: str = "auto"
+    # Scores held in memory per block of users (MB): bounds executor memory for large catalogs.
+    block_mb: float = 256.0
+    # Also overwrite gold/recommendations_latest with this run's partition (a stable table to read).
+    write_latest: bool = True
 
 
 @dataclass(frozen=True)
@@ -191,6 +214,17 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"train.d_model ({t.d_model}) must be divisible by train.n_heads ({t.n_heads})")
     if cfg.score.k < 1:
         raise ConfigError(f"score.k: must be >= 1, got {cfg.score.k}")
+    sc = cfg.score
+    if sc.mode not in ("full", "incremental"):
+        raise ConfigError(f"score.mode: expected 'full' or 'incremental', got {sc.mode!r}")
+    if sc.device not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"score.device: expected auto|cpu|cuda, got {sc.device!r}")
+    if not 0.0 <= sc.mmr_lambda <= 1.0:
+        raise ConfigError(f"score.mmr_lambda: must be in [0, 1] (0 = off), got {sc.mmr_lambda}")
+    if sc.max_per_category < 0 or sc.explain < 0 or sc.block_mb <= 0:
+        raise ConfigError("score.max_per_category and score.explain must be >= 0 and score.block_mb > 0")
+    if t.retrain_every < 1:
+        raise ConfigError(f"train.retrain_every: must be >= 1 (nights per model), got {t.retrain_every}")
     if cfg.ingest.format not in ("auto", "csv", "parquet", "json", "sasrec", "movielens"):
         raise ConfigError(f"ingest.format: expected auto|csv|parquet|json|sasrec|movielens, got {cfg.ingest.format!r}")
     unknown = sorted(set(cfg.evaluate.baselines) - {"popularity", "als", "item_knn"})

@@ -294,7 +294,9 @@ def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
 
     seqs = split(sequences(ev, fc), fc).join(user_index, "user_idx")
     seq_path = tables.path(root, schema.SEQUENCES)
-    tables.overwrite(seqs, seq_path)
+    # The events version is recorded in the commit: incremental scoring reads the events' change
+    # feed from the version the previous scoring run's sequences were built from.
+    tables.overwrite(seqs, seq_path, metadata={"events_version": events_version})
     written[schema.SEQUENCES] = tables.version(spark, seq_path)
     ev.unpersist()
 

@@ -272,6 +272,8 @@ def run(spark: SparkSession, cfg: Config) -> IngestReport:
         tables.overwrite(new, events_path)
     elif n_new:
         tables.append(new, events_path)
+    # The change feed tells incremental scoring which users have new events.
+    tables.enable_change_feed(spark, events_path)
     new.unpersist()
     valid.unpersist()
     users_n = items_n = 0

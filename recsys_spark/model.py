@@ -7,6 +7,8 @@ sequence, with
 - the user profile (categorical attributes + numeric activity features) fused into every position
   through a learned gate (when use_profile);
 - full-catalog cross-entropy on every next-item position (the "SASRec+" objective).
+
+The top-K kernel over item_vectors() lives in recsys_spark.topk.
 """
 from __future__ import annotations
 
@@ -151,56 +153,3 @@ def pad_left(sequences: list, max_len: int) -> np.ndarray:
         if len(s):
             out[i, max_len - len(s):] = s
     return out
-
-
-def topk_excluding(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: list, k: int,
-                   block: int = 4096) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k items per user by dot product, excluding each user's seen items and item 0.
-
-    seen[i] is an array of item ids to exclude for user i. Ties are broken by the smaller item
-    id, so the output is deterministic. Returns (items (U, k) int64, scores (U, k) float); rows
-    with fewer than k eligible items are filled with item -1 and score -inf.
-    """
-    parts = [topk_from_scores(user_vecs[lo: lo + block] @ item_vecs.T, seen[lo: lo + block], k)
-             for lo in range(0, len(seen), block)]
-    if not parts:
-        return np.zeros((0, k), dtype=np.int64), np.zeros((0, k))
-    return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
-
-
-def topk_from_scores(scores: torch.Tensor, seen: list, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k of a (U, n_items) score matrix (modified in place) with seen items and item 0 masked.
-
-    Same contract as topk_excluding: ties by smaller item id, -1 / -inf fill.
-    """
-    n_users, n_items = scores.shape
-    out_items = np.full((n_users, k), -1, dtype=np.int64)
-    out_scores = np.full((n_users, k), -np.inf, dtype=np.float64)
-    if n_users == 0:
-        return out_items, out_scores
-    kk = min(k, n_items)
-    scores[:, 0] = float("-inf")
-    nonempty = [(r, np.asarray(s, dtype=np.int64)) for r, s in enumerate(seen) if s is not None and len(s)]
-    if nonempty:
-        rows = np.concatenate([np.full(len(s), r) for r, s in nonempty])
-        cols = np.concatenate([s for _, s in nonempty])
-        ok = (cols >= 0) & (cols < n_items)
-        scores[torch.as_tensor(rows[ok]), torch.as_tensor(cols[ok])] = float("-inf")
-    vals, idx = torch.topk(scores, kk, dim=1)
-    vals_np, idx_np = vals.double().numpy(), idx.numpy()
-    n_at_least = (scores >= vals[:, -1:]).sum(1).numpy()
-    for r in range(n_users):
-        v, i = vals_np[r], idx_np[r]
-        if n_at_least[r] > kk and np.isfinite(v[-1]):
-            # More items tie with the k-th score than fit: take the smallest ids among them.
-            row = scores[r].double().numpy()
-            cand = np.flatnonzero(row >= v[-1])
-            order = np.lexsort((cand, -row[cand]))[:kk]
-            i, v = cand[order], row[cand[order]]
-        else:
-            order = np.lexsort((i, -v))
-            i, v = i[order], v[order]
-        ok = np.isfinite(v)
-        out_items[r, : ok.sum()] = i[ok]
-        out_scores[r, : ok.sum()] = v[ok]
-    return out_items, out_scores

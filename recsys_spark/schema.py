@@ -23,8 +23,9 @@ ITEM_CONTENT = "gold/item_content"
 SEQUENCES = "gold/sequences"
 TRAIN_EXAMPLES = "gold/train_examples"
 RECOMMENDATIONS = "gold/recommendations"
+RECOMMENDATIONS_LATEST = "gold/recommendations_latest"
+SCORE_RUNS = "gold/score_runs"
 METRICS = "gold/metrics"
-RUNS = "gold/runs"
 
 EVENTS_SCHEMA = T.StructType(
     [
@@ -49,14 +50,39 @@ QUARANTINE_SCHEMA = T.StructType(
     ]
 )
 
+# The output contract (README "Recommendations table"): one partition per run_date; per user ranks
+# 1..n (n = score.k, fewer only when fewer items are eligible and unseen); no seen or ineligible
+# item; because_item_ids are items of the user's own history.
 RECOMMENDATIONS_SCHEMA = T.StructType(
     [
         T.StructField("user_id", T.StringType(), False),
         T.StructField("rank", T.IntegerType(), False),
         T.StructField("item_id", T.StringType(), False),
         T.StructField("score", T.FloatType(), False),
+        T.StructField("because_item_ids", T.ArrayType(T.StringType(), False), False),
         T.StructField("model_run_id", T.StringType(), False),
         T.StructField("run_date", T.DateType(), False),
+    ]
+)
+
+# One row per successful scoring run: what produced each recommendations partition.
+SCORE_RUNS_SCHEMA = T.StructType(
+    [
+        T.StructField("run_date", T.DateType(), False),
+        T.StructField("model_run_id", T.StringType(), False),
+        T.StructField("mode", T.StringType(), False),  # full | incremental
+        T.StructField("mode_reason", T.StringType(), False),
+        T.StructField("rules", T.StringType(), False),  # JSON of k and the business rules
+        T.StructField("events_version", T.LongType(), False),  # events version the features were built from
+        T.StructField("sequences_version", T.LongType(), False),
+        T.StructField("user_profile_version", T.LongType(), False),
+        T.StructField("eligibility_version", T.LongType(), True),
+        T.StructField("recommendations_version", T.LongType(), False),
+        T.StructField("users_scored", T.LongType(), False),
+        T.StructField("users_carried", T.LongType(), False),
+        T.StructField("rows", T.LongType(), False),
+        T.StructField("seconds", T.DoubleType(), False),
+        T.StructField("finished_at", T.TimestampType(), False),
     ]
 )
 

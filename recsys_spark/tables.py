@@ -1,6 +1,7 @@
 """Delta read/write helpers: pinned versions, active files, partition replacement, merges."""
 from __future__ import annotations
 
+import json
 import os
 from typing import Optional
 
@@ -47,9 +48,14 @@ def active_files(spark: SparkSession, location: str, at_version: int) -> list[st
     return sorted(files)
 
 
-def overwrite(df: DataFrame, location: str, partition_by: Optional[list[str]] = None) -> None:
-    """Replace a table's contents atomically (a new Delta version; readers of the old one are safe)."""
+def overwrite(df: DataFrame, location: str, partition_by: Optional[list[str]] = None,
+              metadata: Optional[dict] = None) -> None:
+    """Replace a table's contents atomically (a new Delta version; readers of the old one are safe).
+
+    metadata, if given, is stored as JSON in the commit (read back with commit_metadata)."""
     writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+    if metadata is not None:
+        writer = writer.option("userMetadata", json.dumps(metadata, sort_keys=True))
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     writer.save(location)
@@ -59,15 +65,42 @@ def append(df: DataFrame, location: str) -> None:
     df.write.format("delta").mode("append").option("mergeSchema", "true").save(location)
 
 
-def replace_partition(df: DataFrame, location: str, predicate: str, partition_by: list[str]) -> None:
-    """Atomically replace the rows matching predicate (one partition) with df; other rows stay."""
-    (
-        df.write.format("delta")
-        .mode("overwrite")
-        .option("replaceWhere", predicate)
-        .partitionBy(*partition_by)
-        .save(location)
-    )
+def replace_partition(df: DataFrame, location: str, predicate: str, partition_by: list[str],
+                      metadata: Optional[dict] = None) -> None:
+    """Atomically replace the rows matching predicate (one partition) with df; other rows stay.
+    New columns of df are added to the table (older partitions read them as null)."""
+    writer = df.write.format("delta").mode("overwrite").option("replaceWhere", predicate).option("mergeSchema", "true")
+    if metadata is not None:
+        writer = writer.option("userMetadata", json.dumps(metadata, sort_keys=True))
+    writer.partitionBy(*partition_by).save(location)
+
+
+def commit_metadata(spark: SparkSession, location: str, at_version: int) -> dict:
+    """The JSON metadata stored with the commit of at_version ({} when there is none)."""
+    row = (DeltaTable.forPath(spark, location).history().where(f"version = {int(at_version)}")
+           .select("userMetadata").first())
+    if row is None or not row[0]:
+        return {}
+    try:
+        return json.loads(row[0])
+    except ValueError:
+        return {}
+
+
+def enable_change_feed(spark: SparkSession, location: str) -> None:
+    """Turn on Delta Change Data Feed for a table (a no-op when it is already on)."""
+    props = DeltaTable.forPath(spark, location).detail().select("properties").first()[0] or {}
+    if props.get("delta.enableChangeDataFeed", "false").lower() != "true":
+        spark.sql(f"ALTER TABLE delta.`{location}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
+
+
+def changes(spark: SparkSession, location: str, start_version: int, end_version: int) -> DataFrame:
+    """Rows inserted or updated in versions start..end (inclusive), from the Change Data Feed.
+
+    Raises the Delta error when the feed was not enabled for the whole range."""
+    return (spark.read.format("delta").option("readChangeFeed", "true")
+            .option("startingVersion", int(start_version)).option("endingVersion", int(end_version))
+            .load(location).where("_change_type IN ('insert', 'update_postimage')"))
 
 
 def upsert(spark: SparkSession, df: DataFrame, location: str, keys: list[str]) -> None:

@@ -200,7 +200,7 @@ def validate(model, valid: dict, k: int = 10, batch: int = 512) -> float:
     import torch
 
     from recsys_spark.metrics import ndcg_at_k
-    from recsys_spark.model import topk_excluding
+    from recsys_spark.topk import topk_excluding
 
     model.eval()
     tops = []

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from recsys_spark.metrics import ndcg_at_k, recall_at_k
-from recsys_spark.model import AttentionRecommender, ModelConfig, pad_left, topk_excluding
+from recsys_spark.model import AttentionRecommender, ModelConfig, pad_left
 
 
 def test_model_package_imports_without_pyspark():
     code = ("import sys; sys.modules['pyspark'] = None\n"
-            "import recsys_spark.model, recsys_spark.train\n"
+            "import recsys_spark.model, recsys_spark.topk, recsys_spark.train\n"
             "assert 'pyspark.sql' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -72,34 +72,6 @@ def test_profile_changes_the_user_vector():
 def test_pad_left_keeps_newest_items():
     out = pad_left([[1, 2, 3, 4, 5], [7], []], 3)
     assert out.tolist() == [[3, 4, 5], [0, 0, 7], [0, 0, 0]]
-
-
-def test_topk_excludes_seen_and_padding_and_breaks_ties_by_item_id():
-    items = torch.tensor([[9.0], [1.0], [2.0], [2.0], [2.0], [0.5]])  # item 0 is padding
-    users = torch.tensor([[1.0], [1.0]])
-    top, scores = topk_excluding(users, items, [np.array([2]), np.array([], dtype=np.int64)], 3)
-    assert top.tolist() == [[3, 4, 1], [2, 3, 4]]
-    assert scores[0].tolist() == [2.0, 2.0, 1.0]
-
-
-def test_topk_fills_with_minus_one_when_catalog_is_exhausted():
-    items = torch.tensor([[0.0], [1.0], [2.0]])
-    top, _ = topk_excluding(torch.ones(1, 1), items, [np.array([1])], 3)
-    assert top.tolist() == [[2, -1, -1]]
-
-
-def test_topk_matches_a_full_sort_on_random_data():
-    rng = np.random.default_rng(1)
-    items = torch.as_tensor(rng.normal(size=(200, 8)), dtype=torch.float32)
-    users = torch.as_tensor(rng.normal(size=(50, 8)), dtype=torch.float32)
-    seen = [rng.choice(np.arange(1, 200), 10, replace=False) for _ in range(50)]
-    top, _ = topk_excluding(users, items, seen, 10, block=16)
-    full = (users @ items.T).numpy()
-    for u in range(50):
-        row = full[u].copy()
-        row[0] = -np.inf
-        row[seen[u]] = -np.inf
-        assert top[u].tolist() == list(np.argsort(-row, kind="stable")[:10])
 
 
 def test_metrics_on_a_hand_computed_example():

@@ -1,4 +1,5 @@
 """End to end on a small synthetic shop: the nightly stages on real Spark, Delta, Petastorm, Horovod."""
+import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
@@ -97,3 +98,103 @@ def test_reingesting_the_same_raw_files_changes_nothing_downstream(spark, shop):
     assert tables.read(spark, events).count() == n
     q = tables.read(spark, tables.path(cfg.tables_dir, schema.QUARANTINE))
     assert q.count() > 0 and q.where(F.col("source_file").isNull()).count() == 0
+
+
+@pytest.mark.slow
+def test_explanations_are_items_of_the_users_own_history(spark, shop):
+    cfg, _ = shop
+    recs = _recs(spark, cfg).where(F.col("run_date") == "2026-07-01")
+    seqs = tables.read(spark, tables.path(cfg.tables_dir, schema.SEQUENCES))
+    index = tables.read(spark, tables.path(cfg.tables_dir, schema.ITEM_INDEX))
+    history = (seqs.select("user_id", F.explode("items").alias("item_idx")).join(index, "item_idx")
+               .select("user_id", F.col("item_id").alias("because")).distinct())
+    because = recs.select("user_id", "item_id", F.explode("because_item_ids").alias("because"))
+    assert because.count() > 0
+    assert because.join(history, ["user_id", "because"], "left_anti").count() == 0
+    sizes = {r.n for r in recs.select(F.size("because_item_ids").alias("n")).distinct().collect()}
+    assert sizes <= {1, 2, 3} and 3 in sizes
+
+
+@pytest.mark.slow
+def test_business_rules_remove_ineligible_items_and_cap_categories(spark, shop):
+    cfg, _ = shop
+    recs = _recs(spark, cfg).where(F.col("run_date") == "2026-07-01")
+    top = [r.item_id for r in recs.groupBy("item_id").count().orderBy(F.desc("count"), "item_id").limit(5).collect()]
+    elig_path = tables.path(cfg.tables_dir, "silver/eligibility")
+    rows = [(i, False) for i in top] + [("i000001", True)]
+    tables.overwrite(spark.createDataFrame(rows, "item_id string, eligible boolean"), elig_path)
+    ruled = make_config(cfg.paths.root, score={"k": 10, "run_date": "2026-07-05", "eligibility": "silver/eligibility",
+                                               "max_per_category": 2})
+    cli.run_stage(spark, ruled, "score")
+    got = _recs(spark, cfg).where(F.col("run_date") == "2026-07-05")
+    n_users = recs.select("user_id").distinct().count()
+    assert got.count() == n_users * 10
+    assert got.where(F.col("item_id").isin(top)).count() == 0
+    cats = tables.read(spark, tables.path(cfg.tables_dir, schema.ITEM_CONTENT)).select("item_id", "category")
+    per_cat = got.join(cats, "item_id").groupBy("user_id", "category").count()
+    assert per_cat.agg(F.max("count")).first()[0] == 2
+    # A different eligibility version forbids carrying yesterday's lists forward.
+    runs = tables.read(spark, tables.path(cfg.tables_dir, schema.SCORE_RUNS)).orderBy(F.desc("finished_at")).first()
+    assert runs.mode == "full" and runs.eligibility_version == tables.version(spark, elig_path)
+
+
+@pytest.mark.slow
+def test_retraining_cadence_counts_nights_served(spark, shop):
+    cfg, _ = shop
+    weekly = make_config(cfg.paths.root, train={"retrain_every": 7})
+    due, why = cli.retrain_due(spark, weekly)
+    assert not due and "of 7 night(s)" in why
+    nightly = make_config(cfg.paths.root, train={"retrain_every": 1})
+    assert cli.retrain_due(spark, nightly)[0]
+
+
+@pytest.mark.slow
+def test_incremental_scoring_equals_a_full_run_for_changed_users(spark, shop, tmp_path):
+    """Runs last in this module: it adds events (a new user included) to the shop."""
+    import pandas as pd
+
+    cfg, _ = shop
+    root = cfg.paths.root
+    base = make_config(root, score={"k": 10, "run_date": "2026-07-10", "mode": "full"})
+    cli.run_stage(spark, base, "score")
+    seqs = tables.read(spark, tables.path(cfg.tables_dir, schema.SEQUENCES))
+    changed = [r.user_id for r in seqs.select("user_id").orderBy("user_id").limit(6).collect()]
+    new = pd.DataFrame({
+        "user_id": changed + ["u_new_1"],
+        "item_id": ["i000003", "i000004", "i000005", "i000006", "i000007", "i000008", "i000009"],
+        "event_type": ["purchase", "view", "view", "add_to_cart", "view", "view", "view"],
+        "timestamp": pd.to_datetime(["2026-07-10 12:00:00"] * 7),
+    })
+    (tmp_path / "new").mkdir()
+    new.to_parquet(tmp_path / "new" / "events.parquet")
+    cli.run_stage(spark, make_config(root, ingest={"events": str(tmp_path / "new")}), "ingest")
+    cli.run_stage(spark, base, "features")
+    inc = make_config(root, score={"k": 10, "run_date": "2026-07-11", "mode": "incremental"})
+    out = cli.run_stage(spark, inc, "score")
+    assert out["mode"] == "incremental", out["reason"]
+    n_before = tables.read(spark, tables.path(cfg.tables_dir, schema.RECOMMENDATIONS)).where(
+        F.col("run_date") == "2026-07-10").select("user_id").distinct().count()
+    assert out["users_scored"] == 7 and out["users_carried"] == n_before - 6
+    cli.run_stage(spark, make_config(root, score={"k": 10, "run_date": "2026-07-12", "mode": "full"}), "score")
+
+    recs = _recs(spark, cfg).drop("model_run_id")
+
+    def day(d, users, exclude=False):
+        df = recs.where(F.col("run_date") == d).drop("run_date")
+        df = df.where(~F.col("user_id").isin(users) if exclude else F.col("user_id").isin(users))
+        rows = sorted((r.user_id, r.rank, r.item_id, tuple(r.because_item_ids), r.score) for r in df.collect())
+        return [r[:4] for r in rows], np.array([r[4] for r in rows])
+
+    def same(a, b):
+        # Lists, ranks and explanations exactly; scores to float32 rounding (batches differ).
+        assert a[0] == b[0]
+        np.testing.assert_allclose(a[1], b[1], rtol=1e-5, atol=1e-6)
+
+    everyone_changed = changed + ["u_new_1"]
+    same(day("2026-07-11", everyone_changed), day("2026-07-12", everyone_changed))
+    assert len(day("2026-07-11", ["u_new_1"])[0]) == 10
+    # The other users' lists are carried forward unchanged from the previous run.
+    same(day("2026-07-11", everyone_changed, exclude=True), day("2026-07-10", everyone_changed, exclude=True))
+    # The latest table is the last run's partition.
+    latest = tables.read(spark, tables.path(cfg.tables_dir, schema.RECOMMENDATIONS_LATEST))
+    assert {str(r.run_date) for r in latest.select("run_date").distinct().collect()} == {"2026-07-12"}

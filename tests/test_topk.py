@@ -1,0 +1,124 @@
+"""The top-K kernel and business rules (pure torch, no JVM)."""
+import numpy as np
+import torch
+
+from recsys_spark.topk import block_rows, cap_per_category, explain, mmr, recommend, topk_excluding
+
+
+def _brute(users, items, seen, k, ineligible=()):
+    """Reference ranking by a full stable sort: score descending, then smaller item id."""
+    full = (users @ items.T).double().numpy()
+    out = []
+    for u in range(len(users)):
+        row = full[u].copy()
+        row[0] = -np.inf
+        row[list(seen[u])] = -np.inf
+        row[list(ineligible)] = -np.inf
+        order = np.lexsort((np.arange(len(row)), -row))
+        out.append([int(i) for i in order[:k] if np.isfinite(row[i])])
+    return out
+
+
+def test_topk_excludes_seen_and_padding_and_breaks_ties_by_item_id():
+    items = torch.tensor([[9.0], [1.0], [2.0], [2.0], [2.0], [0.5]])  # item 0 is padding
+    users = torch.tensor([[1.0], [1.0]])
+    top, scores = topk_excluding(users, items, [np.array([2]), np.array([], dtype=np.int64)], 3)
+    assert top.tolist() == [[3, 4, 1], [2, 3, 4]]
+    assert scores[0].tolist() == [2.0, 2.0, 1.0]
+
+
+def test_ties_crowding_the_kth_place_keep_the_smallest_ids():
+    items = torch.tensor([[0.0]] + [[1.0]] * 50)  # 50 items with the same score
+    top, _ = topk_excluding(torch.ones(2, 1), items, [np.array([3]), np.array([])], 4)
+    assert top.tolist() == [[1, 2, 4, 5], [1, 2, 3, 4]]
+
+
+def test_topk_fills_with_minus_one_when_catalog_is_exhausted():
+    items = torch.tensor([[0.0], [1.0], [2.0]])
+    top, scores = topk_excluding(torch.ones(1, 1), items, [np.array([1])], 3)
+    assert top.tolist() == [[2, -1, -1]]
+    assert np.isneginf(scores[0, 1:]).all()
+
+
+def test_topk_matches_a_full_sort_on_random_data_across_blocks():
+    rng = np.random.default_rng(1)
+    items = torch.as_tensor(rng.normal(size=(200, 8)), dtype=torch.float32)
+    users = torch.as_tensor(rng.normal(size=(50, 8)), dtype=torch.float32)
+    seen = [rng.choice(np.arange(1, 200), 10, replace=False) for _ in range(50)]
+    top, _ = topk_excluding(users, items, seen, 10, block=16)
+    assert top.tolist() == _brute(users, items, seen, 10)
+
+
+def test_ineligible_items_are_never_recommended():
+    rng = np.random.default_rng(2)
+    items = torch.as_tensor(rng.normal(size=(100, 4)), dtype=torch.float32)
+    users = torch.as_tensor(rng.normal(size=(30, 4)), dtype=torch.float32)
+    blocked = [5, 17, 42, 43, 99]
+    ineligible = torch.zeros(100, dtype=torch.bool)
+    ineligible[blocked] = True
+    seen = [np.array([1, 2])] * 30
+    top, _ = recommend(users, items, seen, 20, ineligible=ineligible)
+    assert top.tolist() == _brute(users, items, seen, 20, blocked)
+
+
+def test_block_rows_bounds_memory():
+    assert block_rows(100_000, 256) == 671
+    assert block_rows(10, 1) == 26214
+
+
+def test_category_cap_is_the_greedy_capped_list_of_the_full_ranking():
+    rng = np.random.default_rng(3)
+    n_items, k, cap = 300, 10, 2
+    items = torch.as_tensor(rng.normal(size=(n_items, 6)), dtype=torch.float32)
+    users = torch.as_tensor(rng.normal(size=(40, 6)), dtype=torch.float32)
+    categories = rng.integers(0, 4, n_items)  # few categories: the 4k pool is often not enough
+    seen = [rng.choice(np.arange(1, n_items), 5, replace=False) for _ in range(40)]
+    top, _ = recommend(users, items, seen, k, categories=categories, max_per_category=cap)
+    full = _brute(users, items, seen, n_items)
+    for u in range(40):
+        want, count = [], {}
+        for i in full[u]:
+            c = categories[i]
+            if count.get(c, 0) < cap:
+                want.append(i)
+                count[c] = count.get(c, 0) + 1
+        want = want[:k]
+        assert top[u].tolist() == want + [-1] * (k - len(want))  # 4 categories x 2 = 8 < k: -1 fill
+
+
+def test_category_cap_on_a_hand_example():
+    cand = np.array([[1, 2, 3, 4, 5, -1]])
+    scores = np.array([[5.0, 4.0, 3.0, 2.0, 1.0, -np.inf]])
+    categories = np.array([0, 7, 7, 7, 8, 8])
+    items, sc, complete = cap_per_category(cand, scores, categories, 3, 2)
+    assert items.tolist() == [[1, 2, 4]] and sc.tolist() == [[5.0, 4.0, 2.0]] and complete.all()
+
+
+def test_mmr_with_lambda_one_is_the_relevance_order_and_lower_lambda_diversifies():
+    items = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.99, 0.01], [0.98, 0.02], [0.0, 1.0]])
+    cand = np.array([[1, 2, 3, 4]])
+    rel = np.array([[1.0, 0.99, 0.98, 0.5]])
+    assert mmr(cand, rel, items, 3, 1.0)[0].tolist() == [[1, 2, 3]]
+    top, scores = mmr(cand, rel, items, 3, 0.5)
+    assert top.tolist()[0][:2] == [1, 4]  # the orthogonal item comes second
+    assert scores[0, 1] == 0.5  # scores stay the relevance scores
+
+
+def test_explanations_come_from_the_users_own_history():
+    rng = np.random.default_rng(4)
+    items = torch.as_tensor(rng.normal(size=(80, 8)), dtype=torch.float32)
+    history = [rng.choice(np.arange(1, 80), rng.integers(0, 12), replace=True) for _ in range(25)]
+    top, _ = topk_excluding(torch.as_tensor(rng.normal(size=(25, 8)), dtype=torch.float32), items, history, 5)
+    because = explain(top, history, items, 3)
+    for u in range(25):
+        h = set(int(i) for i in history[u])
+        for j in range(5):
+            assert set(because[u][j]) <= h
+            assert len(because[u][j]) == min(3, len(h))
+            assert len(set(because[u][j])) == len(because[u][j])
+
+
+def test_explanation_picks_the_most_similar_history_item():
+    items = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]])
+    because = explain(np.array([[3, 4]]), [np.array([1, 2])], items, 1)
+    assert because == [[[1], [2]]]
