@@ -46,7 +46,7 @@ class ScoringSpec:
     mmr_lambda: float = 0.0
     explain: int = 0
     device: str = "auto"
-    block_mb: float = 256.0
+    block_mb: float = 8.0
     with_ids: bool = False  # output REC_ROWS_SCHEMA (ids, explanations) instead of TOPK_SCHEMA
 
 
@@ -120,7 +120,11 @@ def _score_partition(batches: Iterator[pd.DataFrame], spec: ScoringSpec, catalog
                     # Items newer than the model (idx >= its table) cannot be encoded: left out of its input.
                     history = [h[(h > 0) & (h < n_items)] for h in (np.asarray(x if x is not None else (), dtype=np.int64)
                                                                     for x in part["input"])]
-                    seq = torch.as_tensor(pad_left(history, model.cfg.max_len), device=device)
+                    seq = pad_left(history, model.cfg.max_len)
+                    # Columns that are padding for every user change nothing (padding is masked from
+                    # attention): drop them, so short histories cost less to encode.
+                    used = np.flatnonzero((seq != 0).any(0))
+                    seq = torch.as_tensor(seq[:, min(used[0], seq.shape[1] - 1) if len(used) else -1:], device=device)
                     pc = pn = None
                     if model.use_profile:
                         n_num = model.cfg.n_profile_num

@@ -69,6 +69,15 @@ def test_profile_changes_the_user_vector():
     assert not torch.allclose(a, b)
 
 
+def test_dropping_all_padding_columns_leaves_user_vectors_unchanged():
+    # Scoring trims the columns that are padding for every user in a batch.
+    m = _model().eval()
+    seq = torch.tensor([[0, 0, 0, 0, 0, 3, 4, 5], [0, 0, 0, 0, 0, 0, 9, 2]])
+    pc, pn = torch.tensor([[1, 2, 1], [2, 1, 1]]), torch.rand(2, 5)
+    full = m.user_vectors(seq, pc, pn)
+    assert torch.allclose(m.user_vectors(seq[:, 5:], pc, pn), full, atol=1e-6)
+
+
 def test_pad_left_keeps_newest_items():
     out = pad_left([[1, 2, 3, 4, 5], [7], []], 3)
     assert out.tolist() == [[3, 4, 5], [0, 0, 7], [0, 0, 0]]

@@ -63,7 +63,8 @@ def test_ineligible_items_are_never_recommended():
 
 def test_block_rows_bounds_memory():
     assert block_rows(100_000, 256) == 671
-    assert block_rows(10, 1) == 26214
+    assert block_rows(10_000, 8) == 209
+    assert block_rows(100_000) == 32  # never fewer than 32 users: the matmul needs rows
 
 
 def test_category_cap_is_the_greedy_capped_list_of_the_full_ranking():
@@ -122,3 +123,17 @@ def test_explanation_picks_the_most_similar_history_item():
     items = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]])
     because = explain(np.array([[3, 4]]), [np.array([1, 2])], items, 1)
     assert because == [[[1], [2]]]
+
+
+def test_wide_catalog_fast_path_matches_a_full_sort_with_ties_and_masks():
+    # Wide rows take the pre-filtered path (candidates above a bound from every 8th column).
+    rng = np.random.default_rng(5)
+    n_items = 6000
+    items = torch.as_tensor(rng.integers(-3, 4, size=(n_items, 3)), dtype=torch.float32)  # many ties
+    users = torch.as_tensor(rng.normal(size=(40, 3)), dtype=torch.float32)
+    users[:5] = 0.0  # all scores tie for these users
+    seen = [rng.choice(np.arange(1, n_items), 50, replace=False) for _ in range(40)]
+    ineligible = torch.zeros(n_items, dtype=torch.bool)
+    ineligible[rng.choice(n_items, 500, replace=False)] = True
+    top, _ = recommend(users, items, seen, 25, ineligible=ineligible)
+    assert top.tolist() == _brute(users, items, seen, 25, torch.nonzero(ineligible).flatten().tolist())
