@@ -1,7 +1,8 @@
 """`python -m recsys_spark <stage> [--config conf/local.yaml] [--set key=value ...]`.
 
 Stages: generate, ingest, features, train, score, evaluate, nightly (ingest..evaluate in order),
-show (a few users' latest recommendations with item names).
+show (a few users' latest recommendations with item names and explanations), abtest (A/B readout
+of the exposure/outcome log), abtest-simulate (writes such a log for the synthetic shop).
 """
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import time
 
 from recsys_spark import config as config_mod
 
-STAGES = ["generate", "ingest", "features", "train", "score", "evaluate", "nightly", "show"]
+STAGES = ["generate", "ingest", "features", "train", "score", "evaluate", "nightly", "show", "abtest",
+          "abtest-simulate"]
 NIGHTLY = ["ingest", "features", "train", "score", "evaluate"]
 
 
@@ -64,6 +66,10 @@ def run_stage(spark, cfg: config_mod.Config, stage: str, args: argparse.Namespac
 
     fn = {"ingest": ingest.run, "features": features.run, "train": train.run, "score": score.run,
           "evaluate": evaluate.run}.get(stage)
+    if stage in ("abtest", "abtest-simulate"):
+        from recsys_spark import abtest
+
+        return (abtest.run if stage == "abtest" else abtest.simulate)(spark, cfg)
     if stage == "show":
         return show.run(spark, cfg, getattr(args, "users", 5))
     if stage == "nightly":

@@ -173,6 +173,34 @@ class EvaluateConfig:
 
 
 @dataclass(frozen=True)
+class AbtestConfig:
+    # Exposure/outcome log: a Delta table (path, or name under <paths.root>/tables) with one row per
+    # exposed user: user_id, variant, exposed_at, clicks, conversions, revenue.
+    log: str = "gold/ab_log"
+    control: str = "A"
+    alpha: float = 0.05
+    power: float = 0.8
+    # Planned share of users per variant in variant-name order; empty = equal shares.
+    split: list[float] = field(default_factory=list)
+    # abtest-simulate (synthetic shop only): assignment seed and behaviour probabilities.
+    seed: int = 5
+    sim_click_hit: float = 0.3
+    sim_click_base: float = 0.05
+    sim_convert: float = 0.2
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    # MLflow tracking of train and evaluate runs (recsys_spark.tracking).
+    enabled: bool = True
+    # Empty: a local file store at <paths.root>/mlruns. Or an http(s):// server, or "databricks".
+    uri: str = ""
+    experiment: str = "recsys-spark"
+    # true: a tracking failure fails the stage; false: it prints a warning (outputs are kept either way).
+    required: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -182,6 +210,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
+    abtest: AbtestConfig = field(default_factory=AbtestConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         _check_values(self)
@@ -226,6 +256,9 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("score.max_per_category and score.explain must be >= 0 and score.block_mb > 0")
     if t.retrain_every < 1:
         raise ConfigError(f"train.retrain_every: must be >= 1 (nights per model), got {t.retrain_every}")
+    ab = cfg.abtest
+    if not (0 < ab.alpha < 1 and 0 < ab.power < 1):
+        raise ConfigError(f"abtest.alpha and abtest.power must be in (0, 1), got {ab.alpha} and {ab.power}")
     if cfg.ingest.format not in ("auto", "csv", "parquet", "json", "sasrec", "movielens"):
         raise ConfigError(f"ingest.format: expected auto|csv|parquet|json|sasrec|movielens, got {cfg.ingest.format!r}")
     unknown = sorted(set(cfg.evaluate.baselines) - {"popularity", "als", "item_knn"})

@@ -1,4 +1,6 @@
-"""Evaluation: Recall@K and NDCG@K with full ranking and seen items removed.
+"""Evaluation: accuracy (Recall, NDCG, MRR, HitRate, MAP @K) and beyond-accuracy metrics (coverage,
+Gini of exposure, novelty, intra-list category diversity, popularity bias) with full ranking and
+seen items removed.
 
 Protocol (leave-last-out): the model sees each test user's history up to, but not including, the
 test target (training items + validation target), ranks every item in the catalog except the ones
@@ -15,12 +17,15 @@ import uuid
 from datetime import datetime, timezone
 
 import numpy as np
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from recsys_spark import schema, tables
 from recsys_spark.config import Config
 from recsys_spark.score import attention_topk, popularity_topk
+
+
+ACCURACY = ("recall", "ndcg", "mrr", "hitrate", "map")
 
 
 def spark_metrics(recs: DataFrame, targets: DataFrame, ks: list[int]) -> dict[str, float]:
@@ -35,8 +40,53 @@ def spark_metrics(recs: DataFrame, targets: DataFrame, ks: list[int]) -> dict[st
         inside = F.col("rank").isNotNull() & (F.col("rank") <= k)
         aggs.append(F.avg(F.when(inside, 1.0).otherwise(0.0)).alias(f"recall@{k}"))
         aggs.append(F.avg(F.when(inside, 1.0 / F.log2(F.col("rank") + 1.0)).otherwise(0.0)).alias(f"ndcg@{k}"))
+        aggs.append(F.avg(F.when(inside, 1.0 / F.col("rank")).otherwise(0.0)).alias(f"mrr@{k}"))
     row = hit.agg(*aggs).first().asDict()
-    return {key: (int(v) if key == "n_users" else float(v or 0.0)) for key, v in row.items()}
+    out = {key: (int(v) if key == "n_users" else float(v or 0.0)) for key, v in row.items()}
+    for k in ks:  # one held-out item per user: HitRate@k is Recall@k and MAP@k is MRR@k
+        out[f"hitrate@{k}"], out[f"map@{k}"] = out[f"recall@{k}"], out[f"mrr@{k}"]
+    return out
+
+
+def head_items(popularity: np.ndarray, share: float = 0.1) -> np.ndarray:
+    """Ids of the `share` most popular catalog items (ties by smaller id); item 0 is padding."""
+    n = len(popularity) - 1
+    order = np.lexsort((np.arange(1, n + 1), -popularity[1:]))
+    return order[: max(1, int(np.ceil(share * n)))] + 1
+
+
+def spark_beyond_accuracy(recs: DataFrame, k: int, popularity: np.ndarray, n_users_pop: int,
+                          categories: np.ndarray) -> dict[str, float]:
+    """List-level metrics of the top k in Spark; same definitions as metrics.beyond_accuracy.
+
+    recs: user_idx, rank, item_idx. popularity[i]: interactions of item i in the evaluation
+    histories; categories[i]: category index of item i."""
+    spark = recs.sparkSession
+    n_items = len(popularity)
+    top = recs.where(F.col("rank") <= k).select("user_idx", "item_idx").persist()
+    items = spark.createDataFrame([(i, float(popularity[i]), int(categories[i]), False) for i in range(1, n_items)],
+                                  "item_idx long, pop double, category long, head boolean")
+    head = set(int(i) for i in head_items(popularity))
+    items = items.withColumn("head", F.col("item_idx").isin(list(head)))
+    exposure = (items.join(top.groupBy("item_idx").agg(F.count("*").alias("e")), "item_idx", "left")
+                .select(F.coalesce("e", F.lit(0)).cast("double").alias("e")))
+    ranked = exposure.withColumn("i", F.row_number().over(Window.orderBy("e")))
+    n = n_items - 1
+    g = ranked.agg(F.sum((2 * F.col("i") - n - 1) * F.col("e")).alias("num"), F.sum("e").alias("tot"),
+                   F.sum((F.col("e") > 0).cast("long")).alias("covered")).first()
+    per_item = top.join(items, "item_idx")
+    row = per_item.agg(
+        F.avg(-F.log2(F.greatest(F.col("pop"), F.lit(1.0)) / F.lit(float(n_users_pop)))).alias("novelty"),
+        F.avg(F.col("head").cast("double")).alias("pop_share")).first()
+    ild = (per_item.groupBy("user_idx", "category").count()
+           .groupBy("user_idx").agg(F.sum("count").alias("m"), F.sum(F.col("count") * (F.col("count") - 1)).alias("s"))
+           .where(F.col("m") >= 2).agg(F.avg(1 - F.col("s") / (F.col("m") * (F.col("m") - 1)))).first()[0])
+    top.unpersist()
+    head_mask = np.zeros(n_items, dtype=bool)
+    head_mask[list(head)] = True
+    return {"coverage": float(g.covered) / n, "gini": float(g.num / (n * g.tot)) if g.tot else 0.0,
+            "novelty": float(row.novelty or 0.0), "ild": float(ild or 0.0), "pop_share": float(row.pop_share or 0.0),
+            "pop_interaction_share": float(popularity[head_mask].sum() / popularity[1:].sum())}
 
 
 def _history_users(spark: SparkSession, cfg: Config, history, target: str, versions: dict | None) -> DataFrame:
@@ -78,7 +128,7 @@ def run(spark: SparkSession, cfg: Config, monitor=None) -> dict:
     Appends one row per (model, metric, k) to the metrics table and prints a table. Returns
     {"metrics": {model: {...}}, "train_s": {model: s}, "score_s": {model: s}, ...}.
     """
-    from recsys_spark import baselines
+    from recsys_spark import baselines, slices
     from recsys_spark.train import latest_checkpoint, load_checkpoint
 
     ckpt_path = latest_checkpoint(cfg.models_dir, cfg.score.model_run_id)
@@ -92,25 +142,34 @@ def run(spark: SparkSession, cfg: Config, monitor=None) -> dict:
     if n_users == 0:
         raise ValueError("no user has a test target (needs 3+ items with leave_last_out); nothing to evaluate")
     targets = users.select("user_idx", "target")
-    results, train_s, score_s, params = {}, {}, {}, {}
+    results, train_s, score_s, params, beyond, sliced = {}, {}, {}, {}, {}, {}
+    pop_eval = popularity_counts(users, n_items)
+    categories = np.zeros(n_items, dtype=np.int64)
+    content = tables.read(spark, tables.path(cfg.tables_dir, schema.ITEM_CONTENT), (versions or {}).get(schema.ITEM_CONTENT))
+    for r in content.where(F.col("item_idx") < n_items).select("item_idx", "category_idx").collect():
+        categories[r.item_idx] = int(r.category_idx or 0)
 
     def timed(name, recs_fn, fit_seconds=0.0):
         if monitor:
             monitor.start(name)
         t0 = time.time()
-        recs = recs_fn()
+        recs = recs_fn().persist()
         results[name] = spark_metrics(recs, targets, ks)
         score_s[name] = time.time() - t0
         train_s[name] = fit_seconds
         if monitor:
             monitor.stop()
+        beyond[name] = {k: spark_beyond_accuracy(recs, k, pop_eval, n_users, categories) for k in ks}
+        outcomes = slices.user_outcomes(spark, cfg, users, recs, 10, pop_eval)
+        sliced[name] = (slices.slice_table(outcomes), slices.fairness_gaps(outcomes, seed=cfg.train.seed),
+                        slices.item_exposure(recs, 10, pop_eval, categories))
+        recs.unpersist()
 
     timed("attention", lambda: attention_topk(users, ckpt_path, kmax, cfg.score.batch_users),
           sum(h["seconds"] for h in ckpt.get("history", [])))
     ev = cfg.evaluate
     if "popularity" in ev.baselines:
-        pop = popularity_counts(users, n_items)
-        timed("popularity", lambda: popularity_topk(users, pop, kmax))
+        timed("popularity", lambda: popularity_topk(users, pop_eval, kmax))
     if "als" in ev.baselines:
         if monitor:
             monitor.start("als")
@@ -135,12 +194,43 @@ def run(spark: SparkSession, cfg: Config, monitor=None) -> dict:
     eval_id = "eval-" + uuid.uuid4().hex[:12]
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     rows = [(eval_id, ckpt["run_id"], name, metric, k, m[f"{metric}@{k}"], m["n_users"], "test", now)
-            for name, m in results.items() for k in ks for metric in ("recall", "ndcg")]
+            for name, m in results.items() for k in ks for metric in ACCURACY]
+    rows += [(eval_id, ckpt["run_id"], name, metric, k, float(v), results[name]["n_users"], "test", now)
+             for name, by_k in beyond.items() for k, b in by_k.items() for metric, v in b.items()]
     loc = tables.path(cfg.tables_dir, schema.METRICS)
     tables.append(spark.createDataFrame(rows, schema.METRICS_SCHEMA), loc)
+    srows = []
+    for name, (table, gaps, exposure) in sliced.items():
+        for r in table.itertuples():
+            for metric in ("recall", "ndcg"):
+                srows.append((eval_id, ckpt["run_id"], name, r.kind, str(r.group), metric, 10, float(getattr(r, metric)),
+                              int(r.n_users), now))
+        for kind, g in gaps.items():
+            for metric, key in (("ndcg_gap", "gap"), ("ndcg_gap_ci_low", "ci_low"), ("ndcg_gap_ci_high", "ci_high")):
+                srows.append((eval_id, ckpt["run_id"], name, kind, "<gap>", metric, 10, float(g[key]), None, now))
+        for r in exposure.itertuples():
+            for metric in ("rec_share", "interaction_share", "item_share"):
+                srows.append((eval_id, ckpt["run_id"], name, f"exposure:{r.kind}", str(r.group), metric, 10,
+                              float(getattr(r, metric)), None, now))
+    tables.append(spark.createDataFrame(srows, schema.METRIC_SLICES_SCHEMA), tables.path(cfg.tables_dir, schema.METRIC_SLICES))
     print(f"evaluate {eval_id} (model {ckpt['run_id']}, {n_users} test users, full ranking, seen removed):")
     print(f"{'model':<12}" + "".join(f"{f'{m}@{k}':>12}" for k in ks for m in ("recall", "ndcg")))
     for name, m in results.items():
         print(f"{name:<12}" + "".join(f"{m[f'{metric}@{k}']:>12.4f}" for k in ks for metric in ("recall", "ndcg")))
-    return {"eval_id": eval_id, "model_run_id": ckpt["run_id"], "n_users": n_users, "metrics": results,
-            "train_s": train_s, "score_s": score_s, "params": params}
+    cols = ["mrr", "coverage", "gini", "novelty", "ild", "pop_share"]
+    print(f"beyond accuracy @10 (pop_share: recommendations from the top-10% items; they hold "
+          f"{next(iter(beyond.values()))[10]['pop_interaction_share']:.1%} of interactions):")
+    print(f"{'model':<12}" + "".join(f"{c:>11}" for c in cols))
+    for name in results:
+        vals = {**beyond[name][10], "mrr": results[name]["mrr@10"]}
+        print(f"{name:<12}" + "".join(f"{vals[c]:>11.4f}" for c in cols))
+    table, gaps, _ = sliced["attention"]
+    print("attention NDCG@10 by slice (fairness gap = largest difference between groups of >= 30 users, "
+          "95% bootstrap CI):")
+    for kind, part in table.groupby("kind", sort=False):
+        cells = ", ".join(f"{r.group} {r.ndcg:.3f} (n={r.n_users})" for r in part.itertuples())
+        gap = gaps.get(kind)
+        gap_s = f"  gap {gap['gap']:.3f} [{gap['ci_low']:.3f}, {gap['ci_high']:.3f}]" if gap else ""
+        print(f"  {kind:<13} {cells}{gap_s}")
+    return {"eval_id": eval_id, "slices": sliced, "model_run_id": ckpt["run_id"], "n_users": n_users, "metrics": results,
+            "beyond": beyond, "train_s": train_s, "score_s": score_s, "params": params}

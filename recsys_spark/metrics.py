@@ -14,3 +14,45 @@ def ndcg_at_k(ranked: np.ndarray, targets: np.ndarray, k: int) -> float:
     hits = ranked[:, :k] == targets[:, None]
     gains = hits / np.log2(np.arange(2, k + 2))[None, :]
     return float(np.mean(gains.sum(axis=1)))
+
+
+def mrr_at_k(ranked: np.ndarray, targets: np.ndarray, k: int) -> float:
+    """Mean reciprocal rank of the target within the top k (0 when absent). With one relevant item
+    per user this is also MAP@k."""
+    hits = ranked[:, :k] == targets[:, None]
+    return float(np.mean((hits / np.arange(1, k + 1)[None, :]).sum(axis=1)))
+
+
+def beyond_accuracy(ranked: np.ndarray, k: int, n_items: int, popularity: np.ndarray, n_users_pop: int,
+                    categories: np.ndarray) -> dict[str, float]:
+    """Reference for the list-level metrics of the top k (item ids 1..n_items-1; -1 = empty slot).
+
+    coverage: distinct recommended items / catalog size (n_items - 1).
+    gini: Gini index of how often each catalog item is recommended (0 = uniform, 1 = one item).
+    novelty: mean self-information -log2(max(pop_i, 1) / n_users_pop) of recommended items.
+    ild: mean over users of the share of item pairs in the list with different categories.
+    pop_share / pop_interaction_share: share of recommendations / of interactions that go to the
+    top 10% most popular items (ties by smaller id)."""
+    top = ranked[:, :k]
+    valid = top >= 0
+    items = top[valid]
+    exposure = np.bincount(items, minlength=n_items)[1:].astype(float)
+    sorted_e = np.sort(exposure)
+    n = len(sorted_e)
+    gini = float((2 * np.arange(1, n + 1) - n - 1) @ sorted_e / (n * sorted_e.sum())) if sorted_e.sum() else 0.0
+    novelty = float(np.mean(-np.log2(np.maximum(popularity[items], 1) / n_users_pop)))
+    ild = []
+    for row in top:
+        row = row[row >= 0]
+        m = len(row)
+        if m < 2:
+            continue
+        _, counts = np.unique(categories[row], return_counts=True)
+        ild.append(1 - (counts * (counts - 1)).sum() / (m * (m - 1)))
+    n_top = max(1, int(np.ceil(0.1 * (n_items - 1))))
+    order = np.lexsort((np.arange(1, n_items), -popularity[1:]))[:n_top] + 1
+    head = np.zeros(n_items, dtype=bool)
+    head[order] = True
+    return {"coverage": float(len(np.unique(items)) / (n_items - 1)), "gini": gini, "novelty": novelty,
+            "ild": float(np.mean(ild)) if ild else 0.0, "pop_share": float(head[items].mean()),
+            "pop_interaction_share": float(popularity[head].sum() / popularity[1:].sum())}

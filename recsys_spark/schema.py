@@ -26,6 +26,7 @@ RECOMMENDATIONS = "gold/recommendations"
 RECOMMENDATIONS_LATEST = "gold/recommendations_latest"
 SCORE_RUNS = "gold/score_runs"
 METRICS = "gold/metrics"
+METRIC_SLICES = "gold/metric_slices"
 
 EVENTS_SCHEMA = T.StructType(
     [
@@ -96,6 +97,24 @@ METRICS_SCHEMA = T.StructType(
         T.StructField("value", T.DoubleType(), False),
         T.StructField("n_users", T.LongType(), False),
         T.StructField("split", T.StringType(), False),
+        T.StructField("evaluated_at", T.TimestampType(), False),
+    ]
+)
+
+# Metrics by slice (kind = activity | user_history | target_item | a user attribute, group = its
+# value), fairness gaps (group "<gap>": metric gap / gap_ci_low / gap_ci_high) and item exposure
+# (kind = exposure:popularity_decile | exposure:category; metric rec_share / interaction_share / item_share).
+METRIC_SLICES_SCHEMA = T.StructType(
+    [
+        T.StructField("eval_id", T.StringType(), False),
+        T.StructField("model_run_id", T.StringType(), True),
+        T.StructField("model", T.StringType(), False),
+        T.StructField("kind", T.StringType(), False),
+        T.StructField("group", T.StringType(), False),
+        T.StructField("metric", T.StringType(), False),
+        T.StructField("k", T.IntegerType(), False),
+        T.StructField("value", T.DoubleType(), False),
+        T.StructField("n_users", T.LongType(), True),
         T.StructField("evaluated_at", T.TimestampType(), False),
     ]
 )

@@ -8,8 +8,8 @@ from pyspark.sql import functions as F
 from conftest import make_config
 from recsys_spark import ingest, schema, tables
 from recsys_spark.baselines import als_fit_topk, interactions, item_knn_topk, item_neighbors
-from recsys_spark.evaluate import spark_metrics
-from recsys_spark.metrics import ndcg_at_k, recall_at_k
+from recsys_spark.evaluate import spark_beyond_accuracy, spark_metrics
+from recsys_spark.metrics import beyond_accuracy, mrr_at_k, ndcg_at_k, recall_at_k
 
 
 def _events(spark, cfg):
@@ -76,6 +76,36 @@ def test_spark_metrics_match_the_numpy_reference_on_random_data(spark):
     for kk in (1, 5, 20):
         assert got[f"recall@{kk}"] == pytest.approx(recall_at_k(ranked, targets, kk))
         assert got[f"ndcg@{kk}"] == pytest.approx(ndcg_at_k(ranked, targets, kk))
+        assert got[f"mrr@{kk}"] == pytest.approx(mrr_at_k(ranked, targets, kk))
+    # Beyond accuracy: skewed exposure (a Zipf-like pick of items) and a few short lists.
+    pop = np.concatenate([[0], rng.integers(0, 200, n_items - 1)]).astype(float)
+    cats = rng.integers(0, 6, n_items)
+    skewed = np.stack([rng.choice(np.arange(1, n_items), k, replace=False, p=_zipf(n_items - 1)) for _ in range(n_users)])
+    skewed[:10, 15:] = -1
+    recs2 = spark.createDataFrame([(u, r + 1, int(skewed[u, r])) for u in range(n_users) for r in range(k) if skewed[u, r] >= 0],
+                                  "user_idx long, rank int, item_idx long")
+    for kk in (5, 20):
+        want = beyond_accuracy(skewed, kk, n_items, pop, n_users, cats)
+        got = spark_beyond_accuracy(recs2, kk, pop, n_users, cats)
+        assert got == pytest.approx(want)
+
+
+def _zipf(n):
+    w = 1.0 / np.arange(1, n + 1)
+    return w / w.sum()
+
+
+def test_beyond_accuracy_reference_on_a_hand_example():
+    ranked = np.array([[1, 2], [1, 3]])  # item 1 twice, 2 and 3 once, 4 never
+    pop = np.array([0.0, 8.0, 4.0, 2.0, 1.0])
+    cats = np.array([0, 5, 5, 6, 6])
+    b = beyond_accuracy(ranked, 2, 5, pop, 8, cats)
+    assert b["coverage"] == pytest.approx(3 / 4)
+    # exposures sorted [0, 1, 1, 2]: G = sum((2i - n - 1) e_i) / (n sum e) = (-1 + 1 + 3*2) / (4*4)
+    assert b["gini"] == pytest.approx(6 / 16)
+    assert b["novelty"] == pytest.approx(np.mean([0.0, 1.0, 0.0, 2.0]))
+    assert b["ild"] == pytest.approx(0.5)  # user 0 same category, user 1 different
+    assert b["pop_share"] == pytest.approx(0.5) and b["pop_interaction_share"] == pytest.approx(8 / 15)
 
 
 def _users(spark, hist):

@@ -149,6 +149,44 @@ def test_retraining_cadence_counts_nights_served(spark, shop):
 
 
 @pytest.mark.slow
+def test_simulated_ab_test_reads_out_the_better_model(spark, shop):
+    cfg, _ = shop
+    out = cli.run_stage(spark, cfg, "abtest-simulate")
+    n_test = tables.read(spark, tables.path(cfg.tables_dir, schema.SEQUENCES)).where(F.col("test_target").isNotNull()).count()
+    assert out["rows"] == n_test
+    r = cli.run_stage(spark, cfg, "abtest")
+    assert not r["srm"]["mismatch"]
+    b = r["variants"]["B"]  # attention vs popularity
+    assert b["ctr"]["diff"] > 0 and b["ctr"]["p_value"] < 0.01 and b["ctr"]["ci_low"] > 0
+    assert b["n_control"] + b["n_treatment"] == n_test
+
+
+@pytest.mark.slow
+def test_evaluation_records_beyond_accuracy_metrics(spark, shop):
+    cfg, _ = shop
+    m = tables.read(spark, tables.path(cfg.tables_dir, schema.METRICS)).where(F.col("k") == 10)
+    got = {(r.model, r.metric): r.value for r in m.collect()}
+    for model in ("attention", "popularity"):
+        for metric in ("mrr", "map", "hitrate", "coverage", "gini", "novelty", "ild", "pop_share"):
+            assert (model, metric) in got
+    # Popularity recommends (almost) the same items to everyone: lower coverage, higher Gini.
+    assert got[("attention", "coverage")] > got[("popularity", "coverage")]
+    assert got[("attention", "gini")] < got[("popularity", "gini")]
+    sl = tables.read(spark, tables.path(cfg.tables_dir, schema.METRIC_SLICES)).where(F.col("model") == "attention")
+    kinds = {r.kind for r in sl.select("kind").distinct().collect()}
+    assert {"activity", "user_history", "target_item", "age_band", "gender", "region",
+            "exposure:popularity_decile", "exposure:category"} <= kinds
+    # Every test user is in exactly one activity bucket.
+    n_test = m.where((F.col("model") == "attention") & (F.col("metric") == "recall")).first().n_users
+    buckets = sl.where((F.col("kind") == "activity") & (F.col("metric") == "ndcg")).agg(F.sum("n_users")).first()[0]
+    assert buckets == n_test
+    shares = sl.where((F.col("kind") == "exposure:popularity_decile") & (F.col("metric") == "rec_share"))
+    assert shares.agg(F.sum("value")).first()[0] == pytest.approx(1.0)
+    gap = {r.metric: r.value for r in sl.where((F.col("kind") == "gender") & (F.col("group") == "<gap>")).collect()}
+    assert gap["ndcg_gap"] >= 0 and 0 <= gap["ndcg_gap_ci_low"] < gap["ndcg_gap_ci_high"] < 1
+
+
+@pytest.mark.slow
 def test_incremental_scoring_equals_a_full_run_for_changed_users(spark, shop, tmp_path):
     """Runs last in this module: it adds events (a new user included) to the shop."""
     import pandas as pd

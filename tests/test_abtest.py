@@ -1,0 +1,72 @@
+"""A/B readout statistics, checked against scipy and statsmodels on the same numbers."""
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+from statsmodels.stats.power import NormalIndPower
+from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
+from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
+
+from recsys_spark.abtest import (VariantStats, format_readout, mde, readout, sample_ratio, two_proportion,
+                                 variant_stats, welch)
+
+
+@pytest.mark.parametrize("xa,na,xb,nb", [(120, 2400, 151, 2380), (5, 50, 9, 61), (4000, 10000, 4100, 9900)])
+def test_two_proportion_matches_statsmodels(xa, na, xb, nb):
+    r = two_proportion(xa, na, xb, nb, alpha=0.05)
+    z, p = proportions_ztest([xb, xa], [nb, na])
+    assert r["z"] == pytest.approx(z, rel=1e-9) and r["p_value"] == pytest.approx(p, rel=1e-9)
+    lo, hi = confint_proportions_2indep(xb, nb, xa, na, method="wald", compare="diff", alpha=0.05)
+    assert (r["ci_low"], r["ci_high"]) == (pytest.approx(lo, rel=1e-9), pytest.approx(hi, rel=1e-9))
+    assert r["lift"] == pytest.approx((xb / nb - xa / na) / (xa / na))
+
+
+def test_welch_matches_scipy_and_statsmodels_on_zero_inflated_revenue():
+    rng = np.random.default_rng(0)
+    a = np.where(rng.random(3000) < 0.05, rng.lognormal(3.0, 0.8, 3000), 0.0)
+    b = np.where(rng.random(2800) < 0.06, rng.lognormal(3.0, 0.8, 2800), 0.0)
+    r = welch(a.mean(), a.var(ddof=1), len(a), b.mean(), b.var(ddof=1), len(b), alpha=0.1)
+    t, p = stats.ttest_ind(b, a, equal_var=False)
+    assert r["t"] == pytest.approx(t, rel=1e-9) and r["p_value"] == pytest.approx(p, rel=1e-9)
+    lo, hi = CompareMeans(DescrStatsW(b), DescrStatsW(a)).tconfint_diff(alpha=0.1, usevar="unequal")
+    assert (r["ci_low"], r["ci_high"]) == (pytest.approx(lo, rel=1e-9), pytest.approx(hi, rel=1e-9))
+
+
+def test_mde_matches_statsmodels_power_solver():
+    sd, na, nb = 0.3, 5000, 4000
+    d = NormalIndPower().solve_power(effect_size=None, nobs1=na, alpha=0.05, power=0.8, ratio=nb / na)
+    assert mde(sd, na, sd, nb, 0.05, 0.8) == pytest.approx(d * sd, rel=1e-4)
+
+
+def test_sample_ratio_mismatch_is_flagged_only_when_the_split_is_off():
+    assert sample_ratio([5200, 4800], [1, 1])["mismatch"]
+    ok = sample_ratio([5050, 4950], [1, 1])
+    assert not ok["mismatch"] and ok["p_value"] == pytest.approx(stats.chisquare([5050, 4950]).pvalue)
+    assert not sample_ratio([2000, 8000], [0.2, 0.8])["mismatch"]
+
+
+def test_readout_on_sufficient_statistics_agrees_with_raw_data():
+    rng = np.random.default_rng(1)
+    rev = {v: np.where(rng.random(n) < p, rng.lognormal(3, 0.8, n), 0.0) for v, n, p in (("A", 4000, 0.04), ("B", 4100, 0.05))}
+    groups = [VariantStats(v, len(x), int((x > 0).sum()), int((x > 0).sum()), float(x.sum()), float((x ** 2).sum()))
+              for v, x in rev.items()]
+    r = readout(groups, "A")
+    t, p = stats.ttest_ind(rev["B"], rev["A"], equal_var=False)
+    assert r["variants"]["B"]["revenue_per_user"]["p_value"] == pytest.approx(p, rel=1e-6)
+    assert "revenue_per_user" in format_readout(r)
+    with pytest.raises(ValueError, match="control variant 'C'"):
+        readout(groups, "C")
+
+
+@pytest.mark.slow
+def test_spark_aggregation_gives_the_same_statistics_and_refuses_duplicate_users(spark):
+    rows = [("u1", "A", 1, 0, 0.0), ("u2", "A", 0, 0, 0.0), ("u3", "A", 2, 1, 30.5),
+            ("u4", "B", 1, 1, 12.0), ("u5", "B", 3, 2, 8.0)]
+    df = spark.createDataFrame(rows, "user_id string, variant string, clicks long, conversions long, revenue double")
+    a, b = variant_stats(df)
+    assert (a.variant, a.n, a.clickers, a.converters, a.revenue_sum) == ("A", 3, 2, 1, 30.5)
+    assert b.revenue_var == pytest.approx(np.var([12.0, 8.0], ddof=1))
+    dup = df.unionByName(spark.createDataFrame([("u1", "B", 0, 0, 0.0)], df.schema))
+    with pytest.raises(ValueError, match="1 users appear more than once"):
+        variant_stats(dup)
