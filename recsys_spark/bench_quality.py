@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
         row["train_s"] = round(trained["seconds"] if model == "attention" else ev["train_s"][model], 1)
         row["score_s"] = round(ev["score_s"][model], 1)
         row["peak_rss_mb"] = round(mon.peaks.get(model, 0.0))
+        row.update({f"{key}@10": round(v, 4) for key, v in ev.get("beyond", {}).get(model, {}).get(10, {}).items()})
         rows.append(row)
     result = {
         "dataset": os.path.basename(os.path.normpath(args.dataset)),

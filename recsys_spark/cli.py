@@ -2,7 +2,8 @@
 
 Stages: generate, ingest, features, train, score, evaluate, nightly (ingest..evaluate in order),
 show (a few users' latest recommendations with item names and explanations), abtest (A/B readout
-of the exposure/outcome log), abtest-simulate (writes such a log for the synthetic shop).
+of the exposure/outcome log), abtest-simulate (writes such a log for the synthetic shop), report
+(a self-contained HTML report of the latest evaluation).
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import time
 from recsys_spark import config as config_mod
 
 STAGES = ["generate", "ingest", "features", "train", "score", "evaluate", "nightly", "show", "abtest",
-          "abtest-simulate"]
+          "abtest-simulate", "report"]
 NIGHTLY = ["ingest", "features", "train", "score", "evaluate"]
 
 
@@ -66,6 +67,10 @@ def run_stage(spark, cfg: config_mod.Config, stage: str, args: argparse.Namespac
 
     fn = {"ingest": ingest.run, "features": features.run, "train": train.run, "score": score.run,
           "evaluate": evaluate.run}.get(stage)
+    if stage == "report":
+        from recsys_spark import report
+
+        return report.run(spark, cfg)
     if stage in ("abtest", "abtest-simulate"):
         from recsys_spark import abtest
 

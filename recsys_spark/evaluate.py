@@ -232,5 +232,9 @@ def run(spark: SparkSession, cfg: Config, monitor=None) -> dict:
         gap = gaps.get(kind)
         gap_s = f"  gap {gap['gap']:.3f} [{gap['ci_low']:.3f}, {gap['ci_high']:.3f}]" if gap else ""
         print(f"  {kind:<13} {cells}{gap_s}")
-    return {"eval_id": eval_id, "slices": sliced, "model_run_id": ckpt["run_id"], "n_users": n_users, "metrics": results,
+    from recsys_spark.tracking import log_evaluate
+
+    result = {"eval_id": eval_id, "slices": sliced, "model_run_id": ckpt["run_id"], "n_users": n_users, "metrics": results,
             "beyond": beyond, "train_s": train_s, "score_s": score_s, "params": params}
+    result["mlflow_run_id"] = log_evaluate(cfg, result)
+    return result

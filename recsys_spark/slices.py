@@ -74,7 +74,11 @@ def slice_table(outcomes: pd.DataFrame) -> pd.DataFrame:
     parts = []
     for kind in slice_kinds(outcomes):
         g = outcomes.groupby(kind).agg(n_users=("hit", "size"), recall=("hit", "mean"), ndcg=("ndcg", "mean"))
-        parts.append(g.reset_index().rename(columns={kind: "group"}).assign(kind=kind))
+        g = g.reset_index().rename(columns={kind: "group"}).assign(kind=kind)
+        if kind == "activity":  # buckets in increasing history length
+            order = {label: i for i, label in enumerate(["0-4"] + [b for _, b in reversed(ACTIVITY_BUCKETS)])}
+            g = g.sort_values("group", key=lambda s: s.map(order))
+        parts.append(g)
     return pd.concat(parts, ignore_index=True)[["kind", "group", "n_users", "recall", "ndcg"]]
 
 

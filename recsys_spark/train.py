@@ -368,4 +368,8 @@ def run(spark, cfg) -> dict:
     history = next(r for r in results if r["rank"] == 0)["history"]
     print(f"train {job.run_id}: done in {elapsed:.1f}s ({len(history)} epochs), final loss "
           f"{history[-1]['loss']:.4f}; checkpoint {path}", flush=True)
-    return {"run_id": job.run_id, "checkpoint": path, "results": results, "history": history, "seconds": elapsed}
+    from recsys_spark.tracking import log_train
+
+    mlflow_run = log_train(cfg, path)
+    return {"run_id": job.run_id, "checkpoint": path, "results": results, "history": history, "seconds": elapsed,
+            "mlflow_run_id": mlflow_run}

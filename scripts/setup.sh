@@ -28,6 +28,14 @@ if ! command -v cmake >/dev/null 2>&1 || ! command -v g++ >/dev/null 2>&1; then
   fi
 fi
 
+if ! command -v chromium >/dev/null 2>&1 && ! command -v chromium-browser >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    log "installing Chromium to check the HTML report renders (apt-get)"
+    apt-get update -qq >&2 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >&2 \
+      || log "warning: could not install chromium; the report rendering test will fail"
+  fi
+fi
+
 py=${PYTHON:-$(command -v python3.11 || command -v python3)}
 mkdir -p "$cache"
 if [ ! -x "$venv/bin/python" ]; then

@@ -166,7 +166,8 @@ def test_quality_benchmark_writes_the_result_table(tmp_path):
     assert [r["model"] for r in result["rows"]] == ["attention", "popularity", "als", "item_knn"]
     for row in result["rows"]:
         assert set(row) == {"model", "recall@1", "recall@10", "recall@20", "ndcg@10", "ndcg@20",
-                            "train_s", "score_s", "peak_rss_mb"}
+                            "train_s", "score_s", "peak_rss_mb", "coverage@10", "gini@10", "novelty@10",
+                            "ild@10", "pop_share@10", "pop_interaction_share@10"}
         assert 0 <= row["ndcg@10"] <= row["recall@10"] <= row["recall@20"] <= 1
         assert row["peak_rss_mb"] > 0
     by = {r["model"]: r for r in result["rows"]}

@@ -187,6 +187,58 @@ def test_evaluation_records_beyond_accuracy_metrics(spark, shop):
 
 
 @pytest.mark.slow
+def test_train_and_evaluate_runs_are_tracked_in_mlflow(spark, shop):
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    from recsys_spark.train import latest_checkpoint
+
+    cfg, _ = shop
+    client = MlflowClient(f"file:{cfg.paths.root}/mlruns")
+    exp = client.get_experiment_by_name("recsys-spark")
+    runs = client.search_runs([exp.experiment_id])
+    model_run = os.path.basename(latest_checkpoint(cfg.models_dir))
+    train = [r for r in runs if r.data.tags.get("stage") == "train"]
+    assert [r.data.tags["model_run_id"] for r in train] == [model_run]
+    t = train[0]
+    assert t.data.params["train.epochs"] == "8" and t.data.params["model.n_items"] == "121"
+    losses = client.get_metric_history(t.info.run_id, "loss")
+    assert 1 <= len(losses) <= 8
+    assert len(client.get_metric_history(t.info.run_id, "valid_ndcg_at_10")) == len(losses)
+    assert "checkpoint/model.pt" in [a.path for a in client.list_artifacts(t.info.run_id, "checkpoint")]
+    ev = [r for r in runs if r.data.tags.get("stage") == "evaluate" and r.data.tags["model_run_id"] == model_run]
+    m = tables.read(spark, tables.path(cfg.tables_dir, schema.METRICS))
+    first_eval = m.where((F.col("model") == "attention") & (F.col("metric") == "ndcg") & (F.col("k") == 10)).orderBy("evaluated_at").first()
+    logged = {r.data.tags["eval_id"]: r.data.metrics["attention.ndcg_at_10"] for r in ev}
+    assert logged[first_eval.eval_run_id] == pytest.approx(first_eval.value)
+
+
+@pytest.mark.slow
+def test_html_report_is_self_contained_and_renders_without_console_errors(spark, shop, tmp_path):
+    import re
+
+    from recsys_spark.report import check_rendering
+
+    cfg, _ = shop
+    cli.run_stage(spark, cfg, "evaluate")  # a second evaluation: the report compares with the previous one
+    path = cli.run_stage(spark, cfg, "report")
+    doc = open(path).read()
+    assert not re.search(r'(src|href)="(https?:)?//', doc)  # nothing loaded from outside
+    assert len(re.findall(r'src="data:image/png;base64,', doc)) == 4  # activity, exposure, training, A/B
+    for text in ("Headline metrics", "attention", "popularity", "Against the previous run", "because you viewed",
+                 "sample ratio"):
+        assert text in doc
+    png = tmp_path / "report.png"
+    assert check_rendering(path, str(png)) == []
+    assert png.stat().st_size > 50_000
+    # The check does catch a page error.
+    bad = tmp_path / "bad.html"
+    bad.write_text("<html><body><script>notDefined()</script></body></html>")
+    assert any("notDefined" in e for e in check_rendering(str(bad), str(tmp_path / "bad.png")))
+
+
+@pytest.mark.slow
 def test_incremental_scoring_equals_a_full_run_for_changed_users(spark, shop, tmp_path):
     """Runs last in this module: it adds events (a new user included) to the shop."""
     import pandas as pd
