@@ -170,7 +170,7 @@ def format_readout(r: dict) -> str:
 
 def run(spark: SparkSession, cfg: Config) -> dict:
     ac = cfg.abtest
-    loc = ac.log if ("/" in ac.log and ac.log.startswith("/")) else tables.path(cfg.tables_dir, ac.log)
+    loc = tables.locate(cfg.tables_dir, ac.log)
     tables.require(spark, loc, "abtest-simulate (synthetic shop) or the experiment's logging job")
     version = tables.version(spark, loc)
     groups = variant_stats(tables.read(spark, loc, version))
@@ -220,7 +220,7 @@ def simulate(spark: SparkSession, cfg: Config) -> dict:
            .select("user_id", "variant", F.lit(datetime.now(timezone.utc).replace(tzinfo=None)).alias("exposed_at"),
                    clicked.cast("long").alias("clicks"), converted.cast("long").alias("conversions"),
                    revenue.cast("double").alias("revenue")))
-    loc = tables.path(root, ac.log)
+    loc = tables.locate(root, ac.log)
     tables.overwrite(log, loc)
     users.unpersist()
     n = tables.read(spark, loc).count()

@@ -164,7 +164,7 @@ def run(spark: SparkSession, cfg: Config, n_examples: int = 3) -> str:
     except FileNotFoundError:
         pass
     ab, ab_text = None, ""
-    ab_loc = tables.path(root, cfg.abtest.log)
+    ab_loc = tables.locate(root, cfg.abtest.log)
     if tables.exists(spark, ab_loc):
         ab = readout(variant_stats(tables.read(spark, ab_loc)), cfg.abtest.control, cfg.abtest.alpha, cfg.abtest.power,
                      cfg.abtest.split or None)

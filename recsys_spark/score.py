@@ -227,13 +227,6 @@ def scoring_input(spark: SparkSession, cfg: Config, history_col: str, versions: 
 # The nightly scoring run
 
 
-def _eligibility_location(cfg: Config) -> str:
-    e = cfg.score.eligibility
-    if not e:
-        return ""
-    return e if ("/" in e and (e.startswith("/") or "://" in e)) else tables.path(cfg.tables_dir, e)
-
-
 def _ineligible_mask(spark: SparkSession, location: str, version: int, item_index: DataFrame, n_items: int) -> np.ndarray:
     elig = tables.read(spark, location, version)
     missing = {"item_id", "eligible"} - set(elig.columns)
@@ -310,7 +303,8 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     content = tables.read(spark, tables.path(root, schema.ITEM_CONTENT), versions[schema.ITEM_CONTENT])
     for r in content.where(F.col("item_idx") < n_items).select("item_idx", "item_id", "category_idx").collect():
         ids[r.item_idx], categories[r.item_idx] = r.item_id, int(r.category_idx or 0)
-    elig_loc, elig_version = _eligibility_location(cfg), None
+    elig_loc = tables.locate(root, sc.eligibility) if sc.eligibility else ""
+    elig_version = None
     ineligible = np.zeros(n_items, dtype=bool)
     if elig_loc:
         tables.require(spark, elig_loc, "an upstream job that maintains item eligibility (score.eligibility)")

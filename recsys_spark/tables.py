@@ -13,6 +13,14 @@ def path(root_tables: str, name: str) -> str:
     return os.path.join(root_tables, name)
 
 
+def locate(root_tables: str, name_or_path: str) -> str:
+    """A config value naming a table: an absolute path or URI is used as is, anything else is a
+    name under the tables folder (e.g. "silver/eligibility")."""
+    if name_or_path.startswith("/") or "://" in name_or_path or name_or_path.startswith("dbfs:"):
+        return name_or_path
+    return path(root_tables, name_or_path)
+
+
 def exists(spark: SparkSession, location: str) -> bool:
     return DeltaTable.isDeltaTable(spark, location)
 
