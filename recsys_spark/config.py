@@ -57,6 +57,9 @@ class GenerateConfig:
     # Share of event rows deliberately corrupted (null ids, bad timestamps, unknown types) so the
     # demo exercises quarantine; 0 for clean data.
     corrupt_fraction: float = 0.0
+    # Users with a profile and no events, items with content and no events (cold start).
+    cold_users: int = 0
+    cold_items: int = 0
     with_ratings: bool = False
     start_date: str = "2026-01-01"
     days: int = 180
@@ -95,6 +98,15 @@ class FeaturesConfig:
     time_cutoff: Optional[str] = None
     # Files of the training table; more files than Horovod ranks keeps shards balanced.
     train_files: int = 8
+    # Item titles: tfidf = hashed term frequencies (Spark ML HashingTF, text_features buckets) with
+    # the IDF fitted on the catalog and stored in gold/feature_stats; none = titles unused.
+    text_encoder: str = "tfidf"
+    text_features: int = 4096
+    # Cold-start evaluation: this share of users (hashed user id) is left out of training entirely,
+    # and this share of items never appears in training sequences. 0 = off (production).
+    holdout_users: float = 0.0
+    holdout_items: float = 0.0
+    holdout_seed: int = 13
 
 
 @dataclass(frozen=True)
@@ -108,8 +120,15 @@ class TrainConfig:
     n_heads: int = 2
     n_layers: int = 2
     dropout: float = 0.2
+    # Feature groups (each can be switched off, e.g. for an ablation): declared user attributes
+    # (profile token), behaviour profile (gate), item content (category, brand, tags, price),
+    # title text (TF-IDF). With all off the model is a pure id-based SASRec.
     use_profile: bool = True
+    use_behaviour: bool = True
     use_content: bool = True
+    use_text: bool = True
+    # Probability that an item's id embedding is dropped in a training step (content stands alone).
+    item_id_dropout: float = 0.1
     seed: int = 42
     # Torch intra-op threads per rank (ranks share the executor's cores).
     threads_per_rank: int = 1
@@ -237,6 +256,15 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("features.time_cutoff: required when features.split is 'time' (e.g. '2026-06-01')")
     if f.half_life_days <= 0:
         raise ConfigError(f"features.half_life_days: must be > 0, got {f.half_life_days}")
+    if f.text_encoder not in ("tfidf", "none"):
+        raise ConfigError(f"features.text_encoder: expected 'tfidf' or 'none', got {f.text_encoder!r}")
+    if f.text_features < 16:
+        raise ConfigError(f"features.text_features: must be >= 16 hash buckets, got {f.text_features}")
+    for name in ("holdout_users", "holdout_items"):
+        if not 0.0 <= getattr(f, name) < 1.0:
+            raise ConfigError(f"features.{name}: must be in [0, 1) (a share; 0 = off), got {getattr(f, name)}")
+    if not 0.0 <= cfg.train.item_id_dropout < 1.0:
+        raise ConfigError(f"train.item_id_dropout: must be in [0, 1), got {cfg.train.item_id_dropout}")
     if f.max_seq_len != 0 and f.max_seq_len < 2:
         raise ConfigError(f"features.max_seq_len: must be 0 (from data) or >= 2, got {f.max_seq_len}")
     if t.num_proc < 1:

@@ -90,13 +90,19 @@ def spark_beyond_accuracy(recs: DataFrame, k: int, popularity: np.ndarray, n_use
 
 
 def _history_users(spark: SparkSession, cfg: Config, history, target: str, versions: dict | None) -> DataFrame:
+    """Warm users (not held out for cold-start evaluation) with a target. Their profile is the one
+    built from events before their held-out targets (train_profile_num)."""
+    from recsys_spark.features import held_out
+
     v = versions or {}
     root = cfg.tables_dir
+    fc = cfg.features
     seqs = tables.read(spark, tables.path(root, schema.SEQUENCES), v.get(schema.SEQUENCES))
     prof = tables.read(spark, tables.path(root, schema.USER_PROFILE), v.get(schema.USER_PROFILE))
-    return (seqs.where(F.col(target).isNotNull())
+    return (seqs.where(F.col(target).isNotNull() & ~held_out("user_id", fc.holdout_users, fc.holdout_seed))
             .select("user_idx", history.alias("input"), history.alias("seen"), F.col(target).alias("target"))
-            .join(prof.select("user_idx", "profile_cat", "profile_num"), "user_idx", "left"))
+            .join(prof.select("user_idx", "profile_cat", F.col("train_profile_num").alias("profile_num")),
+                  "user_idx", "left"))
 
 
 def test_users(spark: SparkSession, cfg: Config, versions: dict | None = None) -> DataFrame:

@@ -160,10 +160,12 @@ def profiles(events: DataFrame, users: DataFrame | None, item_content: DataFrame
              ref_ts) -> DataFrame:
     """User profile: declared attributes (indexed), activity counts, recency and category shares.
 
-    Output columns: user_idx, <attr>_idx for age_band/gender/region (0 when unknown), n_<type>
+    Output columns: user_idx, <attr>_idx for each declared attribute (0 when unknown), n_<type>
     counts, n_events, n_items, recency_days, active_days, category_shares array<double> of length
-    n_categories + 1 (index = category idx, 0 = unknown category), profile_cat array<int> and
-    profile_num array<float> (log1p-scaled numbers + shares: the model's fixed-width inputs).
+    n_categories + 1 (index = category idx, 0 = unknown category), profile_cat array<int> (the
+    declared attributes) and profile_num array<float> (log1p counts + shares, unscaled: the model
+    standardises them with the statistics in gold/feature_stats, stored in its checkpoint).
+    Users of `users` without events get zero activity.
     """
     counts = [F.sum(F.when(F.col("event_type") == t, 1).otherwise(0)).alias(f"n_{t}") for t in PROFILE_COUNT_TYPES]
     act = events.groupBy("user_idx").agg(
@@ -183,18 +185,97 @@ def profiles(events: DataFrame, users: DataFrame | None, item_content: DataFrame
     prof = act.join(shares, "user_idx", "left")
     attr_cols = [f"{c}_idx" for c in schema.USER_ATTRIBUTE_COLUMNS]
     if users is not None:
-        prof = prof.join(users.select("user_idx", *attr_cols), "user_idx", "left")
+        prof = users.select("user_idx", *attr_cols).join(prof, "user_idx", "full")
     else:
         for c in attr_cols:
             prof = prof.withColumn(c, F.lit(0))
-    prof = prof.fillna(0, subset=attr_cols)
+    zero_shares = F.array_repeat(F.lit(0.0), n_categories + 1)
+    prof = (prof.fillna(0, subset=attr_cols + [f"n_{t}" for t in PROFILE_COUNT_TYPES]
+                        + ["n_events", "n_items", "active_days"])
+            .withColumn("category_shares", F.coalesce("category_shares", zero_shares)))
     nums = [F.log1p(F.col(f"n_{t}").cast("double")) for t in PROFILE_COUNT_TYPES]
-    nums += [F.log1p("n_events"), F.log1p("n_items"), F.log1p("recency_days"), F.log1p("active_days")]
+    nums += [F.log1p("n_events"), F.log1p("n_items"), F.log1p(F.coalesce("recency_days", F.lit(0.0))),
+             F.log1p("active_days")]
     return prof.select(
         "*",
         F.array(*[F.col(c).cast("int") for c in attr_cols]).alias("profile_cat"),
         F.concat(F.array(*nums), F.col("category_shares")).cast("array<float>").alias("profile_num"),
     )
+
+
+def training_cut_events(events: DataFrame, seqs: DataFrame) -> DataFrame:
+    """The events a user's profile may see in training and evaluation: those before the user's
+    validation target (all events for users without held-out targets). Profiles built from all
+    events would leak the validation and test items into the features of the model under test."""
+    cut = seqs.where(F.col("valid_target").isNotNull()).select(
+        "user_idx", F.element_at("item_ts", F.size("train_items") + 1).alias("cut_ts"))
+    return (events.join(cut, "user_idx", "left")
+            .where(F.col("cut_ts").isNull() | (F.col("ts") < F.col("cut_ts"))).drop("cut_ts"))
+
+
+def held_out(col: str, share: float, seed: int):
+    """Column: True for the `share` of ids (hashed with seed) held out for cold-start evaluation."""
+    if share <= 0:
+        return F.lit(False)
+    return (F.abs(F.xxhash64(F.lit(seed), F.col(col).cast("string"))) % 100000) < int(round(share * 100000))
+
+
+def array_stats(df: DataFrame, col: str, width: int) -> tuple[list[float], list[float]]:
+    """Per-position mean and standard deviation (population; 1 where 0) of an array<float> column."""
+    if width == 0:
+        return [], []
+    rows = (df.select(F.posexplode(col).alias("i", "v")).groupBy("i")
+            .agg(F.avg("v").alias("m"), F.stddev_pop("v").alias("s")).collect())
+    mean, std = [0.0] * width, [1.0] * width
+    for r in rows:
+        if r.i < width:
+            mean[r.i] = float(r.m or 0.0)
+            std[r.i] = float(r.s) if r.s and r.s > 1e-9 else 1.0
+    return mean, std
+
+
+def item_content(spark: SparkSession, content: DataFrame, attr_path: str, fc: FeaturesConfig) -> tuple[DataFrame, dict]:
+    """Add tag_ids (persistently indexed tags), text_idx/text_tf (hashed title term counts) and
+    item_num (log1p price, price-missing flag). Returns (content, statistics): the statistics are
+    the title IDF (fitted on the catalog with Spark ML) and the item_num means/stds."""
+    from pyspark.ml.feature import IDF, HashingTF, RegexTokenizer
+
+    tags = F.col(schema.ITEM_TAGS_COLUMN)
+    tag_arr = F.filter(F.transform(F.split(F.coalesce(tags.cast("string"), F.lit("")), r"\|"), lambda t: F.trim(t)),
+                       lambda t: t != "")
+    content = content.withColumn("_tags", tag_arr)
+    exploded = content.select(F.explode("_tags").alias(schema.TAG_ATTRIBUTE))
+    if not exploded.isEmpty():
+        tag_index = extend_attribute_index(spark, exploded, [schema.TAG_ATTRIBUTE], attr_path)
+    else:
+        tag_index = spark.createDataFrame([], "attribute string, value string, idx long")
+    lookup = tag_index.where(F.col("attribute") == schema.TAG_ATTRIBUTE).select(
+        F.col("value").alias("_tag"), F.col("idx").cast("int").alias("_tag_idx"))
+    tag_ids = (content.select("item_idx", F.explode("_tags").alias("_tag")).join(F.broadcast(lookup), "_tag")
+               .groupBy("item_idx").agg(F.array_sort(F.collect_set("_tag_idx")).alias("tag_ids")))
+    content = (content.drop("_tags").join(tag_ids, "item_idx", "left")
+               .withColumn("tag_ids", F.coalesce("tag_ids", F.array().cast("array<int>"))))
+
+    stats: dict[str, list[float]] = {}
+    if fc.text_encoder == "tfidf":
+        words = RegexTokenizer(inputCol="_title", outputCol="_words", pattern=r"\W+", toLowercase=True)
+        tf = HashingTF(inputCol="_words", outputCol="_tf", numFeatures=fc.text_features)
+        with_tf = tf.transform(words.transform(content.withColumn("_title", F.coalesce("title", F.lit("")))))
+        stats["idf"] = [float(x) for x in IDF(inputCol="_tf", outputCol="_tfidf").fit(with_tf).idf.toArray()]
+        unpack = F.udf(lambda v: (v.indices.tolist(), v.values.tolist()),
+                       "struct<i: array<int>, v: array<float>>")
+        content = (with_tf.withColumn("_u", unpack("_tf"))
+                   .select(*content.columns, F.col("_u.i").alias("text_idx"), F.col("_u.v").alias("text_tf")))
+    else:
+        content = (content.withColumn("text_idx", F.array().cast("array<int>"))
+                   .withColumn("text_tf", F.array().cast("array<float>")))
+    price = F.col("price").cast("double")
+    content = content.withColumn("item_num", F.array(
+        F.log1p(F.greatest(F.coalesce(price, F.lit(0.0)), F.lit(0.0))),
+        F.when(price.isNull(), 1.0).otherwise(0.0)).cast("array<float>"))
+    content = content.persist()
+    stats["item_num_mean"], stats["item_num_std"] = array_stats(content, "item_num", 2)
+    return content, stats
 
 
 def auto_max_len(seqs: DataFrame) -> int:
@@ -248,7 +329,7 @@ def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
     content = item_index
     if items_raw is not None:
         content = content.join(items_raw, "item_id", "left")
-    for c in schema.ITEM_ATTRIBUTE_COLUMNS:
+    for c in schema.ITEM_ATTRIBUTE_COLUMNS + (schema.ITEM_TAGS_COLUMN,):
         if c not in content.columns:
             content = content.withColumn(c, F.lit(None).cast("string"))
     for c in ("title", "price"):
@@ -265,8 +346,9 @@ def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
     else:
         attr_index = spark.createDataFrame([], "attribute string, value string, idx long")
     content = attach_attribute_indexes(content, attr_index, list(schema.ITEM_ATTRIBUTE_COLUMNS))
-    content = content.select("item_idx", "item_id", "title", "category", "brand",
+    content = content.select("item_idx", "item_id", "title", "category", "brand", schema.ITEM_TAGS_COLUMN,
                              F.col("price").cast("double").alias("price"), "category_idx", "brand_idx")
+    content, stats = item_content(spark, content, attr_path, fc)
     n_categories = int(attr_index.where(F.col("attribute") == "category").agg(F.max("idx")).first()[0] or 0)
 
     ev = (events.join(user_index, "user_id")
@@ -282,15 +364,14 @@ def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
         users_df = attach_attribute_indexes(u, attr_index, list(schema.USER_ATTRIBUTE_COLUMNS))
 
     written = {}
-    out = {
-        schema.ITEM_CONTENT: content,
-        schema.USER_ITEM: user_item_matrix(ev, fc, ref_ts),
-        schema.USER_PROFILE: profiles(ev, users_df, content, n_categories, ref_ts),
-    }
-    for name, df in out.items():
-        loc = tables.path(root, name)
-        tables.overwrite(df, loc)
-        written[name] = tables.version(spark, loc)
+    loc = tables.path(root, schema.ITEM_CONTENT)
+    tables.overwrite(content, loc)
+    written[schema.ITEM_CONTENT] = tables.version(spark, loc)
+    content.unpersist()
+    content = tables.read(spark, loc, written[schema.ITEM_CONTENT])
+    loc = tables.path(root, schema.USER_ITEM)
+    tables.overwrite(user_item_matrix(ev, fc, ref_ts), loc)
+    written[schema.USER_ITEM] = tables.version(spark, loc)
 
     seqs = split(sequences(ev, fc), fc).join(user_index, "user_idx")
     seq_path = tables.path(root, schema.SEQUENCES)
@@ -298,13 +379,39 @@ def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
     # feed from the version the previous scoring run's sequences were built from.
     tables.overwrite(seqs, seq_path, metadata={"events_version": events_version})
     written[schema.SEQUENCES] = tables.version(spark, seq_path)
-    ev.unpersist()
-
     seqs = tables.read(spark, seq_path, written[schema.SEQUENCES])
-    prof = tables.read(spark, tables.path(root, schema.USER_PROFILE), written[schema.USER_PROFILE])
+
+    # Serving profile from every event; training/evaluation profile from events before each user's
+    # held-out targets (no leak of the items the model is evaluated on).
+    serving = profiles(ev, users_df, content, n_categories, ref_ts)
+    cut = profiles(training_cut_events(ev, seqs), None, content, n_categories, ref_ts)
+    prof = serving.join(cut.select("user_idx", F.col("profile_num").alias("train_profile_num")), "user_idx", "left")
+    prof = prof.withColumn("train_profile_num", F.coalesce("train_profile_num", "profile_num"))
+    prof_path = tables.path(root, schema.USER_PROFILE)
+    tables.overwrite(prof, prof_path)
+    written[schema.USER_PROFILE] = tables.version(spark, prof_path)
+    ev.unpersist()
+    prof = tables.read(spark, prof_path, written[schema.USER_PROFILE])
+    n_num = prof.select(F.max(F.size("profile_num"))).first()[0] or 0
+    training_users = prof.join(seqs.where(~held_out("user_id", fc.holdout_users, fc.holdout_seed))
+                               .select("user_idx"), "user_idx", "left_semi")
+    stats["profile_num_mean"], stats["profile_num_std"] = array_stats(training_users, "train_profile_num", n_num)
+    stats_path = tables.path(root, schema.FEATURE_STATS)
+    tables.overwrite(spark.createDataFrame(sorted(stats.items()), "name string, values array<double>"), stats_path)
+    written[schema.FEATURE_STATS] = tables.version(spark, stats_path)
+
     max_len = fc.max_seq_len or auto_max_len(seqs)
-    train = (training_windows(seqs, max_len)
-             .join(prof.select("user_idx", "profile_cat", "profile_num"), "user_idx", "left")
+    # Cold-start evaluation: held-out users are not trained on; held-out items are cut out of the
+    # training sequences (they keep their content, so the model can still score them).
+    train_seqs = seqs.where(~held_out("user_id", fc.holdout_users, fc.holdout_seed))
+    if fc.holdout_items > 0:
+        cold = (content.where(held_out("item_id", fc.holdout_items, fc.holdout_seed))
+                .agg(F.collect_list(F.col("item_idx").cast("int")).alias("c")))
+        train_seqs = (train_seqs.crossJoin(F.broadcast(cold))
+                      .withColumn("train_items", F.filter("train_items", lambda x: ~F.array_contains("c", x))).drop("c"))
+    train = (training_windows(train_seqs, max_len)
+             .join(prof.select("user_idx", "profile_cat", F.col("train_profile_num").alias("profile_num")),
+                   "user_idx", "left")
              .repartition(fc.train_files, "user_idx").sortWithinPartitions("user_idx", "window"))
     train_path = tables.path(root, schema.TRAIN_EXAMPLES)
     tables.overwrite(train, train_path)
@@ -317,3 +424,44 @@ def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
                             tables.read(spark, train_path).count(), max_len)
     print(report.summary(), flush=True)
     return report
+
+
+def item_feature_arrays(content: DataFrame, n_rows: int | None = None) -> dict:
+    """The model's item features (recsys_spark.model.ITEM_FEATURES) as numpy arrays indexed by
+    item_idx, from the item_content table; rows without an item (padding row 0, gaps) are zeros.
+    has_id is all True here (the model's own mask says which ids were trained)."""
+    import numpy as np
+
+    from recsys_spark.model import pad_right
+
+    rows = content.select("item_idx", "category_idx", "brand_idx", "tag_ids", "text_idx", "text_tf", "item_num").collect()
+    n = max([r.item_idx for r in rows] + [0]) + 1 if n_rows is None else n_rows
+    rows = [r for r in rows if r.item_idx < n]
+    at = np.array([r.item_idx for r in rows], dtype=np.int64)
+
+    def spread(values, width=None, dtype=np.int64):
+        dense = pad_right(values, width, dtype)
+        out = np.zeros((n, dense.shape[1]), dtype=dtype)
+        out[at] = dense
+        return out
+
+    cat = np.zeros(n, dtype=np.int64)
+    brand = np.zeros(n, dtype=np.int64)
+    cat[at] = [int(r.category_idx or 0) for r in rows]
+    brand[at] = [int(r.brand_idx or 0) for r in rows]
+    n_num = max([len(r.item_num or []) for r in rows] + [0])
+    return {
+        "category": cat, "brand": brand,
+        "tags": spread([r.tag_ids for r in rows]),
+        "text_idx": spread([r.text_idx for r in rows]),
+        "text_tf": spread([r.text_tf for r in rows], dtype=np.float32),
+        "num": spread([r.item_num for r in rows], n_num, np.float32) if n_num else np.zeros((n, 0), np.float32),
+        "has_id": np.ones(n, dtype=bool),
+    }
+
+
+def read_stats(spark: SparkSession, location: str, at_version: int | None = None) -> dict:
+    """gold/feature_stats as {name: list of floats} (empty when the table does not exist)."""
+    if not tables.exists(spark, location):
+        return {}
+    return {r.name: list(r["values"]) for r in tables.read(spark, location, at_version).collect()}

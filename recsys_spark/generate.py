@@ -117,6 +117,36 @@ def make_users(cfg: GenerateConfig, rng: np.random.Generator) -> pd.DataFrame:
     })
 
 
+def cold_users(cfg: GenerateConfig) -> pd.DataFrame:
+    """cfg.cold_users new sign-ups: a profile, no events yet (ids u9xxxxxx)."""
+    rng = np.random.default_rng(cfg.seed + 101)
+    n = cfg.cold_users
+    return pd.DataFrame({
+        "user_id": [f"u9{u:06d}" for u in range(n)],
+        "age_band": np.array(AGE_BANDS)[rng.integers(0, len(AGE_BANDS), n)],
+        "gender": np.array(GENDERS)[rng.choice(3, n, p=[0.48, 0.48, 0.04])],
+        "region": np.array(REGIONS)[rng.integers(0, len(REGIONS), n)],
+        "signup_date": [cfg.start_date] * n,
+    })
+
+
+def cold_items(cfg: GenerateConfig, cat: Catalog) -> pd.DataFrame:
+    """cfg.cold_items new arrivals: content (title, category, brand, price), no events yet (ids n9xxxxx)."""
+    rng = np.random.default_rng(cfg.seed + 102)
+    n = cfg.cold_items
+    c = rng.integers(0, len(cat.category_names), n)
+    brands = np.array(BRANDS)[rng.integers(0, len(BRANDS), n)]
+    ref = cat.items.groupby("category")["price"].median()
+    names = [cat.category_names[x] for x in c]
+    return pd.DataFrame({
+        "item_id": [f"n9{i:05d}" for i in range(n)],
+        "title": [f"{brands[i]} {names[i]} New {i}" for i in range(n)],
+        "category": names,
+        "brand": brands,
+        "price": np.round(ref.reindex(names).to_numpy() * np.exp(rng.normal(0, 0.3, n)), 2),
+    })
+
+
 def _demographic_prior(users: pd.DataFrame, n_cat: int, seed: int) -> np.ndarray:
     """Category preference shared by users of one (age band, gender): the signal profiles carry."""
     prior_rng = np.random.default_rng(seed + 1)
@@ -238,8 +268,9 @@ def generate(cfg: GenerateConfig, out_dir: str) -> dict:
             for root, _, files in os.walk(d):
                 for f in files:
                     os.remove(os.path.join(root, f))
-    _write(users, os.path.join(out_dir, "users"), "users", cfg.formats)
-    _write(cat.items, os.path.join(out_dir, "items"), "items", cfg.formats)
+    _write(pd.concat([users, cold_users(cfg)], ignore_index=True), os.path.join(out_dir, "users"), "users", cfg.formats)
+    _write(pd.concat([cat.items, cold_items(cfg, cat)], ignore_index=True), os.path.join(out_dir, "items"), "items",
+           cfg.formats)
 
     events_per_step = 1 + P_CART + P_CART * P_PURCHASE
     mean_steps = max(3.0, cfg.events / cfg.users / events_per_step)

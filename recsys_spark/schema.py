@@ -6,8 +6,12 @@ from pyspark.sql import types as T
 # Raw input columns. user_id, item_id, event_type and timestamp are required; the rest optional.
 REQUIRED_EVENT_COLUMNS = ("user_id", "item_id", "event_type", "timestamp")
 OPTIONAL_EVENT_COLUMNS = ("event_id", "rating")
-USER_ATTRIBUTE_COLUMNS = ("age_band", "gender", "region")
+# Declared user attributes (any subset may be present in the users input; missing = unknown).
+USER_ATTRIBUTE_COLUMNS = ("age_band", "gender", "region", "occupation")
+# Categorical item attributes; `tags` holds several values separated by "|" (genres, attribute ids).
 ITEM_ATTRIBUTE_COLUMNS = ("category", "brand")
+ITEM_TAGS_COLUMN = "tags"
+TAG_ATTRIBUTE = "tag"
 
 # Delta tables, relative to <paths.root>/tables.
 EVENTS = "bronze/events"
@@ -21,6 +25,7 @@ USER_ITEM = "gold/user_item"
 USER_PROFILE = "gold/user_profile"
 ITEM_CONTENT = "gold/item_content"
 SEQUENCES = "gold/sequences"
+FEATURE_STATS = "gold/feature_stats"
 TRAIN_EXAMPLES = "gold/train_examples"
 RECOMMENDATIONS = "gold/recommendations"
 RECOMMENDATIONS_LATEST = "gold/recommendations_latest"
@@ -61,6 +66,8 @@ RECOMMENDATIONS_SCHEMA = T.StructType(
         T.StructField("item_id", T.StringType(), False),
         T.StructField("score", T.FloatType(), False),
         T.StructField("because_item_ids", T.ArrayType(T.StringType(), False), False),
+        # history | profile | segment_popularity | popularity (recsys_spark.score.SERVED_*)
+        T.StructField("served_by", T.StringType(), False),
         T.StructField("model_run_id", T.StringType(), False),
         T.StructField("run_date", T.DateType(), False),
     ]

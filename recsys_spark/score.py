@@ -25,14 +25,20 @@ from typing import Iterator, Optional
 
 import numpy as np
 import pandas as pd
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from recsys_spark import schema, tables
 from recsys_spark.config import Config
 
 TOPK_SCHEMA = "user_idx long, rank int, item_idx long, score double"
-REC_ROWS_SCHEMA = "user_id string, rank int, item_id string, score float, because_item_ids array<string>"
+REC_ROWS_SCHEMA = ("user_id string, rank int, item_id string, score float, because_item_ids array<string>, "
+                   "served_by string")
+# How a user's list was made (the served_by column): the model over the user's history (and
+# profile); the model's profile path alone (no history yet); popularity among users with the same
+# declared attributes; global popularity (the model has nothing for this user).
+SERVED_HISTORY, SERVED_PROFILE, SERVED_SEGMENT, SERVED_POPULAR = "history", "profile", "segment_popularity", "popularity"
+FALLBACK_DEPTH = 200
 
 
 @dataclass(frozen=True)
@@ -51,9 +57,12 @@ class ScoringSpec:
 
 
 def item_catalog(item_vectors: np.ndarray, item_ids: Optional[np.ndarray] = None,
-                 ineligible: Optional[np.ndarray] = None, categories: Optional[np.ndarray] = None) -> dict:
+                 ineligible: Optional[np.ndarray] = None, categories: Optional[np.ndarray] = None,
+                 popular: Optional[np.ndarray] = None, segments: Optional[dict] = None) -> dict:
     """The item side of scoring, computed once per run: vectors (n, d) float32 (row 0 = padding),
-    ids (n,) str, ineligible (n,) bool, categories (n,) int."""
+    ids (n,) str, ineligible (n,) bool, categories (n,) int; for users the model cannot serve,
+    popular (item indexes, most popular first) and segments {declared attributes as "a,b,c": item
+    indexes, most popular first}."""
     n = item_vectors.shape[0]
     inel = np.zeros(n, dtype=bool) if ineligible is None else np.asarray(ineligible, dtype=bool)
     if inel.shape != (n,):
@@ -63,7 +72,22 @@ def item_catalog(item_vectors: np.ndarray, item_ids: Optional[np.ndarray] = None
         "ids": np.asarray(item_ids if item_ids is not None else [str(i) for i in range(n)], dtype=object),
         "ineligible": inel,
         "categories": np.zeros(n, dtype=np.int64) if categories is None else np.asarray(categories, dtype=np.int64),
+        "popular": np.zeros(0, dtype=np.int64) if popular is None else np.asarray(popular, dtype=np.int64),
+        "segments": segments or {},
     }
+
+
+def segment_key(profile_cat) -> str:
+    return ",".join(str(int(x)) for x in profile_cat)
+
+
+def _fallback_list(cat: dict, profile_cat, seen: np.ndarray, ineligible: np.ndarray, k: int) -> tuple[list, str]:
+    """Top-k by segment popularity (or global popularity) with seen and ineligible items removed."""
+    key = segment_key(profile_cat) if profile_cat is not None else ""
+    ranked, how = (cat["segments"][key], SERVED_SEGMENT) if key in cat["segments"] else (cat["popular"], SERVED_POPULAR)
+    seen_set = set(int(x) for x in seen)
+    out = [int(i) for i in ranked if int(i) not in seen_set and not ineligible[int(i)]][:k]
+    return out, how
 
 
 @functools.lru_cache(maxsize=2)
@@ -99,7 +123,7 @@ def _pick_device(name: str) -> str:
 def _score_partition(batches: Iterator[pd.DataFrame], spec: ScoringSpec, catalog_bc) -> Iterator[pd.DataFrame]:
     import torch
 
-    from recsys_spark.model import pad_left
+    from recsys_spark.model import pad_left, pad_right
     from recsys_spark.topk import explain, recommend
 
     torch.set_num_threads(1)  # Spark runs one task per core
@@ -117,7 +141,7 @@ def _score_partition(batches: Iterator[pd.DataFrame], spec: ScoringSpec, catalog
                     users = torch.as_tensor(np.stack([np.asarray(v, dtype=np.float32) for v in part[spec.vector_col]]))
                     history = seen
                 else:
-                    # Items newer than the model (idx >= its table) cannot be encoded: left out of its input.
+                    # History items outside the catalog (deleted since) cannot be encoded: left out.
                     history = [h[(h > 0) & (h < n_items)] for h in (np.asarray(x if x is not None else (), dtype=np.int64)
                                                                     for x in part["input"])]
                     seq = pad_left(history, model.cfg.max_len)
@@ -126,13 +150,14 @@ def _score_partition(batches: Iterator[pd.DataFrame], spec: ScoringSpec, catalog
                     used = np.flatnonzero((seq != 0).any(0))
                     seq = torch.as_tensor(seq[:, min(used[0], seq.shape[1] - 1) if len(used) else -1:], device=device)
                     pc = pn = None
-                    if model.use_profile:
+                    if model.use_profile and "profile_cat" in part:
+                        pc = torch.as_tensor(pad_right(list(part["profile_cat"]), len(model.cfg.attr_cardinalities)),
+                                             device=device)
+                    if model.use_behaviour and "profile_num" in part:
                         n_num = model.cfg.n_profile_num
-                        pc = torch.as_tensor(np.stack([np.asarray(x if x is not None else [0, 0, 0]) for x in part["profile_cat"]]),
-                                             dtype=torch.long, device=device)
                         pn = torch.as_tensor(np.stack([np.asarray(x if x is not None and len(x) == n_num else np.zeros(n_num))
                                                        for x in part["profile_num"]]), dtype=torch.float32, device=device)
-                    users = model.user_vectors(seq, pc, pn)
+                    users = model.user_vectors(seq, pc, pn, items)
                     history = [h[-model.cfg.max_len:] for h in history]
                 top, scores = recommend(users.to(device), items, seen, spec.k, ineligible=ineligible,
                                         categories=cat["categories"], max_per_category=spec.max_per_category,
@@ -141,7 +166,18 @@ def _score_partition(batches: Iterator[pd.DataFrame], spec: ScoringSpec, catalog
                     yield _to_rows(part["user_idx"].to_numpy(), top, scores)
                     continue
                 because = explain(top, history, items, spec.explain) if spec.explain else None
-                yield _to_id_rows(part["user_id"].to_numpy(), top, scores, cat["ids"], because)
+                served = np.array([SERVED_HISTORY if len(h) else SERVED_PROFILE for h in history], dtype=object)
+                if model is not None:
+                    # No history and no profile path (or nothing declared): the model has nothing.
+                    pcs = list(part["profile_cat"]) if "profile_cat" in part else [None] * len(part)
+                    for i, h in enumerate(history):
+                        known = pcs[i] is not None and any(int(x) > 0 for x in pcs[i])
+                        if len(h) == 0 and not (model.use_profile and known):
+                            ranked, served[i] = _fallback_list(cat, pcs[i], seen[i], cat["ineligible"], spec.k)
+                            top[i] = -1
+                            top[i, :len(ranked)] = ranked
+                            scores[i] = 0.0
+                yield _to_id_rows(part["user_id"].to_numpy(), top, scores, cat["ids"], because, served)
 
 
 def _to_rows(user_idx: np.ndarray, top: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
@@ -156,7 +192,7 @@ def _to_rows(user_idx: np.ndarray, top: np.ndarray, scores: np.ndarray) -> pd.Da
 
 
 def _to_id_rows(user_id: np.ndarray, top: np.ndarray, scores: np.ndarray, ids: np.ndarray,
-                because: Optional[list]) -> pd.DataFrame:
+                because: Optional[list], served: Optional[np.ndarray] = None) -> pd.DataFrame:
     k = top.shape[1]
     ok = (top >= 0).ravel()
     flat = top.ravel()[ok]
@@ -171,6 +207,8 @@ def _to_id_rows(user_id: np.ndarray, top: np.ndarray, scores: np.ndarray, ids: n
         "item_id": ids[flat],
         "score": scores.ravel()[ok].astype(np.float32),
         "because_item_ids": expl,
+        "served_by": (np.repeat(served, k)[ok] if served is not None
+                      else np.full(int(ok.sum()), SERVED_HISTORY, dtype=object)),
     })
 
 
@@ -214,13 +252,34 @@ def popularity_topk(users: DataFrame, popularity: np.ndarray, k: int) -> DataFra
 
 
 def scoring_input(spark: SparkSession, cfg: Config, history_col: str, versions: Optional[dict] = None) -> DataFrame:
-    """Users with their history (input = seen = history_col) and profile features, at pinned versions."""
+    """Every known user -- with events, or only a profile (a new user) -- with their history
+    (input = seen = history_col, empty without events) and serving profile, at pinned versions."""
     root = cfg.tables_dir
     v = versions or {}
     seqs = tables.read(spark, tables.path(root, schema.SEQUENCES), v.get(schema.SEQUENCES))
     prof = tables.read(spark, tables.path(root, schema.USER_PROFILE), v.get(schema.USER_PROFILE))
-    return (seqs.select("user_idx", "user_id", F.col(history_col).alias("input"), F.col(history_col).alias("seen"))
-            .join(prof.select("user_idx", "profile_cat", "profile_num"), "user_idx", "left"))
+    index = tables.read(spark, tables.path(root, schema.USER_INDEX), v.get(schema.USER_INDEX))
+    hist = F.coalesce(F.col(history_col), F.array().cast("array<int>"))
+    return (prof.select("user_idx", "profile_cat", "profile_num").join(index, "user_idx")
+            .join(seqs.select("user_idx", history_col), "user_idx", "left")
+            .select("user_idx", "user_id", hist.alias("input"), hist.alias("seen"), "profile_cat", "profile_num"))
+
+
+def fallback_lists(users: DataFrame, depth: int = FALLBACK_DEPTH, min_users: int = 20) -> tuple[np.ndarray, dict]:
+    """(global, {segment: items}) popularity rankings, most popular first (ties by item index), from
+    users' histories (user_idx, input, profile_cat). A segment (one combination of declared
+    attributes) needs min_users users with history, else its users get the global list."""
+    w = Window.partitionBy("seg").orderBy(F.desc("n"), "item")
+    seg = F.concat_ws(",", F.transform("profile_cat", lambda x: x.cast("string")))
+    ex = users.where(F.size("input") > 0).select(seg.alias("seg"), "user_idx", F.explode("input").alias("item"))
+    sizes = ex.groupBy("seg").agg(F.countDistinct("user_idx").alias("u")).where(F.col("u") >= min_users)
+    counts = ex.groupBy("seg", "item").agg(F.countDistinct("user_idx").alias("n"))
+    top = (counts.join(sizes, "seg", "left_semi").withColumn("r", F.row_number().over(w)).where(F.col("r") <= depth)
+           .groupBy("seg").agg(F.array_sort(F.collect_list(F.struct("r", "item"))).alias("l")).collect())
+    segments = {r.seg: np.array([x.item for x in r.l], dtype=np.int64) for r in top}
+    glob = (ex.groupBy("item").agg(F.countDistinct("user_idx").alias("n")).orderBy(F.desc("n"), "item")
+            .limit(depth).collect())
+    return np.array([r.item for r in glob], dtype=np.int64), segments
 
 
 # ------------------------------------------------------------------------------------------------
@@ -291,18 +350,28 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     for name in (schema.SEQUENCES, schema.USER_PROFILE, schema.ITEM_INDEX, schema.ITEM_CONTENT):
         tables.require(spark, tables.path(root, name), "features")
     versions = {name: tables.version(spark, tables.path(root, name))
-                for name in (schema.SEQUENCES, schema.USER_PROFILE, schema.ITEM_INDEX, schema.ITEM_CONTENT)}
+                for name in (schema.SEQUENCES, schema.USER_PROFILE, schema.ITEM_INDEX, schema.ITEM_CONTENT,
+                             schema.USER_INDEX)}
     events_version = tables.commit_metadata(spark, tables.path(root, schema.SEQUENCES),
                                             versions[schema.SEQUENCES]).get("events_version")
 
-    # The item side, once per run.
-    n_items = model.cfg.n_items
+    # The item side, once per run: the current catalog, including items newer than the model
+    # (scored through their content) -- their vectors come from the checkpoint's own encoders.
+    import torch
+
+    from recsys_spark.features import item_feature_arrays
+
     item_index = tables.read(spark, tables.path(root, schema.ITEM_INDEX), versions[schema.ITEM_INDEX])
+    content = tables.read(spark, tables.path(root, schema.ITEM_CONTENT), versions[schema.ITEM_CONTENT])
+    rows = content.select("item_idx", "item_id", "category_idx").collect()
+    n_items = max([model.cfg.n_items] + [r.item_idx + 1 for r in rows])
     ids = np.array([""] * n_items, dtype=object)
     categories = np.zeros(n_items, dtype=np.int64)
-    content = tables.read(spark, tables.path(root, schema.ITEM_CONTENT), versions[schema.ITEM_CONTENT])
-    for r in content.where(F.col("item_idx") < n_items).select("item_idx", "item_id", "category_idx").collect():
+    for r in rows:
         ids[r.item_idx], categories[r.item_idx] = r.item_id, int(r.category_idx or 0)
+    feats = {k: torch.as_tensor(v) for k, v in item_feature_arrays(content, n_items).items()}
+    with torch.no_grad():
+        vectors = model.item_vectors(feats).numpy()
     elig_loc = tables.locate(root, sc.eligibility) if sc.eligibility else ""
     elig_version = None
     ineligible = np.zeros(n_items, dtype=bool)
@@ -311,14 +380,15 @@ def run(spark: SparkSession, cfg: Config) -> dict:
         elig_version = tables.version(spark, elig_loc)
         ineligible = _ineligible_mask(spark, elig_loc, elig_version, item_index, n_items)
     ineligible |= ids == ""  # an index row the model knows but the catalog lost
-    catalog = item_catalog(model.item_vectors().detach().numpy(), ids, ineligible, categories)
+    users = scoring_input(spark, cfg, "items", versions).persist()
+    popular, segments = fallback_lists(users)
+    catalog = item_catalog(vectors, ids, ineligible, categories, popular, segments)
     bc = spark.sparkContext.broadcast(catalog)
     rules = json.dumps({"k": sc.k, "max_per_category": sc.max_per_category, "mmr_lambda": sc.mmr_lambda,
                         "explain": sc.explain}, sort_keys=True)
 
     last = _last_run(spark, root)
     mode, reason = _choose_mode(cfg, last, run_id, rules, elig_version, events_version)
-    users = scoring_input(spark, cfg, "items", versions)
     loc = tables.path(root, schema.RECOMMENDATIONS)
     carried = None
     if mode == "incremental":
@@ -328,10 +398,15 @@ def run(spark: SparkSession, cfg: Config) -> dict:
         except Exception as exc:  # the feed does not cover the range (e.g. enabled later, or vacuumed)
             mode, reason = "full", f"the events change feed cannot be read from version {last['events_version'] + 1}: {str(exc).splitlines()[0]}"
         else:
-            users = users.join(changed, "user_id", "left_semi")
             previous = (tables.read(spark, loc, last["recommendations_version"])
                         .where(F.col("run_date") == F.lit(last["run_date"])))
-            carried = previous.join(changed, "user_id", "left_anti").drop("model_run_id", "run_date")
+            if "served_by" not in previous.columns:  # written before the column existed
+                previous = previous.withColumn("served_by", F.lit(SERVED_HISTORY))
+            # Rescore users with new events and users the last run did not serve (new profiles).
+            unserved = users.select("user_id").join(previous.select("user_id"), "user_id", "left_anti")
+            rescore = changed.unionByName(unserved).distinct()
+            users = users.join(rescore, "user_id", "left_semi")
+            carried = previous.join(rescore, "user_id", "left_anti").drop("model_run_id", "run_date")
     spec = ScoringSpec(k=sc.k, ckpt_path=ckpt_path, batch_users=sc.batch_users, max_per_category=sc.max_per_category,
                        mmr_lambda=sc.mmr_lambda, explain=sc.explain, device=sc.device, block_mb=sc.block_mb,
                        with_ids=True)
@@ -348,6 +423,8 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     staged = out.persist()
     stats = staged.groupBy("_scored").agg(F.count("*").alias("rows"), F.countDistinct("user_id").alias("users")).collect()
     by = {r["_scored"]: (r["rows"], r["users"]) for r in stats}
+    served = {r["served_by"]: r["users"] for r in
+              staged.groupBy("served_by").agg(F.countDistinct("user_id").alias("users")).collect()}
     final = staged.drop("_scored")
     meta = {"model_run_id": run_id, "mode": mode, "events_version": events_version,
             "versions": versions, "eligibility_version": elig_version}
@@ -360,6 +437,7 @@ def run(spark: SparkSession, cfg: Config) -> dict:
         tables.overwrite(tables.read(spark, loc, version).where(F.col("run_date") == F.lit(run_date)),
                          tables.path(root, schema.RECOMMENDATIONS_LATEST), metadata=meta)
     staged.unpersist()
+    users.unpersist()
     n_scored, n_carried = by.get(True, (0, 0))[1], by.get(False, (0, 0))[1]
     n_rows = sum(r for r, _ in by.values())
     elapsed = time.time() - t0
@@ -369,7 +447,8 @@ def run(spark: SparkSession, cfg: Config) -> dict:
                datetime.now(timezone.utc).replace(tzinfo=None))
     tables.append(spark.createDataFrame([run_row], schema.SCORE_RUNS_SCHEMA), tables.path(root, schema.SCORE_RUNS))
     print(f"score ({mode}: {reason}): {n_scored} users scored, {n_carried} carried forward, top-{sc.k} with model "
-          f"{run_id} for {run_date} -> {loc} (version {version}, {n_rows} rows, {elapsed:.1f}s)", flush=True)
+          f"{run_id} for {run_date} -> {loc} (version {version}, {n_rows} rows, {elapsed:.1f}s); users by path: "
+          + ", ".join(f"{k} {v}" for k, v in sorted(served.items())), flush=True)
     return {"run_id": run_id, "run_date": run_date.isoformat(), "rows": n_rows, "users": n_scored + n_carried,
             "users_scored": n_scored, "users_carried": n_carried, "mode": mode, "reason": reason,
-            "version": version, "seconds": elapsed}
+            "version": version, "seconds": elapsed, "served_by": served}

@@ -28,7 +28,8 @@ class TrainJob:
     """Everything a rank needs, as plain values (it is pickled to the executors)."""
     files: list[str]
     model_config: dict
-    item_category: list[int]
+    item_features: dict  # recsys_spark.model.ITEM_FEATURES as numpy arrays
+    stats: dict  # scaling statistics from gold/feature_stats
     train_config: dict
     full_config: dict
     data_versions: dict
@@ -36,7 +37,7 @@ class TrainJob:
     checkpoint_dir: str
     run_id: str
     # Validation sample for early stopping: input (V, L), target (V,), seen (list of arrays),
-    # profile_cat (V, 3), profile_num (V, P). None disables early stopping.
+    # profile_cat (V, A), profile_num (V, P). None disables early stopping.
     valid: Optional[dict] = None
 
 
@@ -91,7 +92,7 @@ def shard_batches(files: list[str], rank: int, size: int, batch_size: int, seed:
         yield merged
 
 
-def train_steps(model, optimizer, batches: Iterator[dict], steps: int, use_profile: bool) -> float:
+def train_steps(model, optimizer, batches: Iterator[dict], steps: int, device: str = "cpu") -> float:
     """Run `steps` optimizer steps; return the mean loss. Works with any iterator of batches."""
     import torch
 
@@ -99,10 +100,10 @@ def train_steps(model, optimizer, batches: Iterator[dict], steps: int, use_profi
     total = 0.0
     for _ in range(steps):
         b = next(batches)
-        seq = torch.as_tensor(b["input"], dtype=torch.long)
-        tgt = torch.as_tensor(b["target"], dtype=torch.long)
-        pc = torch.as_tensor(b["profile_cat"], dtype=torch.long) if use_profile else None
-        pn = torch.as_tensor(b["profile_num"], dtype=torch.float32) if use_profile else None
+        seq = torch.as_tensor(b["input"], dtype=torch.long, device=device)
+        tgt = torch.as_tensor(b["target"], dtype=torch.long, device=device)
+        pc = torch.as_tensor(b["profile_cat"], dtype=torch.long, device=device) if model.use_profile else None
+        pn = torch.as_tensor(b["profile_num"], dtype=torch.float32, device=device) if model.use_behaviour else None
         _, loss = model(seq, tgt, pc, pn)
         optimizer.zero_grad()
         loss.backward()
@@ -125,10 +126,11 @@ def worker(job: TrainJob) -> dict:
     torch.manual_seed(int(tc["seed"]))
     np.random.seed(int(tc["seed"]))
     mcfg = ModelConfig(**job.model_config)
-    model = AttentionRecommender(mcfg, torch.as_tensor(job.item_category, dtype=torch.long))
+    model = AttentionRecommender(mcfg, {k: torch.as_tensor(v) for k, v in job.item_features.items()}, job.stats)
     opt = torch.optim.AdamW(model.parameters(), lr=float(tc["lr"]) * hvd.size() ** 0.5,
                             weight_decay=float(tc["weight_decay"]))
-    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    # Horovod cannot broadcast bool tensors; the bool buffer (has_id) comes from the job on every rank.
+    hvd.broadcast_parameters({k: v for k, v in model.state_dict().items() if v.dtype != torch.bool}, root_rank=0)
     hvd.broadcast_optimizer_state(opt, root_rank=0)
     opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters())
     batches = shard_batches(job.files, hvd.rank(), hvd.size(), int(tc["batch_size"]), int(tc["seed"]))
@@ -139,7 +141,7 @@ def worker(job: TrainJob) -> dict:
     budget = float(tc.get("time_budget_s") or 0.0)
     for epoch in range(int(tc["epochs"])):
         t0 = time.time()
-        loss = train_steps(model, opt, batches, job.steps_per_epoch, mcfg.use_profile)
+        loss = train_steps(model, opt, batches, job.steps_per_epoch)
         loss = float(hvd.allreduce(torch.tensor(loss), name="epoch_loss"))
         entry = {"epoch": epoch + 1, "loss": loss, "seconds": round(time.time() - t0, 3)}
         stop = 0
@@ -209,8 +211,8 @@ def validate(model, valid: dict, k: int = 10, batch: int = 512) -> float:
         for lo in range(0, len(valid["target"]), batch):
             sl = slice(lo, lo + batch)
             pc = torch.as_tensor(valid["profile_cat"][sl]) if model.use_profile else None
-            pn = torch.as_tensor(valid["profile_num"][sl]) if model.use_profile else None
-            users = model.user_vectors(torch.as_tensor(valid["input"][sl]), pc, pn)
+            pn = torch.as_tensor(valid["profile_num"][sl]) if model.use_behaviour else None
+            users = model.user_vectors(torch.as_tensor(valid["input"][sl]), pc, pn, items)
             tops.append(topk_excluding(users, items, valid["seen"][sl], k)[0])
     model.train()
     return ndcg_at_k(np.concatenate(tops), valid["target"], k)
@@ -248,7 +250,9 @@ def load_checkpoint(path: str):
 
     ckpt = torch.load(os.path.join(path, "model.pt"), map_location="cpu", weights_only=False)
     mcfg = ModelConfig(**ckpt["model_config"])
-    model = AttentionRecommender(mcfg, ckpt["state_dict"]["item_category"])
+    sd = ckpt["state_dict"]
+    model = AttentionRecommender(mcfg, {k[5:]: v for k, v in sd.items() if k.startswith("feat_")},
+                                 {k[5:]: v for k, v in sd.items() if k.startswith("stat_")})
     model.load_state_dict(ckpt["state_dict"])
     model.eval()
     return model, ckpt
@@ -288,7 +292,8 @@ def prepare(spark, cfg) -> TrainJob:
     tables.require(spark, train_path, "features")
     versions = {name: tables.version(spark, tables.path(root, name))
                 for name in (schema.TRAIN_EXAMPLES, schema.ITEM_CONTENT, schema.ITEM_INDEX, schema.USER_PROFILE,
-                             schema.SEQUENCES, schema.EVENTS)}
+                             schema.SEQUENCES, schema.EVENTS, schema.FEATURE_STATS)
+                if tables.exists(spark, tables.path(root, name))}
     files = tables.active_files(spark, train_path, versions[schema.TRAIN_EXAMPLES])
     tc = cfg.train
     if len(files) < tc.num_proc:
@@ -299,28 +304,42 @@ def prepare(spark, cfg) -> TrainJob:
     n_rows = train_df.count()
     if n_rows == 0:
         raise ValueError(f"the training table {train_path} is empty: no user has 2+ items in the training split")
+    from recsys_spark.features import item_feature_arrays, read_stats
+
     content = tables.read(spark, tables.path(root, schema.ITEM_CONTENT), versions[schema.ITEM_CONTENT])
-    cats = content.select("item_idx", "category_idx").collect()
-    n_items = max(r.item_idx for r in cats) + 1
-    item_category = [0] * n_items
-    for r in cats:
-        item_category[r.item_idx] = int(r.category_idx)
+    feats = item_feature_arrays(content)
+    n_items = len(feats["category"])
+    # An item has a trained id embedding only if it occurs in the training table (held-out and
+    # never-touched items are represented by their content alone).
+    trained = (train_df.select(F.explode(F.concat("input", "target")).alias("i")).where("i > 0").distinct()
+               .collect())
+    feats["has_id"] = np.zeros(n_items, dtype=bool)
+    feats["has_id"][[r.i for r in trained if r.i < n_items]] = True
+    stats = read_stats(spark, tables.path(root, schema.FEATURE_STATS), versions.get(schema.FEATURE_STATS))
     prof = tables.read(spark, tables.path(root, schema.USER_PROFILE), versions[schema.USER_PROFILE])
-    stats = prof.select(*[F.max(F.col("profile_cat")[i]).alias(f"c{i}") for i in range(3)],
-                        F.max(F.size("profile_num")).alias("n_num")).first()
+    n_attr = prof.select(F.max(F.size("profile_cat"))).first()[0] or 0
+    pstats = prof.select(*[F.max(F.col("profile_cat")[i]).alias(f"c{i}") for i in range(n_attr)],
+                         F.max(F.size("profile_num")).alias("n_num")).first()
     max_len = train_df.select(F.size("input").alias("n")).first()["n"]  # chosen by features
+    n_num = int(pstats["n_num"] or 0)
     model_config = {
         "n_items": n_items, "max_len": int(max_len), "d_model": tc.d_model,
         "n_heads": tc.n_heads, "n_layers": tc.n_layers, "dropout": tc.dropout,
-        "n_categories": max(item_category) + 1,
-        "attr_cardinalities": [int(stats[f"c{i}"] or 0) + 1 for i in range(3)],
-        "n_profile_num": int(stats["n_num"] or 0),
-        "use_profile": tc.use_profile, "use_content": tc.use_content,
+        "n_categories": int(feats["category"].max()) + 1, "n_brands": int(feats["brand"].max()) + 1,
+        "n_tags": int(feats["tags"].max()) + 1, "text_dim": len(stats.get("idf", [])),
+        "n_item_num": int(feats["num"].shape[1]),
+        "attr_cardinalities": [int(pstats[f"c{i}"] or 0) + 1 for i in range(n_attr)],
+        "n_profile_num": n_num,
+        "use_profile": tc.use_profile, "use_behaviour": tc.use_behaviour, "use_content": tc.use_content,
+        "use_text": tc.use_text, "item_id_dropout": tc.item_id_dropout,
     }
+    model_stats = {k: v for k, v in stats.items() if k in ("idf", "item_num_mean", "item_num_std")}
+    if len(stats.get("profile_num_mean", [])) == n_num:
+        model_stats.update({k: stats[k] for k in ("profile_num_mean", "profile_num_std")})
     valid = _validation_sample(spark, cfg, versions, int(max_len), model_config["n_profile_num"])
     run_id = "attn-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     return TrainJob(
-        files=files, model_config=model_config, item_category=item_category,
+        files=files, model_config=model_config, item_features=feats, stats=model_stats,
         train_config=asdict(tc), full_config=cfg.to_dict(), data_versions=versions,
         steps_per_epoch=max(1, math.ceil(n_rows / (tc.batch_size * tc.num_proc))),
         checkpoint_dir=cfg.models_dir, run_id=run_id, valid=valid,
@@ -333,7 +352,7 @@ def _validation_sample(spark, cfg, versions: dict, max_len: int, n_num: int) -> 
     from pyspark.sql import functions as F
 
     from recsys_spark.evaluate import valid_users
-    from recsys_spark.model import pad_left
+    from recsys_spark.model import pad_left, pad_right
 
     n = cfg.train.valid_users
     if n <= 0:
@@ -345,7 +364,7 @@ def _validation_sample(spark, cfg, versions: dict, max_len: int, n_num: int) -> 
         "input": pad_left([r.input for r in rows], max_len),
         "target": np.array([r.target for r in rows], dtype=np.int64),
         "seen": [np.asarray(r.input, dtype=np.int64) for r in rows],
-        "profile_cat": np.array([r.profile_cat or [0, 0, 0] for r in rows], dtype=np.int64),
+        "profile_cat": pad_right([r.profile_cat for r in rows], max([len(r.profile_cat or []) for r in rows] + [1])),
         "profile_num": np.array([r.profile_num if r.profile_num and len(r.profile_num) == n_num
                                  else [0.0] * n_num for r in rows], dtype=np.float32),
     }
