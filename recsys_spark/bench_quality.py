@@ -77,13 +77,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", default="conf/bench.yaml")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--work", default=None, help="lakehouse folder (default: a temporary one, removed after)")
+    p.add_argument("--side", choices=["auto", "none"], default="auto",
+                   help="auto: ingest the user/item side files found next to the dataset (recsys_spark.datasets)")
     args = p.parse_args(argv)
     if not os.path.exists(args.dataset):
         print(f"error: dataset {args.dataset} not found", file=sys.stderr)
         return 2
     work = args.work or tempfile.mkdtemp(prefix="recsys-bench-")
     overrides = [f"paths.root={work}", f"paths.raw={os.path.join(work, 'raw')}",
-                 f"ingest.events={os.path.abspath(args.dataset)}"] + args.overrides
+                 f"ingest.events={os.path.abspath(args.dataset)}"]
+    side = {}
+    if args.side == "auto" and os.path.isfile(args.dataset):
+        from recsys_spark.datasets import side_files
+
+        side = side_files(args.dataset, os.path.join(work, "side"))
+        overrides += [f"ingest.{name}={path}" for name, path in side.items()]
+        print(f"side files: {', '.join(side) or 'none found'}", flush=True)
+    overrides += args.overrides
     try:
         cfg = config_mod.load(args.config, overrides)
     except config_mod.ConfigError as exc:
@@ -135,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         "model_run_id": trained["run_id"],
         "model_config": model_config,
         "als": ev["params"].get("als"),
+        "side_files": sorted(side),
+        "cold": ev.get("cold"),
         "config": {k: v for k, v in cfg.to_dict().items() if k in ("features", "train", "evaluate")},
     }
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)

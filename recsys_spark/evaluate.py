@@ -238,9 +238,149 @@ def run(spark: SparkSession, cfg: Config, monitor=None) -> dict:
         gap = gaps.get(kind)
         gap_s = f"  gap {gap['gap']:.3f} [{gap['ci_low']:.3f}, {gap['ci_high']:.3f}]" if gap else ""
         print(f"  {kind:<13} {cells}{gap_s}")
+    cold = None
+    if cfg.features.holdout_users > 0 or cfg.features.holdout_items > 0:
+        cold = cold_start(spark, cfg, ckpt_path, versions)
+        crow = []
+        for n, by_model in cold["users"].items():
+            for name, m in by_model.items():
+                crow += [(eval_id, ckpt["run_id"], name, metric, 10, float(m[f"{metric}@10"]), m["n_users"],
+                          f"cold_users_{n}_events", now) for metric in ("recall", "ndcg")]
+        if cold["items"]:
+            for name, m in cold["items"].items():
+                if isinstance(m, dict):
+                    crow += [(eval_id, ckpt["run_id"], name, metric, 10, float(m[f"{metric}@10"]), m["n_users"],
+                              "cold_items", now) for metric in ("recall", "ndcg") if f"{metric}@10" in m]
+        if crow:
+            tables.append(spark.createDataFrame(crow, schema.METRICS_SCHEMA), loc)
+        print("cold start (held-out users and items, full ranking):\n" + format_cold(cold), flush=True)
     from recsys_spark.tracking import log_evaluate
 
-    result = {"eval_id": eval_id, "slices": sliced, "model_run_id": ckpt["run_id"], "n_users": n_users, "metrics": results,
+    result = {"eval_id": eval_id, "cold": cold, "slices": sliced, "model_run_id": ckpt["run_id"], "n_users": n_users, "metrics": results,
             "beyond": beyond, "train_s": train_s, "score_s": score_s, "params": params}
     result["mlflow_run_id"] = log_evaluate(cfg, result)
     return result
+
+
+# ------------------------------------------------------------------------------------------------
+# Cold start (features.holdout_users / features.holdout_items > 0)
+
+COLD_USER_EVENTS = (0, 1, 3)
+
+
+def _recall_ndcg(top: np.ndarray, target: np.ndarray, k: int = 10) -> dict:
+    from recsys_spark.metrics import ndcg_at_k, recall_at_k
+
+    return {"recall@10": recall_at_k(top, target, k), "ndcg@10": ndcg_at_k(top, target, k), "n_users": int(len(target))}
+
+
+def _popularity_top(ranked: np.ndarray, seen: list, k: int) -> np.ndarray:
+    out = np.full((len(seen), k), -1, dtype=np.int64)
+    for i, s in enumerate(seen):
+        s = set(int(x) for x in s)
+        row = [int(x) for x in ranked if int(x) not in s][:k]
+        out[i, :len(row)] = row
+    return out
+
+
+def cold_start(spark: SparkSession, cfg: Config, ckpt_path: str, versions: dict | None, k: int = 10) -> dict:
+    """Cold-start slices of the held-out users and items, with the popularity baselines.
+
+    Cold users (never trained on): for n in COLD_USER_EVENTS, users with more than n items get their
+    declared profile, their first n items as history and a behaviour profile from the events before
+    their (n+1)-th item; the target is that item. Baselines: global popularity and segment popularity
+    (users with the same declared attributes) over warm users' training histories.
+    Cold items (cut out of every training sequence): warm test users whose test target is one; the
+    random baseline is the expected Recall@10 of a random ranking of the unseen catalog.
+    """
+    from recsys_spark import features as feat
+    from recsys_spark.score import attention_topk, fallback_lists
+
+    fc, root, v = cfg.features, cfg.tables_dir, versions or {}
+    out: dict = {"users": {}, "items": None}
+    seqs = tables.read(spark, tables.path(root, schema.SEQUENCES), v.get(schema.SEQUENCES))
+    prof = tables.read(spark, tables.path(root, schema.USER_PROFILE), v.get(schema.USER_PROFILE))
+    content = tables.read(spark, tables.path(root, schema.ITEM_CONTENT), v.get(schema.ITEM_CONTENT))
+    # Popularity baselines see what the model saw: warm users' training items, held-out items cut.
+    held_items = [r.item_idx for r in content.where(feat.held_out("item_id", fc.holdout_items, fc.holdout_seed))
+                  .select(F.col("item_idx").cast("int")).collect()]
+    known = F.filter("train_items", lambda x: ~x.isin(held_items)) if held_items else F.col("train_items")
+    warm = (seqs.where(~feat.held_out("user_id", fc.holdout_users, fc.holdout_seed))
+            .select("user_idx", known.alias("input"))
+            .join(prof.select("user_idx", "profile_cat"), "user_idx"))
+    popular, segments = fallback_lists(warm, depth=k + max(COLD_USER_EVENTS) + 1)
+
+    if fc.holdout_users > 0:
+        events = tables.read(spark, tables.path(root, schema.EVENTS), v.get(schema.EVENTS))
+        uidx = tables.read(spark, tables.path(root, schema.USER_INDEX), v.get(schema.USER_INDEX))
+        iidx = tables.read(spark, tables.path(root, schema.ITEM_INDEX), v.get(schema.ITEM_INDEX))
+        ev = events.join(uidx, "user_id").join(iidx, "item_id")
+        ref_ts = ev.agg(F.max("ts")).first()[0]
+        n_categories = int(content.agg(F.max("category_idx")).first()[0] or 0)
+        cold = seqs.where(feat.held_out("user_id", fc.holdout_users, fc.holdout_seed))
+        for n in COLD_USER_EVENTS:
+            u = cold.where(F.size("items") > n).select(
+                "user_idx", F.slice("items", 1, n).cast("array<int>").alias("input"),
+                F.element_at("items", n + 1).alias("target"), F.element_at("item_ts", n + 1).alias("cut_ts"))
+            cut_events = ev.join(u.select("user_idx", "cut_ts"), "user_idx").where(F.col("ts") < F.col("cut_ts"))
+            behaviour = feat.profiles(cut_events.drop("cut_ts"), None, content, n_categories, ref_ts)
+            u = (u.join(prof.select("user_idx", "profile_cat"), "user_idx", "left")
+                 .join(behaviour.select("user_idx", "profile_num"), "user_idx", "left")
+                 .withColumn("seen", F.col("input"))).persist()
+            rows = u.select("user_idx", "input", "target", "profile_cat").orderBy("user_idx").collect()
+            if not rows:
+                continue
+            recs = attention_topk(u.select("user_idx", "input", "seen", "profile_cat", "profile_num"),
+                                  ckpt_path, k, cfg.score.batch_users)
+            by_user = {}
+            for r in recs.collect():
+                by_user.setdefault(r.user_idx, {})[r["rank"]] = r.item_idx
+            top = np.array([[by_user.get(r.user_idx, {}).get(j, -1) for j in range(1, k + 1)] for r in rows])
+            target = np.array([r.target for r in rows])
+            seen = [r.input for r in rows]
+            from recsys_spark.score import segment_key
+
+            seg_top = np.stack([_popularity_top(segments.get(segment_key(r.profile_cat or []), popular), [s], k)[0]
+                                for r, s in zip(rows, seen)])
+            out["users"][n] = {"attention": _recall_ndcg(top, target, k),
+                               "popularity": _recall_ndcg(_popularity_top(popular, seen, k), target, k),
+                               "segment_popularity": _recall_ndcg(seg_top, target, k)}
+            u.unpersist()
+
+    if fc.holdout_items > 0:
+        cold_items = content.where(feat.held_out("item_id", fc.holdout_items, fc.holdout_seed)).select(
+            F.col("item_idx").alias("target"))
+        users = test_users(spark, cfg, versions).join(cold_items, "target", "left_semi").persist()
+        rows = users.select("user_idx", "target", "seen").orderBy("user_idx").collect()
+        if rows:
+            recs = attention_topk(users, ckpt_path, k, cfg.score.batch_users)
+            by_user = {}
+            for r in recs.collect():
+                by_user.setdefault(r.user_idx, {})[r["rank"]] = r.item_idx
+            top = np.array([[by_user.get(r.user_idx, {}).get(j, -1) for j in range(1, k + 1)] for r in rows])
+            target = np.array([r.target for r in rows])
+            n_catalog = content.count()
+            random = float(np.mean([min(1.0, k / max(1, n_catalog - len(set(r.seen)))) for r in rows]))
+            out["items"] = {"attention": _recall_ndcg(top, target, k),
+                            "popularity": _recall_ndcg(_popularity_top(popular, [r.seen for r in rows], k), target, k),
+                            "random": {"recall@10": random, "n_users": len(rows)},
+                            "n_items_held_out": cold_items.count()}
+        users.unpersist()
+    return out
+
+
+def format_cold(cold: dict) -> str:
+    lines = []
+    for n, m in sorted(cold.get("users", {}).items()):
+        a, p, s = m["attention"], m["popularity"], m["segment_popularity"]
+        lift = a["recall@10"] / p["recall@10"] if p["recall@10"] else float("inf")
+        lines.append(f"  cold users, {n} events (n={a['n_users']}): Recall@10 attention {a['recall@10']:.4f}, "
+                     f"popularity {p['recall@10']:.4f}, segment popularity {s['recall@10']:.4f} "
+                     f"(attention/popularity {lift:.2f}x); NDCG@10 {a['ndcg@10']:.4f} / {p['ndcg@10']:.4f} / {s['ndcg@10']:.4f}")
+    it = cold.get("items")
+    if it:
+        a, r = it["attention"], it["random"]
+        lines.append(f"  cold items ({it['n_items_held_out']} held out; {a['n_users']} test targets): Recall@10 attention "
+                     f"{a['recall@10']:.4f}, random {r['recall@10']:.4f} ({a['recall@10'] / r['recall@10']:.1f}x), "
+                     f"popularity {it['popularity']['recall@10']:.4f}")
+    return "\n".join(lines)

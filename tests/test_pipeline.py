@@ -13,7 +13,8 @@ def shop(spark, tmp_path_factory):
     root = tmp_path_factory.mktemp("shop")
     cfg = make_config(
         root,
-        generate={"users": 600, "items": 120, "events": 30000, "corrupt_fraction": 0.002},
+        generate={"users": 600, "items": 120, "events": 30000, "corrupt_fraction": 0.002, "cold_users": 6,
+                  "cold_items": 4},
         features={"max_seq_len": 20, "train_files": 4},
         train={"epochs": 8, "batch_size": 64, "d_model": 32, "lr": 0.005},
         score={"k": 10, "run_date": "2026-07-01"},
@@ -41,7 +42,9 @@ def test_attention_beats_popularity_by_a_clear_margin(spark, shop):
 def test_recommendations_contract(spark, shop):
     cfg, _ = shop
     recs = _recs(spark, cfg).where(F.col("run_date") == "2026-07-01")
-    n_users = tables.read(spark, tables.path(cfg.tables_dir, schema.SEQUENCES)).count()
+    # Every known user, with events or only a profile, gets a full list.
+    n_users = tables.read(spark, tables.path(cfg.tables_dir, schema.USER_INDEX)).count()
+    assert n_users == 606
     assert recs.count() == n_users * 10
     ranks = recs.groupBy("user_id").agg(F.sort_array(F.collect_list("rank")).alias("r"),
                                          F.countDistinct("item_id").alias("n"))
@@ -288,3 +291,36 @@ def test_incremental_scoring_equals_a_full_run_for_changed_users(spark, shop, tm
     # The latest table is the last run's partition.
     latest = tables.read(spark, tables.path(cfg.tables_dir, schema.RECOMMENDATIONS_LATEST))
     assert {str(r.run_date) for r in latest.select("run_date").distinct().collect()} == {"2026-07-12"}
+
+
+@pytest.mark.slow
+def test_new_users_and_new_items_are_served_by_the_nightly_run(spark, shop):
+    cfg, _ = shop
+    recs = _recs(spark, cfg).where(F.col("run_date") == "2026-07-01")
+    # New sign-ups (a profile, no events) are served by the model's profile path, without
+    # explanations (they have no history); everyone else by their history.
+    paths = {r.served_by: r["count"] for r in recs.select("user_id", "served_by").distinct()
+             .groupBy("served_by").count().collect()}
+    assert paths == {"history": 600, "profile": 6}
+    new_users = recs.where(F.col("user_id").startswith("u9"))
+    assert new_users.select("user_id").distinct().count() == 6
+    assert new_users.where(F.col("served_by") != "profile").count() == 0
+    assert new_users.where(F.size("because_item_ids") > 0).count() == 0
+    # Users of different declared profiles get different lists.
+    assert new_users.where(F.col("rank") == 1).select("item_id").distinct().count() >= 1
+    # New items (content, no events) are in the catalog and eligible: with only them allowed, every
+    # user gets all four, ranked by the model's content path (orders differ between users).
+    content = tables.read(spark, tables.path(cfg.tables_dir, schema.ITEM_CONTENT))
+    new_items = sorted(r.item_id for r in content.where(F.col("item_id").startswith("n9")).collect())
+    assert len(new_items) == 4
+    elig_path = tables.path(cfg.tables_dir, "silver/only_new")
+    tables.overwrite(content.select("item_id", F.col("item_id").startswith("n9").alias("eligible")), elig_path)
+    only_new = make_config(cfg.paths.root, score={"k": 10, "run_date": "2026-07-09", "eligibility": "silver/only_new"})
+    cli.run_stage(spark, only_new, "score")
+    got = _recs(spark, cfg).where(F.col("run_date") == "2026-07-09")
+    per_user = got.groupBy("user_id").agg(F.sort_array(F.collect_list("item_id")).alias("items"))
+    assert per_user.count() == 606
+    assert per_user.where(F.col("items") != F.array(*[F.lit(i) for i in new_items])).count() == 0
+    orders = got.where(F.col("rank") == 1).groupBy("item_id").count().collect()
+    assert len(orders) >= 2
+    assert got.where(F.isnan("score")).count() == 0

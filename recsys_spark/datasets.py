@@ -1,0 +1,75 @@
+"""Side files of the public benchmark datasets, converted to the ingest contract (users / items CSV).
+
+    ml-1m (SASRec form): users.dat (UserID::Gender::Age::Occupation::Zip-code) and movies.dat
+        (MovieID::Title (Year)::Genre|Genre, latin-1), joined to the SASRec ids through
+        sas_to_original_users.txt / sas_to_original_items.txt. Users get gender, age_band (the
+        MovieLens age code), occupation (its code) and region (first zip digit); items get title,
+        category (first genre) and tags (all genres).
+    amazon-beauty (S3-Rec form): Beauty_item2attributes.json ({item_id: [attribute ids]}) -> items
+        with tags (the attribute ids).
+
+The files stay where they are (their terms forbid redistribution); `side_files` writes converted
+copies into a work folder and returns the paths for ingest.users / ingest.items.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+
+import pandas as pd
+
+
+def _mapping(path: str) -> dict[str, str]:
+    """sas_to_original_*.txt: `sas_id original_id` per line -> {original: sas}."""
+    pairs = pd.read_csv(path, sep=r"\s+", header=None, names=["sas", "orig"], dtype=str)
+    if pairs["orig"].duplicated().any() or pairs["sas"].duplicated().any():
+        raise ValueError(f"{path}: the id mapping is not one-to-one")
+    return dict(zip(pairs["orig"], pairs["sas"]))
+
+
+def ml1m_users(users_dat: str, mapping_file: str) -> pd.DataFrame:
+    m = _mapping(mapping_file)
+    raw = pd.read_csv(users_dat, sep="::", engine="python", header=None, encoding="latin-1", dtype=str,
+                      names=["orig", "gender", "age", "occupation", "zip"])
+    raw = raw[raw["orig"].isin(m)]
+    return pd.DataFrame({"user_id": raw["orig"].map(m), "gender": raw["gender"], "age_band": raw["age"],
+                         "occupation": raw["occupation"], "region": raw["zip"].str[:1]})
+
+
+def ml1m_items(movies_dat: str, mapping_file: str) -> pd.DataFrame:
+    m = _mapping(mapping_file)
+    raw = pd.read_csv(movies_dat, sep="::", engine="python", header=None, encoding="latin-1", dtype=str,
+                      names=["orig", "title", "genres"])
+    raw = raw[raw["orig"].isin(m)]
+    return pd.DataFrame({"item_id": raw["orig"].map(m), "title": raw["title"],
+                         "category": raw["genres"].str.split("|").str[0], "tags": raw["genres"]})
+
+
+def item2attributes_items(path: str) -> pd.DataFrame:
+    with open(path) as fh:
+        data = json.load(fh)
+    return pd.DataFrame({"item_id": list(data.keys()),
+                         "tags": ["|".join(str(a) for a in v) for v in data.values()]})
+
+
+def side_files(dataset_file: str, out_dir: str) -> dict[str, str]:
+    """Find and convert the side files next to a dataset file; {"users": dir, "items": dir} for
+    those found (empty when there are none)."""
+    folder = os.path.dirname(os.path.abspath(dataset_file))
+    found: dict[str, pd.DataFrame] = {}
+    users_map, items_map = (os.path.join(folder, f"sas_to_original_{x}.txt") for x in ("users", "items"))
+    if os.path.isfile(os.path.join(folder, "users.dat")) and os.path.isfile(users_map):
+        found["users"] = ml1m_users(os.path.join(folder, "users.dat"), users_map)
+    if os.path.isfile(os.path.join(folder, "movies.dat")) and os.path.isfile(items_map):
+        found["items"] = ml1m_items(os.path.join(folder, "movies.dat"), items_map)
+    attrs = glob.glob(os.path.join(folder, "*_item2attributes.json"))
+    if attrs and "items" not in found:
+        found["items"] = item2attributes_items(attrs[0])
+    paths = {}
+    for name, df in found.items():
+        d = os.path.join(out_dir, name)
+        os.makedirs(d, exist_ok=True)
+        df.to_csv(os.path.join(d, f"{name}.csv"), index=False)
+        paths[name] = d
+    return paths

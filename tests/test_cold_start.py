@@ -1,0 +1,92 @@
+"""Cold start: held-out users and items are never trained on, and the evaluation measures them."""
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from conftest import make_config
+from recsys_spark import cli, schema, tables
+from recsys_spark.features import held_out
+from recsys_spark.generate import generate
+from recsys_spark.score import SERVED_POPULAR, SERVED_SEGMENT, _fallback_list, fallback_lists, item_catalog
+
+
+@pytest.fixture(scope="module")
+def cold_shop(spark, tmp_path_factory):
+    root = tmp_path_factory.mktemp("cold")
+    cfg = make_config(
+        root,
+        generate={"users": 500, "items": 100, "events": 25000, "seed": 3},
+        features={"max_seq_len": 20, "train_files": 2, "holdout_users": 0.2, "holdout_items": 0.1},
+        train={"epochs": 6, "batch_size": 64, "d_model": 32, "lr": 0.005, "valid_users": 0},
+        evaluate={"baselines": ["popularity"], "ks": [10]},
+    )
+    generate(cfg.generate, cfg.paths.raw)
+    for stage in ("ingest", "features", "train"):
+        cli.run_stage(spark, cfg, stage)
+    from recsys_spark import evaluate
+
+    return cfg, evaluate.run(spark, cfg)
+
+
+@pytest.mark.slow
+def test_held_out_users_and_items_never_reach_training(spark, cold_shop):
+    cfg, _ = cold_shop
+    fc = cfg.features
+    root = cfg.tables_dir
+    seqs = tables.read(spark, tables.path(root, schema.SEQUENCES))
+    cold_users = {r.user_idx for r in seqs.where(held_out("user_id", fc.holdout_users, fc.holdout_seed)).collect()}
+    assert 60 < len(cold_users) < 140  # about 20% of 500
+    content = tables.read(spark, tables.path(root, schema.ITEM_CONTENT))
+    cold_items = {r.item_idx for r in content.where(held_out("item_id", fc.holdout_items, fc.holdout_seed)).collect()}
+    assert 3 <= len(cold_items) <= 20
+    train = tables.read(spark, tables.path(root, schema.TRAIN_EXAMPLES))
+    assert {r.user_idx for r in train.select("user_idx").distinct().collect()}.isdisjoint(cold_users)
+    trained_items = {r.i for r in train.select(F.explode(F.concat("input", "target")).alias("i")).distinct().collect()}
+    assert trained_items.isdisjoint(cold_items)
+    # The checkpoint knows those items have no trained id embedding: they are content only.
+    from recsys_spark.train import latest_checkpoint, load_checkpoint
+
+    model, _ = load_checkpoint(latest_checkpoint(cfg.models_dir))
+    has_id = model.feat_has_id.numpy()
+    assert not has_id[sorted(cold_items)].any()
+    assert has_id[sorted(trained_items - {0})].all()
+
+
+@pytest.mark.slow
+def test_cold_start_slices_are_measured_and_recorded(spark, cold_shop):
+    cfg, result = cold_shop
+    cold = result["cold"]
+    assert sorted(cold["users"]) == [0, 1, 3]
+    for n, by_model in cold["users"].items():
+        assert set(by_model) == {"attention", "popularity", "segment_popularity"}
+        assert by_model["attention"]["n_users"] > 50
+        for m in by_model.values():
+            assert 0.0 <= m["ndcg@10"] <= m["recall@10"] <= 1.0
+    # On the shop, demographics shape interests and items follow their successors: with 3 events
+    # the model must beat global popularity on the held-out users.
+    assert cold["users"][3]["attention"]["recall@10"] > cold["users"][3]["popularity"]["recall@10"]
+    items = cold["items"]
+    assert items["attention"]["n_users"] > 0 and 0 < items["random"]["recall@10"] < 1
+    # Warm metrics are computed on warm users only.
+    seqs = tables.read(spark, tables.path(cfg.tables_dir, schema.SEQUENCES))
+    n_warm = seqs.where(F.col("test_target").isNotNull()
+                        & ~held_out("user_id", cfg.features.holdout_users, cfg.features.holdout_seed)).count()
+    assert result["n_users"] == n_warm
+    m = tables.read(spark, tables.path(cfg.tables_dir, schema.METRICS))
+    splits = {r.split for r in m.select("split").distinct().collect()}
+    assert {"test", "cold_users_0_events", "cold_users_1_events", "cold_users_3_events", "cold_items"} <= splits
+
+
+def test_fallback_lists_rank_by_segment_with_global_backoff(spark):
+    # Segment "1,1": 20 users who all have item 5, some item 6; segment "2,2" has too few users.
+    rows = [(u, [5, 6] if u % 2 else [5], [1, 1]) for u in range(20)]
+    rows += [(100 + u, [7, 8], [2, 2]) for u in range(3)] + [(200, [], [1, 1])]
+    users = spark.createDataFrame(rows, "user_idx long, input array<int>, profile_cat array<int>")
+    popular, segments = fallback_lists(users, depth=10, min_users=20)
+    assert list(segments) == ["1,1"] and segments["1,1"].tolist() == [5, 6]
+    assert popular.tolist() == [5, 6, 7, 8]
+    cat = item_catalog(np.zeros((10, 2), dtype=np.float32), popular=popular, segments=segments)
+    inel = np.zeros(10, dtype=bool)
+    assert _fallback_list(cat, [1, 1], np.array([5]), inel, 3) == ([6], SERVED_SEGMENT)
+    inel[7] = True
+    assert _fallback_list(cat, [2, 2], np.array([], dtype=np.int64), inel, 3) == ([5, 6, 8], SERVED_POPULAR)
