@@ -102,6 +102,9 @@ class FeaturesConfig:
     # the IDF fitted on the catalog and stored in gold/feature_stats; none = titles unused.
     text_encoder: str = "tfidf"
     text_features: int = 4096
+    # Title terms found in fewer items than this get IDF 0 (Spark ML IDF minDocFreq): a term of one
+    # item only would act as a second id embedding, useless (noise) for a new item.
+    text_min_df: int = 2
     # Cold-start evaluation: this share of users (hashed user id) is left out of training entirely,
     # and this share of items never appears in training sequences. 0 = off (production).
     holdout_users: float = 0.0

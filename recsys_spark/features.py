@@ -261,7 +261,7 @@ def item_content(spark: SparkSession, content: DataFrame, attr_path: str, fc: Fe
         words = RegexTokenizer(inputCol="_title", outputCol="_words", pattern=r"\W+", toLowercase=True)
         tf = HashingTF(inputCol="_words", outputCol="_tf", numFeatures=fc.text_features)
         with_tf = tf.transform(words.transform(content.withColumn("_title", F.coalesce("title", F.lit("")))))
-        stats["idf"] = [float(x) for x in IDF(inputCol="_tf", outputCol="_tfidf").fit(with_tf).idf.toArray()]
+        stats["idf"] = [float(x) for x in IDF(inputCol="_tf", outputCol="_tfidf", minDocFreq=fc.text_min_df).fit(with_tf).idf.toArray()]
         unpack = F.udf(lambda v: (v.indices.tolist(), v.values.tolist()),
                        "struct<i: array<int>, v: array<float>>")
         content = (with_tf.withColumn("_u", unpack("_tf"))

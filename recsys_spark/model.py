@@ -124,6 +124,12 @@ class AttentionRecommender(nn.Module):
             self.num_proj = nn.Linear(cfg.n_profile_num, d)
             self.gate = nn.Linear(2 * d, d)
         self.apply(self._init)
+        # Feature projections start as small as the embeddings: a default-initialised Linear would
+        # swamp the id embeddings (std 0.02) and make every item look like its price at the start.
+        for lin in (getattr(self, "item_num_proj", None), getattr(self, "num_proj", None)):
+            if lin is not None:
+                nn.init.normal_(lin.weight, std=0.02)
+                nn.init.zeros_(lin.bias)
 
     @staticmethod
     def _init(m: nn.Module) -> None:

@@ -27,13 +27,38 @@ def run(spark: SparkSession, cfg: Config, n_users: int = 5) -> None:
     titles = {r.item_id: r.title for r in tables.read(spark, items_path)
               .select("item_id", F.coalesce("title", "item_id").alias("title")).collect()}
     users = [r.user_id for r in recs.select("user_id").distinct().orderBy("user_id").limit(n_users).collect()]
+    # Plus one new user (a profile, no events yet), when there is one.
+    if "served_by" in recs.columns:
+        paths = {r.served_by: r.n for r in recs.groupBy("served_by").agg(F.countDistinct("user_id").alias("n")).collect()}
+        print("\nUsers by how their list was made: " + ", ".join(f"{k} {v}" for k, v in sorted(paths.items())))
+        new_user = recs.where(F.col("served_by") != "history").select("user_id").orderBy("user_id").first()
+        if new_user and new_user.user_id not in users:
+            users.append(new_user.user_id)
+    # New items: in the catalog, never interacted with, and how many lists they made it into.
+    events = tables.read(spark, tables.path(root, schema.EVENTS)).select("item_id").distinct()
+    new_items = (tables.read(spark, items_path).select("item_id").join(events, "item_id", "left_anti")
+                 .join(recs.groupBy("item_id").agg(F.countDistinct("user_id").alias("users")), "item_id", "left")
+                 .fillna(0, subset=["users"]).orderBy(F.desc("users"), "item_id").collect())
+    if new_items:
+        print(f"New items (content only, no events yet): {len(new_items)}; recommended to "
+              + ", ".join(f"{titles.get(r.item_id, r.item_id)} [{r.item_id}] {r.users} users" for r in new_items[:5]))
     rows = recs.where(F.col("user_id").isin(users)).orderBy("user_id", "rank").collect()
+    declared = {}
+    users_loc = tables.path(root, schema.USERS)
+    if tables.exists(spark, users_loc):
+        u = tables.read(spark, users_loc)
+        cols = [c for c in schema.USER_ATTRIBUTE_COLUMNS if c in u.columns]
+        declared = {r.user_id: ", ".join(f"{c}={r[c]}" for c in cols if r[c] is not None)
+                    for r in u.where(F.col("user_id").isin(users)).collect()}
     print(f"\nTop-{cfg.score.k} for {len(users)} users (run_date {latest}):")
     current = None
     for r in rows:
         if r.user_id != current:
             current = r.user_id
-            print(f"  {r.user_id}  (model {r.model_run_id})")
+            how = f", served by {r.served_by}" if "served_by" in r.asDict() else ""
+            if how and r.served_by != "history" and r.user_id in declared:
+                how += f"; new user, no events; declared {declared[r.user_id]}"
+            print(f"  {r.user_id}  (model {r.model_run_id}{how})")
         why = ""
         if r.because_item_ids:
             why = "  -- because you viewed " + ", ".join(titles.get(i, i) for i in r.because_item_ids)

@@ -1,0 +1,271 @@
+"""The pure-torch parts on a GPU: the top-K kernel, and training the attention model to convergence.
+
+The GPU machine has torch but no Java or Spark, so the work is split in two:
+
+    # here (Spark): the arrays a lakehouse built by bench_features holds, as one .npz
+    python -m recsys_spark.bench_gpu export WORK_DIR OUT.npz [--config conf/bench.yaml --set ...]
+    # there (torch only): kernel timings + one training run per variant, evaluated like `evaluate`
+    python -m recsys_spark.bench_gpu run OUT.npz --out RESULT.json [--seconds 120] [--variants all,id_only]
+
+`run` trains with the product's model and loop (recsys_spark.model, train.train_steps), picks the
+epoch by validation NDCG@10 (the same validation sample as the Spark job), and reports test
+NDCG/Recall@10 on warm users, Recall@10 on held-out items and on held-out users with no events,
+full ranking with the history removed (recsys_spark.topk), next to popularity.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+import numpy as np
+
+VARIANTS = {"all": {}, "all_drop03": {"item_id_dropout": 0.3},
+            "id_only": {"use_profile": False, "use_behaviour": False, "use_content": False,
+                        "use_text": False, "item_id_dropout": 0.0},
+            "no_profile": {"use_profile": False}, "no_behaviour": {"use_behaviour": False},
+            "no_content": {"use_content": False}, "no_text": {"use_text": False}}
+
+
+def _ragged(rows) -> tuple[np.ndarray, np.ndarray]:
+    lens = np.array([len(r) for r in rows], dtype=np.int64)
+    flat = np.concatenate([np.asarray(r, dtype=np.int64) for r in rows]) if len(rows) else np.zeros(0, np.int64)
+    return flat, np.concatenate([[0], np.cumsum(lens)])
+
+
+def _unragged(flat, offsets) -> list:
+    return [flat[offsets[i]:offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+def export(argv: list[str]) -> int:
+    import glob
+
+    import pyarrow.parquet as pq
+    from pyspark.sql import functions as F
+
+    from recsys_spark import config as config_mod
+    from recsys_spark import schema, tables
+    from recsys_spark.evaluate import test_users
+    from recsys_spark.features import held_out
+    from recsys_spark.model import pad_left, pad_right
+    from recsys_spark.session import build_spark
+    from recsys_spark.train import prepare
+
+    p = argparse.ArgumentParser()
+    p.add_argument("work")
+    p.add_argument("out")
+    p.add_argument("--config", default="conf/bench.yaml")
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    a = p.parse_args(argv)
+    cfg = config_mod.load(a.config, [f"paths.root={a.work}", "features.holdout_users=0.1",
+                                     "features.holdout_items=0.1"] + a.overrides)
+    spark = build_spark(cfg.spark)
+    job = prepare(spark, cfg)
+    L = job.model_config["max_len"]
+    parts = [pq.read_table(f[len("file:"):] if f.startswith("file:") else f,
+                           columns=["input", "target", "profile_cat", "profile_num"]).to_pydict() for f in job.files]
+    train = {k: sum((p_[k] for p_ in parts), []) for k in ("input", "target", "profile_cat", "profile_num")}
+    out = {f"feat_{k}": np.asarray(v) for k, v in job.item_features.items()}
+    out.update({f"stat_{k}": np.asarray(v, dtype=np.float32) for k, v in job.stats.items()})
+    out["train_input"] = np.asarray(train["input"], dtype=np.int64)
+    out["train_target"] = np.asarray(train["target"], dtype=np.int64)
+    out["train_profile_cat"] = pad_right(train["profile_cat"])
+    out["train_profile_num"] = np.asarray(train["profile_num"], dtype=np.float32)
+    for k, v in (job.valid or {}).items():
+        if k == "seen":
+            out["valid_seen"], out["valid_seen_off"] = _ragged(v)
+        else:
+            out[f"valid_{k}"] = np.asarray(v)
+    fc = cfg.features
+    content = tables.read(spark, tables.path(cfg.tables_dir, schema.ITEM_CONTENT), job.data_versions[schema.ITEM_CONTENT])
+    cold_items = np.array(sorted(r.item_idx for r in content.where(held_out("item_id", fc.holdout_items, fc.holdout_seed))
+                                 .select("item_idx").collect()), dtype=np.int64)
+    rows = test_users(spark, cfg, job.data_versions).orderBy("user_idx").collect()
+    out["test_input"] = pad_left([r.input for r in rows], L)
+    out["test_seen"], out["test_seen_off"] = _ragged([r.input for r in rows])
+    out["test_target"] = np.array([r.target for r in rows], dtype=np.int64)
+    out["test_profile_cat"] = pad_right([r.profile_cat for r in rows])
+    out["test_profile_num"] = np.asarray([r.profile_num for r in rows], dtype=np.float32)
+    out["cold_items"] = cold_items
+    seqs = tables.read(spark, tables.path(cfg.tables_dir, schema.SEQUENCES), job.data_versions[schema.SEQUENCES])
+    prof = tables.read(spark, tables.path(cfg.tables_dir, schema.USER_PROFILE), job.data_versions[schema.USER_PROFILE])
+    cu = (seqs.where(held_out("user_id", fc.holdout_users, fc.holdout_seed))
+          .select("user_idx", F.element_at("items", 1).alias("first")).join(prof.select("user_idx", "profile_cat"), "user_idx")
+          .orderBy("user_idx").collect())
+    out["cold_user_target"] = np.array([r.first for r in cu], dtype=np.int64)
+    out["cold_user_profile_cat"] = pad_right([r.profile_cat for r in cu])
+    out["model_config"] = np.frombuffer(json.dumps(job.model_config).encode(), dtype=np.uint8)
+    spark.stop()
+    np.savez_compressed(a.out, **out)
+    print(f"wrote {a.out}: {len(out['train_input'])} training windows, {len(rows)} test users, "
+          f"{len(cold_items)} held-out items, {len(cu)} held-out users")
+    return 0
+
+
+def _topk_eval(model, items, inp, pc, pn, seen, target, k, device, batch=1024):
+    import torch
+
+    from recsys_spark.metrics import ndcg_at_k, recall_at_k
+    from recsys_spark.topk import topk_excluding
+
+    tops = []
+    with torch.no_grad():
+        for lo in range(0, len(target), batch):
+            sl = slice(lo, lo + batch)
+            u = model.user_vectors(torch.as_tensor(inp[sl], device=device),
+                                   torch.as_tensor(pc[sl], device=device) if model.use_profile else None,
+                                   torch.as_tensor(pn[sl], device=device) if model.use_behaviour and pn is not None else None,
+                                   items)
+            tops.append(topk_excluding(u, items, seen[sl], k)[0])
+    top = np.concatenate(tops)
+    return top, {"recall@10": recall_at_k(top, target, 10), "ndcg@10": ndcg_at_k(top, target, 10), "n_users": len(target)}
+
+
+def train_variant(d: dict, name: str, seconds: float, device: str, batch_size: int = 128, lr: float = 1e-3) -> dict:
+    import torch
+
+    from recsys_spark.model import AttentionRecommender, ModelConfig
+    from recsys_spark.train import train_steps
+
+    mc = json.loads(bytes(d["model_config"]).decode())
+    mc.update(VARIANTS[name])
+    torch.manual_seed(42)
+    feats = {k[5:]: torch.as_tensor(v) for k, v in d.items() if k.startswith("feat_")}
+    stats = {k[5:]: torch.as_tensor(v) for k, v in d.items() if k.startswith("stat_")}
+    model = AttentionRecommender(ModelConfig(**mc), feats, stats).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    n = len(d["train_input"])
+    rng = np.random.default_rng(0)
+
+    def batches():
+        while True:
+            perm = rng.permutation(n)
+            for lo in range(0, n - batch_size + 1, batch_size):
+                i = perm[lo: lo + batch_size]
+                yield {"input": d["train_input"][i], "target": d["train_target"][i],
+                       "profile_cat": d["train_profile_cat"][i], "profile_num": d["train_profile_num"][i]}
+
+    it = batches()
+    steps = max(1, n // batch_size)
+    vseen = _unragged(d["valid_seen"], d["valid_seen_off"])
+    best, history, t0 = (-1.0, None, 0), [], time.time()
+    while time.time() - t0 < seconds:
+        e0 = time.time()
+        loss = train_steps(model, opt, it, steps, device)
+        model.eval()
+        items = model.item_vectors()
+        _, vm = _topk_eval(model, items, d["valid_input"], d["valid_profile_cat"], d["valid_profile_num"], vseen,
+                           d["valid_target"], 10, device)
+        history.append({"epoch": len(history) + 1, "loss": round(loss, 4), "valid_ndcg@10": round(vm["ndcg@10"], 4),
+                        "seconds": round(time.time() - e0, 2)})
+        if vm["ndcg@10"] > best[0]:
+            best = (vm["ndcg@10"], {k: v.detach().clone() for k, v in model.state_dict().items()}, len(history))
+    model.load_state_dict(best[1])
+    model.eval()
+    items = model.item_vectors()
+    tseen = _unragged(d["test_seen"], d["test_seen_off"])
+    top, warm = _topk_eval(model, items, d["test_input"], d["test_profile_cat"], d["test_profile_num"], tseen,
+                           d["test_target"], 10, device)
+    cold = np.isin(d["test_target"], d["cold_items"])
+    from recsys_spark.metrics import recall_at_k
+
+    res = {"variant": name, "epochs": len(history), "best_epoch": best[2], "train_s": round(time.time() - t0, 1),
+           "warm": warm, "cold_items_recall@10": recall_at_k(top[cold], d["test_target"][cold], 10) if cold.any() else None,
+           "n_cold_item_targets": int(cold.sum()), "history": history}
+    if model.use_profile and len(d["cold_user_target"]):
+        empty = np.zeros((len(d["cold_user_target"]), 1), dtype=np.int64)
+        _, cu = _topk_eval(model, items, empty, d["cold_user_profile_cat"], None, [np.zeros(0, np.int64)] * len(empty),
+                           d["cold_user_target"], 10, device)
+        res["cold_users_0_events"] = cu
+    return res
+
+
+def kernel(device: str, sizes=((100_000, 50_000), (1_000_000, 100_000)), k: int = 100, dim: int = 64) -> list:
+    """users/s of topk_excluding (blocked matmul + top-K, 20 seen items removed per user)."""
+    import torch
+
+    from recsys_spark.topk import topk_excluding
+
+    rows = []
+    for n_users, n_items in sizes:
+        g = torch.Generator().manual_seed(0)
+        items = torch.randn(n_items, dim, generator=g).to(device)
+        seen = [np.random.default_rng(u).integers(1, n_items, 20) for u in range(4096)]
+        users_all = torch.randn(4096, dim, generator=g).to(device)
+        # Exactness on a sample: GPU ids == CPU ids.
+        gpu_top = topk_excluding(users_all[:256], items, seen[:256], k)[0]
+        cpu_top = topk_excluding(users_all[:256].cpu(), items.cpu(), seen[:256], k)[0]
+        same = float((gpu_top == cpu_top).mean())
+        torch.cuda.synchronize() if device == "cuda" else None
+        t0 = time.time()
+        done = 0
+        while done < n_users:
+            b = min(4096, n_users - done)
+            topk_excluding(users_all[:b], items, seen[:b], k)
+            done += b
+        torch.cuda.synchronize() if device == "cuda" else None
+        wall = time.time() - t0
+        rows.append({"users": n_users, "items": n_items, "k": k, "wall_s": round(wall, 2),
+                     "users_per_s": round(n_users / wall), "same_ids_as_cpu": same})
+        print(f"kernel {n_users}x{n_items} k={k}: {n_users / wall:,.0f} users/s ({wall:.1f}s); ids equal to CPU: {same:.4f}",
+              flush=True)
+    return rows
+
+
+def run(argv: list[str]) -> int:
+    import torch
+
+    p = argparse.ArgumentParser()
+    p.add_argument("npz")
+    p.add_argument("--out", required=True)
+    p.add_argument("--seconds", type=float, default=120)
+    p.add_argument("--variants", default="all,id_only")
+    p.add_argument("--skip-kernel", action="store_true")
+    a = p.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "torch": torch.__version__}
+    if not a.skip_kernel:
+        result["kernel"] = kernel(device)
+    d = dict(np.load(a.npz))
+    # Popularity = number of training windows holding the item (as the Spark job's distinct users).
+    both = np.concatenate([d["train_input"], d["train_target"]], axis=1)
+    pop = np.zeros(len(d["feat_category"]))
+    for row in both:
+        pop[np.unique(row[row > 0])] += 1
+    pop[0] = -1
+    ranked = np.argsort(-pop, kind="stable")
+    tseen = _unragged(d["test_seen"], d["test_seen_off"])
+    from recsys_spark.metrics import ndcg_at_k, recall_at_k
+
+    def pop_top(seen_lists):
+        return np.array([[i for i in ranked[: 10 + len(s) + 1] if i not in set(s.tolist())][:10] for s in seen_lists])
+
+    ptop = pop_top(tseen)
+    cold = np.isin(d["test_target"], d["cold_items"])
+    cu = pop_top([np.zeros(0, np.int64)] * len(d["cold_user_target"]))
+    result["popularity"] = {"warm": {"recall@10": recall_at_k(ptop, d["test_target"], 10),
+                                     "ndcg@10": ndcg_at_k(ptop, d["test_target"], 10)},
+                            "cold_items_recall@10": recall_at_k(ptop[cold], d["test_target"][cold], 10),
+                            "cold_users_0_events": {"recall@10": recall_at_k(cu, d["cold_user_target"], 10)}}
+    result["random_cold_items_recall@10"] = float(np.mean([10 / (len(d["feat_category"]) - 1 - len(set(s.tolist())))
+                                                           for s, c in zip(tseen, cold) if c]))
+    result["variants"] = []
+    for name in a.variants.split(","):
+        r = train_variant(d, name, a.seconds, device)
+        result["variants"].append(r)
+        print(f"{name}: {r['epochs']} epochs in {r['train_s']}s (best {r['best_epoch']}); warm NDCG@10 "
+              f"{r['warm']['ndcg@10']:.4f} R@10 {r['warm']['recall@10']:.4f}; cold items R@10 {r['cold_items_recall@10']}; "
+              f"cold users 0 events R@10 {r.get('cold_users_0_events', {}).get('recall@10')}", flush=True)
+        with open(a.out, "w") as fh:
+            json.dump(result, fh, indent=2)
+    print(json.dumps({k: v for k, v in result.items() if k != "variants"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    cmd, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
+    if cmd not in ("export", "run"):
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    sys.exit(export(rest) if cmd == "export" else run(rest))
