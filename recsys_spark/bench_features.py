@@ -81,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 row[f"cold_users_{n}_recall@10"] = by["attention"]["recall@10"]
             if c.get("items"):
                 row["cold_items_recall@10"] = c["items"]["attention"]["recall@10"]
+                row["cold_items_among_recall@10"] = c["items"]["attention_among_cold"]["recall@10"]
             rows.append(row)
             cold[name] = c
             if "popularity" not in {r["variant"] for r in rows}:
@@ -92,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
                 if c.get("items"):
                     prow["cold_items_recall@10"] = c["items"]["popularity"]["recall@10"]
                     prow["cold_items_random_recall@10"] = c["items"]["random"]["recall@10"]
+                    prow["cold_items_among_random_recall@10"] = c["items"]["random_among_cold"]["recall@10"]
                 rows.append(prow)
     finally:
         spark.stop()
@@ -107,17 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.out, "w") as fh:
         json.dump(result, fh, indent=2, default=str)
     cols = ["ndcg@10", "recall@10", "cold_users_0_recall@10", "cold_users_1_recall@10", "cold_users_3_recall@10",
-            "cold_items_recall@10"]
+            "cold_items_recall@10", "cold_items_among_recall@10"]
     print(f"\n{result['dataset']} (side files: {', '.join(result['side_files']) or 'none'})")
-    print(f"{'variant':<14}" + "".join(f"{c.replace('_recall@10', ' R@10'):>20}" for c in cols))
+    print(f"{'variant':<14}" + "".join(f"{c.replace('_recall@10', ' R@10'):>22}" for c in cols))
     for r in rows:
-        print(f"{r['variant']:<14}" + "".join(f"{r[c]:>20.4f}" if c in r else f"{'-':>20}" for c in cols))
+        print(f"{r['variant']:<14}" + "".join(f"{r[c]:>22.4f}" if c in r else f"{'-':>22}" for c in cols))
     pop = next((r for r in rows if r["variant"] == "popularity"), {})
     for n in (0, 1, 3):
         if f"cold_users_{n}_segment_recall@10" in pop:
             print(f"segment popularity, cold users {n} events: R@10 {pop[f'cold_users_{n}_segment_recall@10']:.4f}")
     if "cold_items_random_recall@10" in pop:
-        print(f"random ranking, cold items: R@10 {pop['cold_items_random_recall@10']:.4f}")
+        print(f"random ranking, cold items: R@10 {pop['cold_items_random_recall@10']:.4f} over the catalog, "
+              f"{pop['cold_items_among_random_recall@10']:.4f} among the held-out items")
     print(f"wrote {args.out}")
     return 0
 

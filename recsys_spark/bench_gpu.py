@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 VARIANTS = {"all": {}, "all_drop03": {"item_id_dropout": 0.3},
+            "all_drop05": {"item_id_dropout": 0.5},
             "id_only": {"use_profile": False, "use_behaviour": False, "use_content": False,
                         "use_text": False, "item_id_dropout": 0.0},
             "no_profile": {"use_profile": False}, "no_behaviour": {"use_behaviour": False},

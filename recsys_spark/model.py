@@ -4,7 +4,7 @@ AttentionRecommender is a SASRec-style causal self-attention encoder over a user
 sequence, trained with full-catalog cross-entropy on every next-item position ("SASRec+"), with
 feature groups that each have a switch (ModelConfig.use_*):
 
-- item vector = id embedding (for items seen in training) + content vector, one table shared by the
+- item vector = id embedding (for items seen in training; else a learned "unknown id" vector) + content vector, one table shared by the
   input and the output layer. The content vector is computed from the item's features: category,
   brand and tag embeddings and scaled numbers (use_content), and the hashed TF-IDF of the title
   (use_text). An item nobody has touched (a new item, or one held out of training) has no trained
@@ -103,6 +103,7 @@ class AttentionRecommender(nn.Module):
                 raise ValueError(f"statistic {name} has shape {tuple(v.shape)}, expected ({size},)")
             self.register_buffer(f"stat_{name}", v)
         self.item_emb = nn.Embedding(n, d, padding_idx=0)
+        self.unk_id = nn.Parameter(torch.zeros(d))
         self.pos_emb = nn.Embedding(cfg.max_len, d)
         if cfg.use_content:
             self.cat_emb = nn.Embedding(cfg.n_categories, d, padding_idx=0)
@@ -179,9 +180,12 @@ class AttentionRecommender(nn.Module):
         keep = feats["has_id"][:n_id] & self.feat_has_id[:n_id]
         if id_keep is not None:
             keep = keep & id_keep[:n_id]
-        ids = self.item_emb.weight[:n_id] * keep.unsqueeze(1)
+        # An item without a (kept) id embedding gets the learned "unknown id" vector instead: trained
+        # on the id-dropped items, it carries what an unfamiliar item is worth on average.
+        unk = self.unk_id.unsqueeze(0)
+        ids = torch.where(keep.unsqueeze(1), self.item_emb.weight[:n_id], unk)
         if n > n_id:
-            ids = torch.cat([ids, ids.new_zeros(n - n_id, ids.shape[1])])
+            ids = torch.cat([ids, unk.expand(n - n_id, -1)])
         content = self.content_vectors(feats)
         v = ids if content is None else ids + content
         return torch.cat([v[:1] * 0, v[1:]])  # row 0 is padding

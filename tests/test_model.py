@@ -144,10 +144,13 @@ def test_new_and_untrained_items_are_represented_by_content():
     content = m.content_vectors(feats)
     base = m.item_vectors()
     assert torch.allclose(base[1:], m.item_emb.weight[1:] + content[1:])
-    # An item without a trained id embedding (held out, or never touched) is its content alone.
+    # An item without a trained id embedding (held out, or never touched) is its content plus the
+    # learned "unknown id" vector, whatever its own (untrained) id row holds.
     with torch.no_grad():
         m.feat_has_id[3] = False
-    assert torch.allclose(m.item_vectors()[3], content[3])
+        m.unk_id.fill_(0.5)
+        m.item_emb.weight[3] = 100.0
+    assert torch.allclose(m.item_vectors()[3], content[3] + 0.5)
     # A catalog that grew after training: the new rows get content vectors, old rows are unchanged,
     # and an unseen category value is read as "unknown" (0) instead of failing.
     grown = {k: torch.cat([v, v[1:3]]) for k, v in feats.items()}
@@ -155,7 +158,7 @@ def test_new_and_untrained_items_are_represented_by_content():
     vec = m.item_vectors(grown)
     assert vec.shape[0] == 15
     assert torch.allclose(vec[:13], m.item_vectors())
-    assert torch.allclose(vec[13], m.content_vectors(grown)[13]) and torch.isfinite(vec).all()
+    assert torch.allclose(vec[13], m.content_vectors(grown)[13] + 0.5) and torch.isfinite(vec).all()
 
 
 def test_profile_token_serves_users_without_history_and_learns_their_first_item():
