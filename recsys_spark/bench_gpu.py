@@ -25,6 +25,8 @@ VARIANTS = {"all": {}, "all_drop03": {"item_id_dropout": 0.3},
             "all_drop05": {"item_id_dropout": 0.5},
             "id_only": {"use_profile": False, "use_behaviour": False, "use_content": False,
                         "use_text": False, "item_id_dropout": 0.0},
+            "id_only_drop01": {"use_profile": False, "use_behaviour": False, "use_content": False,
+                               "use_text": False, "item_id_dropout": 0.1},
             "no_profile": {"use_profile": False}, "no_behaviour": {"use_behaviour": False},
             "no_content": {"use_content": False}, "no_text": {"use_text": False}}
 

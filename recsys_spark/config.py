@@ -127,7 +127,10 @@ class TrainConfig:
     # (profile token), behaviour profile (gate), item content (category, brand, tags, price),
     # title text (TF-IDF). With all off the model is a pure id-based SASRec.
     use_profile: bool = True
-    use_behaviour: bool = True
+    # Off by default: the behaviour profile is computed over a user's whole training history, so
+    # early positions of a training sequence see a profile of events still to come; with 1-3 events
+    # that skew made cold users' lists worse than popularity on ml-1m (docs/benchmarks.md).
+    use_behaviour: bool = False
     use_content: bool = True
     use_text: bool = True
     # Probability that an item's id embedding is dropped in a training step (content stands alone).

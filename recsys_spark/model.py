@@ -13,8 +13,9 @@ feature groups that each have a switch (ModelConfig.use_*):
 - user profile, declared attributes (age band, gender, ...; use_profile) = a *profile token* put in
   front of the sequence: every position attends to it, and its own output is trained to predict
   the user's first item, so a user with no history gets a vector from the profile alone.
-- behaviour profile (activity counts, recency, category shares; use_behaviour) = a learned gate that
-  mixes the standardised numbers into every item position.
+- behaviour profile (activity counts, recency, category shares; use_behaviour, off by default in
+  TrainConfig: see README) = a learned gate that mixes the standardised numbers into every item
+  position.
 
 Scaling statistics (numeric means/standard deviations, the title IDF) and the item features are
 buffers of the model, saved in the checkpoint: scoring applies exactly the transform training saw,

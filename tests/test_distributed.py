@@ -64,7 +64,7 @@ def _job(files, checkpoint_dir, run_id):
         model_config={"n_items": 16, "max_len": L, "d_model": 16, "n_heads": 2, "n_layers": 1, "dropout": 0.1,
                       "n_categories": 1, "attr_cardinalities": [2, 2, 2], "n_profile_num": 2,
                       "use_profile": True, "use_content": True},
-        item_category=[0] * 16,
+        item_features={"category": np.zeros(16, dtype=np.int64), "has_id": np.ones(16, dtype=bool)}, stats={},
         train_config={"epochs": 3, "batch_size": 32, "lr": 0.01, "weight_decay": 0.0, "seed": 3,
                       "threads_per_rank": 1},
         full_config={}, data_versions={"train": 0}, steps_per_epoch=5,

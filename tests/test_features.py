@@ -1,4 +1,6 @@
 """Features contract on a hand-checkable shop, with real Spark and Delta."""
+import math
+
 import pytest
 from pyspark.sql import functions as F
 
@@ -133,3 +135,57 @@ def test_features_without_events_table_says_run_ingest(spark, tmp_path):
     cfg = make_config(tmp_path)
     with pytest.raises(FileNotFoundError, match="run the 'ingest' stage"):
         features.run(spark, cfg)
+
+
+def test_training_profile_sees_only_events_before_the_held_out_items(spark, built):
+    cfg = built
+    uidx = {r.user_id: r.user_idx for r in _read(spark, cfg, schema.USER_INDEX).collect()}
+    prof = {r.user_idx: r for r in _read(spark, cfg, schema.USER_PROFILE).collect()}
+    p1 = prof[uidx["u1"]]
+    # u1: sequence i1, i2, i3 -> validation target i2 (2026-01-02 00:00); before it only e1, e2.
+    n_events = features.PROFILE_COUNT_TYPES.__len__()  # position of log1p(n_events) in profile_num
+    assert p1.profile_num[n_events] == pytest.approx(math.log1p(5))
+    assert p1.train_profile_num[n_events] == pytest.approx(math.log1p(2))
+    assert p1.train_profile_num[0] == pytest.approx(math.log1p(1))  # one view before the cut
+    # u2 has no held-out items (2 items): both profiles are the same.
+    p2 = prof[uidx["u2"]]
+    assert p2.train_profile_num == p2.profile_num
+
+
+def test_feature_stats_are_the_training_profiles_moments_and_the_title_idf(spark, built):
+    import numpy as np
+    from pyspark.ml.feature import HashingTF
+
+    cfg = built
+    stats = features.read_stats(spark, tables.path(cfg.tables_dir, schema.FEATURE_STATS))
+    x = np.array([r.train_profile_num for r in _read(spark, cfg, schema.USER_PROFILE).collect()], dtype=np.float64)
+    std = x.std(0)
+    assert np.allclose(stats["profile_num_mean"], x.mean(0), atol=1e-6)
+    assert np.allclose(stats["profile_num_std"], np.where(std > 1e-9, std, 1.0), atol=1e-6)
+    prices = np.log1p([100, 10, 200, 12])
+    assert stats["item_num_mean"][0] == pytest.approx(prices.mean(), rel=1e-6)
+    # Title terms: "phone" is in two titles (kept), "three" in one (IDF 0: it would act as an id).
+    tf = HashingTF(numFeatures=cfg.features.text_features)
+    assert len(stats["idf"]) == cfg.features.text_features
+    assert stats["idf"][tf.indexOf("phone")] > 0 and stats["idf"][tf.indexOf("three")] == 0
+    content = {r.item_id: r for r in _read(spark, cfg, schema.ITEM_CONTENT).collect()}
+    assert tf.indexOf("phone") in content["i3"].text_idx and tf.indexOf("three") in content["i3"].text_idx
+    assert content["i1"].tag_ids == [] and list(content["i1"].item_num) == pytest.approx([math.log1p(100), 0.0])
+
+
+def test_item_tags_are_indexed_persistently(spark, tmp_path):
+    cfg = _setup(tmp_path)
+    (tmp_path / "raw" / "items" / "i.csv").write_text(
+        "item_id,title,category,tags\ni1,A,Phone,Drama|Comedy\ni2,B,Case,Comedy\ni3,C,Phone,\n")
+    ingest.run(spark, cfg)
+    features.run(spark, cfg)
+    before = {r.item_id: sorted(r.tag_ids) for r in _read(spark, cfg, schema.ITEM_CONTENT).collect()}
+    comedy = set(before["i1"]) & set(before["i2"])
+    assert len(before["i1"]) == 2 and len(comedy) == 1 and before["i3"] == []
+    (tmp_path / "raw" / "items" / "i.csv").write_text(
+        "item_id,title,category,tags\ni1,A,Phone,Drama|Comedy\ni2,B,Case,Comedy\ni3,C,Phone,Action|Comedy\n")
+    ingest.run(spark, cfg)
+    features.run(spark, cfg)
+    after = {r.item_id: sorted(r.tag_ids) for r in _read(spark, cfg, schema.ITEM_CONTENT).collect()}
+    assert after["i1"] == before["i1"] and after["i2"] == before["i2"]
+    assert comedy <= set(after["i3"]) and max(after["i3"]) > max(before["i1"])  # "Action" appended
