@@ -79,9 +79,10 @@ def run_stage(spark, cfg: config_mod.Config, stage: str, args: argparse.Namespac
         return show.run(spark, cfg, getattr(args, "users", 5))
     if stage == "nightly":
         timings = {}
-        for s in NIGHTLY:
+        started = time.time()
+        for i, s in enumerate(NIGHTLY):
             t0 = time.time()
-            print(f"=== {s} ===", flush=True)
+            print(f"=== [{i + 1}/{len(NIGHTLY)}] {s} (nightly running for {t0 - started:.0f}s) ===", flush=True)
             if s == "train":
                 due, why = retrain_due(spark, cfg)
                 print(f"train: {why}", flush=True)

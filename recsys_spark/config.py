@@ -34,6 +34,9 @@ class SparkConfig:
     # e.g. Databricks, or when spark-submit --packages supplies them).
     delta_packages: bool = True
     log_level: str = "WARN"
+    # Spark's console progress bar: auto = on for a local master writing to a terminal (an
+    # interactive run), off otherwise (cluster and scheduled logs stay one line per event).
+    progress: str = "auto"
     conf: dict[str, str] = field(default_factory=dict)
 
 
@@ -144,6 +147,9 @@ class TrainConfig:
     valid_users: int = 2000
     eval_every: int = 1
     patience: int = 3
+    # Rank 0 prints where a long epoch is (steps done, running loss) at most this often; 0 = only
+    # the per-epoch line.
+    progress_every_s: float = 30.0
     # Wall-clock budget for the epoch loop in seconds (0 = none): training stops after the first
     # epoch that ends past it, keeping the best validated weights.
     time_budget_s: float = 0.0
@@ -262,6 +268,8 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("features.time_cutoff: required when features.split is 'time' (e.g. '2026-06-01')")
     if f.half_life_days <= 0:
         raise ConfigError(f"features.half_life_days: must be > 0, got {f.half_life_days}")
+    if cfg.spark.progress not in ("auto", "on", "off"):
+        raise ConfigError(f"spark.progress: expected auto|on|off, got {cfg.spark.progress!r}")
     if f.text_encoder not in ("tfidf", "none"):
         raise ConfigError(f"features.text_encoder: expected 'tfidf' or 'none', got {f.text_encoder!r}")
     if f.text_features < 16:

@@ -11,6 +11,12 @@ from recsys_spark.config import SparkConfig
 DELTA_PACKAGE = "io.delta:delta-spark_2.12:3.3.2"
 
 
+def _show_progress(cfg: SparkConfig) -> bool:
+    if cfg.progress != "auto":
+        return cfg.progress == "on"
+    return cfg.master.startswith("local") and sys.stderr.isatty()
+
+
 def build_spark(cfg: SparkConfig) -> SparkSession:
     """Return a SparkSession with Delta Lake enabled.
 
@@ -26,7 +32,7 @@ def build_spark(cfg: SparkConfig) -> SparkSession:
         .config("spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog")
         .config("spark.sql.shuffle.partitions", str(cfg.shuffle_partitions))
         .config("spark.sql.session.timeZone", "UTC")
-        .config("spark.ui.showConsoleProgress", "false")
+        .config("spark.ui.showConsoleProgress", "true" if _show_progress(cfg) else "false")
         .config("spark.databricks.delta.snapshotPartitions", "2")
         .config("spark.sql.execution.arrow.pyspark.enabled", "true")
         # pandas/pyarrow write nanosecond timestamps that Spark 3.5 cannot read; read them as longs

@@ -92,13 +92,15 @@ def shard_batches(files: list[str], rank: int, size: int, batch_size: int, seed:
         yield merged
 
 
-def train_steps(model, optimizer, batches: Iterator[dict], steps: int, device: str = "cpu") -> float:
-    """Run `steps` optimizer steps; return the mean loss. Works with any iterator of batches."""
+def train_steps(model, optimizer, batches: Iterator[dict], steps: int, device: str = "cpu",
+                progress=None) -> float:
+    """Run `steps` optimizer steps; return the mean loss. Works with any iterator of batches.
+    progress(step, steps, mean_loss), if given, is called after every step (it throttles itself)."""
     import torch
 
     model.train()
     total = 0.0
-    for _ in range(steps):
+    for step in range(steps):
         b = next(batches)
         seq = torch.as_tensor(b["input"], dtype=torch.long, device=device)
         tgt = torch.as_tensor(b["target"], dtype=torch.long, device=device)
@@ -109,8 +111,24 @@ def train_steps(model, optimizer, batches: Iterator[dict], steps: int, device: s
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         optimizer.step()
-        total += float(loss)
+        total += float(loss.detach())
+        if progress is not None:
+            progress(step + 1, steps, total / (step + 1))
     return total / max(1, steps)
+
+
+def throttled_progress(label: str, every_s: float):
+    """A train_steps progress callback printing at most one line per every_s seconds (none if 0)."""
+    if every_s <= 0:
+        return None
+    last = [time.time()]
+
+    def report(step: int, steps: int, loss: float) -> None:
+        now = time.time()
+        if now - last[0] >= every_s and step < steps:
+            last[0] = now
+            print(f"{label}: {step}/{steps} steps ({100 * step // steps}%), running loss {loss:.4f}", flush=True)
+    return report
 
 
 def worker(job: TrainJob) -> dict:
@@ -141,7 +159,9 @@ def worker(job: TrainJob) -> dict:
     budget = float(tc.get("time_budget_s") or 0.0)
     for epoch in range(int(tc["epochs"])):
         t0 = time.time()
-        loss = train_steps(model, opt, batches, job.steps_per_epoch)
+        progress = (throttled_progress(f"[train {job.run_id}] epoch {epoch + 1}/{tc['epochs']}",
+                                       float(tc.get("progress_every_s", 0) or 0)) if hvd.rank() == 0 else None)
+        loss = train_steps(model, opt, batches, job.steps_per_epoch, progress=progress)
         loss = float(hvd.allreduce(torch.tensor(loss), name="epoch_loss"))
         entry = {"epoch": epoch + 1, "loss": loss, "seconds": round(time.time() - t0, 3)}
         stop = 0

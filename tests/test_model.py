@@ -184,3 +184,17 @@ def test_profile_token_serves_users_without_history_and_learns_their_first_item(
     assert torch.isfinite(users).all()
     top = (users @ m.item_vectors().T)[:, 1:].argmax(1) + 1
     assert (top == first).float().mean() > 0.9
+
+
+def test_epoch_progress_is_throttled(capsys, monkeypatch):
+    # Long epochs report where they are, but at most once per interval (no log flooding on a cluster).
+    from recsys_spark import train
+
+    assert train.throttled_progress("x", 0) is None
+    clock = iter([0.0] + [float(t) for t in range(1, 200)])  # one second per step
+    monkeypatch.setattr(train.time, "time", lambda: next(clock))
+    report = train.throttled_progress("[train r] epoch 1/3", 30)
+    for step in range(1, 101):
+        report(step, 100, 5.0)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[0] == "[train r] epoch 1/3: 30/100 steps (30%), running loss 5.0000"
