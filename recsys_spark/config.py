@@ -188,6 +188,10 @@ class ScoreConfig:
     block_mb: float = 8.0
     # Also overwrite gold/recommendations_latest with this run's partition (a stable table to read).
     write_latest: bool = True
+    # "New arrivals": at least this many items without interactions (new since training, or never
+    # touched) in each list when eligible ones exist, chosen by the model's content path and placed
+    # by their own scores. 0 = off (new items then compete with everything on score alone).
+    new_item_slots: int = 0
 
 
 @dataclass(frozen=True)
@@ -296,6 +300,8 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"score.mmr_lambda: must be in [0, 1] (0 = off), got {sc.mmr_lambda}")
     if sc.max_per_category < 0 or sc.explain < 0 or sc.block_mb <= 0:
         raise ConfigError("score.max_per_category and score.explain must be >= 0 and score.block_mb > 0")
+    if sc.new_item_slots < 0 or sc.new_item_slots > sc.k:
+        raise ConfigError(f"score.new_item_slots: must be in [0, score.k={sc.k}], got {sc.new_item_slots}")
     if t.retrain_every < 1:
         raise ConfigError(f"train.retrain_every: must be >= 1 (nights per model), got {t.retrain_every}")
     ab = cfg.abtest

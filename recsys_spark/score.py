@@ -53,12 +53,14 @@ class ScoringSpec:
     explain: int = 0
     device: str = "auto"
     block_mb: float = 8.0
+    new_item_slots: int = 0
     with_ids: bool = False  # output REC_ROWS_SCHEMA (ids, explanations) instead of TOPK_SCHEMA
 
 
 def item_catalog(item_vectors: np.ndarray, item_ids: Optional[np.ndarray] = None,
                  ineligible: Optional[np.ndarray] = None, categories: Optional[np.ndarray] = None,
-                 popular: Optional[np.ndarray] = None, segments: Optional[dict] = None) -> dict:
+                 popular: Optional[np.ndarray] = None, segments: Optional[dict] = None,
+                 fresh: Optional[np.ndarray] = None) -> dict:
     """The item side of scoring, computed once per run: vectors (n, d) float32 (row 0 = padding),
     ids (n,) str, ineligible (n,) bool, categories (n,) int; for users the model cannot serve,
     popular (item indexes, most popular first) and segments {declared attributes as "a,b,c": item
@@ -74,6 +76,7 @@ def item_catalog(item_vectors: np.ndarray, item_ids: Optional[np.ndarray] = None
         "categories": np.zeros(n, dtype=np.int64) if categories is None else np.asarray(categories, dtype=np.int64),
         "popular": np.zeros(0, dtype=np.int64) if popular is None else np.asarray(popular, dtype=np.int64),
         "segments": segments or {},
+        "fresh": np.zeros(n, dtype=bool) if fresh is None else np.asarray(fresh, dtype=bool),
     }
 
 
@@ -124,7 +127,7 @@ def _score_partition(batches: Iterator[pd.DataFrame], spec: ScoringSpec, catalog
     import torch
 
     from recsys_spark.model import pad_left, pad_right
-    from recsys_spark.topk import explain, recommend
+    from recsys_spark.topk import explain, recommend, reserve_fresh
 
     torch.set_num_threads(1)  # Spark runs one task per core
     device = _pick_device(spec.device)
@@ -162,6 +165,10 @@ def _score_partition(batches: Iterator[pd.DataFrame], spec: ScoringSpec, catalog
                 top, scores = recommend(users.to(device), items, seen, spec.k, ineligible=ineligible,
                                         categories=cat["categories"], max_per_category=spec.max_per_category,
                                         mmr_lambda=spec.mmr_lambda, budget_mb=spec.block_mb)
+                if spec.new_item_slots:
+                    top, scores = reserve_fresh(top, scores, users.to(device), items, seen,
+                                                torch.as_tensor(cat["fresh"]), spec.new_item_slots,
+                                                ineligible=ineligible, budget_mb=spec.block_mb)
                 if not spec.with_ids:
                     yield _to_rows(part["user_idx"].to_numpy(), top, scores)
                     continue
@@ -382,10 +389,17 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     ineligible |= ids == ""  # an index row the model knows but the catalog lost
     users = scoring_input(spark, cfg, "items", versions).persist()
     popular, segments = fallback_lists(users)
-    catalog = item_catalog(vectors, ids, ineligible, categories, popular, segments)
+    # Fresh items (no interactions the model was trained on): new since training, or never touched.
+    fresh = np.zeros(n_items, dtype=bool)
+    fresh[model.cfg.n_items:] = True
+    fresh[:model.cfg.n_items] = ~model.feat_has_id.numpy()
+    fresh[0] = False
+    fresh &= ids != ""
+    catalog = item_catalog(vectors, ids, ineligible, categories, popular, segments, fresh)
     bc = spark.sparkContext.broadcast(catalog)
     rules = json.dumps({"k": sc.k, "max_per_category": sc.max_per_category, "mmr_lambda": sc.mmr_lambda,
-                        "explain": sc.explain}, sort_keys=True)
+                        "explain": sc.explain, **({"new_item_slots": sc.new_item_slots} if sc.new_item_slots else {})},
+                       sort_keys=True)
 
     last = _last_run(spark, root)
     mode, reason = _choose_mode(cfg, last, run_id, rules, elig_version, events_version)
@@ -409,7 +423,7 @@ def run(spark: SparkSession, cfg: Config) -> dict:
             carried = previous.join(rescore, "user_id", "left_anti").drop("model_run_id", "run_date")
     spec = ScoringSpec(k=sc.k, ckpt_path=ckpt_path, batch_users=sc.batch_users, max_per_category=sc.max_per_category,
                        mmr_lambda=sc.mmr_lambda, explain=sc.explain, device=sc.device, block_mb=sc.block_mb,
-                       with_ids=True)
+                       new_item_slots=sc.new_item_slots, with_ids=True)
     scored = score_users(users, spec, bc)
     if carried is not None:
         scored = scored.withColumn("_scored", F.lit(True)).unionByName(carried.withColumn("_scored", F.lit(False)))

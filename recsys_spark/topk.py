@@ -254,3 +254,40 @@ def recommend(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, 
     if mmr_lambda:
         return mmr(cand, cand_scores, item_vecs, k, mmr_lambda)
     return cand[:, :k], cand_scores[:, :k]
+
+
+def reserve_fresh(top: np.ndarray, scores: np.ndarray, user_vecs: torch.Tensor, item_vecs: torch.Tensor,
+                  seen: Sequence, fresh: torch.Tensor, slots: int, ineligible: Optional[torch.Tensor] = None,
+                  budget_mb: float = DEFAULT_BLOCK_MB) -> tuple[np.ndarray, np.ndarray]:
+    """A "new arrivals" guarantee: each list holds at least `slots` fresh items (items without
+    interactions, fresh[i] True) when enough are eligible and unseen. The best fresh items by the
+    user's own scores replace the lowest-ranked non-fresh ones; the list is then re-sorted by score
+    (ties by smaller id), so scores stay non-increasing with rank. top/scores: (B, k), -1 padded."""
+    if slots <= 0 or not bool(fresh.any()):
+        return top, scores
+    blocked = ~fresh.to(item_vecs.device)
+    if ineligible is not None:
+        blocked = blocked | ineligible.to(item_vecs.device)
+    best, best_scores = topk_excluding(user_vecs, item_vecs, seen, slots, ineligible=blocked, budget_mb=budget_mb)
+    is_fresh = fresh.cpu().numpy()
+    top, scores = top.copy(), scores.copy()
+    k = top.shape[1]
+    for i in range(len(top)):
+        row = top[i]
+        have = int(sum(is_fresh[x] for x in row if x >= 0))
+        add = [(b, s) for b, s in zip(best[i], best_scores[i]) if b >= 0 and b not in set(row.tolist())][: max(0, slots - have)]
+        if not add:
+            continue
+        keep = [(x, s) for x, s in zip(row, scores[i]) if x >= 0]
+        # Drop the lowest-ranked non-fresh items to make room (empty slots first).
+        room = k - len(keep)
+        drop = max(0, len(add) - room)
+        if drop:
+            victims = [j for j in range(len(keep) - 1, -1, -1) if not is_fresh[keep[j][0]]][:drop]
+            keep = [e for j, e in enumerate(keep) if j not in set(victims)]
+        merged = sorted(keep + add, key=lambda e: (-float(e[1]), int(e[0])))[:k]
+        top[i] = -1
+        scores[i] = -np.inf
+        top[i, :len(merged)] = [e[0] for e in merged]
+        scores[i, :len(merged)] = [e[1] for e in merged]
+    return top, scores

@@ -325,3 +325,14 @@ def test_new_users_and_new_items_are_served_by_the_nightly_run(spark, shop):
     orders = got.where(F.col("rank") == 1).groupBy("item_id").count().collect()
     assert len(orders) >= 2
     assert got.where(F.isnan("score")).count() == 0
+    # A "new arrivals" slot: every list keeps 10 items, holds at least one new item, stays sorted.
+    slot = make_config(cfg.paths.root, score={"k": 10, "run_date": "2026-07-10", "new_item_slots": 1})
+    cli.run_stage(spark, slot, "score")
+    got = _recs(spark, cfg).where(F.col("run_date") == "2026-07-10")
+    per_user = got.groupBy("user_id").agg(F.count("*").alias("n"),
+                                          F.sum(F.col("item_id").startswith("n9").cast("int")).alias("new"))
+    assert per_user.count() == tables.read(spark, tables.path(cfg.tables_dir, schema.USER_INDEX)).count()
+    assert per_user.where((F.col("n") != 10) | (F.col("new") < 1)).count() == 0
+    bad = (got.alias("a").join(got.alias("b"), (F.col("a.user_id") == F.col("b.user_id"))
+                               & (F.col("b.rank") == F.col("a.rank") + 1)).where(F.col("b.score") > F.col("a.score")))
+    assert bad.count() == 0

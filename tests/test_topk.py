@@ -137,3 +137,38 @@ def test_wide_catalog_fast_path_matches_a_full_sort_with_ties_and_masks():
     ineligible[rng.choice(n_items, 500, replace=False)] = True
     top, _ = recommend(users, items, seen, 25, ineligible=ineligible)
     assert top.tolist() == _brute(users, items, seen, 25, torch.nonzero(ineligible).flatten().tolist())
+
+
+def test_reserve_fresh_guarantees_slots_by_the_users_own_scores():
+    from recsys_spark.topk import reserve_fresh, topk_excluding
+
+    g = torch.Generator().manual_seed(0)
+    items = torch.randn(60, 8, generator=g)
+    users = torch.randn(20, 8, generator=g)
+    fresh = torch.zeros(60, dtype=torch.bool)
+    fresh[50:] = True
+    seen = [np.array([50, 1, 2]) if u % 2 else np.array([3]) for u in range(20)]
+    top, scores = topk_excluding(users, items, seen, 10)
+    got, got_scores = reserve_fresh(top, scores, users, items, seen, fresh, 2)
+    full = (users @ items.T).numpy()
+    for u in range(20):
+        row = got[u]
+        assert len(set(row.tolist())) == 10 and not set(row.tolist()) & set(seen[u].tolist())
+        assert (np.diff(got_scores[u]) <= 1e-6).all()  # still sorted by score
+        n_fresh = int(fresh[torch.as_tensor(row)].sum())
+        assert n_fresh >= 2
+        # The fresh items are the user's best unseen fresh ones; the rest are the best non-fresh ones.
+        cand = [i for i in range(50, 60) if i not in seen[u]]
+        best_fresh = sorted(cand, key=lambda i: -full[u, i])[:max(2, n_fresh)]
+        assert set(i for i in row if i >= 50) == set(best_fresh)
+        rest = [i for i in row if i < 50]
+        assert set(rest) == set(i for i in top[u] if i < 50 and i in rest) and len(rest) == 10 - n_fresh
+        assert np.allclose(got_scores[u], full[u, row], atol=1e-5)
+    # Nothing to do when no item is fresh, and ineligible fresh items are never added.
+    same = reserve_fresh(top, scores, users, items, seen, torch.zeros(60, dtype=torch.bool), 2)
+    assert (same[0] == top).all()
+    inel = torch.zeros(60, dtype=torch.bool)
+    inel[50:59] = True
+    t2, s2 = topk_excluding(users, items, seen, 10, ineligible=inel)
+    only_one, _ = reserve_fresh(t2, s2, users, items, seen, fresh, 2, ineligible=inel)
+    assert all((row == 59).sum() == 1 and not ((row >= 50) & (row < 59)).any() for row in only_one)
