@@ -241,8 +241,10 @@ def run(argv: list[str]) -> int:
     tseen = _unragged(d["test_seen"], d["test_seen_off"])
     from recsys_spark.metrics import ndcg_at_k, recall_at_k
 
+    from recsys_spark.topk import first_unseen
+
     def pop_top(seen_lists):
-        return np.array([[i for i in ranked[: 10 + len(s) + 1] if i not in set(s.tolist())][:10] for s in seen_lists])
+        return first_unseen(ranked, seen_lists, 10)
 
     ptop = pop_top(tseen)
     cold = np.isin(d["test_target"], d["cold_items"])

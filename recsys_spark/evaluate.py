@@ -274,13 +274,12 @@ def _recall_ndcg(top: np.ndarray, target: np.ndarray, k: int = 10) -> dict:
     return {"recall@10": recall_at_k(top, target, k), "ndcg@10": ndcg_at_k(top, target, k), "n_users": int(len(target))}
 
 
-def _popularity_top(ranked: np.ndarray, seen: list, k: int) -> np.ndarray:
-    out = np.full((len(seen), k), -1, dtype=np.int64)
-    for i, s in enumerate(seen):
-        s = set(int(x) for x in s)
-        row = [int(x) for x in ranked if int(x) not in s][:k]
-        out[i, :len(row)] = row
-    return out
+def _top_array(recs: DataFrame, users: list, k: int) -> np.ndarray:
+    """(len(users), k) item indexes from TOPK_SCHEMA rows, in the order of `users` (user_idx list)."""
+    by_user: dict = {}
+    for r in recs.collect():
+        by_user.setdefault(r.user_idx, {})[r["rank"]] = r.item_idx
+    return np.array([[by_user.get(u, {}).get(j, -1) for j in range(1, k + 1)] for u in users], dtype=np.int64)
 
 
 def _rank_among(ckpt_path: str, users: DataFrame, candidates: list, k: int) -> tuple[np.ndarray, float]:
@@ -322,7 +321,8 @@ def cold_start(spark: SparkSession, cfg: Config, ckpt_path: str, versions: dict 
     random baseline is the expected Recall@10 of a random ranking of the unseen catalog.
     """
     from recsys_spark import features as feat
-    from recsys_spark.score import attention_topk, fallback_lists
+    from recsys_spark.score import attention_topk, fallback_lists, segment_key
+    from recsys_spark.topk import first_unseen
 
     fc, root, v = cfg.features, cfg.tables_dir, versions or {}
     out: dict = {"users": {}, "items": None}
@@ -360,18 +360,13 @@ def cold_start(spark: SparkSession, cfg: Config, ckpt_path: str, versions: dict 
                 continue
             recs = attention_topk(u.select("user_idx", "input", "seen", "profile_cat", "profile_num"),
                                   ckpt_path, k, cfg.score.batch_users)
-            by_user = {}
-            for r in recs.collect():
-                by_user.setdefault(r.user_idx, {})[r["rank"]] = r.item_idx
-            top = np.array([[by_user.get(r.user_idx, {}).get(j, -1) for j in range(1, k + 1)] for r in rows])
+            top = _top_array(recs, [r.user_idx for r in rows], k)
             target = np.array([r.target for r in rows])
             seen = [r.input for r in rows]
-            from recsys_spark.score import segment_key
-
-            seg_top = np.stack([_popularity_top(segments.get(segment_key(r.profile_cat or []), popular), [s], k)[0]
+            seg_top = np.stack([first_unseen(segments.get(segment_key(r.profile_cat or []), popular), [s], k)[0]
                                 for r, s in zip(rows, seen)])
             out["users"][n] = {"attention": _recall_ndcg(top, target, k),
-                               "popularity": _recall_ndcg(_popularity_top(popular, seen, k), target, k),
+                               "popularity": _recall_ndcg(first_unseen(popular, seen, k), target, k),
                                "segment_popularity": _recall_ndcg(seg_top, target, k)}
             u.unpersist()
 
@@ -382,10 +377,7 @@ def cold_start(spark: SparkSession, cfg: Config, ckpt_path: str, versions: dict 
         rows = users.select("user_idx", "target", "seen").orderBy("user_idx").collect()
         if rows:
             recs = attention_topk(users, ckpt_path, k, cfg.score.batch_users)
-            by_user = {}
-            for r in recs.collect():
-                by_user.setdefault(r.user_idx, {})[r["rank"]] = r.item_idx
-            top = np.array([[by_user.get(r.user_idx, {}).get(j, -1) for j in range(1, k + 1)] for r in rows])
+            top = _top_array(recs, [r.user_idx for r in rows], k)
             target = np.array([r.target for r in rows])
             n_catalog = content.count()
             random = float(np.mean([min(1.0, k / max(1, n_catalog - len(set(r.seen)))) for r in rows]))
@@ -394,7 +386,7 @@ def cold_start(spark: SparkSession, cfg: Config, ckpt_path: str, versions: dict 
             out["items"] = {"attention": _recall_ndcg(top, target, k),
                             "attention_among_cold": _recall_ndcg(among, target, k),
                             "random_among_cold": {"recall@10": random_among, "n_users": len(rows)},
-                            "popularity": _recall_ndcg(_popularity_top(popular, [r.seen for r in rows], k), target, k),
+                            "popularity": _recall_ndcg(first_unseen(popular, [r.seen for r in rows], k), target, k),
                             "random": {"recall@10": random, "n_users": len(rows)},
                             "n_items_held_out": cold_items.count()}
         users.unpersist()

@@ -88,9 +88,10 @@ def _fallback_list(cat: dict, profile_cat, seen: np.ndarray, ineligible: np.ndar
     """Top-k by segment popularity (or global popularity) with seen and ineligible items removed."""
     key = segment_key(profile_cat) if profile_cat is not None else ""
     ranked, how = (cat["segments"][key], SERVED_SEGMENT) if key in cat["segments"] else (cat["popular"], SERVED_POPULAR)
-    seen_set = set(int(x) for x in seen)
-    out = [int(i) for i in ranked if int(i) not in seen_set and not ineligible[int(i)]][:k]
-    return out, how
+    from recsys_spark.topk import first_unseen
+
+    row = first_unseen(ranked, [seen], k, ineligible)[0]
+    return [int(i) for i in row if i >= 0], how
 
 
 @functools.lru_cache(maxsize=2)

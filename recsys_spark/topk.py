@@ -291,3 +291,14 @@ def reserve_fresh(top: np.ndarray, scores: np.ndarray, user_vecs: torch.Tensor, 
         top[i, :len(merged)] = [e[0] for e in merged]
         scores[i, :len(merged)] = [e[1] for e in merged]
     return top, scores
+
+
+def first_unseen(ranked: np.ndarray, seen: Sequence, k: int, ineligible: Optional[np.ndarray] = None) -> np.ndarray:
+    """(B, k) int64, -1 padded: for each user, the first k items of one fixed ranking (e.g. by
+    popularity) that the user has not seen and that are eligible."""
+    out = np.full((len(seen), k), -1, dtype=np.int64)
+    for i, s in enumerate(seen):
+        s = set(int(x) for x in s)
+        row = [int(x) for x in ranked if int(x) not in s and (ineligible is None or not ineligible[int(x)])][:k]
+        out[i, :len(row)] = row
+    return out
