@@ -109,8 +109,16 @@ def train_steps(model, optimizer, batches: Iterator[dict], steps: int, device: s
         _, loss = model(seq, tgt, pc, pn)
         optimizer.zero_grad()
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-        optimizer.step()
+        if hasattr(optimizer, "synchronize"):
+            # Horovod averages gradients asynchronously during backward: wait for the averages
+            # before clipping, or a rank may clip its own half-reduced gradients (ranks diverge).
+            optimizer.synchronize()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            with optimizer.skip_synchronize():
+                optimizer.step()
+        else:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
         total += float(loss.detach())
         if progress is not None:
             progress(step + 1, steps, total / (step + 1))
