@@ -21,6 +21,9 @@ from typing import Any, Optional
 import yaml
 
 
+LR_SCHEDULES = ("constant", "linear")
+
+
 class ConfigError(ValueError):
     """A config file or override is invalid; the message names the key and what was expected."""
 
@@ -121,6 +124,10 @@ class TrainConfig:
     epochs: int = 20
     batch_size: int = 128
     lr: float = 0.002
+    # constant: lr throughout. linear: lr decays linearly from lr to 0 over the planned training,
+    # i.e. `epochs`, or with a time budget the epochs that fit it (re-estimated after every epoch
+    # from the mean epoch time) -- the budget-aware schedule of Li et al. (ICLR 2020).
+    lr_schedule: str = "constant"
     weight_decay: float = 0.0
     d_model: int = 64
     n_heads: int = 2
@@ -281,6 +288,8 @@ def _check_values(cfg: Config) -> None:
     for name in ("holdout_users", "holdout_items"):
         if not 0.0 <= getattr(f, name) < 1.0:
             raise ConfigError(f"features.{name}: must be in [0, 1) (a share; 0 = off), got {getattr(f, name)}")
+    if cfg.train.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"train.lr_schedule: must be one of {', '.join(LR_SCHEDULES)}, got {cfg.train.lr_schedule!r}")
     if not 0.0 <= cfg.train.item_id_dropout < 1.0:
         raise ConfigError(f"train.item_id_dropout: must be in [0, 1), got {cfg.train.item_id_dropout}")
     if f.max_seq_len != 0 and f.max_seq_len < 2:

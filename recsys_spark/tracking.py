@@ -69,7 +69,7 @@ def log_train(cfg: Config, checkpoint: str) -> Optional[str]:
         with mlflow.start_run(run_name=m["run_id"], tags={"stage": "train", "model_run_id": m["run_id"]}) as run:
             mlflow.log_params({**_flat("train.", m["train_config"]), **_flat("model.", m["model_config"])})
             for h in m["history"]:
-                mlflow.log_metrics({key.replace("@", "_at_"): float(h[key]) for key in ("loss", "seconds", "valid_ndcg@10")
+                mlflow.log_metrics({key.replace("@", "_at_"): float(h[key]) for key in ("loss", "seconds", "valid_ndcg@10", "lr")
                                     if h.get(key) is not None}, step=int(h["epoch"]))
             mlflow.log_metric("best_epoch", m["best_epoch"])
             mlflow.log_dict(m["data_versions"], "data_versions.json")

@@ -93,14 +93,18 @@ def shard_batches(files: list[str], rank: int, size: int, batch_size: int, seed:
 
 
 def train_steps(model, optimizer, batches: Iterator[dict], steps: int, device: str = "cpu",
-                progress=None) -> float:
+                progress=None, lr_at=None) -> float:
     """Run `steps` optimizer steps; return the mean loss. Works with any iterator of batches.
-    progress(step, steps, mean_loss), if given, is called after every step (it throttles itself)."""
+    progress(step, steps, mean_loss), if given, is called after every step (it throttles itself);
+    lr_at(step), if given, is the learning rate for step 0..steps-1 of this call."""
     import torch
 
     model.train()
     total = 0.0
     for step in range(steps):
+        if lr_at is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step)
         b = next(batches)
         seq = torch.as_tensor(b["input"], dtype=torch.long, device=device)
         tgt = torch.as_tensor(b["target"], dtype=torch.long, device=device)
@@ -139,6 +143,21 @@ def throttled_progress(label: str, every_s: float):
     return report
 
 
+def planned_epochs(epochs: int, budget_s: float, epochs_done: int, elapsed_s: float) -> int:
+    """Epochs the run will train: `epochs`, or with a time budget the epochs that end by the first
+    epoch ending past the budget, estimated from the mean epoch time so far (never fewer than done + 1)."""
+    if not budget_s or epochs_done == 0:
+        return epochs
+    fit = math.ceil(budget_s / max(elapsed_s / epochs_done, 1e-9))
+    return max(epochs_done + 1, min(epochs, fit))
+
+
+def linear_lr(peak: float, step: int, total_steps: int, floor: float = 0.01) -> float:
+    """Linear decay from peak at step 0 to 0 at total_steps; never below floor * peak, so a run that
+    outlasts its estimate still learns."""
+    return peak * max(floor, 1.0 - step / max(1, total_steps))
+
+
 def worker(job: TrainJob) -> dict:
     """One Horovod rank. Returns per-epoch losses, timings and the rank's final weight checksum."""
     import horovod.torch as hvd
@@ -153,8 +172,8 @@ def worker(job: TrainJob) -> dict:
     np.random.seed(int(tc["seed"]))
     mcfg = ModelConfig(**job.model_config)
     model = AttentionRecommender(mcfg, {k: torch.as_tensor(v) for k, v in job.item_features.items()}, job.stats)
-    opt = torch.optim.AdamW(model.parameters(), lr=float(tc["lr"]) * hvd.size() ** 0.5,
-                            weight_decay=float(tc["weight_decay"]))
+    peak_lr = float(tc["lr"]) * hvd.size() ** 0.5
+    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=float(tc["weight_decay"]))
     # Horovod cannot broadcast bool tensors; the bool buffer (has_id) comes from the job on every rank.
     hvd.broadcast_parameters({k: v for k, v in model.state_dict().items() if v.dtype != torch.bool}, root_rank=0)
     hvd.broadcast_optimizer_state(opt, root_rank=0)
@@ -165,13 +184,20 @@ def worker(job: TrainJob) -> dict:
     bad_evals = 0
     started = time.time()
     budget = float(tc.get("time_budget_s") or 0.0)
+    schedule = tc.get("lr_schedule", "constant")
+    plan = int(tc["epochs"])  # with a budget, re-estimated by rank 0 after every epoch and broadcast
     for epoch in range(int(tc["epochs"])):
         t0 = time.time()
         progress = (throttled_progress(f"[train {job.run_id}] epoch {epoch + 1}/{tc['epochs']}",
                                        float(tc.get("progress_every_s", 0) or 0)) if hvd.rank() == 0 else None)
-        loss = train_steps(model, opt, batches, job.steps_per_epoch, progress=progress)
+        lr_at = None
+        if schedule == "linear":
+            done_steps, total_steps = epoch * job.steps_per_epoch, plan * job.steps_per_epoch
+            lr_at = lambda step, d=done_steps, t=total_steps: linear_lr(peak_lr, d + step, t)  # noqa: E731
+        loss = train_steps(model, opt, batches, job.steps_per_epoch, progress=progress, lr_at=lr_at)
         loss = float(hvd.allreduce(torch.tensor(loss), name="epoch_loss"))
-        entry = {"epoch": epoch + 1, "loss": loss, "seconds": round(time.time() - t0, 3)}
+        entry = {"epoch": epoch + 1, "loss": loss, "seconds": round(time.time() - t0, 3),
+                 "lr": round(float(opt.param_groups[0]["lr"]), 7)}  # of the epoch's last step
         stop = 0
         if job.valid is not None and (epoch + 1) % int(tc["eval_every"]) == 0:
             if hvd.rank() == 0:
@@ -183,9 +209,13 @@ def worker(job: TrainJob) -> dict:
                 else:
                     bad_evals += 1
                 stop = int(bad_evals >= int(tc["patience"]))
-        if budget and hvd.rank() == 0 and time.time() - started > budget:
-            stop = 2
-        stop = int(hvd.broadcast(torch.tensor(stop), root_rank=0, name=f"stop_{epoch}"))
+        if budget and hvd.rank() == 0:
+            if time.time() - started > budget:
+                stop = 2
+            plan = planned_epochs(int(tc["epochs"]), budget, epoch + 1, time.time() - started)
+        # One broadcast carries rank 0's decisions, so every rank follows the same schedule.
+        stop, plan = (int(v) for v in hvd.broadcast(torch.tensor([stop, plan]), root_rank=0, name=f"stop_{epoch}"))
+
         history.append(entry)
         if hvd.rank() == 0:
             extra = f", valid NDCG@10 {entry['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in entry else ""

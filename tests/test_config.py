@@ -53,6 +53,8 @@ def test_value_checks():
         config.load(None, ["features.split=time"])
     with pytest.raises(config.ConfigError, match="features.split"):
         config.load(None, ["features.split=random"])
+    with pytest.raises(config.ConfigError, match="train.lr_schedule: must be one of constant, linear"):
+        config.load(None, ["train.lr_schedule=cosine"])
     with pytest.raises(config.ConfigError, match="divisible"):
         config.load(None, ["train.d_model=10", "train.n_heads=3"])
 

@@ -58,7 +58,20 @@ def test_horovod_ranks_read_disjoint_shards_covering_the_table(spark, tmp_path):
     assert sorted(a | b) == [(u, 0) for u in range(200)]
 
 
-def _job(files, checkpoint_dir, run_id):
+def test_budget_aware_linear_schedule():
+    from recsys_spark.train import linear_lr, planned_epochs
+
+    # No budget: the configured epochs. With one: the epochs that end by the first one past it.
+    assert planned_epochs(200, 0, 3, 300.0) == 200
+    assert planned_epochs(200, 1800, 1, 100.0) == 18
+    assert planned_epochs(200, 1800, 4, 480.0) == 15  # slower epochs than the first one suggested
+    assert planned_epochs(10, 1800, 1, 100.0) == 10  # never more than train.epochs
+    assert planned_epochs(200, 100, 5, 400.0) == 6  # past the budget: at least one more is planned
+    assert linear_lr(1.0, 0, 100) == 1.0 and linear_lr(1.0, 50, 100) == 0.5
+    assert linear_lr(1.0, 100, 100) == linear_lr(1.0, 500, 100) == 0.01  # floor, never zero
+
+
+def _job(files, checkpoint_dir, run_id, **train):
     return TrainJob(
         files=files,
         model_config={"n_items": 16, "max_len": L, "d_model": 16, "n_heads": 2, "n_layers": 1, "dropout": 0.1,
@@ -66,7 +79,7 @@ def _job(files, checkpoint_dir, run_id):
                       "use_profile": True, "use_content": True},
         item_features={"category": np.zeros(16, dtype=np.int64), "has_id": np.ones(16, dtype=bool)}, stats={},
         train_config={"epochs": 3, "batch_size": 32, "lr": 0.01, "weight_decay": 0.0, "seed": 3,
-                      "threads_per_rank": 1},
+                      "threads_per_rank": 1, **train},
         full_config={}, data_versions={"train": 0}, steps_per_epoch=5,
         checkpoint_dir=checkpoint_dir, run_id=run_id,
     )
@@ -82,13 +95,18 @@ def test_horovod_averages_gradients_so_ranks_end_identical(spark, tmp_path):
     loc = str(tmp_path / "train")
     tables.overwrite(_train_df(spark, range(300), 4), loc)
     files = tables.active_files(spark, loc, tables.version(spark, loc))
-    job = _job(files, str(tmp_path / "models"), "attn-test")
+    # The budget-aware schedule: rank 0 re-plans after every epoch and broadcasts the plan, so both
+    # ranks must still apply the same learning rate at every step.
+    job = _job(files, str(tmp_path / "models"), "attn-test", lr_schedule="linear", time_budget_s=3600)
     results = horovod.spark.run(worker, args=(job,), num_proc=2, use_gloo=True, verbose=0)
     by_rank = {r["rank"]: r for r in results}
     assert set(by_rank) == {0, 1}
     assert by_rank[0]["checksum"] == pytest.approx(by_rank[1]["checksum"], rel=1e-9, abs=1e-9)
     losses = [h["loss"] for h in by_rank[0]["history"]]
     assert len(losses) == 3 and losses[-1] < losses[0]
+    lrs = [h["lr"] for h in by_rank[0]["history"]]
+    peak = 0.01 * 2 ** 0.5
+    assert lrs == sorted(lrs, reverse=True) and lrs[-1] == pytest.approx(peak * 1 / 15, rel=1e-4)
     # Rank 0 wrote a self-describing checkpoint that rebuilds the model on its own.
     model, ckpt = load_checkpoint(str(tmp_path / "models" / "attn-test"))
     assert ckpt["data_versions"] == {"train": 0} and ckpt["history"] == by_rank[0]["history"]
