@@ -128,11 +128,13 @@ def run(spark: SparkSession, cfg: Config, n_examples: int = 3) -> str:
     root = cfg.tables_dir
     mloc = tables.path(root, schema.METRICS)
     tables.require(spark, mloc, "evaluate")
-    metrics = tables.read(spark, mloc).toPandas()
+    every = tables.read(spark, mloc).toPandas()
+    metrics = every[every.split == "test"]  # the headline: warm test users; cold-start splits below
     evals = metrics.groupby("eval_run_id").evaluated_at.max().sort_values()
     eval_id = evals.index[-1]
     prev_id = evals.index[-2] if len(evals) > 1 else None
     cur = metrics[metrics.eval_run_id == eval_id]
+    cold = every[(every.eval_run_id == eval_id) & (every.split != "test") & (every.k == 10)]
     model_run_id = cur.model_run_id.iloc[0]
     sloc = tables.path(root, schema.METRIC_SLICES)
     slices = tables.read(spark, sloc).where(F.col("eval_id") == eval_id).toPandas() if tables.exists(spark, sloc) else None
@@ -176,6 +178,17 @@ def run(spark: SparkSession, cfg: Config, n_examples: int = 3) -> str:
         if len(g):
             gaps = _table(["slice", "NDCG@10 gap", "95% bootstrap CI"],
                           [[k, f"{r.ndcg_gap:.3f}", f"[{r.ndcg_gap_ci_low:.3f}, {r.ndcg_gap_ci_high:.3f}]"] for k, r in g.iterrows()])
+    groups = _group_table(slices, models) if slices is not None else ""
+    cold_html = ""
+    if len(cold):
+        crow = []
+        for (split, model), part in cold.groupby(["split", "model"], sort=True):
+            get = lambda metric: part[part.metric == metric].value  # noqa: E731
+            crow.append([split, model, int(part.n_users.iloc[0])]
+                        + [f"{float(get(m).iloc[0]):.4f}" if len(get(m)) else "" for m in ("recall", "ndcg")])
+        cold_html = ("<h2>Cold start</h2><p>Held-out users (profile plus their first N events) and held-out "
+                     "items (never seen in training), full ranking.</p>"
+                     + _table(["split", "model", "users", "recall@10", "ndcg@10"], crow))
     examples = _examples(spark, cfg, n_examples)
     img = lambda key, alt: f'<img alt="{alt}" src="{figs[key]}">' if key in figs else f"<p>({alt}: no data)</p>"
     doc = f"""<!DOCTYPE html>
@@ -194,7 +207,7 @@ img {{ max-width: 100%; }}
 {int(cur.n_users.iloc[0])} test users: full ranking, history removed, one held-out item per user.</p>
 <h2>Headline metrics</h2>{headline}
 <h2>Against the previous run</h2>{comparison}
-<h2>Who is served well</h2>{img("activity", "NDCG@10 by activity bucket")}{gaps}
+<h2>Who is served well</h2>{img("activity", "NDCG@10 by activity bucket")}{gaps}{groups}{cold_html}
 <h2>Exposure</h2>{img("exposure", "exposure Lorenz curve and popularity bias")}
 <h2>Training</h2>{img("training", "training curves")}
 <h2>A/B test</h2>{img("ab", "A/B lift with intervals") if ab else "<p>No A/B log (gold/ab_log).</p>"}
@@ -210,6 +223,21 @@ img {{ max-width: 100%; }}
     shutil.copyfile(path, os.path.join(out_dir, "latest.html"))
     print(f"report: {path} ({len(doc) // 1024} KB, {len(figs)} plots)", flush=True)
     return path
+
+
+def _group_table(slices, models: list[str]) -> str:
+    """NDCG@10 of every model by declared user group (gender, age band, ...), with group sizes."""
+    part = slices[(slices.metric == "ndcg") & (slices.group != "<gap>") & (slices.kind != "activity")
+                  & ~slices.kind.str.startswith("exposure:")]
+    if not len(part):
+        return ""
+    wide = part.pivot_table(index=["kind", "group"], columns="model", values="value", sort=False)
+    sizes = part.groupby(["kind", "group"], sort=False).n_users.max()
+    cols = [m for m in models if m in wide.columns]
+    rows = [[kind, group, int(sizes[(kind, group)])] + [f"{wide.loc[(kind, group), m]:.4f}" for m in cols]
+            for kind, group in wide.index]
+    return ("<h3>NDCG@10 by user group</h3>"
+            + _table(["attribute", "group", "users"] + [f"{m} NDCG@10" for m in cols], rows))
 
 
 def _figures_empty(history, ab):

@@ -77,6 +77,20 @@ def test_cold_start_slices_are_measured_and_recorded(spark, cold_shop):
     assert {"test", "cold_users_0_events", "cold_users_1_events", "cold_users_3_events", "cold_items"} <= splits
 
 
+@pytest.mark.slow
+def test_report_headline_is_the_warm_split_and_cold_start_has_its_own_section(spark, cold_shop):
+    import re
+
+    cfg, result = cold_shop
+    doc = open(cli.run_stage(spark, cfg, "report")).read()
+    # The headline row of the attention model carries the warm test metrics, not a cold split's.
+    row = re.search(r"<tr><td>attention</td><td>([0-9.]+)</td><td>([0-9.]+)</td>", doc)
+    assert row and float(row.group(2)) == pytest.approx(result["metrics"]["attention"]["ndcg@10"], abs=1e-4)
+    assert "Cold start" in doc and "cold_users_3_events" in doc and "cold_items" in doc
+    # Declared attributes of the shop's users are reported group by group.
+    assert "NDCG@10 by user group" in doc and "gender" in doc and "age_band" in doc
+
+
 def test_fallback_lists_rank_by_segment_with_global_backoff(spark):
     # Segment "1,1": 20 users who all have item 5, some item 6; segment "2,2" has too few users.
     rows = [(u, [5, 6] if u % 2 else [5], [1, 1]) for u in range(20)]
