@@ -2,8 +2,8 @@
 
     ml-1m (SASRec form): users.dat (UserID::Gender::Age::Occupation::Zip-code) and movies.dat
         (MovieID::Title (Year)::Genre|Genre, latin-1), joined to the SASRec ids through
-        sas_to_original_users.txt / sas_to_original_items.txt. Users get gender, age_band (the
-        MovieLens age code), occupation (its code) and region (first zip digit); items get title,
+        sas_to_original_users.txt / sas_to_original_items.txt. Users get gender, age_band and
+        occupation (the MovieLens codes' names) and region (first zip digit); items get title,
         category (first genre) and tags (all genres).
     amazon-beauty (S3-Rec form): Beauty_item2attributes.json ({item_id: [attribute ids]}) -> items
         with tags (the attribute ids).
@@ -28,13 +28,27 @@ def _mapping(path: str) -> dict[str, str]:
     return dict(zip(pairs["orig"], pairs["sas"]))
 
 
+# The codes of MovieLens 1M's users.dat, as its README defines them: reports show these names.
+ML1M_AGES = {"1": "under 18", "18": "18-24", "25": "25-34", "35": "35-44", "45": "45-49", "50": "50-55", "56": "56+"}
+ML1M_OCCUPATIONS = dict(enumerate([
+    "other", "academic/educator", "artist", "clerical/admin", "college/grad student", "customer service",
+    "doctor/health care", "executive/managerial", "farmer", "homemaker", "K-12 student", "lawyer", "programmer",
+    "retired", "sales/marketing", "scientist", "self-employed", "technician/engineer", "tradesman/craftsman",
+    "unemployed", "writer"]))
+
+
 def ml1m_users(users_dat: str, mapping_file: str) -> pd.DataFrame:
+    """users.dat joined to the SASRec ids; age and occupation codes become their names (an unknown
+    code is kept as it is), region is the first zip digit."""
     m = _mapping(mapping_file)
     raw = pd.read_csv(users_dat, sep="::", engine="python", header=None, encoding="latin-1", dtype=str,
                       names=["orig", "gender", "age", "occupation", "zip"])
     raw = raw[raw["orig"].isin(m)]
-    return pd.DataFrame({"user_id": raw["orig"].map(m), "gender": raw["gender"], "age_band": raw["age"],
-                         "occupation": raw["occupation"], "region": raw["zip"].str[:1]})
+    occupations = {str(k): v for k, v in ML1M_OCCUPATIONS.items()}
+    return pd.DataFrame({"user_id": raw["orig"].map(m), "gender": raw["gender"],
+                         "age_band": raw["age"].map(lambda a: ML1M_AGES.get(a, a)),
+                         "occupation": raw["occupation"].map(lambda o: occupations.get(o, o)),
+                         "region": raw["zip"].str[:1]})
 
 
 def ml1m_items(movies_dat: str, mapping_file: str) -> pd.DataFrame:

@@ -174,3 +174,16 @@ def test_quality_benchmark_writes_the_result_table(tmp_path):
     # The successor structure is learnable by sequence models and item-kNN, not by popularity.
     assert by["attention"]["ndcg@10"] > 1.5 * by["popularity"]["ndcg@10"]
     assert "attention" in proc.stdout and "item_knn" in proc.stdout
+
+
+def test_ml1m_user_codes_become_names_and_join_to_the_sasrec_ids(tmp_path):
+    from recsys_spark.datasets import ml1m_users
+
+    (tmp_path / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n3::M::25::99::55117\n9::F::18::4::02460\n")
+    (tmp_path / "map.txt").write_text("5 1\n6 2\n7 3\n")  # SASRec id, original id; user 9 is not in the file
+    got = ml1m_users(str(tmp_path / "users.dat"), str(tmp_path / "map.txt")).to_dict("records")
+    assert got == [
+        {"user_id": "5", "gender": "F", "age_band": "under 18", "occupation": "K-12 student", "region": "4"},
+        {"user_id": "6", "gender": "M", "age_band": "56+", "occupation": "self-employed", "region": "7"},
+        {"user_id": "7", "gender": "M", "age_band": "25-34", "occupation": "99", "region": "5"},  # unknown code kept
+    ]
