@@ -30,11 +30,11 @@ def _mapping(path: str) -> dict[str, str]:
 
 # The codes of MovieLens 1M's users.dat, as its README defines them: reports show these names.
 ML1M_AGES = {"1": "under 18", "18": "18-24", "25": "25-34", "35": "35-44", "45": "45-49", "50": "50-55", "56": "56+"}
-ML1M_OCCUPATIONS = dict(enumerate([
+ML1M_OCCUPATIONS = {str(code): name for code, name in enumerate([
     "other", "academic/educator", "artist", "clerical/admin", "college/grad student", "customer service",
     "doctor/health care", "executive/managerial", "farmer", "homemaker", "K-12 student", "lawyer", "programmer",
     "retired", "sales/marketing", "scientist", "self-employed", "technician/engineer", "tradesman/craftsman",
-    "unemployed", "writer"]))
+    "unemployed", "writer"])}
 
 
 def ml1m_users(users_dat: str, mapping_file: str) -> pd.DataFrame:
@@ -44,10 +44,9 @@ def ml1m_users(users_dat: str, mapping_file: str) -> pd.DataFrame:
     raw = pd.read_csv(users_dat, sep="::", engine="python", header=None, encoding="latin-1", dtype=str,
                       names=["orig", "gender", "age", "occupation", "zip"])
     raw = raw[raw["orig"].isin(m)]
-    occupations = {str(k): v for k, v in ML1M_OCCUPATIONS.items()}
     return pd.DataFrame({"user_id": raw["orig"].map(m), "gender": raw["gender"],
                          "age_band": raw["age"].map(lambda a: ML1M_AGES.get(a, a)),
-                         "occupation": raw["occupation"].map(lambda o: occupations.get(o, o)),
+                         "occupation": raw["occupation"].map(lambda o: ML1M_OCCUPATIONS.get(o, o)),
                          "region": raw["zip"].str[:1]})
 
 
