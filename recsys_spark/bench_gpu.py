@@ -6,6 +6,9 @@ The GPU machine has torch but no Java or Spark, so the work is split in two:
     python -m recsys_spark.bench_gpu export WORK_DIR OUT.npz [--config conf/bench.yaml --set ...]
     # there (torch only): kernel timings + one training run per variant, evaluated like `evaluate`
     python -m recsys_spark.bench_gpu run OUT.npz --out RESULT.json [--seconds 120] [--variants all,id_only]
+        [--variant label:dropout=0.1,lr=0.004 ...] [--lr --batch-size --max-epochs --patience --cpu-epochs N]
+    # there: train-step throughput of the product model, sequences/s per batch size, fp32 and bf16
+    python -m recsys_spark.bench_gpu throughput OUT.npz --out RESULT.json
 
 `run` trains with the product's model and loop (recsys_spark.model, train.train_steps), picks the
 epoch by validation NDCG@10 (the same validation sample as the Spark job), and reports test
@@ -122,17 +125,40 @@ def _topk_eval(model, items, inp, pc, pn, seen, target, k, device, batch=1024):
                                    items)
             tops.append(topk_excluding(u, items, seen[sl], k)[0])
     top = np.concatenate(tops)
-    return top, {"recall@10": recall_at_k(top, target, 10), "ndcg@10": ndcg_at_k(top, target, 10), "n_users": len(target)}
+    return top, {"recall@10": recall_at_k(top, target, 10), "ndcg@10": ndcg_at_k(top, target, 10),
+                 "recall@20": recall_at_k(top, target, 20), "ndcg@20": ndcg_at_k(top, target, 20), "n_users": len(target)}
 
 
-def train_variant(d: dict, name: str, seconds: float, device: str, batch_size: int = 128, lr: float = 1e-3) -> dict:
+def parse_variant(spec: str) -> tuple[str, dict]:
+    """'name' (one of VARIANTS) or 'label:key=value,key=value' (ModelConfig fields, lr, batch_size);
+    values are read as JSON (0.2, 128, false)."""
+    if ":" not in spec:
+        if spec not in VARIANTS:
+            raise SystemExit(f"unknown variant {spec!r}: use one of {', '.join(VARIANTS)} or label:key=value,...")
+        return spec, dict(VARIANTS[spec])
+    label, body = spec.split(":", 1)
+    out = {}
+    for kv in filter(None, body.split(",")):
+        k, _, v = kv.partition("=")
+        out[k.strip()] = json.loads(v)
+    return label, out
+
+
+def train_variant(d: dict, name: str, seconds: float, device: str, batch_size: int = 128, lr: float = 1e-3,
+                  max_epochs: int = 10_000, patience: int = 0, cpu_epochs: int = 0) -> dict:
+    """Train one variant until `seconds`, `max_epochs` or `patience` epochs without a better
+    validation NDCG@10; evaluate the best validated epoch on the test users. With cpu_epochs, also
+    the best validated epoch among the first cpu_epochs (what a CPU budget of that many epochs gets)."""
     import torch
 
     from recsys_spark.model import AttentionRecommender, ModelConfig
     from recsys_spark.train import train_steps
 
     mc = json.loads(bytes(d["model_config"]).decode())
-    mc.update(VARIANTS[name])
+    name, over = parse_variant(name)
+    lr = over.pop("lr", lr)
+    batch_size = over.pop("batch_size", batch_size)
+    mc.update(over)
     torch.manual_seed(42)
     feats = {k[5:]: torch.as_tensor(v) for k, v in d.items() if k.startswith("feat_")}
     stats = {k[5:]: torch.as_tensor(v) for k, v in d.items() if k.startswith("stat_")}
@@ -152,34 +178,49 @@ def train_variant(d: dict, name: str, seconds: float, device: str, batch_size: i
     it = batches()
     steps = max(1, n // batch_size)
     vseen = _unragged(d["valid_seen"], d["valid_seen_off"])
-    best, history, t0 = (-1.0, None, 0), [], time.time()
-    while time.time() - t0 < seconds:
+    best, best_cpu, history, t0 = (-1.0, None, 0), (-1.0, None, 0), [], time.time()
+    while time.time() - t0 < seconds and len(history) < max_epochs:
         e0 = time.time()
         loss = train_steps(model, opt, it, steps, device)
         model.eval()
         items = model.item_vectors()
         _, vm = _topk_eval(model, items, d["valid_input"], d["valid_profile_cat"], d["valid_profile_num"], vseen,
-                           d["valid_target"], 10, device)
+                           d["valid_target"], 20, device)
         history.append({"epoch": len(history) + 1, "loss": round(loss, 4), "valid_ndcg@10": round(vm["ndcg@10"], 4),
                         "seconds": round(time.time() - e0, 2)})
         if vm["ndcg@10"] > best[0]:
             best = (vm["ndcg@10"], {k: v.detach().clone() for k, v in model.state_dict().items()}, len(history))
-    model.load_state_dict(best[1])
-    model.eval()
-    items = model.item_vectors()
+            if len(history) <= cpu_epochs:
+                best_cpu = best
+        if patience and len(history) - best[2] >= patience:
+            break
     tseen = _unragged(d["test_seen"], d["test_seen_off"])
-    top, warm = _topk_eval(model, items, d["test_input"], d["test_profile_cat"], d["test_profile_num"], tseen,
-                           d["test_target"], 10, device)
+
+    def test(state):
+        model.load_state_dict(state)
+        model.eval()
+        items = model.item_vectors()
+        top, warm = _topk_eval(model, items, d["test_input"], d["test_profile_cat"], d["test_profile_num"], tseen,
+                               d["test_target"], 20, device)
+        return top, warm, items
+
+    res = {"variant": name, "overrides": dict(over, lr=lr, batch_size=batch_size)}
+    if best_cpu[1] is not None:
+        _, warm_cpu, _ = test(best_cpu[1])
+        res[f"first_{cpu_epochs}_epochs"] = {"best_epoch": best_cpu[2], "valid_ndcg@10": round(best_cpu[0], 4),
+                                             "warm": warm_cpu}
+    top, warm, items = test(best[1])
     cold = np.isin(d["test_target"], d["cold_items"])
     from recsys_spark.metrics import recall_at_k
 
-    res = {"variant": name, "epochs": len(history), "best_epoch": best[2], "train_s": round(time.time() - t0, 1),
-           "warm": warm, "cold_items_recall@10": recall_at_k(top[cold], d["test_target"][cold], 10) if cold.any() else None,
-           "n_cold_item_targets": int(cold.sum()), "history": history}
+    res.update({"epochs": len(history), "best_epoch": best[2], "valid_ndcg@10": round(best[0], 4),
+                "train_s": round(time.time() - t0, 1), "warm": warm,
+                "cold_items_recall@10": recall_at_k(top[cold], d["test_target"][cold], 10) if cold.any() else None,
+                "n_cold_item_targets": int(cold.sum()), "history": history})
     if model.use_profile and len(d["cold_user_target"]):
         empty = np.zeros((len(d["cold_user_target"]), 1), dtype=np.int64)
         _, cu = _topk_eval(model, items, empty, d["cold_user_profile_cat"], None, [np.zeros(0, np.int64)] * len(empty),
-                           d["cold_user_target"], 10, device)
+                           d["cold_user_target"], 20, device)
         res["cold_users_0_events"] = cu
     return res
 
@@ -223,7 +264,14 @@ def run(argv: list[str]) -> int:
     p.add_argument("npz")
     p.add_argument("--out", required=True)
     p.add_argument("--seconds", type=float, default=120)
-    p.add_argument("--variants", default="all,id_only")
+    p.add_argument("--variants", default="all,id_only", help="comma-separated names of VARIANTS")
+    p.add_argument("--variant", action="append", default=[],
+                   help="label:key=value,... (ModelConfig fields, lr, batch_size); repeatable")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--max-epochs", type=int, default=10_000)
+    p.add_argument("--patience", type=int, default=0, help="stop after this many epochs without a better validation")
+    p.add_argument("--cpu-epochs", type=int, default=0, help="also test the best of the first N epochs")
     p.add_argument("--skip-kernel", action="store_true")
     a = p.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -244,22 +292,30 @@ def run(argv: list[str]) -> int:
     from recsys_spark.topk import first_unseen
 
     def pop_top(seen_lists):
-        return first_unseen(ranked, seen_lists, 10)
+        return first_unseen(ranked, seen_lists, 20)
 
     ptop = pop_top(tseen)
-    cold = np.isin(d["test_target"], d["cold_items"])
-    cu = pop_top([np.zeros(0, np.int64)] * len(d["cold_user_target"]))
     result["popularity"] = {"warm": {"recall@10": recall_at_k(ptop, d["test_target"], 10),
-                                     "ndcg@10": ndcg_at_k(ptop, d["test_target"], 10)},
-                            "cold_items_recall@10": recall_at_k(ptop[cold], d["test_target"][cold], 10),
-                            "cold_users_0_events": {"recall@10": recall_at_k(cu, d["cold_user_target"], 10)}}
-    result["random_cold_items_recall@10"] = float(np.mean([10 / (len(d["feat_category"]) - 1 - len(set(s.tolist())))
-                                                           for s, c in zip(tseen, cold) if c]))
+                                     "ndcg@10": ndcg_at_k(ptop, d["test_target"], 10),
+                                     "recall@20": recall_at_k(ptop, d["test_target"], 20),
+                                     "ndcg@20": ndcg_at_k(ptop, d["test_target"], 20)}}
+    cold = np.isin(d["test_target"], d["cold_items"])
+    if cold.any():  # exported with held-out items
+        result["popularity"]["cold_items_recall@10"] = recall_at_k(ptop[cold], d["test_target"][cold], 10)
+        result["random_cold_items_recall@10"] = float(np.mean([10 / (len(d["feat_category"]) - 1 - len(set(s.tolist())))
+                                                               for s, c in zip(tseen, cold) if c]))
+    if len(d["cold_user_target"]):  # exported with held-out users
+        cu = pop_top([np.zeros(0, np.int64)] * len(d["cold_user_target"]))
+        result["popularity"]["cold_users_0_events"] = {"recall@10": recall_at_k(cu, d["cold_user_target"], 10)}
     result["variants"] = []
-    for name in a.variants.split(","):
-        r = train_variant(d, name, a.seconds, device)
+    for name in ([v for v in a.variants.split(",") if v] + a.variant):
+        r = train_variant(d, name, a.seconds, device, a.batch_size, a.lr, a.max_epochs, a.patience, a.cpu_epochs)
         result["variants"].append(r)
-        print(f"{name}: {r['epochs']} epochs in {r['train_s']}s (best {r['best_epoch']}); warm NDCG@10 "
+        first = r.get(f"first_{a.cpu_epochs}_epochs")
+        if first:
+            print(f"{r['variant']}: best of the first {a.cpu_epochs} epochs (epoch {first['best_epoch']}): warm NDCG@10 "
+                  f"{first['warm']['ndcg@10']:.4f} R@10 {first['warm']['recall@10']:.4f}", flush=True)
+        print(f"{r['variant']}: {r['epochs']} epochs in {r['train_s']}s (best {r['best_epoch']}); warm NDCG@10 "
               f"{r['warm']['ndcg@10']:.4f} R@10 {r['warm']['recall@10']:.4f}; cold items R@10 {r['cold_items_recall@10']}; "
               f"cold users 0 events R@10 {r.get('cold_users_0_events', {}).get('recall@10')}", flush=True)
         with open(a.out, "w") as fh:
@@ -268,9 +324,76 @@ def run(argv: list[str]) -> int:
     return 0
 
 
+def throughput(argv: list[str]) -> int:
+    """Train-step throughput (sequences/s) of the product model on an exported dataset: the
+    model and step of train.train_steps (AdamW, full-catalog cross-entropy on every position,
+    gradient clipping), per batch size, fp32 and with bf16 autocast, all features and ids only."""
+    import contextlib
+
+    import torch
+
+    from recsys_spark.model import AttentionRecommender, ModelConfig
+    from recsys_spark.train import train_steps
+
+    p = argparse.ArgumentParser()
+    p.add_argument("npz")
+    p.add_argument("--out", required=True)
+    p.add_argument("--batch-sizes", default="128,256,512")
+    p.add_argument("--steps", type=int, default=30)
+    p.add_argument("--precisions", default="fp32,bf16")
+    p.add_argument("--variant", action="append", default=[], help="label:key=value,... ModelConfig overrides")
+    a = p.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    d = dict(np.load(a.npz))
+    feats = {k[5:]: torch.as_tensor(v) for k, v in d.items() if k.startswith("feat_")}
+    stats = {k[5:]: torch.as_tensor(v) for k, v in d.items() if k.startswith("stat_")}
+    n = len(d["train_input"])
+    rows = []
+    for spec in (a.variant or ["all", "id_only"]):
+        label, over = parse_variant(spec)
+        mc = json.loads(bytes(d["model_config"]).decode())
+        mc.update(over)
+        for bs in map(int, a.batch_sizes.split(",")):
+            for prec in a.precisions.split(","):
+                torch.manual_seed(0)
+                model = AttentionRecommender(ModelConfig(**mc), feats, stats).to(device)
+                opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+                rng = np.random.default_rng(0)
+
+                def batches():
+                    while True:
+                        i = rng.integers(0, n, bs)
+                        yield {"input": d["train_input"][i], "target": d["train_target"][i],
+                               "profile_cat": d["train_profile_cat"][i], "profile_num": d["train_profile_num"][i]}
+                it = batches()
+                ctx = (torch.autocast(device_type=device, dtype=torch.bfloat16) if prec == "bf16"
+                       else contextlib.nullcontext())
+                with ctx:
+                    train_steps(model, opt, it, 5, device)  # warm-up
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                    t0 = time.time()
+                    loss = train_steps(model, opt, it, a.steps, device)
+                    if device == "cuda":
+                        torch.cuda.synchronize()
+                wall = time.time() - t0
+                row = {"variant": label, "batch_size": bs, "precision": prec, "steps": a.steps,
+                       "seq_len": mc["max_len"], "n_items": mc["n_items"], "d_model": mc["d_model"],
+                       "sequences_per_s": round(bs * a.steps / wall), "ms_per_step": round(1000 * wall / a.steps, 2),
+                       "loss": round(loss, 4)}
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    result = {"device": torch.cuda.get_device_name(0) if device == "cuda" else "cpu", "torch": torch.__version__,
+              "rows": rows}
+    with open(a.out, "w") as fh:
+        json.dump(result, fh, indent=2)
+    return 0
+
+
 if __name__ == "__main__":
     cmd, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
-    if cmd not in ("export", "run"):
+    commands = {"export": export, "run": run, "throughput": throughput}
+    if cmd not in commands:
         print(__doc__, file=sys.stderr)
         sys.exit(2)
-    sys.exit(export(rest) if cmd == "export" else run(rest))
+    sys.exit(commands[cmd](rest))

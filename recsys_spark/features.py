@@ -278,11 +278,16 @@ def item_content(spark: SparkSession, content: DataFrame, attr_path: str, fc: Fe
     return content, stats
 
 
-def auto_max_len(seqs: DataFrame) -> int:
+def history_p80(seqs: DataFrame) -> int:
+    """The 80th percentile of training history lengths (the data statistic that sizes the model's
+    sequence window and, with `train.dropout: auto`, its dropout)."""
+    return int(seqs.select(F.percentile_approx(F.size("train_items"), 0.8).alias("p")).first()["p"] or 0)
+
+
+def auto_max_len(p80: int) -> int:
     """Sequence length from data statistics: the 80th percentile of training history lengths,
     rounded up to a multiple of 10 and kept within [50, 200] (long histories, as in MovieLens, get
     200 steps; short ones, as in Amazon reviews, get 50)."""
-    p80 = seqs.select(F.percentile_approx(F.size("train_items"), 0.8).alias("p")).first()["p"] or 0
     return int(min(200, max(50, -(-int(p80) // 10) * 10)))
 
 
@@ -396,11 +401,13 @@ def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
     training_users = prof.join(seqs.where(~held_out("user_id", fc.holdout_users, fc.holdout_seed))
                                .select("user_idx"), "user_idx", "left_semi")
     stats["profile_num_mean"], stats["profile_num_std"] = array_stats(training_users, "train_profile_num", n_num)
+    p80 = history_p80(seqs)
+    stats["history_len_p80"] = [float(p80)]
     stats_path = tables.path(root, schema.FEATURE_STATS)
     tables.overwrite(spark.createDataFrame(sorted(stats.items()), "name string, values array<double>"), stats_path)
     written[schema.FEATURE_STATS] = tables.version(spark, stats_path)
 
-    max_len = fc.max_seq_len or auto_max_len(seqs)
+    max_len = fc.max_seq_len or auto_max_len(p80)
     # Cold-start evaluation: held-out users are not trained on; held-out items are cut out of the
     # training sequences (they keep their content, so the model can still score them).
     train_seqs = seqs.where(~held_out("user_id", fc.holdout_users, fc.holdout_seed))

@@ -67,6 +67,10 @@ class ModelConfig:
     use_content: bool = True
     use_text: bool = True
     item_id_dropout: float = 0.0
+    # Training loss: 0 = cross-entropy over the full catalog; N > 0 = cross-entropy of the target
+    # against N items drawn uniformly per step, shared by the batch, hits on the target removed
+    # (sampled softmax as in SASRec+; cheaper per step when the catalog is much larger than N).
+    loss_negatives: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -240,7 +244,8 @@ class AttentionRecommender(nn.Module):
 
         Without target: scores (B, n_items) for the next item after the sequence, loss None.
         With target (B, L; 0 = no target): scores of the supervised positions (N, n_items) and the
-        mean cross-entropy over the full catalog (padding item excluded). With the profile token,
+        mean cross-entropy over the full catalog (padding item excluded); with loss_negatives = S,
+        (N, 1 + S) scores (column 0 the target, then the sampled items) and their cross-entropy. With the profile token,
         its position is supervised with the window's first item.
         """
         if target is None:
@@ -259,9 +264,16 @@ class AttentionRecommender(nn.Module):
             first = torch.where((seq > 0).any(1), seq.gather(1, (seq > 0).long().argmax(1, keepdim=True)).squeeze(1), 0)
             target = torch.cat([first.unsqueeze(1), target], dim=1)
         keep = target > 0
-        logits = h[keep] @ items.T
+        hk, tk = h[keep], target[keep]
+        n_neg = self.cfg.loss_negatives
+        if n_neg and n_neg < self.cfg.n_items - 1:
+            neg = torch.randint(1, self.cfg.n_items, (n_neg,), device=seq.device)
+            logits = torch.cat([(hk * items[tk]).sum(-1, keepdim=True), hk @ items[neg].T], dim=1)
+            logits[:, 1:] = logits[:, 1:].masked_fill(neg.unsqueeze(0) == tk.unsqueeze(1), float("-inf"))
+            return logits, F.cross_entropy(logits, torch.zeros_like(tk))
+        logits = hk @ items.T
         logits[:, 0] = float("-inf")
-        loss = F.cross_entropy(logits, target[keep])
+        loss = F.cross_entropy(logits, tk)
         return logits, loss
 
     @torch.no_grad()

@@ -362,6 +362,7 @@ def prepare(spark, cfg) -> TrainJob:
     n_rows = train_df.count()
     if n_rows == 0:
         raise ValueError(f"the training table {train_path} is empty: no user has 2+ items in the training split")
+    from recsys_spark.config import ConfigError, auto_dropout
     from recsys_spark.features import item_feature_arrays, read_stats
 
     content = tables.read(spark, tables.path(root, schema.ITEM_CONTENT), versions[schema.ITEM_CONTENT])
@@ -380,16 +381,24 @@ def prepare(spark, cfg) -> TrainJob:
                          F.max(F.size("profile_num")).alias("n_num")).first()
     max_len = train_df.select(F.size("input").alias("n")).first()["n"]  # chosen by features
     n_num = int(pstats["n_num"] or 0)
+    dropout = tc.dropout
+    if dropout == "auto":
+        if not stats.get("history_len_p80"):
+            raise ConfigError("train.dropout is 'auto' but gold/feature_stats has no history_len_p80 (features were "
+                             "built by an older version): rerun the features job, or set train.dropout to a number")
+        dropout = auto_dropout(stats["history_len_p80"][0])
+        print(f"train: dropout {dropout} from data (80th percentile of training history lengths "
+              f"{stats['history_len_p80'][0]:.0f}; train.dropout: auto)", flush=True)
     model_config = {
         "n_items": n_items, "max_len": int(max_len), "d_model": tc.d_model,
-        "n_heads": tc.n_heads, "n_layers": tc.n_layers, "dropout": tc.dropout,
+        "n_heads": tc.n_heads, "n_layers": tc.n_layers, "dropout": float(dropout),
         "n_categories": int(feats["category"].max()) + 1, "n_brands": int(feats["brand"].max()) + 1,
         "n_tags": int(feats["tags"].max()) + 1, "text_dim": len(stats.get("idf", [])),
         "n_item_num": int(feats["num"].shape[1]),
         "attr_cardinalities": [int(pstats[f"c{i}"] or 0) + 1 for i in range(n_attr)],
         "n_profile_num": n_num,
         "use_profile": tc.use_profile, "use_behaviour": tc.use_behaviour, "use_content": tc.use_content,
-        "use_text": tc.use_text, "item_id_dropout": tc.item_id_dropout,
+        "use_text": tc.use_text, "item_id_dropout": tc.item_id_dropout, "loss_negatives": tc.loss_negatives,
     }
     model_stats = {k: v for k, v in stats.items() if k in ("idf", "item_num_mean", "item_num_std")}
     if len(stats.get("profile_num_mean", [])) == n_num:
