@@ -28,7 +28,7 @@ def auto_dropout(history_p80: float) -> float:
     """`train.dropout: auto`: dropout from the 80th percentile of training history lengths, 0.4 at
     <= 20 items (short, sparse histories need strong regularisation), 0.1 at >= 200 (long, dense
     ones), log-linear between, rounded to 0.05. The end points are the validation-best values on
-    Amazon Beauty (p80 10) and MovieLens 1M (p80 > 200); see docs/benchmarks.md."""
+    Amazon Beauty (p80 8) and MovieLens 1M (p80 251); see docs/benchmarks.md."""
     import math
 
     x = min(1.0, max(0.0, (math.log(max(history_p80, 1.0)) - math.log(20)) / (math.log(200) - math.log(20))))

@@ -57,6 +57,21 @@ def test_value_checks():
         config.load(None, ["train.lr_schedule=cosine"])
     with pytest.raises(config.ConfigError, match="divisible"):
         config.load(None, ["train.d_model=10", "train.n_heads=3"])
+    with pytest.raises(config.ConfigError, match="train.dropout: expected a number in \\[0, 1\\) or 'auto'"):
+        config.load(None, ["train.dropout=high"])
+    with pytest.raises(config.ConfigError, match="train.dropout: must be in"):
+        config.load(None, ["train.dropout=1.0"])
+    with pytest.raises(config.ConfigError, match="train.loss_negatives"):
+        config.load(None, ["train.loss_negatives=-5"])
+    assert config.load(None, ["train.dropout=auto"]).train.dropout == "auto"
+    assert config.load(None, ["train.dropout=0.25"]).train.dropout == 0.25
+
+
+def test_auto_dropout_follows_the_training_history_length():
+    # 0.4 up to 20 items, 0.1 from 200, log-linear between, rounded to 0.05:
+    # 63 items: x = ln(63/20) / ln(10) = 0.498 -> 0.4 - 0.3 * 0.498 = 0.2505 -> 0.25
+    # 100 items: x = ln(5) / ln(10) = 0.699 -> 0.190 -> 0.2
+    assert [config.auto_dropout(n) for n in (0, 10, 20, 63, 100, 200, 1000)] == [0.4, 0.4, 0.4, 0.25, 0.2, 0.1, 0.1]
 
 
 def test_missing_file_says_what_to_do():

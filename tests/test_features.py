@@ -171,6 +171,8 @@ def test_feature_stats_are_the_training_profiles_moments_and_the_title_idf(spark
     content = {r.item_id: r for r in _read(spark, cfg, schema.ITEM_CONTENT).collect()}
     assert tf.indexOf("phone") in content["i3"].text_idx and tf.indexOf("three") in content["i3"].text_idx
     assert content["i1"].tag_ids == [] and list(content["i1"].item_num) == pytest.approx([math.log1p(100), 0.0])
+    # Training histories: u1 [i1] (i2, i3 held out), u2 [i2, i1]: the 80th percentile is 2 items.
+    assert stats["history_len_p80"] == [2.0]
 
 
 def test_item_tags_are_indexed_persistently(spark, tmp_path):

@@ -61,6 +61,32 @@ def test_forward_returns_scores_and_loss_and_learns_a_transition():
     assert (scores.argmax(1) == tgt[:, -1]).float().mean() > 0.9
 
 
+def test_sampled_cross_entropy_scores_the_target_against_the_drawn_items():
+    m = _model(use_profile=False, loss_negatives=8).eval()
+    seq = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8], [0, 0, 0, 0, 0, 9, 10, 11]])
+    tgt = torch.tensor([[0, 0, 4, 5, 6, 7, 8, 9], [0, 0, 0, 0, 0, 10, 11, 12]])
+    torch.manual_seed(7)
+    logits, loss = m(seq, tgt)
+    # By hand: the same 8 uniform draws from items 1..29, the target's score first, a drawn item
+    # equal to the target removed (not a negative), cross-entropy with class 0.
+    torch.manual_seed(7)
+    neg = torch.randint(1, 30, (8,))
+    with torch.no_grad():
+        h = m.encode(seq)[tgt > 0]
+        items = m.item_vectors()
+        t = tgt[tgt > 0]
+        s = torch.cat([(h * items[t]).sum(1, keepdim=True), h @ items[neg].T], 1)
+        s[:, 1:][neg.unsqueeze(0) == t.unsqueeze(1)] = float("-inf")
+        expected = torch.nn.functional.cross_entropy(s, torch.zeros_like(t))
+    assert logits.shape == (len(t), 9)
+    assert 4 in neg.tolist() and t[0] == 4 and torch.isinf(logits[0, 1:]).sum() == 1  # the draw of item 4
+    assert torch.allclose(loss, expected, atol=1e-6)
+    # As many negatives as the catalog has items: the full softmax.
+    full = _model(use_profile=False, loss_negatives=29).eval()
+    scores, _ = full(seq, tgt)
+    assert scores.shape == (len(t), 30)
+
+
 def test_profile_changes_the_user_vector():
     m = _model().eval()
     seq = torch.tensor([[0, 1, 2, 3, 4, 5, 6, 7]])
