@@ -51,4 +51,4 @@ for k, r in res.items():
               f"| s/epoch {v['train_s'] / max(1, v['epochs']):.2f}")
 PY
 for f in "$tmp"/*.log; do echo "== $f"; tail -4 "$f"; done > "$out/log.txt"
-cat "$tmp/throughput.log"
+if [ -f "$tmp/throughput.log" ]; then cat "$tmp/throughput.log"; fi
