@@ -171,6 +171,10 @@ class TrainConfig:
     valid_users: int = 2000
     eval_every: int = 1
     patience: int = 3
+    # ... but never before this many optimizer steps: on a small dataset an epoch is a handful of
+    # steps, and `patience` epochs of a barely trained model are noise (ml-latest-small: 4 steps an
+    # epoch, stopped after 36 steps below popularity; docs/benchmarks.md).
+    min_steps: int = 0
     # Rank 0 prints where a long epoch is (steps done, running loss) at most this often; 0 = only
     # the per-epoch line.
     progress_every_s: float = 30.0
@@ -314,6 +318,9 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"train.dropout: must be in [0, 1) or 'auto', got {cfg.train.dropout}")
     if not 0.0 <= cfg.train.item_id_dropout < 1.0:
         raise ConfigError(f"train.item_id_dropout: must be in [0, 1), got {cfg.train.item_id_dropout}")
+    if cfg.train.min_steps < 0:
+        raise ConfigError(f"train.min_steps: must be >= 0 (0 = early stopping may end training at any epoch), "
+                          f"got {cfg.train.min_steps}")
     if cfg.train.loss_negatives < 0:
         raise ConfigError(f"train.loss_negatives: must be 0 (full catalog) or a number of sampled items, "
                           f"got {cfg.train.loss_negatives}")

@@ -143,6 +143,12 @@ def throttled_progress(label: str, every_s: float):
     return report
 
 
+def patience_spent(bad_evals: int, patience: int, steps_done: int, min_steps: int = 0) -> bool:
+    """Early stopping: `patience` evaluations in a row without a better validation NDCG, once at
+    least `min_steps` optimizer steps have been taken."""
+    return bad_evals >= patience and steps_done >= min_steps
+
+
 def planned_epochs(epochs: int, budget_s: float, epochs_done: int, elapsed_s: float) -> int:
     """Epochs the run will train: `epochs`, or with a time budget the epochs that end by the first
     epoch ending past the budget, estimated from the mean epoch time so far (never fewer than done + 1)."""
@@ -208,7 +214,8 @@ def worker(job: TrainJob) -> dict:
                     bad_evals = 0
                 else:
                     bad_evals += 1
-                stop = int(bad_evals >= int(tc["patience"]))
+                stop = int(patience_spent(bad_evals, int(tc["patience"]), (epoch + 1) * job.steps_per_epoch,
+                                          int(tc.get("min_steps", 0) or 0)))
         if budget and hvd.rank() == 0:
             if time.time() - started > budget:
                 stop = 2

@@ -61,6 +61,8 @@ def test_value_checks():
         config.load(None, ["train.dropout=high"])
     with pytest.raises(config.ConfigError, match="train.dropout: must be in"):
         config.load(None, ["train.dropout=1.0"])
+    with pytest.raises(config.ConfigError, match="train.min_steps: must be >= 0"):
+        config.load(None, ["train.min_steps=-1"])
     with pytest.raises(config.ConfigError, match="train.loss_negatives"):
         config.load(None, ["train.loss_negatives=-5"])
     assert config.load(None, ["train.dropout=auto"]).train.dropout == "auto"

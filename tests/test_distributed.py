@@ -58,6 +58,16 @@ def test_horovod_ranks_read_disjoint_shards_covering_the_table(spark, tmp_path):
     assert sorted(a | b) == [(u, 0) for u in range(200)]
 
 
+def test_early_stopping_waits_for_patience_and_min_steps():
+    from recsys_spark.train import patience_spent
+
+    assert not patience_spent(bad_evals=4, patience=5, steps_done=10_000)
+    assert patience_spent(bad_evals=5, patience=5, steps_done=10_000)
+    # A small dataset: 4 steps an epoch, 9 epochs = 36 steps, below min_steps 1000: keep training.
+    assert not patience_spent(bad_evals=5, patience=5, steps_done=36, min_steps=1000)
+    assert patience_spent(bad_evals=5, patience=5, steps_done=1000, min_steps=1000)
+
+
 def test_budget_aware_linear_schedule():
     from recsys_spark.train import linear_lr, planned_epochs
 
