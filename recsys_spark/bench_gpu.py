@@ -129,6 +129,18 @@ def _topk_eval(model, items, inp, pc, pn, seen, target, k, device, batch=1024):
                  "recall@20": recall_at_k(top, target, 20), "ndcg@20": ndcg_at_k(top, target, 20), "n_users": len(target)}
 
 
+def _batches(d: dict, batch_size: int, seed: int = 0):
+    """Endless training batches from the exported windows: a fresh shuffle every pass, full batches only."""
+    n = len(d["train_input"])
+    rng = np.random.default_rng(seed)
+    while True:
+        perm = rng.permutation(n)
+        for lo in range(0, n - batch_size + 1, batch_size):
+            i = perm[lo: lo + batch_size]
+            yield {"input": d["train_input"][i], "target": d["train_target"][i],
+                   "profile_cat": d["train_profile_cat"][i], "profile_num": d["train_profile_num"][i]}
+
+
 def parse_variant(spec: str) -> tuple[str, dict]:
     """'name' (one of VARIANTS) or 'label:key=value,key=value' (ModelConfig fields, lr, batch_size);
     values are read as JSON (0.2, 128, false)."""
@@ -165,17 +177,7 @@ def train_variant(d: dict, name: str, seconds: float, device: str, batch_size: i
     model = AttentionRecommender(ModelConfig(**mc), feats, stats).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     n = len(d["train_input"])
-    rng = np.random.default_rng(0)
-
-    def batches():
-        while True:
-            perm = rng.permutation(n)
-            for lo in range(0, n - batch_size + 1, batch_size):
-                i = perm[lo: lo + batch_size]
-                yield {"input": d["train_input"][i], "target": d["train_target"][i],
-                       "profile_cat": d["train_profile_cat"][i], "profile_num": d["train_profile_num"][i]}
-
-    it = batches()
+    it = _batches(d, batch_size)
     steps = max(1, n // batch_size)
     vseen = _unragged(d["valid_seen"], d["valid_seen_off"])
     best, best_cpu, history, t0 = (-1.0, None, 0), (-1.0, None, 0), [], time.time()
@@ -347,7 +349,6 @@ def throughput(argv: list[str]) -> int:
     d = dict(np.load(a.npz))
     feats = {k[5:]: torch.as_tensor(v) for k, v in d.items() if k.startswith("feat_")}
     stats = {k[5:]: torch.as_tensor(v) for k, v in d.items() if k.startswith("stat_")}
-    n = len(d["train_input"])
     rows = []
     for spec in (a.variant or ["all", "id_only"]):
         label, over = parse_variant(spec)
@@ -358,14 +359,7 @@ def throughput(argv: list[str]) -> int:
                 torch.manual_seed(0)
                 model = AttentionRecommender(ModelConfig(**mc), feats, stats).to(device)
                 opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-                rng = np.random.default_rng(0)
-
-                def batches():
-                    while True:
-                        i = rng.integers(0, n, bs)
-                        yield {"input": d["train_input"][i], "target": d["train_target"][i],
-                               "profile_cat": d["train_profile_cat"][i], "profile_num": d["train_profile_num"][i]}
-                it = batches()
+                it = _batches(d, bs)
                 ctx = (torch.autocast(device_type=device, dtype=torch.bfloat16) if prec == "bf16"
                        else contextlib.nullcontext())
                 with ctx:

@@ -11,6 +11,7 @@ unambiguous once loaded (executors receive absolute paths).
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -29,8 +30,6 @@ def auto_dropout(history_p80: float) -> float:
     <= 20 items (short, sparse histories need strong regularisation), 0.1 at >= 200 (long, dense
     ones), log-linear between, rounded to 0.05. The end points are the validation-best values on
     Amazon Beauty (p80 8) and MovieLens 1M (p80 251); see docs/benchmarks.md."""
-    import math
-
     x = min(1.0, max(0.0, (math.log(max(history_p80, 1.0)) - math.log(20)) / (math.log(200) - math.log(20))))
     return round((0.4 - 0.3 * x) * 20) / 20
 
