@@ -29,8 +29,10 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from scipy import stats
 
-from recsys_spark import schema, tables
+from recsys_spark import checkpoints, schema, splits, tables
+from recsys_spark.baselines import popularity_counts, popularity_topk
 from recsys_spark.config import Config
+from recsys_spark.ranking import attention_topk
 
 SRM_ALPHA = 0.001
 
@@ -192,15 +194,11 @@ def simulate(spark: SparkSession, cfg: Config) -> dict:
     popularity, B from the attention model (latest checkpoint). A user clicks with probability
     abtest.sim_click_hit when the held-out next item is in their variant's list, else
     abtest.sim_click_base; a click converts with abtest.sim_convert and brings lognormal revenue."""
-    from recsys_spark.evaluate import popularity_counts, test_users
-    from recsys_spark.score import attention_topk, popularity_topk
-    from recsys_spark.train import latest_checkpoint, load_checkpoint
-
     ac = cfg.abtest
     root = cfg.tables_dir
-    ckpt_path = latest_checkpoint(cfg.models_dir, cfg.score.model_run_id)
-    model, _ = load_checkpoint(ckpt_path)
-    users = test_users(spark, cfg).persist()
+    ckpt_path = checkpoints.latest(cfg.models_dir, cfg.score.model_run_id)
+    model = checkpoints.cached_model(ckpt_path)
+    users = splits.test_users(spark, cfg).persist()
     k = cfg.score.k
     pop = popularity_topk(users, popularity_counts(users, model.cfg.n_items), k)
     attn = attention_topk(users, ckpt_path, k, cfg.score.batch_users)

@@ -1,8 +1,10 @@
-"""Baselines a Spark user would run instead: Spark MLlib ALS (implicit) and item-to-item kNN.
+"""Baselines a Spark user would run instead, and the lists for users the model cannot serve:
+popularity (global and per segment of declared attributes), Spark MLlib ALS (implicit) and
+item-to-item kNN.
 
-Both rank the full catalog with the user's history removed through the same top-K kernel as the
-attention model, so the protocols are identical. Inputs are DataFrames of
-(user_idx, input array<int>, seen array<int>) as built by evaluate.test_users / valid_users.
+All rank the full catalog with the user's history removed through the same top-K kernel as the
+attention model (recsys_spark.ranking), so the protocols are identical. Inputs are DataFrames of
+(user_idx, input array<int>, seen array<int>) as built by recsys_spark.splits.
 """
 from __future__ import annotations
 
@@ -16,28 +18,63 @@ import pandas as pd
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from recsys_spark.score import TOPK_SCHEMA, _to_rows
+from recsys_spark.ranking import TOPK_SCHEMA, factor_topk, topk_rows
+
+# Items kept per popularity list (global and per segment) for the users the model cannot serve.
+FALLBACK_DEPTH = 200
+
+
+def popularity_counts(users: DataFrame, n_items: int) -> np.ndarray:
+    """Interaction counts per item over the users' input histories (dense, index = item_idx)."""
+    counts = np.zeros(n_items, dtype=np.float64)
+    for r in users.select(F.explode("input").alias("item_idx")).groupBy("item_idx").count().collect():
+        if 0 <= r.item_idx < n_items:
+            counts[r.item_idx] = r["count"]
+    return counts
+
+
+def _popularity_partition(batches: Iterator[pd.DataFrame], popularity: np.ndarray, k: int) -> Iterator[pd.DataFrame]:
+    import torch
+
+    from recsys_spark.topk import topk_excluding
+
+    # Break ties by item id inside the score itself: counts are integers, the bonus is < 1.
+    n = len(popularity)
+    item_vecs = torch.as_tensor(popularity + (n - np.arange(n)) / (n + 1.0), dtype=torch.float64).unsqueeze(1)
+    for pdf in batches:
+        users = torch.ones(len(pdf), 1, dtype=torch.float64)
+        top, scores = topk_excluding(users, item_vecs, list(pdf["seen"]), k)
+        yield topk_rows(pdf["user_idx"].to_numpy(), top, np.floor(scores))
+
+
+def popularity_topk(users: DataFrame, popularity: np.ndarray, k: int) -> DataFrame:
+    """users: user_idx, seen. popularity[i] = interaction count of item i (index 0 unused)."""
+    return users.select("user_idx", "seen").mapInPandas(lambda it: _popularity_partition(it, popularity, k),
+                                                        TOPK_SCHEMA)
+
+
+def fallback_lists(users: DataFrame, depth: int = FALLBACK_DEPTH, min_users: int = 20) -> tuple[np.ndarray, dict]:
+    """(global, {segment: items}) popularity rankings, most popular first (ties by item index), from
+    users' histories (user_idx, input, profile_cat). A segment (one combination of declared
+    attributes, keyed as ranking.segment_key) needs min_users users with history, else its users
+    get the global list."""
+    w = Window.partitionBy("seg").orderBy(F.desc("n"), "item")
+    seg = F.concat_ws(",", F.transform("profile_cat", lambda x: x.cast("string")))
+    ex = users.where(F.size("input") > 0).select(seg.alias("seg"), "user_idx", F.explode("input").alias("item"))
+    sizes = ex.groupBy("seg").agg(F.countDistinct("user_idx").alias("u")).where(F.col("u") >= min_users)
+    counts = ex.groupBy("seg", "item").agg(F.countDistinct("user_idx").alias("n"))
+    top = (counts.join(sizes, "seg", "left_semi").withColumn("r", F.row_number().over(w)).where(F.col("r") <= depth)
+           .groupBy("seg").agg(F.array_sort(F.collect_list(F.struct("r", "item"))).alias("l")).collect())
+    segments = {r.seg: np.array([x.item for x in r.l], dtype=np.int64) for r in top}
+    glob = (ex.groupBy("item").agg(F.countDistinct("user_idx").alias("n")).orderBy(F.desc("n"), "item")
+            .limit(depth).collect())
+    return np.array([r.item for r in glob], dtype=np.int64), segments
 
 
 def interactions(users: DataFrame) -> DataFrame:
     """(user_idx, item_idx, weight = number of occurrences in the user's input history)."""
     return (users.select("user_idx", F.explode("input").alias("item_idx"))
             .groupBy("user_idx", "item_idx").agg(F.count("*").cast("float").alias("weight")))
-
-
-def _factor_topk(batches: Iterator[pd.DataFrame], item_factors: np.ndarray, k: int) -> Iterator[pd.DataFrame]:
-    import torch
-
-    from recsys_spark.topk import topk_excluding
-
-    torch.set_num_threads(1)
-    items = torch.as_tensor(item_factors)
-    dim = item_factors.shape[1]
-    for pdf in batches:
-        users = np.stack([np.asarray(f, dtype=np.float32) if f is not None else np.zeros(dim, np.float32)
-                          for f in pdf["features"]]) if len(pdf) else np.zeros((0, dim), np.float32)
-        top, scores = topk_excluding(torch.as_tensor(users), items, list(pdf["seen"]), k)
-        yield _to_rows(pdf["user_idx"].to_numpy(), top, scores)
 
 
 @dataclass
@@ -66,8 +103,7 @@ def als_fit_topk(train: DataFrame, users: DataFrame, n_items: int, k: int, rank:
             factors[r.id] = r.features
     elapsed = time.time() - t0
     uf = model.userFactors.select(F.col("id").cast("long").alias("user_idx"), "features")
-    recs = (users.select("user_idx", "seen").join(uf, "user_idx", "left")
-            .mapInPandas(lambda it: _factor_topk(it, factors, k), TOPK_SCHEMA))
+    recs = factor_topk(users.select("user_idx", "seen").join(uf, "user_idx", "left"), factors, k)
     return ALSResult(recs, {"rank": rank, "regParam": reg, "alpha": alpha, "maxIter": max_iter}, elapsed)
 
 
@@ -129,7 +165,7 @@ def _knn_topk(batches: Iterator[pd.DataFrame], nbr_idx: np.ndarray, nbr_sim: np.
                 h = h[(h > 0) & (h < n_items)]
                 np.add.at(scores[r], nbr_idx[h].ravel(), nbr_sim[h].ravel())
             top, sc = topk_from_scores(torch.as_tensor(scores), list(part["seen"]), k)
-            yield _to_rows(part["user_idx"].to_numpy(), top, sc)
+            yield topk_rows(part["user_idx"].to_numpy(), top, sc)
 
 
 def item_knn_topk(spark: SparkSession, users: DataFrame, n_items: int, k: int, n_neighbors: int = 100,

@@ -42,14 +42,13 @@ def retrain_due(spark, cfg: config_mod.Config) -> tuple[bool, str]:
     train.retrain_every scoring nights already (gold/score_runs counts them)."""
     from pyspark.sql import functions as F
 
-    from recsys_spark import schema, tables
-    from recsys_spark.train import latest_checkpoint
+    from recsys_spark import checkpoints, schema, tables
 
     every = cfg.train.retrain_every
     if cfg.score.model_run_id:
         return False, f"score.model_run_id pins model {cfg.score.model_run_id}; not retraining"
     try:
-        run_id = os.path.basename(latest_checkpoint(cfg.models_dir))
+        run_id = os.path.basename(checkpoints.latest(cfg.models_dir))
     except FileNotFoundError:
         return True, "no trained model yet"
     runs = tables.path(cfg.tables_dir, schema.SCORE_RUNS)

@@ -19,8 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-import yaml
-
+from recsys_spark.schema import EVENT_TYPES
 
 LR_SCHEDULES = ("constant", "linear")
 
@@ -32,6 +31,11 @@ def auto_dropout(history_p80: float) -> float:
     Amazon Beauty (p80 8) and MovieLens 1M (p80 251); see docs/benchmarks.md."""
     x = min(1.0, max(0.0, (math.log(max(history_p80, 1.0)) - math.log(20)) / (math.log(200) - math.log(20))))
     return round((0.4 - 0.3 * x) * 20) / 20
+
+
+def is_uri(location: str) -> bool:
+    """A storage URI (s3://, abfss://, dbfs:, file://, ...) rather than a local path."""
+    return "://" in location or location.startswith("dbfs:")
 
 
 class ConfigError(ValueError):
@@ -92,19 +96,17 @@ class IngestConfig:
     format: str = "auto"
     # Timestamp strings are parsed with this pattern; numbers are unix seconds.
     timestamp_format: str = "yyyy-MM-dd HH:mm:ss"
-    event_types: list[str] = field(default_factory=lambda: ["view", "add_to_cart", "purchase", "rating"])
+    event_types: list[str] = field(default_factory=lambda: list(EVENT_TYPES))
 
 
 @dataclass(frozen=True)
 class FeaturesConfig:
     event_weights: dict[str, float] = field(
-        default_factory=lambda: {"view": 1.0, "add_to_cart": 3.0, "purchase": 5.0, "rating": 2.0}
+        default_factory=lambda: dict(zip(EVENT_TYPES, (1.0, 3.0, 5.0, 2.0)))
     )
     half_life_days: float = 30.0
     # Event types that enter the behaviour sequence (consecutive repeats of one item are collapsed).
-    sequence_event_types: list[str] = field(
-        default_factory=lambda: ["view", "add_to_cart", "purchase", "rating"]
-    )
+    sequence_event_types: list[str] = field(default_factory=lambda: list(EVENT_TYPES))
     # Steps of history the model attends over; 0 = from data (80th percentile of history lengths,
     # within [50, 200]).
     max_seq_len: int = 50
@@ -290,17 +292,13 @@ class Config:
         return dataclasses.asdict(self)
 
 
-def _check_values(cfg: Config) -> None:
-    """Checks that go beyond types: ranges and enumerations."""
-    f, t = cfg.features, cfg.train
+def _check_features(f: FeaturesConfig) -> None:
     if f.split not in ("leave_last_out", "time"):
         raise ConfigError(f"features.split: expected 'leave_last_out' or 'time', got {f.split!r}")
     if f.split == "time" and not f.time_cutoff:
         raise ConfigError("features.time_cutoff: required when features.split is 'time' (e.g. '2026-06-01')")
     if f.half_life_days <= 0:
         raise ConfigError(f"features.half_life_days: must be > 0, got {f.half_life_days}")
-    if cfg.spark.progress not in ("auto", "on", "off"):
-        raise ConfigError(f"spark.progress: expected auto|on|off, got {cfg.spark.progress!r}")
     if f.text_encoder not in ("tfidf", "none"):
         raise ConfigError(f"features.text_encoder: expected 'tfidf' or 'none', got {f.text_encoder!r}")
     if f.text_features < 16:
@@ -308,30 +306,37 @@ def _check_values(cfg: Config) -> None:
     for name in ("holdout_users", "holdout_items"):
         if not 0.0 <= getattr(f, name) < 1.0:
             raise ConfigError(f"features.{name}: must be in [0, 1) (a share; 0 = off), got {getattr(f, name)}")
-    if cfg.train.lr_schedule not in LR_SCHEDULES:
-        raise ConfigError(f"train.lr_schedule: must be one of {', '.join(LR_SCHEDULES)}, got {cfg.train.lr_schedule!r}")
-    if isinstance(cfg.train.dropout, str) and cfg.train.dropout != "auto":
-        raise ConfigError(f"train.dropout: expected a number in [0, 1) or 'auto' (from data statistics), "
-                          f"got {cfg.train.dropout!r}")
-    if not isinstance(cfg.train.dropout, str) and not 0.0 <= cfg.train.dropout < 1.0:
-        raise ConfigError(f"train.dropout: must be in [0, 1) or 'auto', got {cfg.train.dropout}")
-    if not 0.0 <= cfg.train.item_id_dropout < 1.0:
-        raise ConfigError(f"train.item_id_dropout: must be in [0, 1), got {cfg.train.item_id_dropout}")
-    if cfg.train.min_steps < 0:
-        raise ConfigError(f"train.min_steps: must be >= 0 (0 = early stopping may end training at any epoch), "
-                          f"got {cfg.train.min_steps}")
-    if cfg.train.loss_negatives < 0:
-        raise ConfigError(f"train.loss_negatives: must be 0 (full catalog) or a number of sampled items, "
-                          f"got {cfg.train.loss_negatives}")
     if f.max_seq_len != 0 and f.max_seq_len < 2:
         raise ConfigError(f"features.max_seq_len: must be 0 (from data) or >= 2, got {f.max_seq_len}")
+
+
+def _check_train(t: TrainConfig) -> None:
+    if t.lr_schedule not in LR_SCHEDULES:
+        raise ConfigError(f"train.lr_schedule: must be one of {', '.join(LR_SCHEDULES)}, got {t.lr_schedule!r}")
+    if isinstance(t.dropout, str) and t.dropout != "auto":
+        raise ConfigError(f"train.dropout: expected a number in [0, 1) or 'auto' (from data statistics), "
+                          f"got {t.dropout!r}")
+    if not isinstance(t.dropout, str) and not 0.0 <= t.dropout < 1.0:
+        raise ConfigError(f"train.dropout: must be in [0, 1) or 'auto', got {t.dropout}")
+    if not 0.0 <= t.item_id_dropout < 1.0:
+        raise ConfigError(f"train.item_id_dropout: must be in [0, 1), got {t.item_id_dropout}")
+    if t.min_steps < 0:
+        raise ConfigError(f"train.min_steps: must be >= 0 (0 = early stopping may end training at any epoch), "
+                          f"got {t.min_steps}")
+    if t.loss_negatives < 0:
+        raise ConfigError(f"train.loss_negatives: must be 0 (full catalog) or a number of sampled items, "
+                          f"got {t.loss_negatives}")
     if t.num_proc < 1:
         raise ConfigError(f"train.num_proc: must be >= 1, got {t.num_proc}")
     if t.d_model % t.n_heads:
         raise ConfigError(f"train.d_model ({t.d_model}) must be divisible by train.n_heads ({t.n_heads})")
-    if cfg.score.k < 1:
-        raise ConfigError(f"score.k: must be >= 1, got {cfg.score.k}")
-    sc = cfg.score
+    if t.retrain_every < 1:
+        raise ConfigError(f"train.retrain_every: must be >= 1 (nights per model), got {t.retrain_every}")
+
+
+def _check_score(sc: ScoreConfig) -> None:
+    if sc.k < 1:
+        raise ConfigError(f"score.k: must be >= 1, got {sc.k}")
     if sc.mode not in ("full", "incremental"):
         raise ConfigError(f"score.mode: expected 'full' or 'incremental', got {sc.mode!r}")
     if sc.device not in ("auto", "cpu", "cuda"):
@@ -342,8 +347,15 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError("score.max_per_category and score.explain must be >= 0 and score.block_mb > 0")
     if sc.new_item_slots < 0 or sc.new_item_slots > sc.k:
         raise ConfigError(f"score.new_item_slots: must be in [0, score.k={sc.k}], got {sc.new_item_slots}")
-    if t.retrain_every < 1:
-        raise ConfigError(f"train.retrain_every: must be >= 1 (nights per model), got {t.retrain_every}")
+
+
+def _check_values(cfg: Config) -> None:
+    """Checks that go beyond types: ranges and enumerations."""
+    _check_features(cfg.features)
+    _check_train(cfg.train)
+    _check_score(cfg.score)
+    if cfg.spark.progress not in ("auto", "on", "off"):
+        raise ConfigError(f"spark.progress: expected auto|on|off, got {cfg.spark.progress!r}")
     ab = cfg.abtest
     if not (0 < ab.alpha < 1 and 0 < ab.power < 1):
         raise ConfigError(f"abtest.alpha and abtest.power must be in (0, 1), got {ab.alpha} and {ab.power}")
@@ -444,6 +456,8 @@ def parse_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. train.epochs=3")
     key, raw = text.split("=", 1)
+    import yaml  # only to read config text: the torch-only modules import this module without it
+
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError as exc:
@@ -453,7 +467,7 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 def _resolve_paths(cfg: Config, base: Path) -> Config:
     def absolute(p: str) -> str:
-        if not p or "://" in p or p.startswith("dbfs:"):
+        if not p or is_uri(p):
             return p
         return str((base / p).resolve()) if not os.path.isabs(p) else p
 
@@ -477,6 +491,8 @@ def load(path: str | os.PathLike | None = None, overrides: list[str] | None = No
         p = Path(path)
         if not p.is_file():
             raise ConfigError(f"config file not found: {p} (pass --config conf/local.yaml or another file in conf/)")
+        import yaml
+
         try:
             data = yaml.safe_load(p.read_text()) or {}
         except yaml.YAMLError as exc:

@@ -8,21 +8,26 @@ in that history, and is scored on where the single test target lands. Popularity
 the same histories, never from test targets.
 
 `recsys_spark.metrics` holds the numpy reference; `spark_metrics` computes the same numbers in
-Spark from a (user_idx, rank, item_idx) table.
+Spark from a (user_idx, rank, item_idx) table. An evaluation is an `Evaluation`: prepared once,
+each model measured on the same users (`models` lists them in order), then recorded; `run` is
+that recipe.
 """
 from __future__ import annotations
 
 import time
 import uuid
 from datetime import datetime, timezone
+from typing import Callable, Iterator
 
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from recsys_spark import schema, tables
+from recsys_spark import baselines, checkpoints, cold_start, schema, slices, splits, tables
 from recsys_spark.config import Config
-from recsys_spark.score import attention_topk, popularity_topk
+from recsys_spark.ranking import attention_topk
+from recsys_spark.table_schemas import METRIC_SLICES_SCHEMA, METRICS_SCHEMA
+from recsys_spark.tracking import log_evaluate
 
 
 ACCURACY = ("recall", "ndcg", "mrr", "hitrate", "map")
@@ -89,325 +94,162 @@ def spark_beyond_accuracy(recs: DataFrame, k: int, popularity: np.ndarray, n_use
             "pop_interaction_share": float(popularity[head_mask].sum() / popularity[1:].sum())}
 
 
-def _history_users(spark: SparkSession, cfg: Config, history, target: str, versions: dict | None) -> DataFrame:
-    """Warm users (not held out for cold-start evaluation) with a target. Their profile is the one
-    built from events before their held-out targets (train_profile_num)."""
-    from recsys_spark.features import held_out
-
-    v = versions or {}
-    root = cfg.tables_dir
-    fc = cfg.features
-    seqs = tables.read(spark, tables.path(root, schema.SEQUENCES), v.get(schema.SEQUENCES))
-    prof = tables.read(spark, tables.path(root, schema.USER_PROFILE), v.get(schema.USER_PROFILE))
-    return (seqs.where(F.col(target).isNotNull() & ~held_out("user_id", fc.holdout_users, fc.holdout_seed))
-            .select("user_idx", history.alias("input"), history.alias("seen"), F.col(target).alias("target"))
-            .join(prof.select("user_idx", "profile_cat", F.col("train_profile_num").alias("profile_num")),
-                  "user_idx", "left"))
+# A model to evaluate: a function returning (its top-K rows in TOPK_SCHEMA, seconds spent fitting).
+MakeRecs = Callable[[], "tuple[DataFrame, float]"]
 
 
-def test_users(spark: SparkSession, cfg: Config, versions: dict | None = None) -> DataFrame:
-    """user_idx, input (= seen: history before the test target), target, profile columns."""
-    hist = F.when(F.col("valid_target").isNotNull(),
-                  F.concat("train_items", F.array("valid_target"))).otherwise(F.col("train_items"))
-    return _history_users(spark, cfg, hist, "test_target", versions)
+class Evaluation:
+    """One evaluation of the latest (or configured) checkpoint and the configured baselines on the
+    test split: the users and the item facts every model is measured against, and the results."""
 
+    def __init__(self, spark: SparkSession, cfg: Config):
+        self.spark, self.cfg = spark, cfg
+        self.ckpt_path = checkpoints.latest(cfg.models_dir, cfg.score.model_run_id)
+        model, self.ckpt = checkpoints.load(self.ckpt_path)
+        self.n_items = model.cfg.n_items
+        self.ks = sorted(set(cfg.evaluate.ks) | {10})
+        self.versions = self.ckpt.get("data_versions") or None
+        self.users = splits.test_users(spark, cfg, self.versions).persist()
+        self.n_users = self.users.count()
+        if self.n_users == 0:
+            raise ValueError("no user has a test target (needs 3+ items with leave_last_out); nothing to evaluate")
+        self.popularity = baselines.popularity_counts(self.users, self.n_items)
+        self.categories = self._categories()
+        self.metrics, self.beyond, self.sliced, self.train_s, self.score_s, self.params = {}, {}, {}, {}, {}, {}
 
-def valid_users(spark: SparkSession, cfg: Config, versions: dict | None = None) -> DataFrame:
-    """user_idx, input (= seen: training history), target (validation item), profile columns."""
-    return _history_users(spark, cfg, F.col("train_items"), "valid_target", versions)
+    def _categories(self) -> np.ndarray:
+        content = tables.read(self.spark, tables.path(self.cfg.tables_dir, schema.ITEM_CONTENT),
+                              (self.versions or {}).get(schema.ITEM_CONTENT))
+        categories = np.zeros(self.n_items, dtype=np.int64)
+        for r in content.where(F.col("item_idx") < self.n_items).select("item_idx", "category_idx").collect():
+            categories[r.item_idx] = int(r.category_idx or 0)
+        return categories
 
+    def models(self) -> Iterator[tuple[str, MakeRecs]]:
+        """(name, make_recs) of the attention model, then each configured baseline."""
+        kmax, ev = max(self.ks), self.cfg.evaluate
+        trained_s = sum(h["seconds"] for h in self.ckpt.get("history", []))
+        yield "attention", lambda: (attention_topk(self.users, self.ckpt_path, kmax, self.cfg.score.batch_users),
+                                    trained_s)
+        if "popularity" in ev.baselines:
+            yield "popularity", lambda: (baselines.popularity_topk(self.users, self.popularity, kmax), 0.0)
+        if "als" in ev.baselines:
+            yield "als", self._als
+        if "item_knn" in ev.baselines:
+            yield "item_knn", lambda: baselines.item_knn_topk(self.spark, self.users, self.n_items, kmax,
+                                                              ev.knn_neighbors)
 
-def popularity_counts(users: DataFrame, n_items: int) -> np.ndarray:
-    """Interaction counts per item over the users' input histories (dense, index = item_idx)."""
-    counts = np.zeros(n_items, dtype=np.float64)
-    for r in users.select(F.explode("input").alias("item_idx")).groupBy("item_idx").count().collect():
-        if 0 <= r.item_idx < n_items:
-            counts[r.item_idx] = r["count"]
-    return counts
+    def _als(self) -> tuple[DataFrame, float]:
+        """ALS with its grid chosen on the validation targets, refit on the test histories."""
+        ev, t0 = self.cfg.evaluate, time.time()
+        val = splits.valid_users(self.spark, self.cfg, self.versions).persist()
+        grid = {"ranks": ev.als_ranks, "reg_params": ev.als_reg_params, "alphas": ev.als_alphas}
+        recs, best, tried = baselines.als_grid(val, self.users, self.n_items, max(self.ks), grid,
+                                               lambda r, t: spark_metrics(r, t, [10])["ndcg@10"],
+                                               seed=self.cfg.train.seed)
+        val.unpersist()
+        self.params["als"] = {"best": best, "grid": [{**p, "valid_ndcg@10": m} for p, m in tried]}
+        print("als grid (validation NDCG@10): " + ", ".join(
+            f"rank={p['rank']} reg={p['regParam']} alpha={p['alpha']}: {m:.4f}" for p, m in tried), flush=True)
+        return recs, time.time() - t0
 
-
-def run(spark: SparkSession, cfg: Config, monitor=None) -> dict:
-    """Evaluate the latest checkpoint and the configured baselines on the test split.
-
-    monitor, if given, has start(model_name) / stop() called around each model's work.
-
-    Appends one row per (model, metric, k) to the metrics table and prints a table. Returns
-    {"metrics": {model: {...}}, "train_s": {model: s}, "score_s": {model: s}, ...}.
-    """
-    from recsys_spark import baselines, slices
-    from recsys_spark.train import latest_checkpoint, load_checkpoint
-
-    ckpt_path = latest_checkpoint(cfg.models_dir, cfg.score.model_run_id)
-    model, ckpt = load_checkpoint(ckpt_path)
-    n_items = model.cfg.n_items
-    ks = sorted(set(cfg.evaluate.ks) | {10})
-    kmax = max(ks)
-    versions = ckpt.get("data_versions") or None
-    users = test_users(spark, cfg, versions).persist()
-    n_users = users.count()
-    if n_users == 0:
-        raise ValueError("no user has a test target (needs 3+ items with leave_last_out); nothing to evaluate")
-    targets = users.select("user_idx", "target")
-    results, train_s, score_s, params, beyond, sliced = {}, {}, {}, {}, {}, {}
-    pop_eval = popularity_counts(users, n_items)
-    categories = np.zeros(n_items, dtype=np.int64)
-    content = tables.read(spark, tables.path(cfg.tables_dir, schema.ITEM_CONTENT), (versions or {}).get(schema.ITEM_CONTENT))
-    for r in content.where(F.col("item_idx") < n_items).select("item_idx", "category_idx").collect():
-        categories[r.item_idx] = int(r.category_idx or 0)
-
-    def timed(name, recs_fn, fit_seconds=0.0):
-        if monitor:
-            monitor.start(name)
+    def measure(self, name: str, make_recs: MakeRecs) -> None:
+        """Accuracy, beyond-accuracy and slices of one model's top-K on the test users."""
+        recs, fit_s = make_recs()
         t0 = time.time()
-        recs = recs_fn().persist()
-        results[name] = spark_metrics(recs, targets, ks)
-        score_s[name] = time.time() - t0
-        train_s[name] = fit_seconds
-        if monitor:
-            monitor.stop()
-        beyond[name] = {k: spark_beyond_accuracy(recs, k, pop_eval, n_users, categories) for k in ks}
-        outcomes = slices.user_outcomes(spark, cfg, users, recs, 10, pop_eval)
-        sliced[name] = (slices.slice_table(outcomes), slices.fairness_gaps(outcomes, seed=cfg.train.seed),
-                        slices.item_exposure(recs, 10, pop_eval, categories))
+        recs = recs.persist()
+        self.metrics[name] = spark_metrics(recs, self.users.select("user_idx", "target"), self.ks)
+        self.score_s[name], self.train_s[name] = time.time() - t0, fit_s
+        self.beyond[name] = {k: spark_beyond_accuracy(recs, k, self.popularity, self.n_users, self.categories)
+                             for k in self.ks}
+        outcomes = slices.user_outcomes(self.spark, self.cfg, self.users, recs, 10, self.popularity)
+        self.sliced[name] = (slices.slice_table(outcomes), slices.fairness_gaps(outcomes, seed=self.cfg.train.seed),
+                             slices.item_exposure(recs, 10, self.popularity, self.categories))
         recs.unpersist()
 
-    timed("attention", lambda: attention_topk(users, ckpt_path, kmax, cfg.score.batch_users),
-          sum(h["seconds"] for h in ckpt.get("history", [])))
-    ev = cfg.evaluate
-    if "popularity" in ev.baselines:
-        timed("popularity", lambda: popularity_topk(users, pop_eval, kmax))
-    if "als" in ev.baselines:
-        if monitor:
-            monitor.start("als")
-        t0 = time.time()
-        val = valid_users(spark, cfg, versions).persist()
-        grid = {"ranks": ev.als_ranks, "reg_params": ev.als_reg_params, "alphas": ev.als_alphas}
-        recs, best, tried = baselines.als_grid(
-            val, users, n_items, kmax, grid, lambda r, t: spark_metrics(r, t, [10])["ndcg@10"], seed=cfg.train.seed)
-        val.unpersist()
-        fit = time.time() - t0
-        params["als"] = {"best": best, "grid": [{**p, "valid_ndcg@10": m} for p, m in tried]}
-        print(f"als grid (validation NDCG@10): " + ", ".join(
-            f"rank={p['rank']} reg={p['regParam']} alpha={p['alpha']}: {m:.4f}" for p, m in tried), flush=True)
-        timed("als", lambda: recs, fit)
-    if "item_knn" in ev.baselines:
-        if monitor:
-            monitor.start("item_knn")
-        recs, fit = baselines.item_knn_topk(spark, users, n_items, kmax, ev.knn_neighbors)
-        timed("item_knn", lambda: recs, fit)
-    users.unpersist()
+    def finish(self) -> dict:
+        """Write gold/metrics and gold/metric_slices, print the tables, measure cold start when
+        users or items were held out, log to MLflow; the result as a dict."""
+        self.users.unpersist()
+        eval_id = "eval-" + uuid.uuid4().hex[:12]
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        model_run_id = self.ckpt["run_id"]
+        metrics_loc = tables.path(self.cfg.tables_dir, schema.METRICS)
+        tables.append(self.spark.createDataFrame(self._metric_rows(eval_id, now), METRICS_SCHEMA), metrics_loc)
+        tables.append(self.spark.createDataFrame(_slice_rows(self.sliced, eval_id, model_run_id, now),
+                                                 METRIC_SLICES_SCHEMA),
+                      tables.path(self.cfg.tables_dir, schema.METRIC_SLICES))
+        print(self.summary(eval_id))
+        cold = None
+        if self.cfg.features.holdout_users > 0 or self.cfg.features.holdout_items > 0:
+            cold = cold_start.evaluate(self.spark, self.cfg, self.ckpt_path, self.versions)
+            rows = cold_start.metric_rows(cold, eval_id, model_run_id, now)
+            if rows:
+                tables.append(self.spark.createDataFrame(rows, METRICS_SCHEMA), metrics_loc)
+            print("cold start (held-out users and items, full ranking):\n" + cold_start.format_cold(cold), flush=True)
+        result = {"eval_id": eval_id, "cold": cold, "slices": self.sliced, "model_run_id": model_run_id,
+                  "n_users": self.n_users, "metrics": self.metrics, "beyond": self.beyond, "train_s": self.train_s,
+                  "score_s": self.score_s, "params": self.params}
+        result["mlflow_run_id"] = log_evaluate(self.cfg, result)
+        return result
 
-    eval_id = "eval-" + uuid.uuid4().hex[:12]
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
-    rows = [(eval_id, ckpt["run_id"], name, metric, k, m[f"{metric}@{k}"], m["n_users"], "test", now)
-            for name, m in results.items() for k in ks for metric in ACCURACY]
-    rows += [(eval_id, ckpt["run_id"], name, metric, k, float(v), results[name]["n_users"], "test", now)
-             for name, by_k in beyond.items() for k, b in by_k.items() for metric, v in b.items()]
-    loc = tables.path(cfg.tables_dir, schema.METRICS)
-    tables.append(spark.createDataFrame(rows, schema.METRICS_SCHEMA), loc)
-    srows = []
+    def _metric_rows(self, eval_id: str, now: datetime) -> list[tuple]:
+        run_id = self.ckpt["run_id"]
+        rows = [(eval_id, run_id, name, metric, k, m[f"{metric}@{k}"], m["n_users"], "test", now)
+                for name, m in self.metrics.items() for k in self.ks for metric in ACCURACY]
+        rows += [(eval_id, run_id, name, metric, k, float(v), self.metrics[name]["n_users"], "test", now)
+                 for name, by_k in self.beyond.items() for k, b in by_k.items() for metric, v in b.items()]
+        return rows
+
+    def summary(self, eval_id: str) -> str:
+        """The printed readout: accuracy, beyond accuracy @10, attention NDCG@10 by slice."""
+        ks, lines = self.ks, [f"evaluate {eval_id} (model {self.ckpt['run_id']}, {self.n_users} test users, "
+                              f"full ranking, seen removed):"]
+        lines.append(f"{'model':<12}" + "".join(f"{f'{m}@{k}':>12}" for k in ks for m in ("recall", "ndcg")))
+        for name, m in self.metrics.items():
+            lines.append(f"{name:<12}" + "".join(f"{m[f'{metric}@{k}']:>12.4f}" for k in ks
+                                                 for metric in ("recall", "ndcg")))
+        cols = ["mrr", "coverage", "gini", "novelty", "ild", "pop_share"]
+        lines.append(f"beyond accuracy @10 (pop_share: recommendations from the top-10% items; they hold "
+                     f"{next(iter(self.beyond.values()))[10]['pop_interaction_share']:.1%} of interactions):")
+        lines.append(f"{'model':<12}" + "".join(f"{c:>11}" for c in cols))
+        for name in self.metrics:
+            vals = {**self.beyond[name][10], "mrr": self.metrics[name]["mrr@10"]}
+            lines.append(f"{name:<12}" + "".join(f"{vals[c]:>11.4f}" for c in cols))
+        table, gaps, _ = self.sliced["attention"]
+        lines.append("attention NDCG@10 by slice (fairness gap = largest difference between groups of >= 30 users, "
+                     "95% bootstrap CI):")
+        for kind, part in table.groupby("kind", sort=False):
+            cells = ", ".join(f"{r.group} {r.ndcg:.3f} (n={r.n_users})" for r in part.itertuples())
+            gap = gaps.get(kind)
+            gap_s = f"  gap {gap['gap']:.3f} [{gap['ci_low']:.3f}, {gap['ci_high']:.3f}]" if gap else ""
+            lines.append(f"  {kind:<13} {cells}{gap_s}")
+        return "\n".join(lines)
+
+
+def _slice_rows(sliced: dict, eval_id: str, model_run_id: str, now: datetime) -> list[tuple]:
+    """METRIC_SLICES_SCHEMA rows: metrics by slice, fairness gaps, item exposure."""
+    rows = []
     for name, (table, gaps, exposure) in sliced.items():
         for r in table.itertuples():
             for metric in ("recall", "ndcg"):
-                srows.append((eval_id, ckpt["run_id"], name, r.kind, str(r.group), metric, 10, float(getattr(r, metric)),
-                              int(r.n_users), now))
+                rows.append((eval_id, model_run_id, name, r.kind, str(r.group), metric, 10, float(getattr(r, metric)),
+                             int(r.n_users), now))
         for kind, g in gaps.items():
             for metric, key in (("ndcg_gap", "gap"), ("ndcg_gap_ci_low", "ci_low"), ("ndcg_gap_ci_high", "ci_high")):
-                srows.append((eval_id, ckpt["run_id"], name, kind, "<gap>", metric, 10, float(g[key]), None, now))
+                rows.append((eval_id, model_run_id, name, kind, "<gap>", metric, 10, float(g[key]), None, now))
         for r in exposure.itertuples():
             for metric in ("rec_share", "interaction_share", "item_share"):
-                srows.append((eval_id, ckpt["run_id"], name, f"exposure:{r.kind}", str(r.group), metric, 10,
-                              float(getattr(r, metric)), None, now))
-    tables.append(spark.createDataFrame(srows, schema.METRIC_SLICES_SCHEMA), tables.path(cfg.tables_dir, schema.METRIC_SLICES))
-    print(f"evaluate {eval_id} (model {ckpt['run_id']}, {n_users} test users, full ranking, seen removed):")
-    print(f"{'model':<12}" + "".join(f"{f'{m}@{k}':>12}" for k in ks for m in ("recall", "ndcg")))
-    for name, m in results.items():
-        print(f"{name:<12}" + "".join(f"{m[f'{metric}@{k}']:>12.4f}" for k in ks for metric in ("recall", "ndcg")))
-    cols = ["mrr", "coverage", "gini", "novelty", "ild", "pop_share"]
-    print(f"beyond accuracy @10 (pop_share: recommendations from the top-10% items; they hold "
-          f"{next(iter(beyond.values()))[10]['pop_interaction_share']:.1%} of interactions):")
-    print(f"{'model':<12}" + "".join(f"{c:>11}" for c in cols))
-    for name in results:
-        vals = {**beyond[name][10], "mrr": results[name]["mrr@10"]}
-        print(f"{name:<12}" + "".join(f"{vals[c]:>11.4f}" for c in cols))
-    table, gaps, _ = sliced["attention"]
-    print("attention NDCG@10 by slice (fairness gap = largest difference between groups of >= 30 users, "
-          "95% bootstrap CI):")
-    for kind, part in table.groupby("kind", sort=False):
-        cells = ", ".join(f"{r.group} {r.ndcg:.3f} (n={r.n_users})" for r in part.itertuples())
-        gap = gaps.get(kind)
-        gap_s = f"  gap {gap['gap']:.3f} [{gap['ci_low']:.3f}, {gap['ci_high']:.3f}]" if gap else ""
-        print(f"  {kind:<13} {cells}{gap_s}")
-    cold = None
-    if cfg.features.holdout_users > 0 or cfg.features.holdout_items > 0:
-        cold = cold_start(spark, cfg, ckpt_path, versions)
-        crow = []
-        for n, by_model in cold["users"].items():
-            for name, m in by_model.items():
-                crow += [(eval_id, ckpt["run_id"], name, metric, 10, float(m[f"{metric}@10"]), m["n_users"],
-                          f"cold_users_{n}_events", now) for metric in ("recall", "ndcg")]
-        if cold["items"]:
-            for name, m in cold["items"].items():
-                if isinstance(m, dict):
-                    crow += [(eval_id, ckpt["run_id"], name, metric, 10, float(m[f"{metric}@10"]), m["n_users"],
-                              "cold_items", now) for metric in ("recall", "ndcg") if f"{metric}@10" in m]
-        if crow:
-            tables.append(spark.createDataFrame(crow, schema.METRICS_SCHEMA), loc)
-        print("cold start (held-out users and items, full ranking):\n" + format_cold(cold), flush=True)
-    from recsys_spark.tracking import log_evaluate
-
-    result = {"eval_id": eval_id, "cold": cold, "slices": sliced, "model_run_id": ckpt["run_id"], "n_users": n_users, "metrics": results,
-            "beyond": beyond, "train_s": train_s, "score_s": score_s, "params": params}
-    result["mlflow_run_id"] = log_evaluate(cfg, result)
-    return result
+                rows.append((eval_id, model_run_id, name, f"exposure:{r.kind}", str(r.group), metric, 10,
+                             float(getattr(r, metric)), None, now))
+    return rows
 
 
-# ------------------------------------------------------------------------------------------------
-# Cold start (features.holdout_users / features.holdout_items > 0)
-
-COLD_USER_EVENTS = (0, 1, 3)
-
-
-def _recall_ndcg(top: np.ndarray, target: np.ndarray, k: int = 10) -> dict:
-    from recsys_spark.metrics import ndcg_at_k, recall_at_k
-
-    return {"recall@10": recall_at_k(top, target, k), "ndcg@10": ndcg_at_k(top, target, k), "n_users": int(len(target))}
-
-
-def _top_array(recs: DataFrame, users: list, k: int) -> np.ndarray:
-    """(len(users), k) item indexes from TOPK_SCHEMA rows, in the order of `users` (user_idx list)."""
-    by_user: dict = {}
-    for r in recs.collect():
-        by_user.setdefault(r.user_idx, {})[r["rank"]] = r.item_idx
-    return np.array([[by_user.get(u, {}).get(j, -1) for j in range(1, k + 1)] for u in users], dtype=np.int64)
-
-
-def _rank_among(ckpt_path: str, users: DataFrame, candidates: list, k: int) -> tuple[np.ndarray, float]:
-    """Top-k of each user among `candidates` only (seen removed), on the driver, and the expected
-    Recall@k of a random ranking of those candidates. users: ordered rows with input, seen, profile."""
-    import torch
-
-    from recsys_spark.model import pad_left, pad_right
-    from recsys_spark.score import _cached_model
-    from recsys_spark.topk import topk_excluding
-
-    model = _cached_model(ckpt_path)
-    rows = users.select("input", "seen", "profile_cat", "profile_num").collect()
-    with torch.no_grad():
-        items = model.item_vectors()
-    ineligible = torch.ones(items.shape[0], dtype=torch.bool)
-    ineligible[[c for c in candidates if c < items.shape[0]]] = False
-    pc = torch.as_tensor(pad_right([r.profile_cat for r in rows], len(model.cfg.attr_cardinalities) or 1))
-    pn = (torch.as_tensor(np.array([r.profile_num for r in rows], dtype=np.float32))
-          if model.use_behaviour else None)
-    with torch.no_grad():
-        u = model.user_vectors(torch.as_tensor(pad_left([r.input for r in rows], model.cfg.max_len)),
-                               pc if model.use_profile else None, pn, items)
-    seen = [np.asarray(r.seen, dtype=np.int64) for r in rows]
-    top = topk_excluding(u, items, seen, k, ineligible=ineligible)[0]
-    cand = set(candidates)
-    random = float(np.mean([min(1.0, k / max(1, len(cand - set(int(x) for x in s)))) for s in seen]))
-    return top, random
-
-
-def cold_start(spark: SparkSession, cfg: Config, ckpt_path: str, versions: dict | None, k: int = 10) -> dict:
-    """Cold-start slices of the held-out users and items, with the popularity baselines.
-
-    Cold users (never trained on): for n in COLD_USER_EVENTS, users with more than n items get their
-    declared profile, their first n items as history and a behaviour profile from the events before
-    their (n+1)-th item; the target is that item. Baselines: global popularity and segment popularity
-    (users with the same declared attributes) over warm users' training histories.
-    Cold items (cut out of every training sequence): warm test users whose test target is one; the
-    random baseline is the expected Recall@10 of a random ranking of the unseen catalog.
-    """
-    from recsys_spark import features as feat
-    from recsys_spark.score import attention_topk, fallback_lists, segment_key
-    from recsys_spark.topk import first_unseen
-
-    fc, root, v = cfg.features, cfg.tables_dir, versions or {}
-    out: dict = {"users": {}, "items": None}
-    seqs = tables.read(spark, tables.path(root, schema.SEQUENCES), v.get(schema.SEQUENCES))
-    prof = tables.read(spark, tables.path(root, schema.USER_PROFILE), v.get(schema.USER_PROFILE))
-    content = tables.read(spark, tables.path(root, schema.ITEM_CONTENT), v.get(schema.ITEM_CONTENT))
-    # Popularity baselines see what the model saw: warm users' training items, held-out items cut.
-    held_items = [r.item_idx for r in content.where(feat.held_out("item_id", fc.holdout_items, fc.holdout_seed))
-                  .select(F.col("item_idx").cast("int")).collect()]
-    known = F.filter("train_items", lambda x: ~x.isin(held_items)) if held_items else F.col("train_items")
-    warm = (seqs.where(~feat.held_out("user_id", fc.holdout_users, fc.holdout_seed))
-            .select("user_idx", known.alias("input"))
-            .join(prof.select("user_idx", "profile_cat"), "user_idx"))
-    popular, segments = fallback_lists(warm, depth=k + max(COLD_USER_EVENTS) + 1)
-
-    if fc.holdout_users > 0:
-        events = tables.read(spark, tables.path(root, schema.EVENTS), v.get(schema.EVENTS))
-        uidx = tables.read(spark, tables.path(root, schema.USER_INDEX), v.get(schema.USER_INDEX))
-        iidx = tables.read(spark, tables.path(root, schema.ITEM_INDEX), v.get(schema.ITEM_INDEX))
-        ev = events.join(uidx, "user_id").join(iidx, "item_id")
-        ref_ts = ev.agg(F.max("ts")).first()[0]
-        n_categories = int(content.agg(F.max("category_idx")).first()[0] or 0)
-        cold = seqs.where(feat.held_out("user_id", fc.holdout_users, fc.holdout_seed))
-        for n in COLD_USER_EVENTS:
-            u = cold.where(F.size("items") > n).select(
-                "user_idx", F.slice("items", 1, n).cast("array<int>").alias("input"),
-                F.element_at("items", n + 1).alias("target"), F.element_at("item_ts", n + 1).alias("cut_ts"))
-            cut_events = ev.join(u.select("user_idx", "cut_ts"), "user_idx").where(F.col("ts") < F.col("cut_ts"))
-            behaviour = feat.profiles(cut_events.drop("cut_ts"), None, content, n_categories, ref_ts)
-            u = (u.join(prof.select("user_idx", "profile_cat"), "user_idx", "left")
-                 .join(behaviour.select("user_idx", "profile_num"), "user_idx", "left")
-                 .withColumn("seen", F.col("input"))).persist()
-            rows = u.select("user_idx", "input", "target", "profile_cat").orderBy("user_idx").collect()
-            if not rows:
-                continue
-            recs = attention_topk(u.select("user_idx", "input", "seen", "profile_cat", "profile_num"),
-                                  ckpt_path, k, cfg.score.batch_users)
-            top = _top_array(recs, [r.user_idx for r in rows], k)
-            target = np.array([r.target for r in rows])
-            seen = [r.input for r in rows]
-            seg_top = np.stack([first_unseen(segments.get(segment_key(r.profile_cat or []), popular), [s], k)[0]
-                                for r, s in zip(rows, seen)])
-            out["users"][n] = {"attention": _recall_ndcg(top, target, k),
-                               "popularity": _recall_ndcg(first_unseen(popular, seen, k), target, k),
-                               "segment_popularity": _recall_ndcg(seg_top, target, k)}
-            u.unpersist()
-
-    if fc.holdout_items > 0:
-        cold_items = content.where(feat.held_out("item_id", fc.holdout_items, fc.holdout_seed)).select(
-            F.col("item_idx").alias("target"))
-        users = test_users(spark, cfg, versions).join(cold_items, "target", "left_semi").persist()
-        rows = users.select("user_idx", "target", "seen").orderBy("user_idx").collect()
-        if rows:
-            recs = attention_topk(users, ckpt_path, k, cfg.score.batch_users)
-            top = _top_array(recs, [r.user_idx for r in rows], k)
-            target = np.array([r.target for r in rows])
-            n_catalog = content.count()
-            random = float(np.mean([min(1.0, k / max(1, n_catalog - len(set(r.seen)))) for r in rows]))
-            # The "new arrivals" view: rank only the held-out items (as a slot for new items would).
-            among, random_among = _rank_among(ckpt_path, users.orderBy("user_idx"), held_items, k)
-            out["items"] = {"attention": _recall_ndcg(top, target, k),
-                            "attention_among_cold": _recall_ndcg(among, target, k),
-                            "random_among_cold": {"recall@10": random_among, "n_users": len(rows)},
-                            "popularity": _recall_ndcg(first_unseen(popular, [r.seen for r in rows], k), target, k),
-                            "random": {"recall@10": random, "n_users": len(rows)},
-                            "n_items_held_out": cold_items.count()}
-        users.unpersist()
-    return out
-
-
-def format_cold(cold: dict) -> str:
-    lines = []
-    for n, m in sorted(cold.get("users", {}).items()):
-        a, p, s = m["attention"], m["popularity"], m["segment_popularity"]
-        lift = a["recall@10"] / p["recall@10"] if p["recall@10"] else float("inf")
-        lines.append(f"  cold users, {n} events (n={a['n_users']}): Recall@10 attention {a['recall@10']:.4f}, "
-                     f"popularity {p['recall@10']:.4f}, segment popularity {s['recall@10']:.4f} "
-                     f"(attention/popularity {lift:.2f}x); NDCG@10 {a['ndcg@10']:.4f} / {p['ndcg@10']:.4f} / {s['ndcg@10']:.4f}")
-    it = cold.get("items")
-    if it:
-        a, r = it["attention"], it["random"]
-        aa, ra = it["attention_among_cold"], it["random_among_cold"]
-        lines.append(f"  cold items ({it['n_items_held_out']} held out; {a['n_users']} test targets): Recall@10 over the "
-                     f"whole catalog: attention {a['recall@10']:.4f}, random {r['recall@10']:.4f} "
-                     f"({a['recall@10'] / r['recall@10']:.1f}x), popularity {it['popularity']['recall@10']:.4f}; "
-                     f"among the held-out items only: attention {aa['recall@10']:.4f}, random {ra['recall@10']:.4f} "
-                     f"({aa['recall@10'] / ra['recall@10']:.1f}x)")
-    return "\n".join(lines)
+def run(spark: SparkSession, cfg: Config) -> dict:
+    """Evaluate the latest checkpoint and the configured baselines on the test split; append one
+    row per (model, metric, k) to gold/metrics and print the tables. Returns {"metrics": {model:
+    {...}}, "beyond", "train_s", "score_s", "params", "cold", ...}."""
+    evaluation = Evaluation(spark, cfg)
+    for name, make_recs in evaluation.models():
+        evaluation.measure(name, make_recs)
+    return evaluation.finish()

@@ -10,6 +10,7 @@ numbers after the current maximum; an id, once numbered, keeps its number foreve
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Optional
 
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -17,8 +18,8 @@ from pyspark.sql import types as T
 
 from recsys_spark import schema, tables
 from recsys_spark.config import Config, FeaturesConfig
+from recsys_spark.splits import held_out
 
-PROFILE_COUNT_TYPES = ("view", "add_to_cart", "purchase", "rating")
 
 
 def extend_index(spark: SparkSession, ids: DataFrame, location: str, id_col: str, idx_col: str,
@@ -93,7 +94,7 @@ def sequences(events: DataFrame, cfg: FeaturesConfig) -> DataFrame:
     Ties on timestamp are ordered by event type (view, cart, purchase, rating), then event id.
     Output: user_idx, items array<int>, item_ts array<timestamp>.
     """
-    type_order = F.create_map(*[x for i, k in enumerate(PROFILE_COUNT_TYPES) for x in (F.lit(k), F.lit(i))])
+    type_order = F.create_map(*[x for i, k in enumerate(schema.EVENT_TYPES) for x in (F.lit(k), F.lit(i))])
     ev = events.where(F.col("event_type").isin(*cfg.sequence_event_types)).select(
         "user_idx", "item_idx", "ts", "event_id", F.coalesce(type_order[F.col("event_type")], F.lit(9)).alias("t_ord"))
     grouped = ev.groupBy("user_idx").agg(F.array_sort(F.collect_list(
@@ -167,7 +168,7 @@ def profiles(events: DataFrame, users: DataFrame | None, item_content: DataFrame
     standardises them with the statistics in gold/feature_stats, stored in its checkpoint).
     Users of `users` without events get zero activity.
     """
-    counts = [F.sum(F.when(F.col("event_type") == t, 1).otherwise(0)).alias(f"n_{t}") for t in PROFILE_COUNT_TYPES]
+    counts = [F.sum(F.when(F.col("event_type") == t, 1).otherwise(0)).alias(f"n_{t}") for t in schema.EVENT_TYPES]
     act = events.groupBy("user_idx").agg(
         *counts, F.count("*").alias("n_events"), F.countDistinct("item_idx").alias("n_items"),
         ((F.lit(ref_ts).cast("long") - F.max("ts").cast("long")) / 86400.0).alias("recency_days"),
@@ -190,10 +191,10 @@ def profiles(events: DataFrame, users: DataFrame | None, item_content: DataFrame
         for c in attr_cols:
             prof = prof.withColumn(c, F.lit(0))
     zero_shares = F.array_repeat(F.lit(0.0), n_categories + 1)
-    prof = (prof.fillna(0, subset=attr_cols + [f"n_{t}" for t in PROFILE_COUNT_TYPES]
+    prof = (prof.fillna(0, subset=attr_cols + [f"n_{t}" for t in schema.EVENT_TYPES]
                         + ["n_events", "n_items", "active_days"])
             .withColumn("category_shares", F.coalesce("category_shares", zero_shares)))
-    nums = [F.log1p(F.col(f"n_{t}").cast("double")) for t in PROFILE_COUNT_TYPES]
+    nums = [F.log1p(F.col(f"n_{t}").cast("double")) for t in schema.EVENT_TYPES]
     nums += [F.log1p("n_events"), F.log1p("n_items"), F.log1p(F.coalesce("recency_days", F.lit(0.0))),
              F.log1p("active_days")]
     return prof.select(
@@ -211,13 +212,6 @@ def training_cut_events(events: DataFrame, seqs: DataFrame) -> DataFrame:
         "user_idx", F.element_at("item_ts", F.size("train_items") + 1).alias("cut_ts"))
     return (events.join(cut, "user_idx", "left")
             .where(F.col("cut_ts").isNull() | (F.col("ts") < F.col("cut_ts"))).drop("cut_ts"))
-
-
-def held_out(col: str, share: float, seed: int):
-    """Column: True for the `share` of ids (hashed with seed) held out for cold-start evaluation."""
-    if share <= 0:
-        return F.lit(False)
-    return (F.abs(F.xxhash64(F.lit(seed), F.col(col).cast("string"))) % 100000) < int(round(share * 100000))
 
 
 def array_stats(df: DataFrame, col: str, width: int) -> tuple[list[float], list[float]]:
@@ -305,130 +299,171 @@ class FeaturesReport:
                 f"table versions {self.versions}")
 
 
-def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
-    root = cfg.tables_dir
+@dataclass
+class Inputs:
+    """The pinned events and the optional users/items tables a features run reads."""
+    events: DataFrame
+    events_version: int
+    users: Optional[DataFrame]
+    items: Optional[DataFrame]
+
+
+@dataclass
+class Indexes:
+    user: DataFrame
+    item: DataFrame
+    attribute: DataFrame
+
+
+def _read_inputs(spark: SparkSession, root: str) -> Inputs:
     events_path = tables.path(root, schema.EVENTS)
     tables.require(spark, events_path, "ingest")
     events_version = tables.version(spark, events_path)
     events = tables.read(spark, events_path, events_version)
     if events.isEmpty():
         raise RuntimeError(f"events table {events_path} is empty; ingest some events first")
-    fc = cfg.features
+    side = {}
+    for name in (schema.USERS, schema.ITEMS):
+        loc = tables.path(root, name)
+        side[name] = tables.read(spark, loc) if tables.exists(spark, loc) else None
+    return Inputs(events, events_version, side[schema.USERS], side[schema.ITEMS])
 
-    users_path, items_path = tables.path(root, schema.USERS), tables.path(root, schema.ITEMS)
-    users_raw = tables.read(spark, users_path) if tables.exists(spark, users_path) else None
-    items_raw = tables.read(spark, items_path) if tables.exists(spark, items_path) else None
 
-    user_ids = events.select("user_id")
-    if users_raw is not None:
-        user_ids = user_ids.unionByName(users_raw.select("user_id"))
-    item_ids = events.select("item_id")
-    if items_raw is not None:
-        item_ids = item_ids.unionByName(items_raw.select("item_id"))
+def _present(df: Optional[DataFrame], columns: tuple) -> list[str]:
+    return [c for c in columns if df is not None and c in df.columns]
+
+
+def _indexes(spark: SparkSession, root: str, inp: Inputs) -> Indexes:
+    """Extend the persistent user, item and attribute-value indexes with new values."""
+    user_ids, item_ids = inp.events.select("user_id"), inp.events.select("item_id")
+    if inp.users is not None:
+        user_ids = user_ids.unionByName(inp.users.select("user_id"))
+    if inp.items is not None:
+        item_ids = item_ids.unionByName(inp.items.select("item_id"))
     user_index = extend_index(spark, user_ids, tables.path(root, schema.USER_INDEX), "user_id", "user_idx", 0)
     item_index = extend_index(spark, item_ids, tables.path(root, schema.ITEM_INDEX), "item_id", "item_idx", 1)
+    item_cols = _present(inp.items, schema.ITEM_ATTRIBUTE_COLUMNS)
+    user_cols = _present(inp.users, schema.USER_ATTRIBUTE_COLUMNS)
+    if not item_cols + user_cols:
+        return Indexes(user_index, item_index, spark.createDataFrame([], "attribute string, value string, idx long"))
+    src = inp.items.select(*item_cols) if item_cols else None
+    if user_cols:
+        u = inp.users.select(*user_cols)
+        src = u if src is None else src.unionByName(u, allowMissingColumns=True)
+    attr_index = extend_attribute_index(spark, src, item_cols + user_cols, tables.path(root, schema.ATTRIBUTE_INDEX))
+    return Indexes(user_index, item_index, attr_index)
 
-    attr_path = tables.path(root, schema.ATTRIBUTE_INDEX)
-    # Item content: every indexed item, attributes where the items table has them.
-    item_cols = [c for c in schema.ITEM_ATTRIBUTE_COLUMNS if items_raw is not None and c in items_raw.columns]
-    content = item_index
-    if items_raw is not None:
-        content = content.join(items_raw, "item_id", "left")
-    for c in schema.ITEM_ATTRIBUTE_COLUMNS + (schema.ITEM_TAGS_COLUMN,):
+
+def _content(spark: SparkSession, cfg: Config, inp: Inputs, idx: Indexes) -> tuple[DataFrame, dict]:
+    """Every indexed item with its attributes where the items table has them, indexed and encoded
+    (item_content); and the title IDF and item number statistics."""
+    content = idx.item if inp.items is None else idx.item.join(inp.items, "item_id", "left")
+    for c in schema.ITEM_ATTRIBUTE_COLUMNS + (schema.ITEM_TAGS_COLUMN, "title"):
         if c not in content.columns:
             content = content.withColumn(c, F.lit(None).cast("string"))
-    for c in ("title", "price"):
-        if c not in content.columns:
-            content = content.withColumn(c, F.lit(None).cast("string" if c == "title" else "double"))
-    user_cols = [c for c in schema.USER_ATTRIBUTE_COLUMNS if users_raw is not None and c in users_raw.columns]
-    attr_source_cols = item_cols + user_cols
-    if attr_source_cols:
-        src = content.select(*item_cols) if item_cols else None
-        if user_cols:
-            u = users_raw.select(*user_cols)
-            src = u if src is None else src.unionByName(u, allowMissingColumns=True)
-        attr_index = extend_attribute_index(spark, src, attr_source_cols, attr_path)
-    else:
-        attr_index = spark.createDataFrame([], "attribute string, value string, idx long")
-    content = attach_attribute_indexes(content, attr_index, list(schema.ITEM_ATTRIBUTE_COLUMNS))
+    if "price" not in content.columns:
+        content = content.withColumn("price", F.lit(None).cast("double"))
+    content = attach_attribute_indexes(content, idx.attribute, list(schema.ITEM_ATTRIBUTE_COLUMNS))
     content = content.select("item_idx", "item_id", "title", "category", "brand", schema.ITEM_TAGS_COLUMN,
                              F.col("price").cast("double").alias("price"), "category_idx", "brand_idx")
-    content, stats = item_content(spark, content, attr_path, fc)
-    n_categories = int(attr_index.where(F.col("attribute") == "category").agg(F.max("idx")).first()[0] or 0)
+    return item_content(spark, content, tables.path(cfg.tables_dir, schema.ATTRIBUTE_INDEX), cfg.features)
 
-    ev = (events.join(user_index, "user_id")
-          .join(item_index, "item_id")).persist()
-    ref_ts = ev.agg(F.max("ts")).first()[0]
 
-    users_df = None
-    if users_raw is not None:
-        u = users_raw.join(user_index, "user_id")
-        for c in schema.USER_ATTRIBUTE_COLUMNS:
-            if c not in u.columns:
-                u = u.withColumn(c, F.lit(None).cast("string"))
-        users_df = attach_attribute_indexes(u, attr_index, list(schema.USER_ATTRIBUTE_COLUMNS))
+def _declared_users(inp: Inputs, idx: Indexes) -> Optional[DataFrame]:
+    """The users table with user_idx and <attribute>_idx columns (None without a users table)."""
+    if inp.users is None:
+        return None
+    u = inp.users.join(idx.user, "user_id")
+    for c in schema.USER_ATTRIBUTE_COLUMNS:
+        if c not in u.columns:
+            u = u.withColumn(c, F.lit(None).cast("string"))
+    return attach_attribute_indexes(u, idx.attribute, list(schema.USER_ATTRIBUTE_COLUMNS))
 
-    written = {}
-    loc = tables.path(root, schema.ITEM_CONTENT)
-    tables.overwrite(content, loc)
-    written[schema.ITEM_CONTENT] = tables.version(spark, loc)
-    content.unpersist()
-    content = tables.read(spark, loc, written[schema.ITEM_CONTENT])
-    loc = tables.path(root, schema.USER_ITEM)
-    tables.overwrite(user_item_matrix(ev, fc, ref_ts), loc)
-    written[schema.USER_ITEM] = tables.version(spark, loc)
 
-    seqs = split(sequences(ev, fc), fc).join(user_index, "user_idx")
-    seq_path = tables.path(root, schema.SEQUENCES)
-    # The events version is recorded in the commit: incremental scoring reads the events' change
-    # feed from the version the previous scoring run's sequences were built from.
-    tables.overwrite(seqs, seq_path, metadata={"events_version": events_version})
-    written[schema.SEQUENCES] = tables.version(spark, seq_path)
-    seqs = tables.read(spark, seq_path, written[schema.SEQUENCES])
+class Writer:
+    """Overwrites gold tables and records the version each write made."""
 
-    # Serving profile from every event; training/evaluation profile from events before each user's
-    # held-out targets (no leak of the items the model is evaluated on).
-    serving = profiles(ev, users_df, content, n_categories, ref_ts)
+    def __init__(self, spark: SparkSession, root: str):
+        self.spark, self.root, self.versions = spark, root, {}
+
+    def write(self, name: str, df: DataFrame, metadata: Optional[dict] = None) -> DataFrame:
+        """Overwrite table `name` with df; return the table as written (read back at its version)."""
+        loc = tables.path(self.root, name)
+        tables.overwrite(df, loc, metadata=metadata)
+        self.versions[name] = tables.version(self.spark, loc)
+        return tables.read(self.spark, loc, self.versions[name])
+
+
+def _profiles(ev: DataFrame, users: Optional[DataFrame], content: DataFrame, seqs: DataFrame,
+              n_categories: int, ref_ts) -> DataFrame:
+    """Serving profile from every event; training/evaluation profile (train_profile_num) from the
+    events before each user's held-out targets (no leak of the items the model is evaluated on)."""
+    serving = profiles(ev, users, content, n_categories, ref_ts)
     cut = profiles(training_cut_events(ev, seqs), None, content, n_categories, ref_ts)
     prof = serving.join(cut.select("user_idx", F.col("profile_num").alias("train_profile_num")), "user_idx", "left")
-    prof = prof.withColumn("train_profile_num", F.coalesce("train_profile_num", "profile_num"))
-    prof_path = tables.path(root, schema.USER_PROFILE)
-    tables.overwrite(prof, prof_path)
-    written[schema.USER_PROFILE] = tables.version(spark, prof_path)
-    ev.unpersist()
-    prof = tables.read(spark, prof_path, written[schema.USER_PROFILE])
+    return prof.withColumn("train_profile_num", F.coalesce("train_profile_num", "profile_num"))
+
+
+def _feature_stats(spark: SparkSession, content_stats: dict, prof: DataFrame, seqs: DataFrame,
+                   fc: FeaturesConfig) -> tuple[DataFrame, int]:
+    """gold/feature_stats rows (content statistics, the training profiles' moments, the history
+    length p80) and that p80."""
+    stats = dict(content_stats)
     n_num = prof.select(F.max(F.size("profile_num"))).first()[0] or 0
     training_users = prof.join(seqs.where(~held_out("user_id", fc.holdout_users, fc.holdout_seed))
                                .select("user_idx"), "user_idx", "left_semi")
     stats["profile_num_mean"], stats["profile_num_std"] = array_stats(training_users, "train_profile_num", n_num)
     p80 = history_p80(seqs)
     stats["history_len_p80"] = [float(p80)]
-    stats_path = tables.path(root, schema.FEATURE_STATS)
-    tables.overwrite(spark.createDataFrame(sorted(stats.items()), "name string, values array<double>"), stats_path)
-    written[schema.FEATURE_STATS] = tables.version(spark, stats_path)
+    return spark.createDataFrame(sorted(stats.items()), "name string, values array<double>"), p80
 
-    max_len = fc.max_seq_len or auto_max_len(p80)
-    # Cold-start evaluation: held-out users are not trained on; held-out items are cut out of the
-    # training sequences (they keep their content, so the model can still score them).
+
+def _training_examples(seqs: DataFrame, prof: DataFrame, content: DataFrame, fc: FeaturesConfig,
+                       max_len: int) -> DataFrame:
+    """Training windows with the training profile, in features.train_files files. Cold-start
+    evaluation: held-out users are not trained on; held-out items are cut out of the training
+    sequences (they keep their content, so the model can still score them)."""
     train_seqs = seqs.where(~held_out("user_id", fc.holdout_users, fc.holdout_seed))
     if fc.holdout_items > 0:
         cold = (content.where(held_out("item_id", fc.holdout_items, fc.holdout_seed))
                 .agg(F.collect_list(F.col("item_idx").cast("int")).alias("c")))
         train_seqs = (train_seqs.crossJoin(F.broadcast(cold))
                       .withColumn("train_items", F.filter("train_items", lambda x: ~F.array_contains("c", x))).drop("c"))
-    train = (training_windows(train_seqs, max_len)
-             .join(prof.select("user_idx", "profile_cat", F.col("train_profile_num").alias("profile_num")),
-                   "user_idx", "left")
-             .repartition(fc.train_files, "user_idx").sortWithinPartitions("user_idx", "window"))
-    train_path = tables.path(root, schema.TRAIN_EXAMPLES)
-    tables.overwrite(train, train_path)
-    written[schema.TRAIN_EXAMPLES] = tables.version(spark, train_path)
-    written[schema.EVENTS] = events_version
+    return (training_windows(train_seqs, max_len)
+            .join(prof.select("user_idx", "profile_cat", F.col("train_profile_num").alias("profile_num")),
+                  "user_idx", "left")
+            .repartition(fc.train_files, "user_idx").sortWithinPartitions("user_idx", "window"))
+
+
+def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
+    """indexes -> item content -> user-item matrix -> sequences and split -> profiles -> feature
+    statistics -> training examples, each a gold table."""
+    root, fc = cfg.tables_dir, cfg.features
+    inp = _read_inputs(spark, root)
+    idx = _indexes(spark, root, inp)
+    content, content_stats = _content(spark, cfg, inp, idx)
+    n_categories = int(idx.attribute.where(F.col("attribute") == "category").agg(F.max("idx")).first()[0] or 0)
+    ev = inp.events.join(idx.user, "user_id").join(idx.item, "item_id").persist()
+    ref_ts = ev.agg(F.max("ts")).first()[0]
+    users = _declared_users(inp, idx)
+    out = Writer(spark, root)
+    written_content = out.write(schema.ITEM_CONTENT, content)
+    content.unpersist()
+    out.write(schema.USER_ITEM, user_item_matrix(ev, fc, ref_ts))
+    # The events version is recorded in the commit: incremental scoring reads the events' change
+    # feed from the version the previous scoring run's sequences were built from.
+    seqs = out.write(schema.SEQUENCES, split(sequences(ev, fc), fc).join(idx.user, "user_idx"),
+                     metadata={"events_version": inp.events_version})
+    prof = out.write(schema.USER_PROFILE, _profiles(ev, users, written_content, seqs, n_categories, ref_ts))
+    ev.unpersist()
+    stats, p80 = _feature_stats(spark, content_stats, prof, seqs, fc)
+    out.write(schema.FEATURE_STATS, stats)
+    max_len = fc.max_seq_len or auto_max_len(p80)
+    train = out.write(schema.TRAIN_EXAMPLES, _training_examples(seqs, prof, written_content, fc, max_len))
+    written = {**out.versions, schema.EVENTS: inp.events_version}
     for name in (schema.USER_INDEX, schema.ITEM_INDEX):
         written[name] = tables.version(spark, tables.path(root, name))
-
-    report = FeaturesReport(written, user_index.count(), item_index.count(),
-                            tables.read(spark, train_path).count(), max_len)
+    report = FeaturesReport(written, idx.user.count(), idx.item.count(), train.count(), max_len)
     print(report.summary(), flush=True)
     return report
 

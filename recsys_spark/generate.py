@@ -23,6 +23,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from recsys_spark import schema
 from recsys_spark.config import GenerateConfig
 
 CATEGORY_PAIRS = [
@@ -196,7 +197,7 @@ def _events_frame(seq: np.ndarray, user_offset: int, start_ts: np.ndarray, span:
     e = np.concatenate(rows_e)
     order = np.lexsort((e, t, u))
     u, it, t, e = u[order], it[order], t[order], e[order]
-    etype = np.array(["view", "add_to_cart", "purchase"])[e]
+    etype = np.array(schema.EVENT_TYPES[:3])[e]  # view, add_to_cart, purchase
     rating = np.full(len(u), np.nan)
     if cfg.with_ratings:
         is_buy = e == 2

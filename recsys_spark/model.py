@@ -1,21 +1,21 @@
 """The attention model: pure torch, never imports pyspark.
 
 AttentionRecommender is a SASRec-style causal self-attention encoder over a user's recent item
-sequence, trained with full-catalog cross-entropy on every next-item position ("SASRec+"), with
-feature groups that each have a switch (ModelConfig.use_*):
+sequence, trained with cross-entropy on every next-item position ("SASRec+"). It is composed of
+named parts, each feature group behind a switch (ModelConfig.use_*):
 
-- item vector = id embedding (for items seen in training; else a learned "unknown id" vector) + content vector, one table shared by the
-  input and the output layer. The content vector is computed from the item's features: category,
-  brand and tag embeddings and scaled numbers (use_content), and the hashed TF-IDF of the title
-  (use_text). An item nobody has touched (a new item, or one held out of training) has no trained
-  id embedding, so its vector is its content vector alone; training drops each item's id embedding
-  with probability item_id_dropout so that the content path learns to stand alone.
-- user profile, declared attributes (age band, gender, ...; use_profile) = a *profile token* put in
-  front of the sequence: every position attends to it, and its own output is trained to predict
+- `items` (ItemEncoder): item vector = id embedding (for items seen in training; else a learned
+  "unknown id" vector) + content vector from category, brand, tags and scaled numbers (use_content)
+  and the hashed TF-IDF of the title (use_text). One table serves the input and the output layer.
+  An item nobody has touched has no trained id embedding, so its vector is its content alone;
+  training drops each id embedding with probability item_id_dropout so content learns to stand alone.
+- `profile` (ProfileEncoder, use_profile): declared attributes (age band, gender, ...) as a token put
+  in front of the sequence: every position attends to it, and its own output is trained to predict
   the user's first item, so a user with no history gets a vector from the profile alone.
-- behaviour profile (activity counts, recency, category shares; use_behaviour, off by default in
-  TrainConfig: see README) = a learned gate that mixes the standardised numbers into every item
-  position.
+- `sequence` (SequenceEncoder): positions, the causal transformer and its final norm.
+- `behaviour` (BehaviourGate, use_behaviour): the standardised activity numbers mixed into every
+  item position through a learned gate.
+- losses: `full_softmax_loss` over the catalog, or `sampled_softmax_loss` (loss_negatives > 0).
 
 Scaling statistics (numeric means/standard deviations, the title IDF) and the item features are
 buffers of the model, saved in the checkpoint: scoring applies exactly the transform training saw,
@@ -32,10 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recsys_spark.config import TrainConfig
+
 # Item feature tensors (n = catalog rows incl. padding row 0):
 #   category, brand (n,) long; tags (n, T) long, 0 = none; text_idx (n, W) long (hashed title
 #   terms), text_tf (n, W) float, 0 = none; num (n, P) float (raw numbers); has_id (n,) bool.
 ITEM_FEATURES = ("category", "brand", "tags", "text_idx", "text_tf", "num", "has_id")
+ITEM_STATISTICS = ("item_num_mean", "item_num_std", "idf")
+PROFILE_STATISTICS = ("profile_num_mean", "profile_num_std")
 
 
 def empty_item_features(n_items: int) -> dict:
@@ -49,12 +53,14 @@ def empty_item_features(n_items: int) -> dict:
 
 @dataclass
 class ModelConfig:
+    """Sizes come from the data (recsys_spark.train.prepare); architecture and feature-group
+    defaults are train.* (recsys_spark.config.TrainConfig), stated there once."""
     n_items: int  # rows of the item table, including padding row 0
     max_len: int = 50
-    d_model: int = 64
-    n_heads: int = 2
-    n_layers: int = 2
-    dropout: float = 0.2
+    d_model: int = TrainConfig.d_model
+    n_heads: int = TrainConfig.n_heads
+    n_layers: int = TrainConfig.n_layers
+    dropout: float = TrainConfig.dropout
     n_categories: int = 1  # rows of the category table (0 = unknown)
     n_brands: int = 1
     n_tags: int = 1
@@ -62,15 +68,12 @@ class ModelConfig:
     n_item_num: int = 0
     attr_cardinalities: list[int] = field(default_factory=list)  # rows per declared user attribute
     n_profile_num: int = 0
-    use_profile: bool = True
-    use_behaviour: bool = True
-    use_content: bool = True
-    use_text: bool = True
-    item_id_dropout: float = 0.0
-    # Training loss: 0 = cross-entropy over the full catalog; N > 0 = cross-entropy of the target
-    # against N items drawn uniformly per step, shared by the batch, hits on the target removed
-    # (sampled softmax as in SASRec+; cheaper per step when the catalog is much larger than N).
-    loss_negatives: int = 0
+    use_profile: bool = TrainConfig.use_profile
+    use_behaviour: bool = TrainConfig.use_behaviour
+    use_content: bool = TrainConfig.use_content
+    use_text: bool = TrainConfig.use_text
+    item_id_dropout: float = TrainConfig.item_id_dropout
+    loss_negatives: int = TrainConfig.loss_negatives
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,10 +83,19 @@ def _std(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor
     return (x - mean) / std.clamp_min(1e-6)
 
 
-class AttentionRecommender(nn.Module):
-    def __init__(self, cfg: ModelConfig, item_features=None, stats: Optional[dict] = None):
-        """item_features: dict of ITEM_FEATURES tensors for the training catalog (a bare (n,) tensor
-        is taken as the categories); stats: profile_num_mean/std, item_num_mean/std, idf arrays."""
+def _statistic(stats: dict, name: str, size: int) -> torch.Tensor:
+    default = torch.ones(size) if name.endswith("std") or name == "idf" else torch.zeros(size)
+    v = torch.as_tensor(stats[name], dtype=torch.float32) if name in stats else default
+    if v.shape != (size,):
+        raise ValueError(f"statistic {name} has shape {tuple(v.shape)}, expected ({size},)")
+    return v
+
+
+class ItemEncoder(nn.Module):
+    """(n, d) item vectors from ids and content; holds the training catalog's features and the
+    item scaling statistics as buffers."""
+
+    def __init__(self, cfg: ModelConfig, item_features, stats: dict):
         super().__init__()
         self.cfg = cfg
         d, n = cfg.d_model, cfg.n_items
@@ -98,58 +110,18 @@ class AttentionRecommender(nn.Module):
                 raise ValueError(f"item feature {name} has {t.shape[0]} rows, the model has {n} items")
             self.register_buffer(f"feat_{name}", t.bool() if name == "has_id" else
                                  (t.float() if name in ("text_tf", "num") else t.long()))
-        stats = stats or {}
-        for name, size in (("profile_num_mean", cfg.n_profile_num), ("profile_num_std", cfg.n_profile_num),
-                           ("item_num_mean", cfg.n_item_num), ("item_num_std", cfg.n_item_num),
-                           ("idf", cfg.text_dim)):
-            default = torch.ones(size) if name.endswith("std") or name == "idf" else torch.zeros(size)
-            v = torch.as_tensor(stats[name], dtype=torch.float32) if name in stats else default
-            if v.shape != (size,):
-                raise ValueError(f"statistic {name} has shape {tuple(v.shape)}, expected ({size},)")
-            self.register_buffer(f"stat_{name}", v)
-        self.item_emb = nn.Embedding(n, d, padding_idx=0)
+        for name, size in (("item_num_mean", cfg.n_item_num), ("item_num_std", cfg.n_item_num), ("idf", cfg.text_dim)):
+            self.register_buffer(f"stat_{name}", _statistic(stats, name, size))
+        self.id_emb = nn.Embedding(n, d, padding_idx=0)
         self.unk_id = nn.Parameter(torch.zeros(d))
-        self.pos_emb = nn.Embedding(cfg.max_len, d)
         if cfg.use_content:
             self.cat_emb = nn.Embedding(cfg.n_categories, d, padding_idx=0)
             self.brand_emb = nn.Embedding(cfg.n_brands, d, padding_idx=0)
             self.tag_emb = nn.Embedding(cfg.n_tags, d, padding_idx=0)
-            self.item_num_proj = nn.Linear(cfg.n_item_num, d) if cfg.n_item_num else None
+            self.num_proj = nn.Linear(cfg.n_item_num, d) if cfg.n_item_num else None
         self.text_emb = nn.Embedding(cfg.text_dim, d) if cfg.use_text and cfg.text_dim else None
-        layer = nn.TransformerEncoderLayer(d, cfg.n_heads, dim_feedforward=d * 2, dropout=cfg.dropout,
-                                           batch_first=True, norm_first=True, activation="gelu")
-        self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
-        self.norm = nn.LayerNorm(d)
-        self.drop = nn.Dropout(cfg.dropout)
-        self.use_profile = bool(cfg.use_profile and cfg.attr_cardinalities)
-        if self.use_profile:
-            self.attr_emb = nn.ModuleList(nn.Embedding(c, d) for c in cfg.attr_cardinalities)
-            self.profile_type = nn.Parameter(torch.zeros(d))
-        self.use_behaviour = bool(cfg.use_behaviour and cfg.n_profile_num)
-        if self.use_behaviour:
-            self.num_proj = nn.Linear(cfg.n_profile_num, d)
-            self.gate = nn.Linear(2 * d, d)
-        self.apply(self._init)
-        # Feature projections start as small as the embeddings: a default-initialised Linear would
-        # swamp the id embeddings (std 0.02) and make every item look like its price at the start.
-        for lin in (getattr(self, "item_num_proj", None), getattr(self, "num_proj", None)):
-            if lin is not None:
-                nn.init.normal_(lin.weight, std=0.02)
-                nn.init.zeros_(lin.bias)
 
-    @staticmethod
-    def _init(m: nn.Module) -> None:
-        if isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=0.02)
-            if m.padding_idx is not None:
-                with torch.no_grad():
-                    m.weight[m.padding_idx].zero_()
-
-    @property
-    def needs_profile(self) -> bool:
-        return self.use_profile or self.use_behaviour
-
-    def item_features(self) -> dict:
+    def features(self) -> dict:
         """The training catalog's item features (the buffers)."""
         return {name: getattr(self, f"feat_{name}") for name in ITEM_FEATURES}
 
@@ -163,8 +135,8 @@ class AttentionRecommender(nn.Module):
             if tags.shape[1]:
                 n_tags = (tags > 0).sum(1, keepdim=True).clamp_min(1)
                 out = out + self.tag_emb(tags).sum(1) / n_tags
-            if self.item_num_proj is not None:
-                out = out + self.item_num_proj(_std(feats["num"], self.stat_item_num_mean, self.stat_item_num_std))
+            if self.num_proj is not None:
+                out = out + self.num_proj(_std(feats["num"], self.stat_item_num_mean, self.stat_item_num_std))
         if self.text_emb is not None and feats["text_idx"].shape[1]:
             idx = feats["text_idx"].clamp(0, cfg.text_dim - 1)
             w = feats["text_tf"] * self.stat_idf[idx]
@@ -173,13 +145,11 @@ class AttentionRecommender(nn.Module):
             out = t if out is None else out + t
         return out
 
-    def item_vectors(self, feats: Optional[dict] = None, id_keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(n, d): the shared input/output representation of every item.
-
-        feats: item features of a catalog (default: the training catalog). Rows beyond the model's
-        id table, and rows whose has_id is False, are represented by their content alone.
+    def forward(self, feats: Optional[dict] = None, id_keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """feats: a catalog's item features (default: the training catalog). Rows beyond the id
+        table, and rows whose has_id is False, are represented by their content alone.
         id_keep: (n_items,) bool, training-time id dropout."""
-        feats = feats or self.item_features()
+        feats = feats or self.features()
         n = feats["category"].shape[0]
         n_id = min(n, self.cfg.n_items)
         keep = feats["has_id"][:n_id] & self.feat_has_id[:n_id]
@@ -188,21 +158,186 @@ class AttentionRecommender(nn.Module):
         # An item without a (kept) id embedding gets the learned "unknown id" vector instead: trained
         # on the id-dropped items, it carries what an unfamiliar item is worth on average.
         unk = self.unk_id.unsqueeze(0)
-        ids = torch.where(keep.unsqueeze(1), self.item_emb.weight[:n_id], unk)
+        ids = torch.where(keep.unsqueeze(1), self.id_emb.weight[:n_id], unk)
         if n > n_id:
             ids = torch.cat([ids, unk.expand(n - n_id, -1)])
         content = self.content_vectors(feats)
         v = ids if content is None else ids + content
         return torch.cat([v[:1] * 0, v[1:]])  # row 0 is padding
 
-    def profile_token(self, profile_cat: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
-        if not self.use_profile or profile_cat is None:
-            return None
+
+class SequenceEncoder(nn.Module):
+    """Positions + causal transformer over (B, T, d) inputs, padded keys masked, final norm."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        d = cfg.d_model
+        self.n_heads, self.max_len = cfg.n_heads, cfg.max_len
+        self.pos_emb = nn.Embedding(cfg.max_len, d)
+        layer = nn.TransformerEncoderLayer(d, cfg.n_heads, dim_feedforward=d * 2, dropout=cfg.dropout,
+                                           batch_first=True, norm_first=True, activation="gelu")
+        self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def positions(self, length: int, device) -> torch.Tensor:
+        """(length, d) embeddings of the last `length` positions (sequences are left-padded)."""
+        return self.pos_emb(torch.arange(self.max_len - length, self.max_len, device=device))
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        B, T = pad.shape
+        x = self.drop(x) * (~pad).unsqueeze(-1)
+        # Causal attention that also ignores padded keys; a padded position attends to itself only,
+        # so no row is fully masked (which would give NaNs).
+        causal = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+        allowed = causal.unsqueeze(0) & ~pad.unsqueeze(1)
+        allowed = allowed | torch.eye(T, dtype=torch.bool, device=x.device).unsqueeze(0)
+        mask = torch.zeros(B, T, T, device=x.device).masked_fill(~allowed, float("-inf"))
+        return self.norm(self.encoder(x, mask=mask.repeat_interleave(self.n_heads, dim=0)))
+
+
+class ProfileEncoder(nn.Module):
+    """Declared attributes -> one (B, d) profile token."""
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.attr_emb = nn.ModuleList(nn.Embedding(c, cfg.d_model) for c in cfg.attr_cardinalities)
+        self.profile_type = nn.Parameter(torch.zeros(cfg.d_model))
+
+    def forward(self, profile_cat: torch.Tensor) -> torch.Tensor:
         p = self.profile_type
         for k, emb in enumerate(self.attr_emb):
             if k < profile_cat.shape[1]:
                 p = p + emb(profile_cat[:, k].clamp(0, emb.num_embeddings - 1))
         return p
+
+
+class BehaviourGate(nn.Module):
+    """Standardised behaviour numbers (B, P) gated into item positions (B, L, d)."""
+
+    def __init__(self, cfg: ModelConfig, stats: dict):
+        super().__init__()
+        for name in PROFILE_STATISTICS:
+            self.register_buffer(f"stat_{name}", _statistic(stats, name, cfg.n_profile_num))
+        self.num_proj = nn.Linear(cfg.n_profile_num, cfg.d_model)
+        self.gate = nn.Linear(2 * cfg.d_model, cfg.d_model)
+
+    def forward(self, h: torch.Tensor, profile_num: torch.Tensor) -> torch.Tensor:
+        p = self.num_proj(_std(profile_num, self.stat_profile_num_mean, self.stat_profile_num_std))
+        p = p.unsqueeze(1).expand(-1, h.shape[1], -1)
+        g = torch.sigmoid(self.gate(torch.cat([h, p], dim=-1)))
+        return h + g * p
+
+
+def full_softmax_loss(h: torch.Tensor, target: torch.Tensor, items: torch.Tensor):
+    """(logits (N, n_items), cross-entropy over the whole catalog; padding item excluded)."""
+    logits = h @ items.T
+    logits[:, 0] = float("-inf")
+    return logits, F.cross_entropy(logits, target)
+
+
+def sampled_softmax_loss(h: torch.Tensor, target: torch.Tensor, items: torch.Tensor, n_negatives: int):
+    """(logits (N, 1 + S): the target, then S items drawn uniformly and shared by the batch, with
+    draws equal to the target removed; their cross-entropy)."""
+    neg = torch.randint(1, items.shape[0], (n_negatives,), device=h.device)
+    logits = torch.cat([(h * items[target]).sum(-1, keepdim=True), h @ items[neg].T], dim=1)
+    logits[:, 1:] = logits[:, 1:].masked_fill(neg.unsqueeze(0) == target.unsqueeze(1), float("-inf"))
+    return logits, F.cross_entropy(logits, torch.zeros_like(target))
+
+
+# Parameters from state dicts written before the model had named parts, and where they live now.
+_FLAT_NAMES = {
+    "item_emb.": "items.id_emb.", "unk_id": "items.unk_id", "cat_emb.": "items.cat_emb.",
+    "brand_emb.": "items.brand_emb.", "tag_emb.": "items.tag_emb.", "item_num_proj.": "items.num_proj.",
+    "text_emb.": "items.text_emb.", "feat_": "items.feat_", "stat_item_num_": "items.stat_item_num_",
+    "stat_idf": "items.stat_idf", "pos_emb.": "sequence.pos_emb.", "encoder.": "sequence.encoder.",
+    "norm.": "sequence.norm.", "attr_emb.": "profile.attr_emb.", "profile_type": "profile.profile_type",
+    "num_proj.": "behaviour.num_proj.", "gate.": "behaviour.gate.", "stat_profile_num_": "behaviour.stat_profile_num_",
+}
+
+
+def _part_name(key: str) -> str:
+    for flat, part in _FLAT_NAMES.items():
+        if key.startswith(flat):
+            return part + key[len(flat):]
+    return key
+
+
+def item_features_of(state: dict) -> dict:
+    """The item feature buffers of a state dict, by feature name."""
+    prefix = "items.feat_"
+    return {k[len(prefix):]: v for k, v in ((_part_name(k), v) for k, v in state.items()) if k.startswith(prefix)}
+
+
+def statistics_of(state: dict) -> dict:
+    """The scaling statistics of a state dict, by name."""
+    out = {}
+    for key, v in state.items():
+        name = _part_name(key).rsplit(".", 1)[-1]
+        if name.startswith("stat_"):
+            out[name[len("stat_"):]] = v
+    return out
+
+
+class AttentionRecommender(nn.Module):
+    def __init__(self, cfg: ModelConfig, item_features=None, stats: Optional[dict] = None):
+        """item_features: dict of ITEM_FEATURES tensors for the training catalog (a bare (n,) tensor
+        is taken as the categories); stats: profile_num_mean/std, item_num_mean/std, idf arrays."""
+        super().__init__()
+        self.cfg = cfg
+        stats = stats or {}
+        self.items = ItemEncoder(cfg, item_features, stats)
+        self.sequence = SequenceEncoder(cfg)
+        self.use_profile = bool(cfg.use_profile and cfg.attr_cardinalities)
+        self.profile = ProfileEncoder(cfg) if self.use_profile else None
+        self.use_behaviour = bool(cfg.use_behaviour and cfg.n_profile_num)
+        self.behaviour = BehaviourGate(cfg, stats) if self.use_behaviour else None
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        """Embeddings ~ N(0, 0.02) (padding rows zero), drawn in this fixed order so that a seed
+        always gives the same model. Feature projections start as small as the embeddings: a
+        default-initialised Linear would swamp the id embeddings and make every item look like its
+        price at the start."""
+        it = self.items
+        embeddings = [it.id_emb, self.sequence.pos_emb] + [getattr(it, name, None) for name in
+                                                            ("cat_emb", "brand_emb", "tag_emb", "text_emb")]
+        embeddings += list(self.profile.attr_emb) if self.profile is not None else []
+        for emb in (e for e in embeddings if e is not None):
+            nn.init.normal_(emb.weight, std=0.02)
+            if emb.padding_idx is not None:
+                with torch.no_grad():
+                    emb.weight[emb.padding_idx].zero_()
+        for lin in (getattr(it, "num_proj", None), self.behaviour.num_proj if self.behaviour is not None else None):
+            if lin is not None:
+                nn.init.normal_(lin.weight, std=0.02)
+                nn.init.zeros_(lin.bias)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before the model had named parts keep loading; they also hold the
+        # behaviour statistics of models without a behaviour gate, which have no place here.
+        for key in [k for k in state_dict if k.startswith(prefix)]:
+            renamed = prefix + _part_name(key[len(prefix):])
+            if renamed != key:
+                value = state_dict.pop(key)
+                if self.behaviour is not None or not renamed.startswith(prefix + "behaviour."):
+                    state_dict[renamed] = value
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def trained_ids(self) -> torch.Tensor:
+        """(n_items,) bool: items whose id embedding was trained (occurred in training)."""
+        return self.items.feat_has_id
+
+    def item_features(self) -> dict:
+        return self.items.features()
+
+    def content_vectors(self, feats: dict) -> Optional[torch.Tensor]:
+        return self.items.content_vectors(feats)
+
+    def item_vectors(self, feats: Optional[dict] = None, id_keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(n, d): the shared input/output representation of every item (see ItemEncoder)."""
+        return self.items(feats, id_keep)
 
     def encode(self, seq: torch.Tensor, profile_cat: Optional[torch.Tensor] = None,
                profile_num: Optional[torch.Tensor] = None, items: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -214,28 +349,15 @@ class AttentionRecommender(nn.Module):
             L = self.cfg.max_len
         pad = seq == 0
         items = self.item_vectors() if items is None else items
-        x = F.embedding(seq, items) * (self.cfg.d_model ** 0.5)
-        x = x + self.pos_emb(torch.arange(self.cfg.max_len - L, self.cfg.max_len, device=seq.device))
-        tok = self.profile_token(profile_cat)
-        if tok is not None:
-            x = torch.cat([tok.unsqueeze(1) * (self.cfg.d_model ** 0.5), x], dim=1)
+        scale = self.cfg.d_model ** 0.5
+        x = F.embedding(seq, items) * scale + self.sequence.positions(L, seq.device)
+        if self.profile is not None and profile_cat is not None:
+            x = torch.cat([self.profile(profile_cat).unsqueeze(1) * scale, x], dim=1)
             pad = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=seq.device), pad], dim=1)
-        T = x.shape[1]
-        x = self.drop(x) * (~pad).unsqueeze(-1)
-        # Causal attention that also ignores padded keys; a padded position attends to itself only,
-        # so no row is fully masked (which would give NaNs).
-        causal = torch.ones(T, T, dtype=torch.bool, device=seq.device).tril()
-        allowed = causal.unsqueeze(0) & ~pad.unsqueeze(1)
-        allowed = allowed | torch.eye(T, dtype=torch.bool, device=seq.device).unsqueeze(0)
-        mask = torch.zeros(B, T, T, device=seq.device).masked_fill(~allowed, float("-inf"))
-        mask = mask.repeat_interleave(self.cfg.n_heads, dim=0)
-        h = self.norm(self.encoder(x, mask=mask))
-        if self.use_behaviour and profile_num is not None:
-            t = T - L
-            p = self.num_proj(_std(profile_num, self.stat_profile_num_mean, self.stat_profile_num_std))
-            p = p.unsqueeze(1).expand(-1, L, -1)
-            g = torch.sigmoid(self.gate(torch.cat([h[:, t:], p], dim=-1)))
-            h = torch.cat([h[:, :t], h[:, t:] + g * p], dim=1)
+        h = self.sequence(x, pad)
+        if self.behaviour is not None and profile_num is not None:
+            t = h.shape[1] - L
+            h = torch.cat([h[:, :t], self.behaviour(h[:, t:], profile_num)], dim=1)
         return h * (~pad).unsqueeze(-1)
 
     def forward(self, seq: torch.Tensor, target: Optional[torch.Tensor] = None,
@@ -243,9 +365,8 @@ class AttentionRecommender(nn.Module):
         """Return (scores, loss).
 
         Without target: scores (B, n_items) for the next item after the sequence, loss None.
-        With target (B, L; 0 = no target): scores of the supervised positions (N, n_items) and the
-        mean cross-entropy over the full catalog (padding item excluded); with loss_negatives = S,
-        (N, 1 + S) scores (column 0 the target, then the sampled items) and their cross-entropy. With the profile token,
+        With target (B, L; 0 = no target): scores of the supervised positions and the loss
+        (full_softmax_loss, or sampled_softmax_loss with loss_negatives). With the profile token,
         its position is supervised with the window's first item.
         """
         if target is None:
@@ -264,17 +385,10 @@ class AttentionRecommender(nn.Module):
             first = torch.where((seq > 0).any(1), seq.gather(1, (seq > 0).long().argmax(1, keepdim=True)).squeeze(1), 0)
             target = torch.cat([first.unsqueeze(1), target], dim=1)
         keep = target > 0
-        hk, tk = h[keep], target[keep]
         n_neg = self.cfg.loss_negatives
         if n_neg and n_neg < self.cfg.n_items - 1:
-            neg = torch.randint(1, self.cfg.n_items, (n_neg,), device=seq.device)
-            logits = torch.cat([(hk * items[tk]).sum(-1, keepdim=True), hk @ items[neg].T], dim=1)
-            logits[:, 1:] = logits[:, 1:].masked_fill(neg.unsqueeze(0) == tk.unsqueeze(1), float("-inf"))
-            return logits, F.cross_entropy(logits, torch.zeros_like(tk))
-        logits = hk @ items.T
-        logits[:, 0] = float("-inf")
-        loss = F.cross_entropy(logits, tk)
-        return logits, loss
+            return sampled_softmax_loss(h[keep], target[keep], items, n_neg)
+        return full_softmax_loss(h[keep], target[keep], items)
 
     @torch.no_grad()
     def user_vectors(self, seq: torch.Tensor, profile_cat=None, profile_num=None,

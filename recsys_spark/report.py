@@ -5,8 +5,7 @@ model against the baselines and against the previous evaluation, NDCG@10 by acti
 exposure Lorenz curve and popularity-bias bars (by item-popularity decile), training curves, the
 A/B readout with intervals (when gold/ab_log exists), and a few users with their history,
 recommendations and explanations. Plots are PNGs embedded as data URIs: the file has no external
-references. `check_rendering` opens it in headless Chromium, takes a screenshot and returns the
-console errors.
+references.
 """
 from __future__ import annotations
 
@@ -15,16 +14,14 @@ import html
 import io
 import json
 import os
-import re
 import shutil
-import subprocess
-import tempfile
 from typing import Optional
 
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import schema, tables
+from recsys_spark import checkpoints, schema, tables
+from recsys_spark.abtest import format_readout, readout, variant_stats
 from recsys_spark.config import Config
 
 HEADLINE = [("recall", 10), ("ndcg", 10), ("mrr", 10), ("coverage", 10), ("gini", 10), ("novelty", 10),
@@ -40,78 +37,99 @@ def _png(fig) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
 
 
+def _by_model(models) -> list:
+    return sorted(models, key=lambda m: (m != "attention", m))
+
+
+def _activity_figure(plt, np, slices) -> Optional[str]:
+    act = slices[(slices.kind == "activity") & (slices.metric == "ndcg")]
+    if not len(act):
+        return None
+    order = ["0-4", "5-9", "10-19", "20-49", "50+"]
+    models = _by_model(act.model.unique())
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    width = 0.8 / len(models)
+    for j, m in enumerate(models):
+        part = act[act.model == m].set_index("group").reindex(order)
+        ax.bar(np.arange(len(order)) + j * width, part["value"].fillna(0), width, label=m)
+    ax.set_xticks(np.arange(len(order)) + 0.4 - width / 2, order)
+    ax.set_xlabel("history length (items)")
+    ax.set_ylabel("NDCG@10")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _exposure_figure(plt, np, slices) -> Optional[str]:
+    dec = slices[(slices.kind == "exposure:popularity_decile")]
+    if not len(dec):
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for m in _by_model(dec.model.unique()):
+        share = dec[(dec.model == m) & (dec.metric == "rec_share")].copy()
+        share["g"] = share.group.astype(int)
+        share = share.sort_values("g", ascending=False)  # least popular decile first
+        ax1.plot(np.r_[0, np.arange(1, len(share) + 1) / len(share)], np.r_[0, share.value.cumsum()], marker=".", label=m)
+    ax1.plot([0, 1], [0, 1], "k--", lw=0.8, label="equal exposure")
+    ax1.set_xlabel("cumulative share of items (least popular first)")
+    ax1.set_ylabel("cumulative share of recommendations")
+    ax1.set_title("exposure Lorenz curve (by popularity decile)", fontsize=9)
+    ax1.legend(fontsize=8)
+    att = dec[dec.model == "attention"].copy()
+    att["g"] = att.group.astype(int)
+    rec = att[att.metric == "rec_share"].sort_values("g")
+    inter = att[att.metric == "interaction_share"].sort_values("g")
+    x = np.arange(len(rec))
+    ax2.bar(x - 0.2, rec.value, 0.4, label="attention recommendations")
+    ax2.bar(x + 0.2, inter.value, 0.4, label="interactions")
+    ax2.set_xticks(x, rec.g)
+    ax2.set_xlabel("item popularity decile (1 = most popular)")
+    ax2.set_ylabel("share")
+    ax2.set_title("popularity bias", fontsize=9)
+    ax2.legend(fontsize=8)
+    return _png(fig)
+
+
+def _training_figure(plt, np, history: list) -> Optional[str]:
+    if not history:
+        return None
+    fig, ax1 = plt.subplots(figsize=(6, 3.2))
+    ep = [h["epoch"] for h in history]
+    ax1.plot(ep, [h["loss"] for h in history], "b.-", label="training loss")
+    ax1.set_xlabel("epoch")
+    ax1.set_ylabel("loss", color="b")
+    if any("valid_ndcg@10" in h for h in history):
+        ax2 = ax1.twinx()
+        ax2.plot(ep, [h.get("valid_ndcg@10", np.nan) for h in history], "r.-")
+        ax2.set_ylabel("validation NDCG@10", color="r")
+    return _png(fig)
+
+
+def _ab_figure(plt, ab: Optional[dict]) -> Optional[str]:
+    if not ab:
+        return None
+    rows = [(f"{v}: {m}", res[m]) for v, res in ab["variants"].items() for m in ("ctr", "conversion", "revenue_per_user")]
+    fig, ax = plt.subplots(figsize=(6, 0.6 + 0.5 * len(rows)))
+    for i, (label, x) in enumerate(rows):
+        c = x["control"] or 1.0
+        ax.errorbar([x["diff"] / c], [i], xerr=[[(x["diff"] - x["ci_low"]) / c], [(x["ci_high"] - x["diff"]) / c]],
+                    fmt="o", capsize=4)
+    ax.axvline(0, color="k", lw=0.8)
+    ax.set_yticks(range(len(rows)), [r[0] for r in rows])
+    ax.set_xlabel(f"relative lift vs {ab['control']} ({int(round((1 - ab['alpha']) * 100))}% CI)")
+    return _png(fig)
+
+
 def _figures(slices, history: list, ab: Optional[dict]) -> dict[str, str]:
+    """The report's plots as data URIs, by section: activity, exposure, training, ab."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    figs = {}
-    act = slices[(slices.kind == "activity") & (slices.metric == "ndcg")]
-    if len(act):
-        order = ["0-4", "5-9", "10-19", "20-49", "50+"]
-        models = sorted(act.model.unique(), key=lambda m: (m != "attention", m))
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-        width = 0.8 / len(models)
-        for j, m in enumerate(models):
-            part = act[act.model == m].set_index("group").reindex(order)
-            ax.bar(np.arange(len(order)) + j * width, part["value"].fillna(0), width, label=m)
-        ax.set_xticks(np.arange(len(order)) + 0.4 - width / 2, order)
-        ax.set_xlabel("history length (items)")
-        ax.set_ylabel("NDCG@10")
-        ax.legend(fontsize=8)
-        figs["activity"] = _png(fig)
-    dec = slices[(slices.kind == "exposure:popularity_decile")]
-    if len(dec):
-        fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
-        for m in sorted(dec.model.unique(), key=lambda m: (m != "attention", m)):
-            share = dec[(dec.model == m) & (dec.metric == "rec_share")].copy()
-            share["g"] = share.group.astype(int)
-            share = share.sort_values("g", ascending=False)  # least popular decile first
-            ax1.plot(np.r_[0, np.arange(1, len(share) + 1) / len(share)], np.r_[0, share.value.cumsum()], marker=".", label=m)
-        ax1.plot([0, 1], [0, 1], "k--", lw=0.8, label="equal exposure")
-        ax1.set_xlabel("cumulative share of items (least popular first)")
-        ax1.set_ylabel("cumulative share of recommendations")
-        ax1.set_title("exposure Lorenz curve (by popularity decile)", fontsize=9)
-        ax1.legend(fontsize=8)
-        att = dec[dec.model == "attention"].copy()
-        att["g"] = att.group.astype(int)
-        rec = att[att.metric == "rec_share"].sort_values("g")
-        inter = att[att.metric == "interaction_share"].sort_values("g")
-        x = np.arange(len(rec))
-        ax2.bar(x - 0.2, rec.value, 0.4, label="attention recommendations")
-        ax2.bar(x + 0.2, inter.value, 0.4, label="interactions")
-        ax2.set_xticks(x, rec.g)
-        ax2.set_xlabel("item popularity decile (1 = most popular)")
-        ax2.set_ylabel("share")
-        ax2.set_title("popularity bias", fontsize=9)
-        ax2.legend(fontsize=8)
-        figs["exposure"] = _png(fig)
-    if history:
-        fig, ax1 = plt.subplots(figsize=(6, 3.2))
-        ep = [h["epoch"] for h in history]
-        ax1.plot(ep, [h["loss"] for h in history], "b.-", label="training loss")
-        ax1.set_xlabel("epoch")
-        ax1.set_ylabel("loss", color="b")
-        if any("valid_ndcg@10" in h for h in history):
-            ax2 = ax1.twinx()
-            ax2.plot(ep, [h.get("valid_ndcg@10", np.nan) for h in history], "r.-")
-            ax2.set_ylabel("validation NDCG@10", color="r")
-        figs["training"] = _png(fig)
-    if ab:
-        rows = [(f"{v}: {m}", r[m]) for v, res in ab["variants"].items() for m in ("ctr", "conversion", "revenue_per_user")
-                for r in [res]]
-        fig, ax = plt.subplots(figsize=(6, 0.6 + 0.5 * len(rows)))
-        for i, (label, x) in enumerate(rows):
-            c = x["control"] or 1.0
-            ax.errorbar([x["diff"] / c], [i], xerr=[[(x["diff"] - x["ci_low"]) / c], [(x["ci_high"] - x["diff"]) / c]],
-                        fmt="o", capsize=4)
-        ax.axvline(0, color="k", lw=0.8)
-        ax.set_yticks(range(len(rows)), [r[0] for r in rows])
-        ax.set_xlabel(f"relative lift vs {ab['control']} ({int(round((1 - ab['alpha']) * 100))}% CI)")
-        figs["ab"] = _png(fig)
-    return figs
+    figs = {"activity": _activity_figure(plt, np, slices), "exposure": _exposure_figure(plt, np, slices),
+            "training": _training_figure(plt, np, history), "ab": _ab_figure(plt, ab)}
+    return {k: v for k, v in figs.items() if v is not None}
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
@@ -121,10 +139,107 @@ def _table(headers: list[str], rows: list[list]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def run(spark: SparkSession, cfg: Config, n_examples: int = 3) -> str:
-    from recsys_spark.abtest import format_readout, readout, variant_stats
-    from recsys_spark.train import latest_checkpoint, load_checkpoint
+def _value(df, model: str, metric: str, k: int) -> Optional[float]:
+    v = df[(df.model == model) & (df.metric == metric) & (df.k == k)].value
+    return float(v.iloc[0]) if len(v) else None
 
+
+def _headline(cur, models: list[str]) -> str:
+    rows = [[m] + [f"{v:.4f}" if (v := _value(cur, m, metric, k)) is not None else "" for metric, k in HEADLINE]
+            for m in models]
+    return _table(["model"] + [f"{m}@{k}" for m, k in HEADLINE], rows)
+
+
+def _comparison(metrics, cur, eval_id: str, prev_id: Optional[str], model_run_id: str) -> str:
+    """The attention model against the previous evaluation."""
+    if prev_id is None:
+        return "<p>No previous evaluation to compare with.</p>"
+    prev = metrics[metrics.eval_run_id == prev_id]
+    crow = []
+    for metric, k in HEADLINE:
+        a, b = _value(cur, "attention", metric, k), _value(prev, "attention", metric, k)
+        if a is not None and b is not None:
+            crow.append([f"{metric}@{k}", f"{b:.4f}", f"{a:.4f}", f"{a - b:+.4f}"])
+    return (f"<p>Attention model, this evaluation ({html.escape(eval_id)}, model {html.escape(str(model_run_id))}) "
+            f"vs the previous one ({html.escape(prev_id)}, model {html.escape(str(prev.model_run_id.iloc[0]))}):</p>"
+            + _table(["metric", "previous", "this run", "change"], crow))
+
+
+def _gaps(slices) -> str:
+    if slices is None:
+        return ""
+    g = slices[(slices.group == "<gap>") & (slices.model == "attention")].pivot_table(index="kind", columns="metric",
+                                                                                       values="value")
+    if not len(g):
+        return ""
+    return _table(["slice", "NDCG@10 gap", "95% bootstrap CI"],
+                  [[k, f"{r.ndcg_gap:.3f}", f"[{r.ndcg_gap_ci_low:.3f}, {r.ndcg_gap_ci_high:.3f}]"] for k, r in g.iterrows()])
+
+
+def _cold_section(cold) -> str:
+    if not len(cold):
+        return ""
+    crow = []
+    for (split, model), part in cold.groupby(["split", "model"], sort=True):
+        get = lambda metric: part[part.metric == metric].value  # noqa: E731
+        crow.append([split, model, int(part.n_users.iloc[0])]
+                    + [f"{float(get(m).iloc[0]):.4f}" if len(get(m)) else "" for m in ("recall", "ndcg")])
+    return ("<h2>Cold start</h2><p>Held-out users (profile plus their first N events) and held-out "
+            "items (never seen in training), full ranking.</p>"
+            + _table(["split", "model", "users", "recall@10", "ndcg@10"], crow))
+
+
+def _ab(spark: SparkSession, cfg: Config) -> tuple[Optional[dict], str]:
+    """The A/B readout of abtest.log and its text, when the log exists."""
+    loc = tables.locate(cfg.tables_dir, cfg.abtest.log)
+    if not tables.exists(spark, loc):
+        return None, ""
+    ab = readout(variant_stats(tables.read(spark, loc)), cfg.abtest.control, cfg.abtest.alpha, cfg.abtest.power,
+                 cfg.abtest.split or None)
+    return ab, format_readout(ab)
+
+
+def _training_history(cfg: Config, model_run_id: str) -> list:
+    try:
+        return checkpoints.manifest(checkpoints.latest(cfg.models_dir, str(model_run_id))).get("history", [])
+    except FileNotFoundError:
+        return []
+
+
+STYLE = """
+body { font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1100px; }
+table { border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }
+th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+pre { background: #f6f6f6; padding: 8px; font-size: 12px; overflow-x: auto; }
+img { max-width: 100%; }
+.user { margin-bottom: 14px; }
+"""
+
+
+def _document(eval_id: str, model_run_id: str, n_users: int, sections: dict, figs: dict, ab: Optional[dict],
+              ab_text: str) -> str:
+    img = lambda key, alt: f'<img alt="{alt}" src="{figs[key]}">' if key in figs else f"<p>({alt}: no data)</p>"  # noqa: E731
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>recsys-spark report {html.escape(eval_id)}</title>
+<style>{STYLE}</style></head><body>
+<h1>recsys-spark evaluation report</h1>
+<p>Evaluation <b>{html.escape(eval_id)}</b> of model <b>{html.escape(str(model_run_id))}</b> on
+{n_users} test users: full ranking, history removed, one held-out item per user.</p>
+<h2>Headline metrics</h2>{sections["headline"]}
+<h2>Against the previous run</h2>{sections["comparison"]}
+<h2>Who is served well</h2>{img("activity", "NDCG@10 by activity bucket")}{sections["gaps"]}{sections["groups"]}{sections["cold"]}
+<h2>Exposure</h2>{img("exposure", "exposure Lorenz curve and popularity bias")}
+<h2>Training</h2>{img("training", "training curves")}
+<h2>A/B test</h2>{img("ab", "A/B lift with intervals") if ab else "<p>No A/B log (gold/ab_log).</p>"}
+{f"<pre>{html.escape(ab_text)}</pre>" if ab_text else ""}
+<h2>Example users</h2>{sections["examples"]}
+</body></html>
+"""
+
+
+def run(spark: SparkSession, cfg: Config, n_examples: int = 3) -> str:
+    """Write <paths.root>/reports/<eval_id>.html and latest.html for the latest evaluation."""
     root = cfg.tables_dir
     mloc = tables.path(root, schema.METRICS)
     tables.require(spark, mloc, "evaluate")
@@ -134,87 +249,20 @@ def run(spark: SparkSession, cfg: Config, n_examples: int = 3) -> str:
     eval_id = evals.index[-1]
     prev_id = evals.index[-2] if len(evals) > 1 else None
     cur = metrics[metrics.eval_run_id == eval_id]
-    cold = every[(every.eval_run_id == eval_id) & (every.split != "test") & (every.k == 10)]
     model_run_id = cur.model_run_id.iloc[0]
     sloc = tables.path(root, schema.METRIC_SLICES)
     slices = tables.read(spark, sloc).where(F.col("eval_id") == eval_id).toPandas() if tables.exists(spark, sloc) else None
-
-    def val(df, model, metric, k):
-        v = df[(df.model == model) & (df.metric == metric) & (df.k == k)].value
-        return float(v.iloc[0]) if len(v) else None
-
-    models = sorted(cur.model.unique(), key=lambda m: (m != "attention", m))
-    rows = [[m] + [f"{val(cur, m, metric, k):.4f}" if val(cur, m, metric, k) is not None else "" for metric, k in HEADLINE]
-            for m in models]
-    headline = _table(["model"] + [f"{m}@{k}" for m, k in HEADLINE], rows)
-    comparison = "<p>No previous evaluation to compare with.</p>"
-    if prev_id is not None:
-        prev = metrics[metrics.eval_run_id == prev_id]
-        crow = []
-        for metric, k in HEADLINE:
-            a, b = val(cur, "attention", metric, k), val(prev, "attention", metric, k)
-            if a is not None and b is not None:
-                crow.append([f"{metric}@{k}", f"{b:.4f}", f"{a:.4f}", f"{a - b:+.4f}"])
-        comparison = (f"<p>Attention model, this evaluation ({html.escape(eval_id)}, model {html.escape(str(model_run_id))}) "
-                      f"vs the previous one ({html.escape(prev_id)}, model "
-                      f"{html.escape(str(metrics[metrics.eval_run_id == prev_id].model_run_id.iloc[0]))}):</p>"
-                      + _table(["metric", "previous", "this run", "change"], crow))
-    history = []
-    try:
-        _, ckpt = load_checkpoint(latest_checkpoint(cfg.models_dir, str(model_run_id)))
-        history = ckpt.get("history", [])
-    except FileNotFoundError:
-        pass
-    ab, ab_text = None, ""
-    ab_loc = tables.locate(root, cfg.abtest.log)
-    if tables.exists(spark, ab_loc):
-        ab = readout(variant_stats(tables.read(spark, ab_loc)), cfg.abtest.control, cfg.abtest.alpha, cfg.abtest.power,
-                     cfg.abtest.split or None)
-        ab_text = format_readout(ab)
+    models = _by_model(cur.model.unique())
+    ab, ab_text = _ab(spark, cfg)
+    history = _training_history(cfg, model_run_id)
     figs = _figures(slices, history, ab) if slices is not None else _figures_empty(history, ab)
-    gaps = ""
-    if slices is not None:
-        g = slices[(slices.group == "<gap>") & (slices.model == "attention")].pivot_table(index="kind", columns="metric", values="value")
-        if len(g):
-            gaps = _table(["slice", "NDCG@10 gap", "95% bootstrap CI"],
-                          [[k, f"{r.ndcg_gap:.3f}", f"[{r.ndcg_gap_ci_low:.3f}, {r.ndcg_gap_ci_high:.3f}]"] for k, r in g.iterrows()])
-    groups = _group_table(slices, models) if slices is not None else ""
-    cold_html = ""
-    if len(cold):
-        crow = []
-        for (split, model), part in cold.groupby(["split", "model"], sort=True):
-            get = lambda metric: part[part.metric == metric].value  # noqa: E731
-            crow.append([split, model, int(part.n_users.iloc[0])]
-                        + [f"{float(get(m).iloc[0]):.4f}" if len(get(m)) else "" for m in ("recall", "ndcg")])
-        cold_html = ("<h2>Cold start</h2><p>Held-out users (profile plus their first N events) and held-out "
-                     "items (never seen in training), full ranking.</p>"
-                     + _table(["split", "model", "users", "recall@10", "ndcg@10"], crow))
-    examples = _examples(spark, cfg, n_examples)
-    img = lambda key, alt: f'<img alt="{alt}" src="{figs[key]}">' if key in figs else f"<p>({alt}: no data)</p>"
-    doc = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>recsys-spark report {html.escape(eval_id)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 24px; color: #222; max-width: 1100px; }}
-table {{ border-collapse: collapse; margin: 8px 0 16px; font-size: 13px; }}
-th, td {{ border: 1px solid #ccc; padding: 4px 8px; text-align: right; }}
-th:first-child, td:first-child {{ text-align: left; }}
-pre {{ background: #f6f6f6; padding: 8px; font-size: 12px; overflow-x: auto; }}
-img {{ max-width: 100%; }}
-.user {{ margin-bottom: 14px; }}
-</style></head><body>
-<h1>recsys-spark evaluation report</h1>
-<p>Evaluation <b>{html.escape(eval_id)}</b> of model <b>{html.escape(str(model_run_id))}</b> on
-{int(cur.n_users.iloc[0])} test users: full ranking, history removed, one held-out item per user.</p>
-<h2>Headline metrics</h2>{headline}
-<h2>Against the previous run</h2>{comparison}
-<h2>Who is served well</h2>{img("activity", "NDCG@10 by activity bucket")}{gaps}{groups}{cold_html}
-<h2>Exposure</h2>{img("exposure", "exposure Lorenz curve and popularity bias")}
-<h2>Training</h2>{img("training", "training curves")}
-<h2>A/B test</h2>{img("ab", "A/B lift with intervals") if ab else "<p>No A/B log (gold/ab_log).</p>"}
-{f"<pre>{html.escape(ab_text)}</pre>" if ab_text else ""}
-<h2>Example users</h2>{examples}
-</body></html>
-"""
+    sections = {
+        "headline": _headline(cur, models), "comparison": _comparison(metrics, cur, eval_id, prev_id, model_run_id),
+        "gaps": _gaps(slices), "groups": _group_table(slices, models) if slices is not None else "",
+        "cold": _cold_section(every[(every.eval_run_id == eval_id) & (every.split != "test") & (every.k == 10)]),
+        "examples": _examples(spark, cfg, n_examples),
+    }
+    doc = _document(eval_id, model_run_id, int(cur.n_users.iloc[0]), sections, figs, ab, ab_text)
     out_dir = os.path.join(cfg.paths.root, "reports")
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{eval_id}.html")
@@ -270,28 +318,3 @@ def _examples(spark: SparkSession, cfg: Config, n: int) -> str:
         recent = ", ".join(hist.get(u, [])[-8:])
         parts.append(f'<div class="user"><h3>{html.escape(u)}</h3><p>Recent history: {html.escape(recent)}</p>{table}</div>')
     return "".join(parts)
-
-
-def find_chromium() -> Optional[str]:
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        p = shutil.which(name)
-        if p:
-            return p
-    return None
-
-
-def check_rendering(html_path: str, png_path: str, width: int = 1200, height: int = 3000) -> list[str]:
-    """Open the file in headless Chromium, write a screenshot, return the console errors it logged."""
-    exe = find_chromium()
-    if exe is None:
-        raise FileNotFoundError("no Chromium found (apt-get install chromium); scripts/setup.sh installs it as root")
-    with tempfile.TemporaryDirectory() as profile:
-        proc = subprocess.run(
-            [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", f"--user-data-dir={profile}",
-             "--enable-logging=stderr", "--v=0", f"--window-size={width},{height}", f"--screenshot={png_path}",
-             "file://" + os.path.abspath(html_path)],
-            capture_output=True, text=True, timeout=120)
-    if not os.path.isfile(png_path):
-        raise RuntimeError(f"Chromium wrote no screenshot (exit {proc.returncode}): {proc.stderr[-2000:]}")
-    return [line for line in proc.stderr.splitlines()
-            if re.search(r"CONSOLE|Uncaught|Failed to load resource|net::ERR_", line)]

@@ -1,11 +1,16 @@
-"""Table names, column names and schemas: names live here and nowhere else."""
-from __future__ import annotations
+"""Names: tables, columns, event types and serving paths live here and nowhere else.
 
-from pyspark.sql import types as T
+Pure Python (no pyspark), so the config and the torch-only modules can use them. The typed Spark
+schemas of the tables the product writes are in recsys_spark.table_schemas.
+"""
+from __future__ import annotations
 
 # Raw input columns. user_id, item_id, event_type and timestamp are required; the rest optional.
 REQUIRED_EVENT_COLUMNS = ("user_id", "item_id", "event_type", "timestamp")
 OPTIONAL_EVENT_COLUMNS = ("event_id", "rating")
+# Event types the product knows, in the order that breaks timestamp ties in a sequence (a view
+# before the cart, before the purchase) and that lays out the profile's activity counts.
+EVENT_TYPES = ("view", "add_to_cart", "purchase", "rating")
 # Declared user attributes (any subset may be present in the users input; missing = unknown).
 USER_ATTRIBUTE_COLUMNS = ("age_band", "gender", "region", "occupation")
 # Categorical item attributes; `tags` holds several values separated by "|" (genres, attribute ids).
@@ -33,95 +38,8 @@ SCORE_RUNS = "gold/score_runs"
 METRICS = "gold/metrics"
 METRIC_SLICES = "gold/metric_slices"
 
-EVENTS_SCHEMA = T.StructType(
-    [
-        T.StructField("event_id", T.StringType(), False),
-        T.StructField("user_id", T.StringType(), False),
-        T.StructField("item_id", T.StringType(), False),
-        T.StructField("event_type", T.StringType(), False),
-        T.StructField("ts", T.TimestampType(), False),
-        T.StructField("rating", T.DoubleType(), True),
-        T.StructField("source_file", T.StringType(), True),
-        T.StructField("ingest_run_id", T.StringType(), False),
-    ]
-)
 
-QUARANTINE_SCHEMA = T.StructType(
-    [
-        T.StructField("reason", T.StringType(), False),
-        T.StructField("source_file", T.StringType(), True),
-        T.StructField("raw", T.StringType(), True),  # the offending row as JSON of its raw values
-        T.StructField("ingest_run_id", T.StringType(), False),
-        T.StructField("quarantined_at", T.TimestampType(), False),
-    ]
-)
-
-# The output contract (README "Recommendations table"): one partition per run_date; per user ranks
-# 1..n (n = score.k, fewer only when fewer items are eligible and unseen); no seen or ineligible
-# item; because_item_ids are items of the user's own history.
-RECOMMENDATIONS_SCHEMA = T.StructType(
-    [
-        T.StructField("user_id", T.StringType(), False),
-        T.StructField("rank", T.IntegerType(), False),
-        T.StructField("item_id", T.StringType(), False),
-        T.StructField("score", T.FloatType(), False),
-        T.StructField("because_item_ids", T.ArrayType(T.StringType(), False), False),
-        # history | profile | segment_popularity | popularity (recsys_spark.score.SERVED_*)
-        T.StructField("served_by", T.StringType(), False),
-        T.StructField("model_run_id", T.StringType(), False),
-        T.StructField("run_date", T.DateType(), False),
-    ]
-)
-
-# One row per successful scoring run: what produced each recommendations partition.
-SCORE_RUNS_SCHEMA = T.StructType(
-    [
-        T.StructField("run_date", T.DateType(), False),
-        T.StructField("model_run_id", T.StringType(), False),
-        T.StructField("mode", T.StringType(), False),  # full | incremental
-        T.StructField("mode_reason", T.StringType(), False),
-        T.StructField("rules", T.StringType(), False),  # JSON of k and the business rules
-        T.StructField("events_version", T.LongType(), False),  # events version the features were built from
-        T.StructField("sequences_version", T.LongType(), False),
-        T.StructField("user_profile_version", T.LongType(), False),
-        T.StructField("eligibility_version", T.LongType(), True),
-        T.StructField("recommendations_version", T.LongType(), False),
-        T.StructField("users_scored", T.LongType(), False),
-        T.StructField("users_carried", T.LongType(), False),
-        T.StructField("rows", T.LongType(), False),
-        T.StructField("seconds", T.DoubleType(), False),
-        T.StructField("finished_at", T.TimestampType(), False),
-    ]
-)
-
-METRICS_SCHEMA = T.StructType(
-    [
-        T.StructField("eval_run_id", T.StringType(), False),
-        T.StructField("model_run_id", T.StringType(), True),
-        T.StructField("model", T.StringType(), False),
-        T.StructField("metric", T.StringType(), False),
-        T.StructField("k", T.IntegerType(), False),
-        T.StructField("value", T.DoubleType(), False),
-        T.StructField("n_users", T.LongType(), False),
-        T.StructField("split", T.StringType(), False),
-        T.StructField("evaluated_at", T.TimestampType(), False),
-    ]
-)
-
-# Metrics by slice (kind = activity | user_history | target_item | a user attribute, group = its
-# value), fairness gaps (group "<gap>": metric gap / gap_ci_low / gap_ci_high) and item exposure
-# (kind = exposure:popularity_decile | exposure:category; metric rec_share / interaction_share / item_share).
-METRIC_SLICES_SCHEMA = T.StructType(
-    [
-        T.StructField("eval_id", T.StringType(), False),
-        T.StructField("model_run_id", T.StringType(), True),
-        T.StructField("model", T.StringType(), False),
-        T.StructField("kind", T.StringType(), False),
-        T.StructField("group", T.StringType(), False),
-        T.StructField("metric", T.StringType(), False),
-        T.StructField("k", T.IntegerType(), False),
-        T.StructField("value", T.DoubleType(), False),
-        T.StructField("n_users", T.LongType(), True),
-        T.StructField("evaluated_at", T.TimestampType(), False),
-    ]
-)
+# How a user's list was made (the recommendations' served_by column): the model over the user's
+# history (and profile); the model's profile path alone (no history yet); popularity among users
+# with the same declared attributes; global popularity (the model has nothing for this user).
+SERVED_HISTORY, SERVED_PROFILE, SERVED_SEGMENT, SERVED_POPULAR = "history", "profile", "segment_popularity", "popularity"

@@ -1,6 +1,7 @@
 """The only place a SparkSession is built. Delta Lake is always on."""
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import sys
 
@@ -8,7 +9,19 @@ from pyspark.sql import SparkSession
 
 from recsys_spark.config import SparkConfig
 
-DELTA_PACKAGE = "io.delta:delta-spark_2.12:3.3.2"
+
+def delta_package() -> str:
+    """The Maven coordinate of the Delta jars matching the installed delta-spark (as delta's own
+    configure_spark_with_delta_pip builds it; Spark 3.5 is built for Scala 2.12)."""
+    return f"io.delta:delta-spark_2.12:{importlib.metadata.version('delta-spark')}"
+
+
+def jars_packages(user_packages: str) -> str:
+    """spark.jars.packages: the user's own packages, plus Delta's unless they name a Delta jar."""
+    mine = [p.strip() for p in user_packages.split(",") if p.strip()]
+    if not any(p.startswith("io.delta:delta-spark_") for p in mine):
+        mine.append(delta_package())
+    return ",".join(mine)
 
 
 def _show_progress(cfg: SparkConfig) -> bool:
@@ -47,7 +60,7 @@ def build_spark(cfg: SparkConfig) -> SparkSession:
     for key, value in cfg.conf.items():
         builder = builder.config(key, value)
     if cfg.delta_packages and not submitted:
-        builder = builder.config("spark.jars.packages", DELTA_PACKAGE)
+        builder = builder.config("spark.jars.packages", jars_packages(cfg.conf.get("spark.jars.packages", "")))
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.log_level)
     return spark

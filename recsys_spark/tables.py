@@ -8,6 +8,8 @@ from typing import Optional
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
+from recsys_spark.config import is_uri
+
 
 def path(root_tables: str, name: str) -> str:
     return os.path.join(root_tables, name)
@@ -16,7 +18,7 @@ def path(root_tables: str, name: str) -> str:
 def locate(root_tables: str, name_or_path: str) -> str:
     """A config value naming a table: an absolute path or URI is used as is, anything else is a
     name under the tables folder (e.g. "silver/eligibility")."""
-    if name_or_path.startswith("/") or "://" in name_or_path or name_or_path.startswith("dbfs:"):
+    if name_or_path.startswith("/") or is_uri(name_or_path):
         return name_or_path
     return path(root_tables, name_or_path)
 

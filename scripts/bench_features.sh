@@ -7,4 +7,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=$(scripts/setup.sh)
-exec "$py" -m recsys_spark.bench_features "$@"
+exec "$py" -m benchmarks.features "$@"

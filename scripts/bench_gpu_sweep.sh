@@ -4,26 +4,27 @@
 #   scripts/bench_gpu_sweep.sh DIR_WITH_NPZ OUT_DIR [SECONDS_PER_VARIANT [VARIANTS_FILE]]
 # VARIANTS_FILE: lines "label dataset patience spec" (spec as bench_gpu --variant); then no throughput step.
 # DIR_WITH_NPZ holds ml-1m.npz and Beauty.npz made here by
-#   python -m recsys_spark.bench_gpu export WORK X.npz --set features.holdout_users=0 --set features.holdout_items=0
+#   python -m benchmarks.gpu export WORK X.npz --set features.holdout_users=0 --set features.holdout_items=0
 # from a lakehouse that scripts/bench_quality.sh ... --work WORK built (the benchmark's split).
 # Training mirrors the CPU benchmark's 2 Horovod ranks x batch 128 at lr 0.002 x sqrt(2): one
 # process, batch 256, lr 0.00283. --cpu-epochs 27 also tests the best of the first 27 epochs, the
 # number the 30-minute CPU budget trains on ml-1m.
 set -uo pipefail
-src=$1; out=$2; secs=${3:-300}
+src=$(realpath "$1"); out=$(realpath -m "$2"); secs=${3:-300}; variants=${4:+$(realpath "$4")}
+cd "$(dirname "$0")/.."  # benchmarks/ is imported from the repository root
 py=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 OMP_NUM_THREADS=1
 tmp=$(mktemp -d)
-[ -z "${4:-}" ] && $py -m recsys_spark.bench_gpu throughput "$src/ml-1m.npz" --out "$out/throughput.json" \
+[ -z "$variants" ] && $py -m benchmarks.gpu throughput "$src/ml-1m.npz" --out "$out/throughput.json" \
   --variant all --variant "id_only:use_profile=false,use_content=false,use_text=false,item_id_dropout=0" \
   --variant "all_neg1000:loss_negatives=1000" > "$tmp/throughput.log" 2>&1
 common=(--skip-kernel --variants "" --batch-size 256 --lr 0.00283 --seconds "$secs" --max-epochs 400)
 run() {  # label dataset patience spec
-  timeout $((secs + 90)) $py -m recsys_spark.bench_gpu run "$src/$2.npz" --out "$tmp/$1.json" "${common[@]}" \
+  timeout $((secs + 90)) $py -m benchmarks.gpu run "$src/$2.npz" --out "$tmp/$1.json" "${common[@]}" \
     --patience "$3" --cpu-epochs 27 --variant "$4" > "$tmp/$1.log" 2>&1 &
 }
-if [ -n "${4:-}" ]; then  # a file of "label dataset patience spec" lines instead of the list below
-  while read -r l ds pat spec; do [ -n "$l" ] && run "$l" "$ds" "$pat" "$spec"; done < "$4"
+if [ -n "$variants" ]; then  # a file of "label dataset patience spec" lines instead of the list below
+  while read -r l ds pat spec; do [ -n "$l" ] && run "$l" "$ds" "$pat" "$spec"; done < "$variants"
 else
   run ml_base ml-1m 20 "base:"
   run ml_lr2x ml-1m 20 "lr2x:lr=0.00566"

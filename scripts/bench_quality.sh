@@ -5,4 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=$(scripts/setup.sh)
-exec "$py" -m recsys_spark.bench_quality "$@"
+exec "$py" -m benchmarks.quality "$@"

@@ -1,7 +1,10 @@
-"""Shared fixtures: one real local Spark session with Delta (built by session.build_spark)."""
+"""Shared fixtures: one real local Spark session with Delta (built by session.build_spark), and one
+synthetic shop that has been through the nightly pipeline, which tests read but never write: a test
+that writes gets its own copy of the lakehouse (`shop_copy`)."""
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -31,3 +34,34 @@ def make_config(root, **sections) -> config_mod.Config:
         for key, value in values.items():
             overrides.append(f"{section}.{key}={value!r}" if isinstance(value, str) else f"{section}.{key}={value}")
     return config_mod.load(None, overrides)
+
+
+# The shop every end-to-end test starts from: 600 users and 120 items with events, 6 new sign-ups and
+# 4 new items without events, a few malformed rows.
+SHOP = dict(
+    generate={"users": 600, "items": 120, "events": 30000, "corrupt_fraction": 0.002, "cold_users": 6, "cold_items": 4},
+    features={"max_seq_len": 20, "train_files": 4},
+    train={"epochs": 8, "batch_size": 64, "d_model": 32, "lr": 0.005},
+    score={"k": 10, "run_date": "2026-07-01"},
+)
+
+
+@pytest.fixture(scope="session")
+def shop(spark, tmp_path_factory):
+    """(config, nightly stage timings) of the shop after one nightly run. Read only."""
+    from recsys_spark import cli
+    from recsys_spark.generate import generate
+
+    cfg = make_config(tmp_path_factory.mktemp("shop"), **SHOP)
+    generate(cfg.generate, cfg.paths.raw)
+    timings = cli.run_stage(spark, cfg, "nightly")
+    return cfg, timings
+
+
+@pytest.fixture
+def shop_copy(shop, tmp_path):
+    """The shop's config rooted in a private copy of its lakehouse, for a test that writes."""
+    cfg, _ = shop
+    root = tmp_path / "shop"
+    shutil.copytree(cfg.paths.root, root)
+    return make_config(root, **SHOP)

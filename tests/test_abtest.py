@@ -8,6 +8,9 @@ from statsmodels.stats.power import NormalIndPower
 from statsmodels.stats.proportion import confint_proportions_2indep, proportions_ztest
 from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
+from pyspark.sql import functions as F
+
+from recsys_spark import cli, schema, tables
 from recsys_spark.abtest import (VariantStats, format_readout, mde, readout, sample_ratio, two_proportion,
                                  variant_stats, welch)
 
@@ -70,3 +73,16 @@ def test_spark_aggregation_gives_the_same_statistics_and_refuses_duplicate_users
     dup = df.unionByName(spark.createDataFrame([("u1", "B", 0, 0, 0.0)], df.schema))
     with pytest.raises(ValueError, match="1 users appear more than once"):
         variant_stats(dup)
+
+
+@pytest.mark.slow
+def test_simulated_ab_test_reads_out_the_better_model(spark, shop_copy):
+    cfg = shop_copy
+    out = cli.run_stage(spark, cfg, "abtest-simulate")
+    n_test = tables.read(spark, tables.path(cfg.tables_dir, schema.SEQUENCES)).where(F.col("test_target").isNotNull()).count()
+    assert out["rows"] == n_test
+    r = cli.run_stage(spark, cfg, "abtest")
+    assert not r["srm"]["mismatch"]
+    b = r["variants"]["B"]  # attention vs popularity
+    assert b["ctr"]["diff"] > 0 and b["ctr"]["p_value"] < 0.01 and b["ctr"]["ci_low"] > 0
+    assert b["n_control"] + b["n_treatment"] == n_test

@@ -17,7 +17,7 @@ import yaml
 from recsys_spark import schema
 from recsys_spark.generate import generate
 from recsys_spark.config import GenerateConfig
-from recsys_spark.session import DELTA_PACKAGE
+from recsys_spark.session import delta_package
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,7 +92,7 @@ def test_nightly_on_a_standalone_cluster_via_spark_submit(cluster, tmp_path):
     cfg_file.write_text(yaml.safe_dump(conf))
     generate(GenerateConfig(users=400, items=80, events=16000), str(root / "raw"))
     submit = os.path.join(cluster["spark_home"], "bin", "spark-submit")
-    cmd = [submit, "--master", cluster["url"], "--packages", DELTA_PACKAGE,
+    cmd = [submit, "--master", cluster["url"], "--packages", delta_package(),
            "--conf", "spark.executor.cores=1", "--conf", "spark.executor.memory=1g",
            "--conf", "spark.cores.max=2", "--conf", "spark.task.cpus=1",
            "--conf", "spark.ui.enabled=false",

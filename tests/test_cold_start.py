@@ -5,9 +5,8 @@ from pyspark.sql import functions as F
 
 from conftest import make_config
 from recsys_spark import cli, schema, tables
-from recsys_spark.features import held_out
+from recsys_spark.splits import held_out
 from recsys_spark.generate import generate
-from recsys_spark.score import SERVED_POPULAR, SERVED_SEGMENT, _fallback_list, fallback_lists, item_catalog
 
 
 @pytest.fixture(scope="module")
@@ -44,10 +43,10 @@ def test_held_out_users_and_items_never_reach_training(spark, cold_shop):
     trained_items = {r.i for r in train.select(F.explode(F.concat("input", "target")).alias("i")).distinct().collect()}
     assert trained_items.isdisjoint(cold_items)
     # The checkpoint knows those items have no trained id embedding: they are content only.
-    from recsys_spark.train import latest_checkpoint, load_checkpoint
+    from recsys_spark import checkpoints
 
-    model, _ = load_checkpoint(latest_checkpoint(cfg.models_dir))
-    has_id = model.feat_has_id.numpy()
+    model, _ = checkpoints.load(checkpoints.latest(cfg.models_dir))
+    has_id = model.trained_ids.numpy()
     assert not has_id[sorted(cold_items)].any()
     assert has_id[sorted(trained_items - {0})].all()
 
@@ -89,18 +88,3 @@ def test_report_headline_is_the_warm_split_and_cold_start_has_its_own_section(sp
     assert "Cold start" in doc and "cold_users_3_events" in doc and "cold_items" in doc
     # Declared attributes of the shop's users are reported group by group.
     assert "NDCG@10 by user group" in doc and "gender" in doc and "age_band" in doc
-
-
-def test_fallback_lists_rank_by_segment_with_global_backoff(spark):
-    # Segment "1,1": 20 users who all have item 5, some item 6; segment "2,2" has too few users.
-    rows = [(u, [5, 6] if u % 2 else [5], [1, 1]) for u in range(20)]
-    rows += [(100 + u, [7, 8], [2, 2]) for u in range(3)] + [(200, [], [1, 1])]
-    users = spark.createDataFrame(rows, "user_idx long, input array<int>, profile_cat array<int>")
-    popular, segments = fallback_lists(users, depth=10, min_users=20)
-    assert list(segments) == ["1,1"] and segments["1,1"].tolist() == [5, 6]
-    assert popular.tolist() == [5, 6, 7, 8]
-    cat = item_catalog(np.zeros((10, 2), dtype=np.float32), popular=popular, segments=segments)
-    inel = np.zeros(10, dtype=bool)
-    assert _fallback_list(cat, [1, 1], np.array([5]), inel, 3) == ([6], SERVED_SEGMENT)
-    inel[7] = True
-    assert _fallback_list(cat, [2, 2], np.array([], dtype=np.int64), inel, 3) == ([5, 6, 8], SERVED_POPULAR)

@@ -143,7 +143,7 @@ def test_training_profile_sees_only_events_before_the_held_out_items(spark, buil
     prof = {r.user_idx: r for r in _read(spark, cfg, schema.USER_PROFILE).collect()}
     p1 = prof[uidx["u1"]]
     # u1: sequence i1, i2, i3 -> validation target i2 (2026-01-02 00:00); before it only e1, e2.
-    n_events = features.PROFILE_COUNT_TYPES.__len__()  # position of log1p(n_events) in profile_num
+    n_events = len(schema.EVENT_TYPES)  # position of log1p(n_events) in profile_num
     assert p1.profile_num[n_events] == pytest.approx(math.log1p(5))
     assert p1.train_profile_num[n_events] == pytest.approx(math.log1p(2))
     assert p1.train_profile_num[0] == pytest.approx(math.log1p(1))  # one view before the cut

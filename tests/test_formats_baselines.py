@@ -154,7 +154,7 @@ def test_quality_benchmark_writes_the_result_table(tmp_path):
     data = tmp_path / "tiny.txt"
     data.write_text("\n".join(lines) + "\n")
     out = tmp_path / "result.json"
-    cmd = [sys.executable, "-m", "recsys_spark.bench_quality", str(data), "--out", str(out),
+    cmd = [sys.executable, "-m", "benchmarks.quality", str(data), "--out", str(out),
            "--set", "train.epochs=10", "--set", "train.d_model=32", "--set", "features.max_seq_len=20",
            "--set", "train.batch_size=16", "--set", "train.lr=0.005", "--set", "train.patience=10",
            "--set", "evaluate.als_reg_params=[0.1]", "--set", "evaluate.als_alphas=[1.0]",
@@ -177,7 +177,7 @@ def test_quality_benchmark_writes_the_result_table(tmp_path):
 
 
 def test_ml1m_user_codes_become_names_and_join_to_the_sasrec_ids(tmp_path):
-    from recsys_spark.datasets import ml1m_users
+    from benchmarks.datasets import ml1m_users
 
     (tmp_path / "users.dat").write_text("1::F::1::10::48067\n2::M::56::16::70072\n3::M::25::99::55117\n9::F::18::4::02460\n")
     (tmp_path / "map.txt").write_text("5 1\n6 2\n7 3\n")  # SASRec id, original id; user 9 is not in the file

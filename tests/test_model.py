@@ -1,7 +1,4 @@
 """Pure-torch tests: no JVM needed."""
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 import torch
@@ -10,14 +7,8 @@ from recsys_spark.metrics import ndcg_at_k, recall_at_k
 from recsys_spark.model import AttentionRecommender, ModelConfig, pad_left
 
 
-def test_model_package_imports_without_pyspark():
-    code = ("import sys; sys.modules['pyspark'] = None\n"
-            "import recsys_spark.model, recsys_spark.topk, recsys_spark.train\n"
-            "assert 'pyspark.sql' not in sys.modules\n")
-    subprocess.run([sys.executable, "-c", code], check=True)
-
-
 def _model(**kw):
+    kw = {"use_behaviour": True, "item_id_dropout": 0.0, **kw}
     torch.manual_seed(0)
     cfg = ModelConfig(n_items=30, max_len=8, d_model=16, n_heads=2, n_layers=2, dropout=0.0,
                       n_categories=4, attr_cardinalities=[3, 3, 3], n_profile_num=5, **kw)
@@ -36,7 +27,7 @@ def test_attention_is_causal_and_ignores_padding():
     assert torch.isfinite(h1).all()
     # Padding is invisible: whatever the padding row's vector holds, real positions do not change.
     with torch.no_grad():
-        m.item_emb.weight[0] = 5.0
+        m.items.id_emb.weight[0] = 5.0
     h3 = m.encode(seq)
     assert torch.allclose(h1[:, 2:], h3[:, 2:], atol=1e-6)
 
@@ -121,6 +112,7 @@ def test_metrics_on_a_hand_computed_example():
 
 def _content_model(**kw):
     """Items 1..12 in 4 categories (item % 4), each with one tag and a two-term title."""
+    kw = {"use_behaviour": True, "item_id_dropout": 0.0, **kw}
     torch.manual_seed(0)
     n = 13
     feats = {
@@ -139,43 +131,18 @@ def _content_model(**kw):
     return AttentionRecommender(cfg, feats, stats), feats, stats
 
 
-def test_checkpoint_round_trip_keeps_features_and_scaling(tmp_path):
-    # Scoring rebuilds the model from the checkpoint alone: item features and the scaling
-    # statistics (profile and item numbers, title IDF) must come back exactly, so a user or an
-    # item is transformed at scoring as it was in training.
-    from recsys_spark.train import load_checkpoint
-
-    m, feats, stats = _content_model()
-    m.eval()
-    (tmp_path / "run").mkdir()
-    torch.save({"state_dict": m.state_dict(), "model_config": m.cfg.to_dict()}, tmp_path / "run" / "model.pt")
-    loaded, _ = load_checkpoint(str(tmp_path / "run"))
-    for name, value in stats.items():
-        assert torch.equal(getattr(loaded, f"stat_{name}"), value.float())
-    seq, pc, pn = torch.tensor([[0, 3, 5, 7]]), torch.tensor([[2, 1]]), torch.tensor([[1.5, 0.0, 9.0]])
-    assert torch.allclose(loaded.item_vectors(), m.item_vectors())
-    assert torch.allclose(loaded.user_vectors(seq, pc, pn), m.user_vectors(seq, pc, pn))
-    # The stored statistics are applied: a model with identity statistics fed pre-standardised
-    # numbers gives the same user vector.
-    ident, _, _ = _content_model()
-    ident.load_state_dict({**m.state_dict(), "stat_profile_num_mean": torch.zeros(3), "stat_profile_num_std": torch.ones(3)})
-    ident.eval()
-    z = (pn - stats["profile_num_mean"]) / stats["profile_num_std"]
-    assert torch.allclose(ident.user_vectors(seq, pc, z), m.user_vectors(seq, pc, pn), atol=1e-6)
-
-
 def test_new_and_untrained_items_are_represented_by_content():
     m, feats, _ = _content_model()
     m.eval()
     content = m.content_vectors(feats)
     base = m.item_vectors()
-    assert torch.allclose(base[1:], m.item_emb.weight[1:] + content[1:])
+    assert torch.allclose(base[1:], m.items.id_emb.weight[1:] + content[1:])
     # An item without a trained id embedding (held out, or never touched) is its content plus the
     # learned "unknown id" vector, whatever its own (untrained) id row holds.
     with torch.no_grad():
-        m.feat_has_id[3] = False
-        m.unk_id.fill_(0.5)
-        m.item_emb.weight[3] = 100.0
+        m.items.feat_has_id[3] = False
+        m.items.unk_id.fill_(0.5)
+        m.items.id_emb.weight[3] = 100.0
     assert torch.allclose(m.item_vectors()[3], content[3] + 0.5)
     # A catalog that grew after training: the new rows get content vectors, old rows are unchanged,
     # and an unseen category value is read as "unknown" (0) instead of failing.
@@ -210,17 +177,3 @@ def test_profile_token_serves_users_without_history_and_learns_their_first_item(
     assert torch.isfinite(users).all()
     top = (users @ m.item_vectors().T)[:, 1:].argmax(1) + 1
     assert (top == first).float().mean() > 0.9
-
-
-def test_epoch_progress_is_throttled(capsys, monkeypatch):
-    # Long epochs report where they are, but at most once per interval (no log flooding on a cluster).
-    from recsys_spark import train
-
-    assert train.throttled_progress("x", 0) is None
-    clock = iter([0.0] + [float(t) for t in range(1, 200)])  # one second per step
-    monkeypatch.setattr(train.time, "time", lambda: next(clock))
-    report = train.throttled_progress("[train r] epoch 1/3", 30)
-    for step in range(1, 101):
-        report(step, 100, 5.0)
-    lines = capsys.readouterr().out.splitlines()
-    assert len(lines) == 3 and lines[0] == "[train r] epoch 1/3: 30/100 steps (30%), running loss 5.0000"

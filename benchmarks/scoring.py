@@ -1,13 +1,13 @@
 """Scoring benchmark: users/s of top-K for all users at several catalog sizes, ours vs Spark ALS.
 
-    python -m recsys_spark.bench_scoring --out RESULT.json [--sizes 10000x10000,100000x50000,1000000x100000]
+    python -m benchmarks.scoring --out RESULT.json [--sizes 10000x10000,100000x50000,1000000x100000]
         [--k 100] [--dim 64] [--history 20] [--repeats 3] [--als-max-s 1800] [--engines attention,topk,als]
 
 Per size (users x items) it builds one synthetic catalog and runs, in the same Spark session:
-- attention: the product's scoring path (recsys_spark.score.score_users): the attention encoder
+- attention: the product's scoring path (recsys_spark.ranking.score_users): the attention encoder
   (d=dim, 2 layers, max_len 50, random weights: speed does not depend on them) computes each user's
   vector from a history of `history` items, then the blocked top-K with those items removed;
-- topk: the same executor path given precomputed user factors (the like-for-like kernel vs ALS);
+- topk: the same top-K kernel on the executors given precomputed user factors (ranking.factor_topk) (the like-for-like kernel vs ALS);
 - als: Spark MLlib ALSModel.recommendForAllUsers(k) over the same user and item factors
   (rank = dim). ALS does not remove seen items; ours does.
 Each engine's output is materialised with Spark's `noop` sink, so the time covers computing every
@@ -20,18 +20,17 @@ Writes {"rows": [{"engine", "users", "items", "k", "users_per_s", "wall_s", "run
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
 import sys
-import tempfile
+from typing import Optional
 import time
 
 import numpy as np
 
-from recsys_spark import config as config_mod
-from recsys_spark.bench_quality import MemoryMonitor
+from benchmarks import harness
+from benchmarks.harness import MemoryMonitor, write_result
 
 
 def _factors_df(spark, n: int, dim: int, seed: int, id_col: str = "id"):
@@ -59,14 +58,13 @@ def _write_random_model(path: str, n_items: int, dim: int, max_len: int = 50) ->
 
 def _timed(fn, monitor, name: str, repeats: int) -> tuple[float, int, float]:
     walls = []
-    monitor.start(name)
-    for i in range(repeats):
-        t0 = time.time()
-        fn()
-        walls.append(time.time() - t0)
-        if walls[0] > 120:
-            break
-    monitor.stop()
+    with monitor.measuring(name):
+        for i in range(repeats):
+            t0 = time.time()
+            fn()
+            walls.append(time.time() - t0)
+            if walls[0] > 120:
+                break
     return statistics.median(walls), len(walls), monitor.peaks.get(name, 0.0)
 
 
@@ -75,7 +73,7 @@ def run_size(spark, n_users: int, n_items: int, k: int, dim: int, history: int, 
     from pyspark.ml.recommendation import ALSModel
     from pyspark.sql import functions as F
 
-    from recsys_spark.score import ScoringSpec, item_catalog, score_users
+    from recsys_spark.ranking import ScoringSpec, factor_topk, item_catalog, score_users
 
     rng = np.random.default_rng(n_items)
     item_vecs = rng.standard_normal((n_items + 1, dim), dtype=np.float32)
@@ -88,7 +86,6 @@ def run_size(spark, n_users: int, n_items: int, k: int, dim: int, history: int, 
              .withColumn("seen", F.col("input"))
              .repartition(parts).persist())
     users.count()
-    catalog = spark.sparkContext.broadcast(item_catalog(item_vecs))
     rows = []
 
     def sink(df):
@@ -101,9 +98,7 @@ def run_size(spark, n_users: int, n_items: int, k: int, dim: int, history: int, 
         rows.append(("attention", lambda: sink(score_users(users.select("user_idx", "input", "seen"), model_spec,
                                                            model_catalog))))
     if "topk" in engines:
-        kernel_spec = ScoringSpec(k=k, vector_col="features", batch_users=1024, block_mb=block_mb, device="cpu")
-        rows.append(("topk", lambda: sink(score_users(users.select("user_idx", "features", "seen"), kernel_spec,
-                                                      catalog))))
+        rows.append(("topk", lambda: sink(factor_topk(users, item_vecs, k, budget_mb=block_mb))))
     out = []
     for name, fn in rows:
         wall, runs, peak = _timed(fn, monitor, f"{name}-{n_users}", repeats)
@@ -130,14 +125,41 @@ def run_size(spark, n_users: int, n_items: int, k: int, dim: int, history: int, 
 
 
 def _model_items(ckpt: str) -> np.ndarray:
-    from recsys_spark.score import _cached_model
+    from recsys_spark import checkpoints
 
-    return _cached_model(ckpt).item_vectors().detach().numpy()
+    return checkpoints.cached_model(ckpt).item_vectors().detach().numpy()
+
+
+def _als_skip(last_als: Optional[tuple], n_users: int, n_items: int, max_s: float) -> Optional[str]:
+    """Why ALS is skipped at this size (its time predicted from the last size exceeds max_s), or None."""
+    if last_als is None:
+        return None
+    predicted = last_als[1] * n_users * n_items / last_als[0]
+    if predicted <= max_s:
+        return None
+    return f"predicted {predicted:.0f}s from the previous size (cost grows with users x items) > --als-max-s {max_s:.0f}"
+
+
+def _all_sizes(spark, args, sizes: list, engines: list, monitor) -> list[dict]:
+    rows = []
+    with harness.work_dir(args.work, "bench-scoring-") as work:
+        last_als = None  # (users * items, wall_s) of the last ALS run
+        for n_users, n_items in sizes:
+            skip = _als_skip(last_als, n_users, n_items, args.als_max_s) if "als" in engines else None
+            eng = [e for e in engines if e != "als" or skip is None]
+            size_rows = run_size(spark, n_users, n_items, args.k, args.dim, args.history, eng, args.repeats,
+                                 monitor, work, args.block_mb)
+            rows += size_rows
+            last_als = next(((n_users * n_items, r["wall_s"]) for r in size_rows if r["engine"] == "als"), last_als)
+            if skip:
+                print(f"als at {n_users}x{n_items} skipped: {skip}", flush=True)
+                rows.append({"engine": "als", "users": n_users, "items": n_items, "k": args.k, "dim": args.dim,
+                             "users_per_s": None, "wall_s": None, "runs": 0, "peak_rss_mb": None, "skipped": skip})
+    return rows
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True)
+    p = harness.parser(__doc__, dataset=False, config=None)
     p.add_argument("--sizes", default="10000x10000,100000x50000,1000000x100000")
     p.add_argument("--k", type=int, default=100)
     p.add_argument("--dim", type=int, default=64)
@@ -146,48 +168,21 @@ def main(argv=None) -> int:
     p.add_argument("--als-max-s", type=float, default=1800.0, help="skip ALS where predicted slower")
     p.add_argument("--engines", default="attention,topk,als")
     p.add_argument("--block-mb", type=float, default=8.0)
-    p.add_argument("--config", default=None)
-    p.add_argument("--set", dest="overrides", action="append", default=[])
     args = p.parse_args(argv)
     sizes = [tuple(int(x) for x in s.lower().split("x")) for s in args.sizes.split(",")]
-    engines = args.engines.split(",")
-    cfg = config_mod.load(args.config, ["spark.conf={'spark.driver.memory': '12g', 'spark.ui.enabled': 'false'}"]
-                          + args.overrides)
-    from recsys_spark.session import build_spark
-
-    spark = build_spark(cfg.spark)
+    cfg = harness.load_config(args.config, ["spark.conf={'spark.driver.memory': '12g', 'spark.ui.enabled': 'false'}"]
+                              + args.overrides)
+    if cfg is None:
+        return 2
     monitor = MemoryMonitor()
-    rows = []
     try:
-        with tempfile.TemporaryDirectory(prefix="bench-scoring-") as work:
-            last_als = None  # (users * items, wall_s) of the last ALS run
-            for n_users, n_items in sizes:
-                eng = [e for e in engines if e != "als"]
-                skip = None
-                if "als" in engines and last_als is not None:
-                    predicted = last_als[1] * n_users * n_items / last_als[0]
-                    if predicted > args.als_max_s:
-                        skip = (f"predicted {predicted:.0f}s from the previous size (cost grows with users x items) "
-                                f"> --als-max-s {args.als_max_s:.0f}")
-                if "als" in engines and skip is None:
-                    eng.append("als")
-                size_rows = run_size(spark, n_users, n_items, args.k, args.dim, args.history, eng, args.repeats,
-                                     monitor, work, args.block_mb)
-                rows += size_rows
-                for r in size_rows:
-                    if r["engine"] == "als":
-                        last_als = (n_users * n_items, r["wall_s"])
-                if skip:
-                    print(f"als at {n_users}x{n_items} skipped: {skip}", flush=True)
-                    rows.append({"engine": "als", "users": n_users, "items": n_items, "k": args.k, "dim": args.dim,
-                                 "users_per_s": None, "wall_s": None, "runs": 0, "peak_rss_mb": None, "skipped": skip})
+        with harness.spark_session(cfg) as spark:
+            rows = _all_sizes(spark, args, sizes, args.engines.split(","), monitor)
     finally:
         monitor.close()
-        spark.stop()
     result = {"benchmark": "scoring", "k": args.k, "dim": args.dim, "history": args.history,
               "spark_master": cfg.spark.master, "cores": os.cpu_count(), "rows": rows}
-    with open(args.out, "w") as fh:
-        json.dump(result, fh, indent=2)
+    write_result(args.out, result)
     print(f"\n{'engine':<10}{'users':>10}{'items':>9}{'k':>5}{'users/s':>12}{'wall s':>9}{'runs':>5}{'peak MB':>9}")
     for r in rows:
         if r["wall_s"] is None:

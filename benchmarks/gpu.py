@@ -3,14 +3,14 @@
 The GPU machine has torch but no Java or Spark, so the work is split in two:
 
     # here (Spark): the arrays a lakehouse built by bench_features holds, as one .npz
-    python -m recsys_spark.bench_gpu export WORK_DIR OUT.npz [--config conf/bench.yaml --set ...]
+    python -m benchmarks.gpu export WORK_DIR OUT.npz [--config conf/bench.yaml --set ...]
     # there (torch only): kernel timings + one training run per variant, evaluated like `evaluate`
-    python -m recsys_spark.bench_gpu run OUT.npz --out RESULT.json [--seconds 120] [--variants all,id_only]
+    python -m benchmarks.gpu run OUT.npz --out RESULT.json [--seconds 120] [--variants all,id_only]
         [--variant label:dropout=0.1,lr=0.004 ...] [--lr --batch-size --max-epochs --patience --cpu-epochs N]
     # there: train-step throughput of the product model, sequences/s per batch size, fp32 and bf16
-    python -m recsys_spark.bench_gpu throughput OUT.npz --out RESULT.json
+    python -m benchmarks.gpu throughput OUT.npz --out RESULT.json
 
-`run` trains with the product's model and loop (recsys_spark.model, train.train_steps), picks the
+`run` trains with the product's model and loop (recsys_spark.model, trainer.train_steps), picks the
 epoch by validation NDCG@10 (the same validation sample as the Spark job), and reports test
 NDCG/Recall@10 on warm users, Recall@10 on held-out items and on held-out users with no events,
 full ranking with the history removed (recsys_spark.topk), next to popularity.
@@ -23,6 +23,8 @@ import sys
 import time
 
 import numpy as np
+
+from benchmarks import harness
 
 VARIANTS = {"all": {}, "all_drop03": {"item_id_dropout": 0.3},
             "all_drop05": {"item_id_dropout": 0.5},
@@ -52,8 +54,7 @@ def export(argv: list[str]) -> int:
 
     from recsys_spark import config as config_mod
     from recsys_spark import schema, tables
-    from recsys_spark.evaluate import test_users
-    from recsys_spark.features import held_out
+    from recsys_spark.splits import held_out, test_users
     from recsys_spark.model import pad_left, pad_right
     from recsys_spark.session import build_spark
     from recsys_spark.train import prepare
@@ -68,7 +69,7 @@ def export(argv: list[str]) -> int:
                                      "features.holdout_items=0.1"] + a.overrides)
     spark = build_spark(cfg.spark)
     job = prepare(spark, cfg)
-    L = job.model_config["max_len"]
+    L = job.model_config.max_len
     parts = [pq.read_table(f[len("file:"):] if f.startswith("file:") else f,
                            columns=["input", "target", "profile_cat", "profile_num"]).to_pydict() for f in job.files]
     train = {k: sum((p_[k] for p_ in parts), []) for k in ("input", "target", "profile_cat", "profile_num")}
@@ -81,6 +82,7 @@ def export(argv: list[str]) -> int:
     for k, v in (job.valid or {}).items():
         if k == "seen":
             out["valid_seen"], out["valid_seen_off"] = _ragged(v)
+            out["valid_input"] = pad_left(v, L)
         else:
             out[f"valid_{k}"] = np.asarray(v)
     fc = cfg.features
@@ -101,7 +103,7 @@ def export(argv: list[str]) -> int:
           .orderBy("user_idx").collect())
     out["cold_user_target"] = np.array([r.first for r in cu], dtype=np.int64)
     out["cold_user_profile_cat"] = pad_right([r.profile_cat for r in cu])
-    out["model_config"] = np.frombuffer(json.dumps(job.model_config).encode(), dtype=np.uint8)
+    out["model_config"] = np.frombuffer(json.dumps(job.model_config.to_dict()).encode(), dtype=np.uint8)
     spark.stop()
     np.savez_compressed(a.out, **out)
     print(f"wrote {a.out}: {len(out['train_input'])} training windows, {len(rows)} test users, "
@@ -142,18 +144,7 @@ def _batches(d: dict, batch_size: int, seed: int = 0):
 
 
 def parse_variant(spec: str) -> tuple[str, dict]:
-    """'name' (one of VARIANTS) or 'label:key=value,key=value' (ModelConfig fields, lr, batch_size);
-    values are read as JSON (0.2, 128, false)."""
-    if ":" not in spec:
-        if spec not in VARIANTS:
-            raise SystemExit(f"unknown variant {spec!r}: use one of {', '.join(VARIANTS)} or label:key=value,...")
-        return spec, dict(VARIANTS[spec])
-    label, body = spec.split(":", 1)
-    out = {}
-    for kv in filter(None, body.split(",")):
-        k, _, v = kv.partition("=")
-        out[k.strip()] = json.loads(v)
-    return label, out
+    return harness.parse_variant(spec, VARIANTS)
 
 
 def train_variant(d: dict, name: str, seconds: float, device: str, batch_size: int = 128, lr: float = 1e-3,
@@ -164,7 +155,7 @@ def train_variant(d: dict, name: str, seconds: float, device: str, batch_size: i
     import torch
 
     from recsys_spark.model import AttentionRecommender, ModelConfig
-    from recsys_spark.train import train_steps
+    from recsys_spark.trainer import train_steps
 
     mc = json.loads(bytes(d["model_config"]).decode())
     name, over = parse_variant(name)
@@ -328,14 +319,14 @@ def run(argv: list[str]) -> int:
 
 def throughput(argv: list[str]) -> int:
     """Train-step throughput (sequences/s) of the product model on an exported dataset: the
-    model and step of train.train_steps (AdamW, full-catalog cross-entropy on every position,
+    model and step of trainer.train_steps (AdamW, full-catalog cross-entropy on every position,
     gradient clipping), per batch size, fp32 and with bf16 autocast, all features and ids only."""
     import contextlib
 
     import torch
 
     from recsys_spark.model import AttentionRecommender, ModelConfig
-    from recsys_spark.train import train_steps
+    from recsys_spark.trainer import train_steps
 
     p = argparse.ArgumentParser()
     p.add_argument("npz")

@@ -1,12 +1,21 @@
-"""Petastorm over pinned Delta versions, and Horovod on local Spark (2 ranks, Gloo)."""
+"""The rank loop: Petastorm over pinned Delta versions, Horovod on local Spark (2 ranks, Gloo),
+early stopping and the schedules."""
 import glob
 import os
+import sys
 
+import cloudpickle
 import numpy as np
 import pytest
 
 from recsys_spark import tables
-from recsys_spark.train import TrainJob, shard_batches, shard_ids, worker
+from recsys_spark.config import TrainConfig
+from recsys_spark.model import ModelConfig
+from recsys_spark.trainer import TrainJob, shard_batches, worker
+
+# Horovod ships rank functions with cloudpickle; this module is not importable on the ranks, so its
+# functions (shard_ids) travel by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 L = 4
 
@@ -19,6 +28,20 @@ def _train_df(spark, users, files):
     df = spark.createDataFrame(rows, "user_idx long, window int, input array<int>, target array<int>, "
                                      "profile_cat array<int>, profile_num array<float>")
     return df.repartition(files, "user_idx").sortWithinPartitions("user_idx")
+
+
+def shard_ids(files, seed=0):
+    """Horovod rank function: this rank's shard read once, as (user_idx, window) keys."""
+    import horovod.torch as hvd
+
+    hvd.init()
+    ids = []
+    for b in shard_batches(files, hvd.rank(), hvd.size(), batch_size=1 << 30, seed=seed, num_epochs=1,
+                           columns=["user_idx", "window"]):
+        ids.extend(zip(b["user_idx"].tolist(), b["window"].tolist()))
+    rank = hvd.rank()
+    hvd.shutdown()
+    return {"rank": rank, "ids": ids}
 
 
 def _read_all(files):
@@ -59,7 +82,7 @@ def test_horovod_ranks_read_disjoint_shards_covering_the_table(spark, tmp_path):
 
 
 def test_early_stopping_waits_for_patience_and_min_steps():
-    from recsys_spark.train import patience_spent
+    from recsys_spark.trainer import patience_spent
 
     assert not patience_spent(bad_evals=4, patience=5, steps_done=10_000)
     assert patience_spent(bad_evals=5, patience=5, steps_done=10_000)
@@ -69,7 +92,7 @@ def test_early_stopping_waits_for_patience_and_min_steps():
 
 
 def test_budget_aware_linear_schedule():
-    from recsys_spark.train import linear_lr, planned_epochs
+    from recsys_spark.trainer import linear_lr, planned_epochs
 
     # No budget: the configured epochs. With one: the epochs that end by the first one past it.
     assert planned_epochs(200, 0, 3, 300.0) == 200
@@ -84,12 +107,12 @@ def test_budget_aware_linear_schedule():
 def _job(files, checkpoint_dir, run_id, **train):
     return TrainJob(
         files=files,
-        model_config={"n_items": 16, "max_len": L, "d_model": 16, "n_heads": 2, "n_layers": 1, "dropout": 0.1,
-                      "n_categories": 1, "attr_cardinalities": [2, 2, 2], "n_profile_num": 2,
-                      "use_profile": True, "use_content": True},
+        model_config=ModelConfig(n_items=16, max_len=L, d_model=16, n_heads=2, n_layers=1, dropout=0.1,
+                                 n_categories=1, attr_cardinalities=[2, 2, 2], n_profile_num=2,
+                                 use_profile=True, use_content=True),
         item_features={"category": np.zeros(16, dtype=np.int64), "has_id": np.ones(16, dtype=bool)}, stats={},
-        train_config={"epochs": 3, "batch_size": 32, "lr": 0.01, "weight_decay": 0.0, "seed": 3,
-                      "threads_per_rank": 1, **train},
+        train_config=TrainConfig(**{"epochs": 3, "batch_size": 32, "lr": 0.01, "weight_decay": 0.0, "seed": 3,
+                                    "threads_per_rank": 1, **train}),
         full_config={}, data_versions={"train": 0}, steps_per_epoch=5,
         checkpoint_dir=checkpoint_dir, run_id=run_id,
     )
@@ -100,7 +123,7 @@ def test_horovod_averages_gradients_so_ranks_end_identical(spark, tmp_path):
     import horovod.spark
     import torch
 
-    from recsys_spark.train import load_checkpoint
+    from recsys_spark.checkpoints import load as load_checkpoint
 
     loc = str(tmp_path / "train")
     tables.overwrite(_train_df(spark, range(300), 4), loc)
@@ -140,3 +163,17 @@ def test_same_seed_same_weights(spark, tmp_path):
                                 num_proc=2, use_gloo=True, verbose=0)
         sums.append([r["checksum"] for r in sorted(res, key=lambda r: r["rank"])])
     assert sums[0] == sums[1]
+
+
+def test_epoch_progress_is_throttled(capsys, monkeypatch):
+    # Long epochs report where they are, but at most once per interval (no log flooding on a cluster).
+    from recsys_spark import trainer
+
+    assert trainer.throttled_progress("x", 0) is None
+    clock = iter([0.0] + [float(t) for t in range(1, 200)])  # one second per step
+    monkeypatch.setattr(trainer.time, "time", lambda: next(clock))
+    report = trainer.throttled_progress("[train r] epoch 1/3", 30)
+    for step in range(1, 101):
+        report(step, 100, 5.0)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and lines[0] == "[train r] epoch 1/3: 30/100 steps (30%), running loss 5.0000"

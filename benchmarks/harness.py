@@ -1,0 +1,131 @@
+"""What every benchmark shares: its command-line arguments, its config, a Spark session for the
+run, a lakehouse folder, memory sampling, model variants and the result file. Imports neither
+pyspark nor psutil at module level: the GPU benchmark runs where there is neither."""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from typing import Iterator, Optional
+
+from recsys_spark import config as config_mod
+
+
+class MemoryMonitor:
+    """Samples the RSS of this process tree (the Spark JVM, Python workers, Horovod ranks);
+    `peaks[name]` is the max seen while `measuring(name)`."""
+
+    def __init__(self, interval: float = 0.5):
+        self.interval = interval
+        self.current: Optional[str] = None
+        self.peaks: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _rss_mb(self) -> float:
+        import psutil
+
+        me = psutil.Process()
+        total = 0
+        for p in [me] + me.children(recursive=True):
+            try:
+                total += p.memory_info().rss
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                pass
+        return total / 2 ** 20
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            name = self.current
+            if name is not None:
+                self.peaks[name] = max(self.peaks.get(name, 0.0), self._rss_mb())
+            time.sleep(self.interval)
+
+    @contextlib.contextmanager
+    def measuring(self, name: str) -> Iterator[None]:
+        self.current = name
+        self.peaks[name] = max(self.peaks.get(name, 0.0), self._rss_mb())
+        try:
+            yield
+        finally:
+            self.current = None
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def parser(doc: str, dataset: bool = True, config: Optional[str] = "conf/bench.yaml") -> argparse.ArgumentParser:
+    """Arguments every benchmark takes: [DATASET] --out, --config, --set (repeatable), --work."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    if dataset:
+        p.add_argument("dataset", help="events file or folder (csv/parquet/json, SASRec text, MovieLens ratings)")
+    p.add_argument("--out", required=True, help="where to write RESULT.json")
+    p.add_argument("--config", default=config, help=f"config file (default: {config or 'the built-in defaults'})")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--work", default=None, help="lakehouse folder (default: a temporary one, removed after)")
+    return p
+
+
+def lakehouse(work: Optional[str], dataset: Optional[str] = None) -> list[str]:
+    """Config overrides that root the run in `work` and read events from `dataset`."""
+    out = [f"paths.root={work}", f"paths.raw={os.path.join(work, 'raw')}"]
+    return out + ([f"ingest.events={os.path.abspath(dataset)}"] if dataset else [])
+
+
+def load_config(path: Optional[str], overrides: list[str]) -> Optional[config_mod.Config]:
+    """The config, or None after printing the config error."""
+    try:
+        return config_mod.load(path, overrides)
+    except config_mod.ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return None
+
+
+@contextlib.contextmanager
+def work_dir(work: Optional[str], prefix: str) -> Iterator[str]:
+    """`work`, or a temporary folder removed afterwards."""
+    path = work or tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield path
+    finally:
+        if work is None:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def spark_session(cfg: config_mod.Config) -> Iterator:
+    from recsys_spark.session import build_spark
+
+    spark = build_spark(cfg.spark)
+    try:
+        yield spark
+    finally:
+        spark.stop()
+
+
+def parse_variant(spec: str, named: dict) -> tuple[str, dict]:
+    """A model variant: 'name' (one of `named`) or 'label:key=value,key=value' (ModelConfig / train
+    fields); values are read as JSON (0.2, 128, false)."""
+    if ":" not in spec:
+        if spec not in named:
+            raise SystemExit(f"unknown variant {spec!r}: use one of {', '.join(named)} or label:key=value,...")
+        return spec, dict(named[spec])
+    label, body = spec.split(":", 1)
+    out = {}
+    for kv in filter(None, body.split(",")):
+        k, _, v = kv.partition("=")
+        out[k.strip()] = json.loads(v)
+    return label, out
+
+
+def write_result(path: str, result: dict) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as fh:
+        json.dump(result, fh, indent=2, default=str)

@@ -1,0 +1,140 @@
+"""Incremental vs full nightly scoring when a small share of users has new events.
+
+    python -m benchmarks.incremental --out RESULT.json [--users 100000] [--items 5000]
+        [--events 2000000] [--changed 0.01] [--repeats 3] [--work DIR] [--set key=value ...]
+
+Builds a synthetic shop with the nightly code (generate, ingest, features, a 1-epoch train: the
+model's quality does not matter here), scores it once in full, then `repeats` times: appends new
+events for `changed` of the users (+ a few new users), runs ingest and features, and times the
+score stage in incremental mode, then in full mode, on the same tables. It checks that both give the same lists for the changed users and reports medians.
+"""
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+
+from benchmarks import harness
+from recsys_spark import config as config_mod
+
+
+def _cfg(root: str, overrides: list[str], config: str = None) -> config_mod.Config:
+    return config_mod.load(config, harness.lakehouse(root) + overrides)
+
+
+def _build_shop(spark, cfg) -> dict:
+    """generate, ingest, features, train, a first full score; seconds per stage."""
+    from recsys_spark import cli
+    from recsys_spark.generate import generate
+
+    stages, t0 = {}, time.time()
+    generate(cfg.generate, cfg.paths.raw)
+    for stage in ("ingest", "features", "train", "score"):
+        t = time.time()
+        cli.run_stage(spark, cfg, stage)
+        stages[stage] = time.time() - t
+    print(f"setup: {time.time() - t0:.0f}s {stages}", flush=True)
+    return stages
+
+
+def _new_events(rng, users: list, items: list, share: float, rep: int) -> pd.DataFrame:
+    """1-3 events for `share` of the users and 5 new users, on the day after the last night."""
+    changed = list(rng.choice(users, max(1, int(len(users) * share)), replace=False))
+    changed += [f"u_new_{rep}_{i}" for i in range(5)]
+    per = rng.integers(1, 4, len(changed))
+    return pd.DataFrame({
+        "user_id": np.repeat(changed, per),
+        "item_id": rng.choice(items, per.sum()),
+        "event_type": rng.choice(["view", "add_to_cart", "purchase"], per.sum()),
+        "timestamp": pd.Timestamp("2026-08-01") + pd.to_timedelta(rep + 1, "D")
+                     + pd.to_timedelta(rng.integers(0, 3600, per.sum()), "s"),
+    })
+
+
+def _night(spark, cfg, work: str, base: list, new: pd.DataFrame, rep: int, config: str = None) -> dict:
+    """Ingest the new events, rebuild features, score incrementally then in full; seconds and checks."""
+    from pyspark.sql import functions as F
+
+    from recsys_spark import cli, schema, tables
+
+    new_dir = os.path.join(work, f"new-{rep}")
+    os.makedirs(new_dir, exist_ok=True)
+    new.to_parquet(os.path.join(new_dir, "events.parquet"))
+    t = time.time()
+    cli.run_stage(spark, _cfg(work, base + [f"ingest.events={new_dir}"], config), "ingest")
+    ingest_s, t = time.time() - t, time.time()
+    cli.run_stage(spark, cfg, "features")
+    features_s = time.time() - t
+    days = {"incremental": f"2026-08-{10 + 2 * rep:02d}", "full": f"2026-08-{11 + 2 * rep:02d}"}
+    # Incremental first: a full run records the current events version, after which an
+    # incremental run has nothing left to do.
+    walls, outs = {}, {}
+    for mode, day in days.items():
+        t = time.time()
+        outs[mode] = cli.run_stage(spark, _cfg(work, base + [f"score.mode={mode}", f"score.run_date={day}"], config),
+                                   "score")
+        walls[mode] = time.time() - t
+    recs = tables.read(spark, tables.path(cfg.tables_dir, schema.RECOMMENDATIONS))
+    pick = sorted({str(u) for u in new.user_id})
+
+    def lists(day):
+        return sorted((r.user_id, r.rank, r.item_id) for r in
+                      recs.where((F.col("run_date") == day) & F.col("user_id").isin(pick))
+                      .select("user_id", "rank", "item_id").collect())
+
+    return {"rep": rep, "changed_users": len(pick), "incremental_s": walls["incremental"],
+            "full_s": walls["full"], "ingest_s": ingest_s, "features_s": features_s,
+            "incremental_mode": outs["incremental"]["mode"], "users_scored": outs["incremental"]["users_scored"],
+            "users_carried": outs["incremental"]["users_carried"],
+            "same_lists_for_changed_users": lists(days["incremental"]) == lists(days["full"])}
+
+
+def main(argv=None) -> int:
+    p = harness.parser(__doc__, dataset=False, config=None)
+    p.add_argument("--users", type=int, default=100_000)
+    p.add_argument("--items", type=int, default=5_000)
+    p.add_argument("--events", type=int, default=2_000_000)
+    p.add_argument("--changed", type=float, default=0.01)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    from recsys_spark import schema, tables
+
+    base = [f"generate.users={args.users}", f"generate.items={args.items}", f"generate.events={args.events}",
+            "generate.categories=24", "train.epochs=1", "train.valid_users=0", "score.k=10",
+            "spark.conf={'spark.driver.memory': '8g', 'spark.ui.enabled': 'false'}"] + args.overrides
+    with harness.work_dir(args.work, "bench-incremental-") as work:
+        cfg = _cfg(work, base + ["score.run_date=2026-08-01"], args.config)
+        with harness.spark_session(cfg) as spark:
+            stages = _build_shop(spark, cfg)
+            rng = np.random.default_rng(11)
+            all_users = [r.user_id for r in tables.read(spark, tables.path(cfg.tables_dir, schema.SEQUENCES))
+                         .select("user_id").collect()]
+            items = [r.item_id for r in tables.read(spark, tables.path(cfg.tables_dir, schema.ITEM_INDEX))
+                     .select("item_id").collect()]
+            reps = []
+            for rep in range(args.repeats):
+                new = _new_events(rng, all_users, items, args.changed, rep)
+                reps.append(_night(spark, cfg, work, base, new, rep, args.config))
+                print(json.dumps(reps[-1]), flush=True)
+    inc = statistics.median(r["incremental_s"] for r in reps)
+    full = statistics.median(r["full_s"] for r in reps)
+    result = {"benchmark": "incremental", "users": len(all_users), "items": args.items, "events": args.events,
+              "changed_share": args.changed, "setup_stage_s": stages, "reps": reps,
+              "median_incremental_s": inc, "median_full_s": full, "speedup": full / inc,
+              "median_features_s": statistics.median(r["features_s"] for r in reps)}
+    harness.write_result(args.out, result)
+    print(f"score stage, {args.changed:.0%} of {len(all_users)} users changed: full {full:.1f}s, incremental "
+          f"{inc:.1f}s (median of {len(reps)}), {full / inc:.1f}x; features (full rebuild) "
+          f"{result['median_features_s']:.1f}s; same lists for changed users: "
+          f"{all(r['same_lists_for_changed_users'] for r in reps)}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

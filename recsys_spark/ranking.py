@@ -1,0 +1,265 @@
+"""Ranking: from users' rows to their top-K rows, on the executors.
+
+The one path every model's lists take (nightly scoring, evaluation, the A/B simulator, baselines):
+- the catalog (`item_catalog`): item vectors, ids, eligibility, categories, freshness and the
+  popularity lists for users the model cannot serve, computed once on the driver and broadcast;
+- encoding users (`encode_users`): histories and profiles -> padded tensors -> user vectors;
+- top-K on executors (`score_users`, `attention_topk`, `factor_topk`): a mapInPandas over user
+  rows, the kernel of recsys_spark.topk with business rules, explanations and fallbacks;
+- the output rows (`topk_rows`, `recommendation_rows`): TOPK_SCHEMA for evaluation,
+  RECOMMENDATION_ROWS for the recommendations table.
+
+Imports no pyspark (DataFrames are only called): training ranks use `encode_users` too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterator, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from recsys_spark import checkpoints, schema
+from recsys_spark.model import pad_left, pad_right
+from recsys_spark.topk import DEFAULT_BLOCK_MB
+
+TOPK_SCHEMA = "user_idx long, rank int, item_idx long, score double"
+RECOMMENDATION_ROWS = ("user_id string, rank int, item_id string, score float, because_item_ids array<string>, "
+                       "served_by string")
+
+
+@dataclass(frozen=True)
+class ScoringSpec:
+    """Everything an executor needs, as plain picklable values (the catalog travels by broadcast)."""
+    k: int
+    ckpt_path: str
+    batch_users: int = 1024
+    max_per_category: int = 0
+    mmr_lambda: float = 0.0
+    explain: int = 0
+    device: str = "auto"
+    block_mb: float = 8.0
+    new_item_slots: int = 0
+    with_ids: bool = False  # output RECOMMENDATION_ROWS (ids, explanations) instead of TOPK_SCHEMA
+
+
+def item_catalog(item_vectors: np.ndarray, item_ids: Optional[np.ndarray] = None,
+                 ineligible: Optional[np.ndarray] = None, categories: Optional[np.ndarray] = None,
+                 popular: Optional[np.ndarray] = None, segments: Optional[dict] = None,
+                 fresh: Optional[np.ndarray] = None) -> dict:
+    """The item side of ranking, computed once per run: vectors (n, d) float32 (row 0 = padding),
+    ids (n,) str, ineligible (n,) bool, categories (n,) int, fresh (n,) bool (no interactions the
+    model was trained on); for users the model cannot serve, popular (item indexes, most popular
+    first) and segments {declared attributes as segment_key: item indexes, most popular first}."""
+    n = item_vectors.shape[0]
+    inel = np.zeros(n, dtype=bool) if ineligible is None else np.asarray(ineligible, dtype=bool)
+    if inel.shape != (n,):
+        raise ValueError(f"ineligible must have shape ({n},), got {inel.shape}")
+    return {
+        "vectors": np.ascontiguousarray(item_vectors, dtype=np.float32),
+        "ids": np.asarray(item_ids if item_ids is not None else [str(i) for i in range(n)], dtype=object),
+        "ineligible": inel,
+        "categories": np.zeros(n, dtype=np.int64) if categories is None else np.asarray(categories, dtype=np.int64),
+        "popular": np.zeros(0, dtype=np.int64) if popular is None else np.asarray(popular, dtype=np.int64),
+        "segments": segments or {},
+        "fresh": np.zeros(n, dtype=bool) if fresh is None else np.asarray(fresh, dtype=bool),
+    }
+
+
+def segment_key(profile_cat) -> str:
+    """The key of a combination of declared attributes (a segment)."""
+    return ",".join(str(int(x)) for x in profile_cat)
+
+
+def fallback_list(catalog: dict, profile_cat, seen: np.ndarray, k: int) -> tuple[list, str]:
+    """Top-k by segment popularity (or global popularity) with seen and ineligible items removed,
+    and how it was made (schema.SERVED_SEGMENT or SERVED_POPULAR)."""
+    from recsys_spark.topk import first_unseen
+
+    key = segment_key(profile_cat) if profile_cat is not None else ""
+    if key in catalog["segments"]:
+        ranked, how = catalog["segments"][key], schema.SERVED_SEGMENT
+    else:
+        ranked, how = catalog["popular"], schema.SERVED_POPULAR
+    row = first_unseen(ranked, [seen], k, catalog["ineligible"])[0]
+    return [int(i) for i in row if i >= 0], how
+
+
+def pick_device(name: str) -> str:
+    import torch
+
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("score.device is 'cuda' but this executor has no CUDA device; use 'auto' or 'cpu'")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+def _item_tensors(catalog: dict, device: str):
+    """Item tensors on the scoring device. On CPU they share memory with the broadcast arrays; a GPU
+    copy is made once per Python worker and kept in the catalog dict (which the worker caches)."""
+    import torch
+
+    key = f"_tensors_{device}"
+    if key not in catalog:
+        catalog[key] = (torch.as_tensor(catalog["vectors"], device=device),
+                        torch.as_tensor(catalog["ineligible"], device=device))
+    return catalog[key]
+
+
+def _int_arrays(values: Sequence) -> list[np.ndarray]:
+    return [np.asarray(v if v is not None else (), dtype=np.int64) for v in values]
+
+
+def encode_users(model, histories: list[np.ndarray], profile_cat: Optional[Sequence] = None,
+                 profile_num: Optional[Sequence] = None, items=None, device: str = "cpu"):
+    """(B, d) user vectors of the model for histories (1-D item index arrays, oldest first; the
+    newest max_len are used) and, where the model uses them, declared attributes and behaviour
+    numbers (missing or wrong-length rows read as unknown / zeros)."""
+    import torch
+
+    seq = pad_left(histories, model.cfg.max_len)
+    # Columns that are padding for every user change nothing (padding is masked from attention):
+    # drop them, so short histories cost less to encode.
+    used = np.flatnonzero((seq != 0).any(0))
+    seq = torch.as_tensor(seq[:, min(used[0], seq.shape[1] - 1) if len(used) else -1:], device=device)
+    pc = pn = None
+    if model.use_profile and profile_cat is not None:
+        pc = torch.as_tensor(pad_right(list(profile_cat), len(model.cfg.attr_cardinalities)), device=device)
+    if model.use_behaviour and profile_num is not None:
+        n_num = model.cfg.n_profile_num
+        pn = torch.as_tensor(np.stack([np.asarray(x if x is not None and len(x) == n_num else np.zeros(n_num))
+                                       for x in profile_num]), dtype=torch.float32, device=device)
+    return model.user_vectors(seq, pc, pn, items)
+
+
+def topk_rows(user_idx: np.ndarray, top: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
+    """TOPK_SCHEMA rows of (users, k) item indexes and scores; -1 entries (no item) are left out."""
+    k = top.shape[1]
+    ok = (top >= 0).ravel()
+    return pd.DataFrame({
+        "user_idx": np.repeat(user_idx, k)[ok],
+        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(user_idx))[ok],
+        "item_idx": top.ravel()[ok],
+        "score": scores.ravel()[ok],
+    })
+
+
+def recommendation_rows(user_id: np.ndarray, top: np.ndarray, scores: np.ndarray, ids: np.ndarray,
+                        because: Optional[list], served: np.ndarray) -> pd.DataFrame:
+    """RECOMMENDATION_ROWS of (users, k) item indexes: item ids, explanations as ids, served_by."""
+    k = top.shape[1]
+    ok = (top >= 0).ravel()
+    flat = top.ravel()[ok]
+    if because is None:
+        expl = [[] for _ in range(len(flat))]
+    else:
+        expl = [[ids[i] for i in b] for row in because for b in row]
+        expl = [e for e, keep in zip(expl, ok) if keep]
+    return pd.DataFrame({
+        "user_id": np.repeat(user_id, k)[ok],
+        "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(user_id))[ok],
+        "item_id": ids[flat],
+        "score": scores.ravel()[ok].astype(np.float32),
+        "because_item_ids": expl,
+        "served_by": np.repeat(served, k)[ok],
+    })
+
+
+def _serve_without_model(part: pd.DataFrame, model, catalog: dict, histories: list, seen: list,
+                         top: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+    """served_by per user; users with no history whom the model cannot serve from a profile (no
+    profile path, or nothing declared) get the popularity fallback in place (top and scores)."""
+    served = np.array([schema.SERVED_HISTORY if len(h) else schema.SERVED_PROFILE for h in histories], dtype=object)
+    pcs = list(part["profile_cat"]) if "profile_cat" in part else [None] * len(part)
+    for i, h in enumerate(histories):
+        known = pcs[i] is not None and any(int(x) > 0 for x in pcs[i])
+        if len(h) == 0 and not (model.use_profile and known):
+            ranked, served[i] = fallback_list(catalog, pcs[i], seen[i], k)
+            top[i] = -1
+            top[i, :len(ranked)] = ranked
+            scores[i] = 0.0
+    return served
+
+
+def _rank_batch(part: pd.DataFrame, spec: ScoringSpec, model, catalog: dict, items, ineligible,
+                device: str) -> pd.DataFrame:
+    import torch
+
+    from recsys_spark.topk import explain, recommend, reserve_fresh
+
+    seen = _int_arrays(part["seen"])
+    # History items outside the catalog (deleted since) cannot be encoded: left out.
+    n_items = items.shape[0]
+    histories = [h[(h > 0) & (h < n_items)] for h in _int_arrays(part["input"])]
+    users = encode_users(model, histories, part["profile_cat"] if "profile_cat" in part else None,
+                         part["profile_num"] if "profile_num" in part else None, items, device).to(device)
+    top, scores = recommend(users, items, seen, spec.k, ineligible=ineligible, categories=catalog["categories"],
+                            max_per_category=spec.max_per_category, mmr_lambda=spec.mmr_lambda,
+                            budget_mb=spec.block_mb)
+    if spec.new_item_slots:
+        top, scores = reserve_fresh(top, scores, users, items, seen, torch.as_tensor(catalog["fresh"]),
+                                    spec.new_item_slots, ineligible=ineligible, budget_mb=spec.block_mb)
+    if not spec.with_ids:
+        return topk_rows(part["user_idx"].to_numpy(), top, scores)
+    histories = [h[-model.cfg.max_len:] for h in histories]
+    because = explain(top, histories, items, spec.explain) if spec.explain else None
+    served = _serve_without_model(part, model, catalog, histories, seen, top, scores, spec.k)
+    return recommendation_rows(part["user_id"].to_numpy(), top, scores, catalog["ids"], because, served)
+
+
+def _score_partition(batches: Iterator[pd.DataFrame], spec: ScoringSpec, catalog_bc) -> Iterator[pd.DataFrame]:
+    import torch
+
+    torch.set_num_threads(1)  # Spark runs one task per core
+    device = pick_device(spec.device)
+    catalog = catalog_bc.value
+    items, ineligible = _item_tensors(catalog, device)
+    model = checkpoints.cached_model(spec.ckpt_path).to(device)
+    with torch.no_grad():
+        for pdf in batches:
+            for lo in range(0, len(pdf), spec.batch_users):
+                yield _rank_batch(pdf.iloc[lo: lo + spec.batch_users], spec, model, catalog, items, ineligible, device)
+
+
+def score_users(users, spec: ScoringSpec, catalog_bc):
+    """Top-K per user on the executors, by the checkpoint's model.
+
+    users (a DataFrame) needs user_idx (or user_id when spec.with_ids), input (history), seen
+    (array<int> of items never to recommend), and profile_cat / profile_num where the model uses
+    them. Returns TOPK_SCHEMA rows, or RECOMMENDATION_ROWS when spec.with_ids.
+    """
+    out = RECOMMENDATION_ROWS if spec.with_ids else TOPK_SCHEMA
+    return users.mapInPandas(lambda it: _score_partition(it, spec, catalog_bc), out)
+
+
+def attention_topk(users, ckpt_path: str, k: int, batch_users: int = 1024):
+    """Plain top-K (no business rules) of the checkpoint's model over its training catalog, for
+    evaluation: TOPK_SCHEMA rows. users: user_idx, input, seen, profile_cat, profile_num."""
+    catalog = item_catalog(checkpoints.cached_model(ckpt_path).item_vectors().detach().numpy())
+    bc = users.sparkSession.sparkContext.broadcast(catalog)
+    return score_users(users, ScoringSpec(k=k, ckpt_path=ckpt_path, batch_users=batch_users, device="cpu"), bc)
+
+
+def _factor_partition(batches: Iterator[pd.DataFrame], item_factors: np.ndarray, k: int, vector_col: str,
+                      budget_mb: float) -> Iterator[pd.DataFrame]:
+    import torch
+
+    from recsys_spark.topk import topk_excluding
+
+    torch.set_num_threads(1)
+    items = torch.as_tensor(item_factors)
+    dim = item_factors.shape[1]
+    for pdf in batches:
+        users = np.stack([np.asarray(f, dtype=np.float32) if f is not None else np.zeros(dim, np.float32)
+                          for f in pdf[vector_col]]) if len(pdf) else np.zeros((0, dim), np.float32)
+        top, scores = topk_excluding(torch.as_tensor(users), items, list(pdf["seen"]), k, budget_mb=budget_mb)
+        yield topk_rows(pdf["user_idx"].to_numpy(), top, scores)
+
+
+def factor_topk(users, item_factors: np.ndarray, k: int, vector_col: str = "features",
+                budget_mb: float = DEFAULT_BLOCK_MB):
+    """Top-K by dot product with given user vectors (users: user_idx, seen, vector_col; a missing
+    vector scores every item 0, so ties fall to item order): TOPK_SCHEMA rows."""
+    return (users.select("user_idx", "seen", vector_col)
+            .mapInPandas(lambda it: _factor_partition(it, item_factors, k, vector_col, budget_mb), TOPK_SCHEMA))

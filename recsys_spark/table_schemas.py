@@ -1,0 +1,97 @@
+"""The typed Spark schemas of the tables the product writes (their names: recsys_spark.schema)."""
+from __future__ import annotations
+
+from pyspark.sql import types as T
+
+EVENTS_SCHEMA = T.StructType(
+    [
+        T.StructField("event_id", T.StringType(), False),
+        T.StructField("user_id", T.StringType(), False),
+        T.StructField("item_id", T.StringType(), False),
+        T.StructField("event_type", T.StringType(), False),
+        T.StructField("ts", T.TimestampType(), False),
+        T.StructField("rating", T.DoubleType(), True),
+        T.StructField("source_file", T.StringType(), True),
+        T.StructField("ingest_run_id", T.StringType(), False),
+    ]
+)
+
+QUARANTINE_SCHEMA = T.StructType(
+    [
+        T.StructField("reason", T.StringType(), False),
+        T.StructField("source_file", T.StringType(), True),
+        T.StructField("raw", T.StringType(), True),  # the offending row as JSON of its raw values
+        T.StructField("ingest_run_id", T.StringType(), False),
+        T.StructField("quarantined_at", T.TimestampType(), False),
+    ]
+)
+
+# The output contract (README "Recommendations table"): one partition per run_date; per user ranks
+# 1..n (n = score.k, fewer only when fewer items are eligible and unseen); no seen or ineligible
+# item; because_item_ids are items of the user's own history.
+RECOMMENDATIONS_SCHEMA = T.StructType(
+    [
+        T.StructField("user_id", T.StringType(), False),
+        T.StructField("rank", T.IntegerType(), False),
+        T.StructField("item_id", T.StringType(), False),
+        T.StructField("score", T.FloatType(), False),
+        T.StructField("because_item_ids", T.ArrayType(T.StringType(), False), False),
+        # history | profile | segment_popularity | popularity (recsys_spark.schema.SERVED_*)
+        T.StructField("served_by", T.StringType(), False),
+        T.StructField("model_run_id", T.StringType(), False),
+        T.StructField("run_date", T.DateType(), False),
+    ]
+)
+
+# One row per successful scoring run: what produced each recommendations partition.
+SCORE_RUNS_SCHEMA = T.StructType(
+    [
+        T.StructField("run_date", T.DateType(), False),
+        T.StructField("model_run_id", T.StringType(), False),
+        T.StructField("mode", T.StringType(), False),  # full | incremental
+        T.StructField("mode_reason", T.StringType(), False),
+        T.StructField("rules", T.StringType(), False),  # JSON of k and the business rules
+        T.StructField("events_version", T.LongType(), False),  # events version the features were built from
+        T.StructField("sequences_version", T.LongType(), False),
+        T.StructField("user_profile_version", T.LongType(), False),
+        T.StructField("eligibility_version", T.LongType(), True),
+        T.StructField("recommendations_version", T.LongType(), False),
+        T.StructField("users_scored", T.LongType(), False),
+        T.StructField("users_carried", T.LongType(), False),
+        T.StructField("rows", T.LongType(), False),
+        T.StructField("seconds", T.DoubleType(), False),
+        T.StructField("finished_at", T.TimestampType(), False),
+    ]
+)
+
+METRICS_SCHEMA = T.StructType(
+    [
+        T.StructField("eval_run_id", T.StringType(), False),
+        T.StructField("model_run_id", T.StringType(), True),
+        T.StructField("model", T.StringType(), False),
+        T.StructField("metric", T.StringType(), False),
+        T.StructField("k", T.IntegerType(), False),
+        T.StructField("value", T.DoubleType(), False),
+        T.StructField("n_users", T.LongType(), False),
+        T.StructField("split", T.StringType(), False),
+        T.StructField("evaluated_at", T.TimestampType(), False),
+    ]
+)
+
+# Metrics by slice (kind = activity | user_history | target_item | a user attribute, group = its
+# value), fairness gaps (group "<gap>": metric gap / gap_ci_low / gap_ci_high) and item exposure
+# (kind = exposure:popularity_decile | exposure:category; metric rec_share / interaction_share / item_share).
+METRIC_SLICES_SCHEMA = T.StructType(
+    [
+        T.StructField("eval_id", T.StringType(), False),
+        T.StructField("model_run_id", T.StringType(), True),
+        T.StructField("model", T.StringType(), False),
+        T.StructField("kind", T.StringType(), False),
+        T.StructField("group", T.StringType(), False),
+        T.StructField("metric", T.StringType(), False),
+        T.StructField("k", T.IntegerType(), False),
+        T.StructField("value", T.DoubleType(), False),
+        T.StructField("n_users", T.LongType(), True),
+        T.StructField("evaluated_at", T.TimestampType(), False),
+    ]
+)

@@ -1,0 +1,302 @@
+"""The training loop of one rank: its Petastorm shard, the optimizer steps, validation, early
+stopping and the checkpoint (rank 0). Pure torch and Petastorm: never imports pyspark.
+
+`worker` runs under Horovod (recsys_spark.train launches it on Spark executors): each rank reads a
+disjoint shard of row groups of the pinned training table's files with Petastorm's
+`make_batch_reader(cur_shard=rank, shard_count=size)`, gradients are averaged by Horovod, rank 0
+decides early stopping and the time budget for every rank and writes the checkpoint.
+"""
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Iterator, Optional
+
+import numpy as np
+
+from recsys_spark import checkpoints
+
+if TYPE_CHECKING:  # the job carries them; this module needs no config code to run a rank
+    from recsys_spark.config import TrainConfig
+    from recsys_spark.model import ModelConfig
+
+TRAIN_COLUMNS = ["user_idx", "window", "input", "target", "profile_cat", "profile_num"]
+
+
+@dataclass
+class TrainJob:
+    """Everything a rank needs (it is pickled to the executors)."""
+    files: list[str]
+    model_config: "ModelConfig"
+    item_features: dict  # recsys_spark.model.ITEM_FEATURES as numpy arrays
+    stats: dict  # scaling statistics from gold/feature_stats
+    train_config: "TrainConfig"
+    full_config: dict
+    data_versions: dict
+    steps_per_epoch: int
+    checkpoint_dir: str
+    run_id: str
+    # Validation sample for early stopping: target (V,), seen (V training histories, oldest first),
+    # profile_cat (V, A), profile_num (V, P). None disables early stopping.
+    valid: Optional[dict] = None
+
+
+def _stack(column) -> np.ndarray:
+    if isinstance(column, np.ndarray) and column.dtype != object:
+        return column
+    return np.stack([np.asarray(x) for x in column])
+
+
+def shard_batches(files: list[str], rank: int, size: int, batch_size: int, seed: int,
+                  num_epochs: Optional[int] = None, columns: Optional[list[str]] = None) -> Iterator[dict]:
+    """Yield fixed-size dicts of numpy arrays from this rank's shard of the parquet files.
+
+    The shard is every size-th row group (Petastorm's sharding), so shards of different ranks
+    are disjoint and together cover the files. Rows are shuffled within a buffer with a seeded
+    generator; num_epochs=None repeats the shard forever.
+    """
+    import warnings
+
+    from petastorm import make_batch_reader
+
+    # petastorm 0.12 uses pyarrow's legacy dataset API (the reason pyarrow is pinned < 15); its
+    # deprecation warnings are known and would otherwise flood every rank's log.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"petastorm(\.|$)")
+    rng = np.random.default_rng(seed + rank)
+    buf: dict[str, list] = {}
+    n_buf = 0
+    # One reader per pass with its own seed: petastorm's own num_epochs=None repeats the row
+    # groups in an order that differs from run to run, which would break reproducibility.
+    passes = itertools.count() if num_epochs is None else range(num_epochs)
+    for p in passes:
+        with make_batch_reader(files, cur_shard=rank, shard_count=size, num_epochs=1,
+                               shuffle_row_groups=True, seed=seed + p, reader_pool_type="dummy",
+                               schema_fields=columns or TRAIN_COLUMNS) as reader:
+            for batch in reader:
+                d = batch._asdict()
+                for name, col in d.items():
+                    buf.setdefault(name, []).append(_stack(col))
+                n_buf += len(next(iter(d.values())))
+                if n_buf < batch_size * 4 and num_epochs is None:
+                    continue
+                merged = {k: np.concatenate(v) for k, v in buf.items()}
+                perm = rng.permutation(n_buf)
+                full = (n_buf // batch_size) * batch_size
+                for lo in range(0, full, batch_size):
+                    yield {k: v[perm[lo: lo + batch_size]] for k, v in merged.items()}
+                rest = perm[full:]
+                buf = {k: [v[rest]] for k, v in merged.items()}
+                n_buf = len(rest)
+    if n_buf:
+        merged = {k: np.concatenate(v) for k, v in buf.items()}
+        yield merged
+
+
+def train_steps(model, optimizer, batches: Iterator[dict], steps: int, device: str = "cpu",
+                progress=None, lr_at=None) -> float:
+    """Run `steps` optimizer steps; return the mean loss. Works with any iterator of batches.
+    progress(step, steps, mean_loss), if given, is called after every step (it throttles itself);
+    lr_at(step), if given, is the learning rate for step 0..steps-1 of this call."""
+    import torch
+
+    model.train()
+    total = 0.0
+    for step in range(steps):
+        if lr_at is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step)
+        b = next(batches)
+        seq = torch.as_tensor(b["input"], dtype=torch.long, device=device)
+        tgt = torch.as_tensor(b["target"], dtype=torch.long, device=device)
+        pc = torch.as_tensor(b["profile_cat"], dtype=torch.long, device=device) if model.use_profile else None
+        pn = torch.as_tensor(b["profile_num"], dtype=torch.float32, device=device) if model.use_behaviour else None
+        _, loss = model(seq, tgt, pc, pn)
+        optimizer.zero_grad()
+        loss.backward()
+        if hasattr(optimizer, "synchronize"):
+            # Horovod averages gradients asynchronously during backward: wait for the averages
+            # before clipping, or a rank may clip its own half-reduced gradients (ranks diverge).
+            optimizer.synchronize()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            with optimizer.skip_synchronize():
+                optimizer.step()
+        else:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+        total += float(loss.detach())
+        if progress is not None:
+            progress(step + 1, steps, total / (step + 1))
+    return total / max(1, steps)
+
+
+def throttled_progress(label: str, every_s: float):
+    """A train_steps progress callback printing at most one line per every_s seconds (none if 0)."""
+    if every_s <= 0:
+        return None
+    last = [time.time()]
+
+    def report(step: int, steps: int, loss: float) -> None:
+        now = time.time()
+        if now - last[0] >= every_s and step < steps:
+            last[0] = now
+            print(f"{label}: {step}/{steps} steps ({100 * step // steps}%), running loss {loss:.4f}", flush=True)
+    return report
+
+
+def patience_spent(bad_evals: int, patience: int, steps_done: int, min_steps: int = 0) -> bool:
+    """Early stopping: `patience` evaluations in a row without a better validation NDCG, once at
+    least `min_steps` optimizer steps have been taken."""
+    return bad_evals >= patience and steps_done >= min_steps
+
+
+def planned_epochs(epochs: int, budget_s: float, epochs_done: int, elapsed_s: float) -> int:
+    """Epochs the run will train: `epochs`, or with a time budget the epochs that end by the first
+    epoch ending past the budget, estimated from the mean epoch time so far (never fewer than done + 1)."""
+    if not budget_s or epochs_done == 0:
+        return epochs
+    fit = math.ceil(budget_s / max(elapsed_s / epochs_done, 1e-9))
+    return max(epochs_done + 1, min(epochs, fit))
+
+
+def linear_lr(peak: float, step: int, total_steps: int, floor: float = 0.01) -> float:
+    """Linear decay from peak at step 0 to 0 at total_steps; never below floor * peak, so a run that
+    outlasts its estimate still learns."""
+    return peak * max(floor, 1.0 - step / max(1, total_steps))
+
+
+def validate(model, valid: dict, k: int = 10, batch: int = 512) -> float:
+    """NDCG@k of the validation targets, full ranking with each user's history removed."""
+    import torch
+
+    from recsys_spark.metrics import ndcg_at_k
+    from recsys_spark.ranking import encode_users
+    from recsys_spark.topk import topk_excluding
+
+    model.eval()
+    tops = []
+    with torch.no_grad():
+        items = model.item_vectors()
+        for lo in range(0, len(valid["target"]), batch):
+            sl = slice(lo, lo + batch)
+            users = encode_users(model, valid["seen"][sl], valid["profile_cat"][sl], valid["profile_num"][sl], items)
+            tops.append(topk_excluding(users, items, valid["seen"][sl], k)[0])
+    model.train()
+    return ndcg_at_k(np.concatenate(tops), valid["target"], k)
+
+
+class EarlyStopping:
+    """Rank 0's record of the best validated weights and of evaluations without a gain."""
+
+    def __init__(self, patience: int, min_steps: int):
+        self.patience, self.min_steps = patience, min_steps
+        self.best_ndcg, self.best_epoch, self.best_state, self.bad_evals = -1.0, 0, None, 0
+
+    def update(self, model, ndcg: float, epoch: int, steps_done: int) -> bool:
+        """Record an evaluation; True when training should stop."""
+        if ndcg > self.best_ndcg:
+            self.best_ndcg, self.best_epoch, self.bad_evals = ndcg, epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            self.bad_evals += 1
+        return patience_spent(self.bad_evals, self.patience, steps_done, self.min_steps)
+
+
+def _rank_setup(job: TrainJob, hvd):
+    """(model, Horovod optimizer, peak lr), identical on every rank."""
+    import torch
+
+    from recsys_spark.model import AttentionRecommender
+
+    tc = job.train_config
+    torch.set_num_threads(tc.threads_per_rank)
+    torch.manual_seed(tc.seed)
+    np.random.seed(tc.seed)
+    model = AttentionRecommender(job.model_config, {k: torch.as_tensor(v) for k, v in job.item_features.items()},
+                                 job.stats)
+    peak_lr = tc.lr * hvd.size() ** 0.5
+    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=tc.weight_decay)
+    # Horovod cannot broadcast bool tensors; the bool buffer (has_id) comes from the job on every rank.
+    hvd.broadcast_parameters({k: v for k, v in model.state_dict().items() if v.dtype != torch.bool}, root_rank=0)
+    hvd.broadcast_optimizer_state(opt, root_rank=0)
+    return model, hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters()), peak_lr
+
+
+def _epoch_schedule(job: TrainJob, epoch: int, plan: int, peak_lr: float, is_root: bool):
+    """(progress callback, lr_at) for one epoch."""
+    tc = job.train_config
+    progress = (throttled_progress(f"[train {job.run_id}] epoch {epoch + 1}/{tc.epochs}", tc.progress_every_s)
+                if is_root else None)
+    lr_at = None
+    if tc.lr_schedule == "linear":
+        done_steps, total_steps = epoch * job.steps_per_epoch, plan * job.steps_per_epoch
+        lr_at = lambda step: linear_lr(peak_lr, done_steps + step, total_steps)  # noqa: E731
+    return progress, lr_at
+
+
+def _root_decision(job: TrainJob, model, entry: dict, stopper: EarlyStopping, started: float, plan: int) -> tuple[int, int]:
+    """Rank 0: validate when due; (stop: 0 go on, 1 no validation gain, 2 time budget; planned epochs)."""
+    tc, epoch = job.train_config, entry["epoch"]
+    stop = 0
+    if job.valid is not None and epoch % tc.eval_every == 0:
+        entry["valid_ndcg@10"] = validate(model, job.valid)
+        stop = int(stopper.update(model, entry["valid_ndcg@10"], epoch, epoch * job.steps_per_epoch))
+    if tc.time_budget_s:
+        if time.time() - started > tc.time_budget_s:
+            stop = 2
+        plan = planned_epochs(tc.epochs, tc.time_budget_s, epoch, time.time() - started)
+    return stop, plan
+
+
+def _log_epoch(job: TrainJob, entry: dict, ranks: int) -> None:
+    extra = f", valid NDCG@10 {entry['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in entry else ""
+    print(f"[train {job.run_id}] epoch {entry['epoch']}/{job.train_config.epochs} loss {entry['loss']:.4f}{extra} "
+          f"({entry['seconds']:.1f}s, {job.steps_per_epoch} steps x {ranks} ranks)", flush=True)
+
+
+def worker(job: TrainJob) -> dict:
+    """One Horovod rank. Returns per-epoch losses, timings and the rank's final weight checksum."""
+    import horovod.torch as hvd
+    import torch
+
+    hvd.init()
+    tc, is_root = job.train_config, hvd.rank() == 0
+    model, opt, peak_lr = _rank_setup(job, hvd)
+    batches = shard_batches(job.files, hvd.rank(), hvd.size(), tc.batch_size, tc.seed)
+    stopper = EarlyStopping(tc.patience, tc.min_steps)
+    history, started, plan = [], time.time(), tc.epochs  # plan: re-estimated under a time budget
+    for epoch in range(tc.epochs):
+        t0 = time.time()
+        progress, lr_at = _epoch_schedule(job, epoch, plan, peak_lr, is_root)
+        loss = train_steps(model, opt, batches, job.steps_per_epoch, progress=progress, lr_at=lr_at)
+        loss = float(hvd.allreduce(torch.tensor(loss), name="epoch_loss"))
+        entry = {"epoch": epoch + 1, "loss": loss, "seconds": round(time.time() - t0, 3),
+                 "lr": round(float(opt.param_groups[0]["lr"]), 7)}  # of the epoch's last step
+        stop = 0
+        if is_root:
+            stop, plan = _root_decision(job, model, entry, stopper, started, plan)
+        # One broadcast carries rank 0's decisions, so every rank follows the same schedule.
+        stop, plan = (int(v) for v in hvd.broadcast(torch.tensor([stop, plan]), root_rank=0, name=f"stop_{epoch}"))
+        history.append(entry)
+        if is_root:
+            _log_epoch(job, entry, hvd.size())
+        if stop:
+            if is_root:
+                why = (f"no validation gain in {tc.patience} evaluations" if stop == 1
+                       else f"time budget of {tc.time_budget_s:.0f}s used")
+                print(f"[train {job.run_id}] early stop: {why}; keeping epoch {stopper.best_epoch or epoch + 1}",
+                      flush=True)
+            break
+    batches.close()  # closes the Petastorm reader
+    checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
+    if is_root:
+        if stopper.best_state is not None:
+            model.load_state_dict(stopper.best_state)
+        checkpoints.save(job.checkpoint_dir, job.run_id, model, {
+            "model_config": job.model_config.to_dict(), "train_config": asdict(tc),
+            "data_versions": job.data_versions, "history": history,
+            "best_epoch": stopper.best_epoch or len(history)}, job.full_config)
+    rank = hvd.rank()
+    hvd.shutdown()
+    return {"rank": rank, "history": history, "checksum": checksum}

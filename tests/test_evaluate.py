@@ -1,0 +1,60 @@
+"""Evaluation: accuracy and beyond-accuracy metrics, slices and fairness gaps, MLflow tracking."""
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from conftest import make_config
+from recsys_spark import cli, schema, tables
+
+
+@pytest.mark.slow
+def test_evaluation_records_beyond_accuracy_metrics(spark, shop):
+    cfg, _ = shop
+    m = tables.read(spark, tables.path(cfg.tables_dir, schema.METRICS)).where(F.col("k") == 10)
+    got = {(r.model, r.metric): r.value for r in m.collect()}
+    for model in ("attention", "popularity"):
+        for metric in ("mrr", "map", "hitrate", "coverage", "gini", "novelty", "ild", "pop_share"):
+            assert (model, metric) in got
+    # Popularity recommends (almost) the same items to everyone: lower coverage, higher Gini.
+    assert got[("attention", "coverage")] > got[("popularity", "coverage")]
+    assert got[("attention", "gini")] < got[("popularity", "gini")]
+    sl = tables.read(spark, tables.path(cfg.tables_dir, schema.METRIC_SLICES)).where(F.col("model") == "attention")
+    kinds = {r.kind for r in sl.select("kind").distinct().collect()}
+    assert {"activity", "user_history", "target_item", "age_band", "gender", "region",
+            "exposure:popularity_decile", "exposure:category"} <= kinds
+    # Every test user is in exactly one activity bucket.
+    n_test = m.where((F.col("model") == "attention") & (F.col("metric") == "recall")).first().n_users
+    buckets = sl.where((F.col("kind") == "activity") & (F.col("metric") == "ndcg")).agg(F.sum("n_users")).first()[0]
+    assert buckets == n_test
+    shares = sl.where((F.col("kind") == "exposure:popularity_decile") & (F.col("metric") == "rec_share"))
+    assert shares.agg(F.sum("value")).first()[0] == pytest.approx(1.0)
+    gap = {r.metric: r.value for r in sl.where((F.col("kind") == "gender") & (F.col("group") == "<gap>")).collect()}
+    assert gap["ndcg_gap"] >= 0 and 0 <= gap["ndcg_gap_ci_low"] < gap["ndcg_gap_ci_high"] < 1
+
+
+@pytest.mark.slow
+def test_train_and_evaluate_runs_are_tracked_in_mlflow(spark, shop):
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    from recsys_spark.checkpoints import latest as latest_checkpoint
+
+    cfg, _ = shop
+    client = MlflowClient(f"file:{cfg.paths.root}/mlruns")
+    exp = client.get_experiment_by_name("recsys-spark")
+    runs = client.search_runs([exp.experiment_id])
+    model_run = os.path.basename(latest_checkpoint(cfg.models_dir))
+    train = [r for r in runs if r.data.tags.get("stage") == "train"]
+    assert [r.data.tags["model_run_id"] for r in train] == [model_run]
+    t = train[0]
+    assert t.data.params["train.epochs"] == "8" and t.data.params["model.n_items"] == "125"
+    losses = client.get_metric_history(t.info.run_id, "loss")
+    assert 1 <= len(losses) <= 8
+    assert len(client.get_metric_history(t.info.run_id, "valid_ndcg_at_10")) == len(losses)
+    assert "checkpoint/model.pt" in [a.path for a in client.list_artifacts(t.info.run_id, "checkpoint")]
+    ev = [r for r in runs if r.data.tags.get("stage") == "evaluate" and r.data.tags["model_run_id"] == model_run]
+    m = tables.read(spark, tables.path(cfg.tables_dir, schema.METRICS))
+    first_eval = m.where((F.col("model") == "attention") & (F.col("metric") == "ndcg") & (F.col("k") == 10)).orderBy("evaluated_at").first()
+    logged = {r.data.tags["eval_id"]: r.data.metrics["attention.ndcg_at_10"] for r in ev}
+    assert logged[first_eval.eval_run_id] == pytest.approx(first_eval.value)

@@ -1,0 +1,31 @@
+"""Ranking: the catalog, encoding users and the lists for users the model cannot serve."""
+import numpy as np
+import torch
+
+from recsys_spark import schema
+from recsys_spark.baselines import fallback_lists
+from recsys_spark.ranking import encode_users, fallback_list, item_catalog
+from test_model import _model
+
+
+def test_encode_users_drops_shared_padding_and_reads_missing_profiles_as_unknown():
+    m = _model().eval()
+    histories = [np.array([3, 4, 5]), np.array([7])]
+    full = m.user_vectors(torch.as_tensor(np.array([[0, 0, 0, 0, 0, 3, 4, 5], [0] * 7 + [7]])),
+                          torch.tensor([[1, 2, 0], [0, 0, 0]]), torch.tensor([[0.5] * 5, [0.0] * 5]))
+    got = encode_users(m, histories, [[1, 2], None], [[0.5] * 5, [1.0, 2.0]])  # short row: zeros
+    assert torch.allclose(got, full, atol=1e-6)
+
+
+def test_fallback_lists_rank_by_segment_with_global_backoff(spark):
+    # Segment "1,1": 20 users who all have item 5, some item 6; segment "2,2" has too few users.
+    rows = [(u, [5, 6] if u % 2 else [5], [1, 1]) for u in range(20)]
+    rows += [(100 + u, [7, 8], [2, 2]) for u in range(3)] + [(200, [], [1, 1])]
+    users = spark.createDataFrame(rows, "user_idx long, input array<int>, profile_cat array<int>")
+    popular, segments = fallback_lists(users, depth=10, min_users=20)
+    assert list(segments) == ["1,1"] and segments["1,1"].tolist() == [5, 6]
+    assert popular.tolist() == [5, 6, 7, 8]
+    cat = item_catalog(np.zeros((10, 2), dtype=np.float32), popular=popular, segments=segments)
+    assert fallback_list(cat, [1, 1], np.array([5]), 3) == ([6], schema.SERVED_SEGMENT)
+    cat["ineligible"][7] = True
+    assert fallback_list(cat, [2, 2], np.array([], dtype=np.int64), 3) == ([5, 6, 8], schema.SERVED_POPULAR)

@@ -1,0 +1,189 @@
+"""The nightly scoring run and its output contract (README: the recommendations table)."""
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from conftest import make_config
+from recsys_spark import cli, schema, tables
+
+
+def _recs(spark, cfg):
+    return tables.read(spark, tables.path(cfg.tables_dir, schema.RECOMMENDATIONS))
+
+
+@pytest.mark.slow
+def test_recommendations_contract(spark, shop):
+    cfg, _ = shop
+    recs = _recs(spark, cfg).where(F.col("run_date") == "2026-07-01")
+    # Every known user, with events or only a profile, gets a full list.
+    n_users = tables.read(spark, tables.path(cfg.tables_dir, schema.USER_INDEX)).count()
+    assert n_users == 606
+    assert recs.count() == n_users * 10
+    ranks = recs.groupBy("user_id").agg(F.sort_array(F.collect_list("rank")).alias("r"),
+                                         F.countDistinct("item_id").alias("n"))
+    assert ranks.where((F.col("r") != F.array(*[F.lit(i) for i in range(1, 11)])) | (F.col("n") != 10)).count() == 0
+    # Scores are non-increasing with rank.
+    bad = (recs.alias("a").join(recs.alias("b"), (F.col("a.user_id") == F.col("b.user_id"))
+                                & (F.col("b.rank") == F.col("a.rank") + 1))
+           .where(F.col("b.score") > F.col("a.score")))
+    assert bad.count() == 0
+    # No item the user has already touched.
+    seen = (tables.read(spark, tables.path(cfg.tables_dir, schema.EVENTS))
+            .select("user_id", "item_id").distinct())
+    assert recs.join(seen, ["user_id", "item_id"]).count() == 0
+
+
+@pytest.mark.slow
+def test_rescoring_a_date_replaces_its_partition_only(spark, shop_copy):
+    cfg = shop_copy
+    before = _recs(spark, cfg).where(F.col("run_date") == "2026-07-01").count()
+    other = make_config(cfg.paths.root, score={"k": 10, "run_date": "2026-07-02"})
+    cli.run_stage(spark, other, "score")
+    cli.run_stage(spark, cfg, "score")  # same date again
+    recs = _recs(spark, cfg)
+    counts = {str(r.run_date): r["count"] for r in recs.groupBy("run_date").count().collect()}
+    assert counts == {"2026-07-01": before, "2026-07-02": before}
+    assert recs.where(F.col("run_date") == "2026-07-01").select("user_id", "rank").distinct().count() == before
+
+
+@pytest.mark.slow
+def test_explanations_are_items_of_the_users_own_history(spark, shop):
+    cfg, _ = shop
+    recs = _recs(spark, cfg).where(F.col("run_date") == "2026-07-01")
+    seqs = tables.read(spark, tables.path(cfg.tables_dir, schema.SEQUENCES))
+    index = tables.read(spark, tables.path(cfg.tables_dir, schema.ITEM_INDEX))
+    history = (seqs.select("user_id", F.explode("items").alias("item_idx")).join(index, "item_idx")
+               .select("user_id", F.col("item_id").alias("because")).distinct())
+    because = recs.select("user_id", "item_id", F.explode("because_item_ids").alias("because"))
+    assert because.count() > 0
+    assert because.join(history, ["user_id", "because"], "left_anti").count() == 0
+    sizes = {r.n for r in recs.where(F.col("served_by") == "history")
+             .select(F.size("because_item_ids").alias("n")).distinct().collect()}
+    assert sizes <= {1, 2, 3} and 3 in sizes
+
+
+@pytest.mark.slow
+def test_business_rules_remove_ineligible_items_and_cap_categories(spark, shop_copy):
+    cfg = shop_copy
+    recs = _recs(spark, cfg).where(F.col("run_date") == "2026-07-01")
+    top = [r.item_id for r in recs.groupBy("item_id").count().orderBy(F.desc("count"), "item_id").limit(5).collect()]
+    elig_path = tables.path(cfg.tables_dir, "silver/eligibility")
+    rows = [(i, False) for i in top] + [("i000001", True)]
+    tables.overwrite(spark.createDataFrame(rows, "item_id string, eligible boolean"), elig_path)
+    ruled = make_config(cfg.paths.root, score={"k": 10, "run_date": "2026-07-05", "eligibility": "silver/eligibility",
+                                               "max_per_category": 2})
+    cli.run_stage(spark, ruled, "score")
+    got = _recs(spark, cfg).where(F.col("run_date") == "2026-07-05")
+    n_users = recs.select("user_id").distinct().count()
+    assert got.count() == n_users * 10
+    assert got.where(F.col("item_id").isin(top)).count() == 0
+    cats = tables.read(spark, tables.path(cfg.tables_dir, schema.ITEM_CONTENT)).select("item_id", "category")
+    per_cat = got.join(cats, "item_id").groupBy("user_id", "category").count()
+    assert per_cat.agg(F.max("count")).first()[0] == 2
+    # A different eligibility version forbids carrying yesterday's lists forward.
+    runs = tables.read(spark, tables.path(cfg.tables_dir, schema.SCORE_RUNS)).orderBy(F.desc("finished_at")).first()
+    assert runs.mode == "full" and runs.eligibility_version == tables.version(spark, elig_path)
+
+
+@pytest.mark.slow
+def test_incremental_scoring_equals_a_full_run_for_changed_users(spark, shop_copy, tmp_path):
+    import pandas as pd
+
+    cfg = shop_copy
+    root = cfg.paths.root
+    base = make_config(root, score={"k": 10, "run_date": "2026-07-10", "mode": "full"})
+    cli.run_stage(spark, base, "score")
+    seqs = tables.read(spark, tables.path(cfg.tables_dir, schema.SEQUENCES))
+    changed = [r.user_id for r in seqs.select("user_id").orderBy("user_id").limit(6).collect()]
+    new = pd.DataFrame({
+        "user_id": changed + ["u_new_1"],
+        "item_id": ["i000003", "i000004", "i000005", "i000006", "i000007", "i000008", "i000009"],
+        "event_type": ["purchase", "view", "view", "add_to_cart", "view", "view", "view"],
+        "timestamp": pd.to_datetime(["2026-07-10 12:00:00"] * 7),
+    })
+    (tmp_path / "new").mkdir()
+    new.to_parquet(tmp_path / "new" / "events.parquet")
+    cli.run_stage(spark, make_config(root, ingest={"events": str(tmp_path / "new")}), "ingest")
+    cli.run_stage(spark, base, "features")
+    inc = make_config(root, score={"k": 10, "run_date": "2026-07-11", "mode": "incremental"})
+    out = cli.run_stage(spark, inc, "score")
+    assert out["mode"] == "incremental", out["reason"]
+    n_before = tables.read(spark, tables.path(cfg.tables_dir, schema.RECOMMENDATIONS)).where(
+        F.col("run_date") == "2026-07-10").select("user_id").distinct().count()
+    assert out["users_scored"] == 7 and out["users_carried"] == n_before - 6
+    cli.run_stage(spark, make_config(root, score={"k": 10, "run_date": "2026-07-12", "mode": "full"}), "score")
+
+    recs = _recs(spark, cfg).drop("model_run_id")
+
+    def day(d, users, exclude=False):
+        df = recs.where(F.col("run_date") == d).drop("run_date")
+        df = df.where(~F.col("user_id").isin(users) if exclude else F.col("user_id").isin(users))
+        rows = sorted((r.user_id, r.rank, r.item_id, tuple(r.because_item_ids), r.score) for r in df.collect())
+        return [r[:4] for r in rows], np.array([r[4] for r in rows])
+
+    def same(a, b):
+        # Lists, ranks and explanations exactly; scores to float32 rounding (batches differ).
+        assert a[0] == b[0]
+        np.testing.assert_allclose(a[1], b[1], rtol=1e-5, atol=1e-6)
+
+    everyone_changed = changed + ["u_new_1"]
+    same(day("2026-07-11", everyone_changed), day("2026-07-12", everyone_changed))
+    assert len(day("2026-07-11", ["u_new_1"])[0]) == 10
+    # The other users' lists are carried forward unchanged from the previous run.
+    same(day("2026-07-11", everyone_changed, exclude=True), day("2026-07-10", everyone_changed, exclude=True))
+    # The latest table is the last run's partition.
+    latest = tables.read(spark, tables.path(cfg.tables_dir, schema.RECOMMENDATIONS_LATEST))
+    assert {str(r.run_date) for r in latest.select("run_date").distinct().collect()} == {"2026-07-12"}
+
+
+@pytest.mark.slow
+def test_new_users_and_new_items_are_served_by_the_nightly_run(spark, shop_copy):
+    cfg = shop_copy
+    recs = _recs(spark, cfg).where(F.col("run_date") == "2026-07-01")
+    # New sign-ups (a profile, no events) are served by the model's profile path, without
+    # explanations (they have no history); everyone else by their history.
+    paths = {r.served_by: r["count"] for r in recs.select("user_id", "served_by").distinct()
+             .groupBy("served_by").count().collect()}
+    assert paths == {"history": 600, "profile": 6}
+    new_users = recs.where(F.col("user_id").startswith("u9"))
+    assert new_users.select("user_id").distinct().count() == 6
+    assert new_users.where(F.col("served_by") != "profile").count() == 0
+    assert new_users.where(F.size("because_item_ids") > 0).count() == 0
+    # The lists come from the declared profile: users whose profiles differ get different lists.
+    lists = {}
+    for r in new_users.groupBy("user_id").agg(F.sort_array(F.collect_list(F.struct("rank", "item_id"))).alias("l")).collect():
+        lists[r.user_id] = tuple(x.item_id for x in r.l)
+    profiles = {r.user_id: tuple(r.profile_cat) for r in tables.read(spark, tables.path(cfg.tables_dir, schema.USER_PROFILE))
+                .join(tables.read(spark, tables.path(cfg.tables_dir, schema.USER_INDEX)), "user_idx")
+                .where(F.col("user_id").isin(list(lists))).collect()}
+    assert len(set(profiles.values())) >= 2
+    for a in lists:
+        for b in lists:
+            assert (lists[a] == lists[b]) == (profiles[a] == profiles[b]), (a, b)
+    # New items (content, no events) are in the catalog and eligible: with only them allowed, every
+    # user gets all four, ranked by the model's content path (orders differ between users).
+    content = tables.read(spark, tables.path(cfg.tables_dir, schema.ITEM_CONTENT))
+    new_items = sorted(r.item_id for r in content.where(F.col("item_id").startswith("n9")).collect())
+    assert len(new_items) == 4
+    elig_path = tables.path(cfg.tables_dir, "silver/only_new")
+    tables.overwrite(content.select("item_id", F.col("item_id").startswith("n9").alias("eligible")), elig_path)
+    only_new = make_config(cfg.paths.root, score={"k": 10, "run_date": "2026-07-09", "eligibility": "silver/only_new"})
+    cli.run_stage(spark, only_new, "score")
+    got = _recs(spark, cfg).where(F.col("run_date") == "2026-07-09")
+    per_user = got.groupBy("user_id").agg(F.sort_array(F.collect_list("item_id")).alias("items"))
+    assert per_user.count() == tables.read(spark, tables.path(cfg.tables_dir, schema.USER_INDEX)).count()
+    assert per_user.where(F.col("items") != F.array(*[F.lit(i) for i in new_items])).count() == 0
+    orders = got.where(F.col("rank") == 1).groupBy("item_id").count().collect()
+    assert len(orders) >= 2
+    assert got.where(F.isnan("score")).count() == 0
+    # A "new arrivals" slot: every list keeps 10 items, holds at least one new item, stays sorted.
+    slot = make_config(cfg.paths.root, score={"k": 10, "run_date": "2026-07-10", "new_item_slots": 1})
+    cli.run_stage(spark, slot, "score")
+    got = _recs(spark, cfg).where(F.col("run_date") == "2026-07-10")
+    per_user = got.groupBy("user_id").agg(F.count("*").alias("n"),
+                                          F.sum(F.col("item_id").startswith("n9").cast("int")).alias("new"))
+    assert per_user.count() == tables.read(spark, tables.path(cfg.tables_dir, schema.USER_INDEX)).count()
+    assert per_user.where((F.col("n") != 10) | (F.col("new") < 1)).count() == 0
+    bad = (got.alias("a").join(got.alias("b"), (F.col("a.user_id") == F.col("b.user_id"))
+                               & (F.col("b.rank") == F.col("a.rank") + 1)).where(F.col("b.score") > F.col("a.score")))
+    assert bad.count() == 0
