@@ -3,14 +3,21 @@
 `model.pt` holds the weights (item features and scaling statistics are buffers of the model, so a
 checkpoint scores a catalog on its own), the manifest and the full config; `manifest.json` is the
 same manifest for people and tools (run id, creation time, model and training config, the Delta
-versions trained on, per-epoch history, the epoch kept). A folder is written under a temporary name
-and renamed, so a reader never sees half a checkpoint. Pure torch: never imports pyspark.
+versions trained on, per-epoch history, the epoch kept) plus the sha256 of model.pt.
+
+Safety: a folder is written under a temporary name and renamed, so a reader never sees half a
+checkpoint, and `latest` skips temporary folders and folders whose manifest cannot be read.
+`load` unpickles with `weights_only=True` (tensors and plain containers only: a planted pickle cannot
+run code; torch >= 2.6, whose weights-only loader is not affected by CVE-2025-32434) and refuses a
+model.pt whose sha256 differs from the manifest's. Pure torch: never imports pyspark.
 """
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
+import sys
 import uuid
 from datetime import datetime, timezone
 
@@ -20,25 +27,48 @@ from recsys_spark.model import AttentionRecommender, ModelConfig, item_features_
 
 MODEL_FILE = "model.pt"
 MANIFEST_FILE = "manifest.json"
+TEMPORARY_MARK = ".tmp-"  # in the name of a folder still being written
+
+
+class CheckpointError(ValueError):
+    """A checkpoint folder that must not be served: unreadable, incomplete or altered."""
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def save(models_dir: str, run_id: str, model: AttentionRecommender, manifest: dict, full_config: dict) -> str:
     """Write the checkpoint folder of run_id atomically; returns its path. manifest: model_config,
     train_config, data_versions, history, best_epoch (run_id and created_at are added here)."""
     final = os.path.join(models_dir, run_id)
-    tmp = final + ".tmp-" + uuid.uuid4().hex[:6]
+    tmp = final + TEMPORARY_MARK + uuid.uuid4().hex[:6]
     os.makedirs(tmp)
     manifest = {"run_id": run_id, "created_at": datetime.now(timezone.utc).isoformat(), **manifest}
     torch.save({"state_dict": model.state_dict(), **manifest, "config": full_config}, os.path.join(tmp, MODEL_FILE))
     with open(os.path.join(tmp, MANIFEST_FILE), "w") as fh:
-        json.dump(manifest, fh, indent=2)
+        json.dump({**manifest, "weights_sha256": _sha256(os.path.join(tmp, MODEL_FILE))}, fh, indent=2)
     os.rename(tmp, final)
     return final
 
 
 def load(path: str) -> tuple[AttentionRecommender, dict]:
-    """(model in eval mode, checkpoint dict) from a checkpoint folder alone."""
-    ckpt = torch.load(os.path.join(path, MODEL_FILE), map_location="cpu", weights_only=False)
+    """(model in eval mode, checkpoint dict) from a checkpoint folder alone. Raises CheckpointError
+    when model.pt does not match the manifest's sha256 or holds anything but weights and plain data."""
+    weights = os.path.join(path, MODEL_FILE)
+    expected = manifest(path).get("weights_sha256") if os.path.isfile(os.path.join(path, MANIFEST_FILE)) else None
+    if expected is not None and _sha256(weights) != expected:
+        raise CheckpointError(f"{weights} does not match the sha256 in its manifest.json (altered or partly "
+                              f"written): not loading it. Retrain, or pin another model with score.model_run_id.")
+    try:
+        ckpt = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises UnpicklingError (or others) for anything but plain data
+        raise CheckpointError(f"{weights} holds more than weights and plain data, so it is not loaded "
+                              f"(weights-only unpickling refused it: {str(exc).splitlines()[0]})") from None
     state = ckpt["state_dict"]
     model = AttentionRecommender(ModelConfig(**ckpt["model_config"]), item_features_of(state), statistics_of(state))
     model.load_state_dict(state)
@@ -65,10 +95,14 @@ def latest(models_dir: str, run_id: str = "") -> str:
             raise FileNotFoundError(f"no checkpoint {run_id} under {models_dir} (score.model_run_id)")
         return path
     runs = []
-    if os.path.isdir(models_dir):
-        for name in os.listdir(models_dir):
-            if os.path.isfile(os.path.join(models_dir, name, MANIFEST_FILE)):
-                runs.append((manifest(os.path.join(models_dir, name))["created_at"], name))
+    for name in sorted(os.listdir(models_dir)) if os.path.isdir(models_dir) else []:
+        folder = os.path.join(models_dir, name)
+        if TEMPORARY_MARK in name or not os.path.isfile(os.path.join(folder, MANIFEST_FILE)):
+            continue
+        try:
+            runs.append((manifest(folder)["created_at"], name))
+        except (ValueError, KeyError, OSError) as exc:
+            print(f"warning: skipping checkpoint folder {folder}: unreadable manifest.json ({exc})", file=sys.stderr)
     if not runs:
         raise FileNotFoundError(f"no trained model under {models_dir}; run the 'train' stage first")
     return os.path.join(models_dir, max(runs)[1])

@@ -308,9 +308,36 @@ def _check_features(f: FeaturesConfig) -> None:
             raise ConfigError(f"features.{name}: must be in [0, 1) (a share; 0 = off), got {getattr(f, name)}")
     if f.max_seq_len != 0 and f.max_seq_len < 2:
         raise ConfigError(f"features.max_seq_len: must be 0 (from data) or >= 2, got {f.max_seq_len}")
+    if not f.sequence_event_types:
+        raise ConfigError("features.sequence_event_types: must name at least one event type")
+    if any(w < 0 for w in f.event_weights.values()):
+        raise ConfigError(f"features.event_weights: weights must be >= 0, got {f.event_weights}")
+    _at_least("features.train_files", f.train_files, 1)
+
+
+def _check_finite(cfg: "Config") -> None:
+    """No NaN or infinite number anywhere (YAML reads .nan and .inf as floats)."""
+    for section in dataclasses.fields(cfg):
+        values = getattr(cfg, section.name)
+        for f in dataclasses.fields(values):
+            v = getattr(values, f.name)
+            numbers = v.values() if isinstance(v, dict) else v if isinstance(v, list) else [v]
+            if any(isinstance(x, float) and not math.isfinite(x) for x in numbers):
+                raise ConfigError(f"{section.name}.{f.name}: must be a finite number, got {v}")
+
+
+def _at_least(key: str, value, low) -> None:
+    if value < low:
+        raise ConfigError(f"{key}: must be >= {low}, got {value}")
 
 
 def _check_train(t: TrainConfig) -> None:
+    for key in ("epochs", "batch_size", "d_model", "n_heads", "n_layers", "threads_per_rank", "eval_every"):
+        _at_least(f"train.{key}", getattr(t, key), 1)
+    if t.lr <= 0:
+        raise ConfigError(f"train.lr: must be > 0, got {t.lr}")
+    for key in ("weight_decay", "patience", "valid_users", "time_budget_s", "progress_every_s"):
+        _at_least(f"train.{key}", getattr(t, key), 0)
     if t.lr_schedule not in LR_SCHEDULES:
         raise ConfigError(f"train.lr_schedule: must be one of {', '.join(LR_SCHEDULES)}, got {t.lr_schedule!r}")
     if isinstance(t.dropout, str) and t.dropout != "auto":
@@ -351,6 +378,7 @@ def _check_score(sc: ScoreConfig) -> None:
 
 def _check_values(cfg: Config) -> None:
     """Checks that go beyond types: ranges and enumerations."""
+    _check_finite(cfg)
     _check_features(cfg.features)
     _check_train(cfg.train)
     _check_score(cfg.score)
@@ -361,6 +389,10 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"abtest.alpha and abtest.power must be in (0, 1), got {ab.alpha} and {ab.power}")
     if cfg.ingest.format not in ("auto", "csv", "parquet", "json", "sasrec", "movielens"):
         raise ConfigError(f"ingest.format: expected auto|csv|parquet|json|sasrec|movielens, got {cfg.ingest.format!r}")
+    if not cfg.ingest.event_types:
+        raise ConfigError("ingest.event_types: must name at least one event type (rows of other types are quarantined)")
+    if not cfg.evaluate.ks or min(cfg.evaluate.ks) < 1:
+        raise ConfigError(f"evaluate.ks: cut-offs must be >= 1, got {cfg.evaluate.ks}")
     unknown = sorted(set(cfg.evaluate.baselines) - {"popularity", "als", "item_knn"})
     if unknown:
         raise ConfigError(f"evaluate.baselines: unknown baseline(s) {unknown} (use popularity, als, item_knn)")

@@ -133,9 +133,9 @@ def _figures(slices, history: list, ab: Optional[dict]) -> dict[str, str]:
 
 
 def _table(headers: list[str], rows: list[list]) -> str:
+    """An HTML table; every header and cell is text (escaped): values from the data never become markup."""
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(f"<td>{c if isinstance(c, str) and c.startswith('<') else html.escape(str(c))}</td>"
-                                   for c in r) + "</tr>" for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 

@@ -7,14 +7,18 @@
 #
 # Usage: scripts/build_horovod.sh PYTHON WHEEL_DIR
 #   PYTHON     interpreter of the environment that already has torch installed
-#   WHEEL_DIR  cache directory; if a horovod-0.28.1 wheel is already there, nothing is built
+#   WHEEL_DIR  cache directory; the wheel is built against that torch's C++ ABI, so it is cached
+#              under WHEEL_DIR/torch-<version>/; if a horovod-0.28.1 wheel is already there, nothing
+#              is built. Prints the wheel's path on the last line of stdout.
 set -euo pipefail
 py=${1:?usage: build_horovod.sh PYTHON WHEEL_DIR}
-wheel_dir=${2:?usage: build_horovod.sh PYTHON WHEEL_DIR}
+torch_version=$("$py" -c "import torch; print(torch.__version__.split('+')[0])")
+wheel_dir=${2:?usage: build_horovod.sh PYTHON WHEEL_DIR}/torch-$torch_version
 version=0.28.1
 mkdir -p "$wheel_dir"
 if ls "$wheel_dir"/horovod-"$version"-*.whl >/dev/null 2>&1; then
-  echo "horovod $version wheel already cached in $wheel_dir"
+  echo "horovod $version wheel for torch $torch_version already cached in $wheel_dir" >&2
+  ls "$wheel_dir"/horovod-"$version"-*.whl | head -1
   exit 0
 fi
 if ! command -v cmake >/dev/null || ! cmake --version | head -1 | grep -qE ' 3\.'; then
@@ -24,14 +28,15 @@ if ! command -v cmake >/dev/null || ! cmake --version | head -1 | grep -qE ' 3\.
 fi
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-"$py" -m pip download --no-deps --no-binary :all: -d "$work" "horovod==$version"
+"$py" -m pip download --no-deps --no-binary :all: -d "$work" "horovod==$version" >&2
 tar -xzf "$work"/horovod-"$version".tar.gz -C "$work"
 src="$work/horovod-$version"
 sed -i 's/CMAKE_CXX_STANDARD 14/CMAKE_CXX_STANDARD 17/' "$src/CMakeLists.txt" "$src/horovod/torch/CMakeLists.txt"
 grep -q 'CMAKE_CXX_STANDARD 17' "$src/horovod/torch/CMakeLists.txt" || { echo "error: C++17 patch did not apply" >&2; exit 1; }
-echo "building horovod $version wheel (about 10 minutes on 2 cores)..."
+echo "building horovod $version wheel against torch $torch_version (about 5 minutes on 2 cores)..." >&2
 HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 HOROVOD_WITHOUT_TENSORFLOW=1 \
 HOROVOD_WITHOUT_MXNET=1 MAKEFLAGS="-j$(nproc)" \
-  "$py" -m pip wheel --no-deps --no-build-isolation -w "$work/out" "$src"
+  "$py" -m pip wheel --no-deps --no-build-isolation -w "$work/out" "$src" >&2
 cp "$work"/out/horovod-*.whl "$wheel_dir"/
-echo "cached $(ls "$wheel_dir"/horovod-*.whl)"
+echo "cached $(ls "$wheel_dir"/horovod-*.whl)" >&2
+ls "$wheel_dir"/horovod-"$version"-*.whl | head -1

@@ -50,8 +50,8 @@ if [ "$(cat "$venv/.recsys-stamp" 2>/dev/null)" != "$stamp" ]; then
   log "installing the pinned stack into $venv (first run: a few minutes; torch is large)"
   "$vpy" -m pip install -q --upgrade pip wheel "setuptools>=64,<70" >&2
   "$vpy" -m pip install -q -e "$repo[test,bench]" >&2
-  "$repo/scripts/build_horovod.sh" "$vpy" "$cache/wheels" >&2
-  "$vpy" -m pip install -q "$cache"/wheels/horovod-0.28.1-*.whl >&2
+  horovod_wheel=$("$repo/scripts/build_horovod.sh" "$vpy" "$cache/wheels" | tail -1)
+  "$vpy" -m pip install -q --force-reinstall --no-deps "$horovod_wheel" >&2
   "$vpy" -c "import horovod.torch as hvd, horovod.spark, petastorm, delta, torch; assert hvd.gloo_built()" >&2
   echo "$stamp" > "$venv/.recsys-stamp"
 else

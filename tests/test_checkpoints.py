@@ -74,3 +74,51 @@ def test_a_state_dict_with_the_flat_parameter_names_loads(tmp_path):
     loaded, _ = load_checkpoint(str(tmp_path / "run"))
     seq, pc, pn = torch.tensor([[0, 3, 5, 7]]), torch.tensor([[2, 1]]), torch.tensor([[1.5, 0.0, 9.0]])
     assert torch.equal(loaded.user_vectors(seq, pc, pn), m.user_vectors(seq, pc, pn))
+
+
+class _RunsCode:
+    """A pickle payload that runs a command when unpickled."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_checkpoint_cannot_run_code(tmp_path):
+    m, _, _ = _content_model()
+    path = tmp_path / "models" / "attn-evil"
+    path.mkdir(parents=True)
+    marker = tmp_path / "code-ran"
+    torch.save({"state_dict": m.state_dict(), "model_config": m.cfg.to_dict(), "payload": _RunsCode(marker)},
+               path / "model.pt")
+    (path / "manifest.json").write_text(json.dumps({"run_id": "attn-evil", "created_at": "2026-01-01T00:00:00"}))
+    with pytest.raises(checkpoints.CheckpointError, match="more than weights and plain data"):
+        load_checkpoint(str(path))
+    assert not marker.exists()
+
+
+def test_weights_that_differ_from_the_manifest_are_refused(tmp_path):
+    m = _save(tmp_path / "models", "attn-a", "2026-01-02T00:00:00")
+    path = tmp_path / "models" / "attn-a"
+    assert len(json.load(open(path / "manifest.json"))["weights_sha256"]) == 64
+    load_checkpoint(str(path))  # intact: loads
+    other = {"state_dict": {k: v + 1 if v.is_floating_point() else v for k, v in m.state_dict().items()},
+             "model_config": m.cfg.to_dict()}
+    torch.save(other, path / "model.pt")
+    with pytest.raises(checkpoints.CheckpointError, match="does not match the sha256"):
+        load_checkpoint(str(path))
+
+
+def test_temporary_and_unreadable_folders_are_skipped(tmp_path, capsys):
+    models = tmp_path / "models"
+    _save(models, "attn-a", "2026-01-01T00:00:00")
+    late = models / "attn-b.tmp-1a2b3c"  # a save interrupted before its rename, newest of all
+    late.mkdir()
+    (late / "manifest.json").write_text('{"run_id": "attn-b", "created_at": "2026-12-')
+    broken = models / "attn-c"  # truncated by hand or by a full disk
+    broken.mkdir()
+    (broken / "manifest.json").write_text('{"run_id": "attn-c", "crea')
+    assert os.path.basename(checkpoints.latest(str(models))) == "attn-a"
+    assert "skipping checkpoint folder" in capsys.readouterr().err

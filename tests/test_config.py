@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from recsys_spark import config
@@ -67,6 +69,24 @@ def test_value_checks():
         config.load(None, ["train.loss_negatives=-5"])
     assert config.load(None, ["train.dropout=auto"]).train.dropout == "auto"
     assert config.load(None, ["train.dropout=0.25"]).train.dropout == 0.25
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.epochs=0", "train.epochs: must be >= 1, got 0"),
+    ("train.batch_size=0", "train.batch_size: must be >= 1"),
+    ("train.lr=-1", "train.lr: must be > 0"),
+    ("train.lr=.nan", "train.lr: must be a finite number"),
+    ("train.n_heads=0", "train.n_heads: must be >= 1"),
+    ("train.time_budget_s=.inf", "train.time_budget_s: must be a finite number"),
+    ("features.event_weights={view: .nan}", "features.event_weights: must be a finite number"),
+    ("features.event_weights={view: -1.0}", "features.event_weights: weights must be >= 0"),
+    ("features.sequence_event_types=[]", "features.sequence_event_types: must name at least one"),
+    ("ingest.event_types=[]", "ingest.event_types: must name at least one"),
+    ("evaluate.ks=[0]", "evaluate.ks: cut-offs must be >= 1"),
+])
+def test_absurd_values_are_refused_naming_the_key(override, message):
+    with pytest.raises(config.ConfigError, match=re.escape(message)):
+        config.load(None, [override])
 
 
 def test_auto_dropout_follows_the_training_history_length():

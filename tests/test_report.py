@@ -9,7 +9,9 @@ from typing import Optional
 
 import pytest
 
-from recsys_spark import cli
+from pyspark.sql import functions as F
+
+from recsys_spark import cli, schema, tables
 
 
 def find_chromium() -> Optional[str]:
@@ -40,11 +42,16 @@ def check_rendering(html_path: str, png_path: str, width: int = 1200, height: in
 @pytest.mark.slow
 def test_html_report_is_self_contained_and_renders_without_console_errors(spark, shop_copy, tmp_path):
     cfg = shop_copy
+    # Item titles come from the data: one that is markup must show as text, never run.
+    content_loc = tables.path(cfg.tables_dir, schema.ITEM_CONTENT)
+    planted = F.concat(F.lit('<img src=x onerror="notDefined()">'), F.col("item_id"))
+    tables.overwrite(tables.read(spark, content_loc).withColumn("title", planted), content_loc)
     cli.run_stage(spark, cfg, "abtest-simulate")  # the report reads the A/B log out
     cli.run_stage(spark, cfg, "evaluate")  # a second evaluation: the report compares with the previous one
     path = cli.run_stage(spark, cfg, "report")
     doc = open(path).read()
     assert not re.search(r'(src|href)="(https?:)?//', doc)  # nothing loaded from outside
+    assert "<img src=x" not in doc and "&lt;img src=x onerror=&quot;notDefined()&quot;&gt;i0" in doc
     assert len(re.findall(r'src="data:image/png;base64,', doc)) == 4  # activity, exposure, training, A/B
     for text in ("Headline metrics", "attention", "popularity", "Against the previous run", "because you viewed",
                  "sample ratio"):
