@@ -17,6 +17,7 @@ import functools
 import hashlib
 import json
 import os
+import pickle
 import sys
 import uuid
 from datetime import datetime, timezone
@@ -66,7 +67,7 @@ def load(path: str) -> tuple[AttentionRecommender, dict]:
                               f"written): not loading it. Retrain, or pin another model with score.model_run_id.")
     try:
         ckpt = torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises UnpicklingError (or others) for anything but plain data
+    except pickle.UnpicklingError as exc:  # what weights-only unpickling raises for anything else
         raise CheckpointError(f"{weights} holds more than weights and plain data, so it is not loaded "
                               f"(weights-only unpickling refused it: {str(exc).splitlines()[0]})") from None
     state = ckpt["state_dict"]
