@@ -98,7 +98,8 @@ def latest(models_dir: str, run_id: str = "") -> str:
     runs = []
     for name in sorted(os.listdir(models_dir)) if os.path.isdir(models_dir) else []:
         folder = os.path.join(models_dir, name)
-        if TEMPORARY_MARK in name or not os.path.isfile(os.path.join(folder, MANIFEST_FILE)):
+        complete = all(os.path.isfile(os.path.join(folder, f)) for f in (MANIFEST_FILE, MODEL_FILE))
+        if TEMPORARY_MARK in name or not complete:
             continue
         try:
             runs.append((manifest(folder)["created_at"], name))

@@ -120,5 +120,9 @@ def test_temporary_and_unreadable_folders_are_skipped(tmp_path, capsys):
     broken = models / "attn-c"  # truncated by hand or by a full disk
     broken.mkdir()
     (broken / "manifest.json").write_text('{"run_id": "attn-c", "crea')
+    (broken / "model.pt").write_bytes(b"")
+    weightless = models / "attn-d"  # a manifest whose weights were deleted
+    weightless.mkdir()
+    (weightless / "manifest.json").write_text('{"run_id": "attn-d", "created_at": "2026-12-31T00:00:00"}')
     assert os.path.basename(checkpoints.latest(str(models))) == "attn-a"
     assert "skipping checkpoint folder" in capsys.readouterr().err
