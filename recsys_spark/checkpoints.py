@@ -69,7 +69,8 @@ def load(path: str) -> tuple[AttentionRecommender, dict]:
         ckpt = torch.load(weights, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:  # what weights-only unpickling raises for anything else
         raise CheckpointError(f"{weights} holds more than weights and plain data, so it is not loaded "
-                              f"(weights-only unpickling refused it: {str(exc).splitlines()[0]})") from None
+                              f"(weights-only unpickling refused it: {str(exc).splitlines()[0]}). Retrain, or pin "
+                              f"another model with score.model_run_id.") from None
     state = ckpt["state_dict"]
     model = AttentionRecommender(ModelConfig(**ckpt["model_config"]), item_features_of(state), statistics_of(state))
     model.load_state_dict(state)

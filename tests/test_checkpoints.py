@@ -69,6 +69,10 @@ def test_a_state_dict_with_the_flat_parameter_names_loads(tmp_path):
                 break
         flat[key] = value
     assert "item_emb.weight" in flat and "pos_emb.weight" in flat
+    # Every key is a name of the flat layout, so a name the mapping misses fails the strict load below.
+    legacy = ("item_emb.", "unk_id", "pos_emb.", "cat_emb.", "brand_emb.", "tag_emb.", "item_num_proj.", "text_emb.",
+              "encoder.", "norm.", "attr_emb.", "profile_type", "num_proj.", "gate.", "feat_", "stat_")
+    assert all(k.startswith(legacy) for k in flat), [k for k in flat if not k.startswith(legacy)]
     (tmp_path / "run").mkdir()
     torch.save({"state_dict": flat, "model_config": m.cfg.to_dict()}, tmp_path / "run" / "model.pt")
     loaded, _ = load_checkpoint(str(tmp_path / "run"))
