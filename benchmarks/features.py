@@ -111,9 +111,8 @@ def main(argv: list[str] | None = None) -> int:
                           "cold items: 10% of items cut from training sequences, warm test targets among them",
               "rows": rows, "cold": cold,
               "config": {k: v for k, v in cfg.to_dict().items() if k in ("features", "train")}}
-    harness.write_result(args.out, result)
     print_table(result)
-    print(f"wrote {args.out}")
+    harness.write_result(args.out, result)
     return 0
 
 

@@ -47,8 +47,6 @@ def _unragged(flat, offsets) -> list:
 
 
 def export(argv: list[str]) -> int:
-    import glob
-
     import pyarrow.parquet as pq
     from pyspark.sql import functions as F
 

@@ -129,3 +129,4 @@ def write_result(path: str, result: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as fh:
         json.dump(result, fh, indent=2, default=str)
+    print(f"wrote {path}", flush=True)

@@ -127,12 +127,11 @@ def main(argv=None) -> int:
               "changed_share": args.changed, "setup_stage_s": stages, "reps": reps,
               "median_incremental_s": inc, "median_full_s": full, "speedup": full / inc,
               "median_features_s": statistics.median(r["features_s"] for r in reps)}
-    harness.write_result(args.out, result)
     print(f"score stage, {args.changed:.0%} of {len(all_users)} users changed: full {full:.1f}s, incremental "
           f"{inc:.1f}s (median of {len(reps)}), {full / inc:.1f}x; features (full rebuild) "
           f"{result['median_features_s']:.1f}s; same lists for changed users: "
           f"{all(r['same_lists_for_changed_users'] for r in reps)}")
-    print(f"wrote {args.out}")
+    harness.write_result(args.out, result)
     return 0
 
 

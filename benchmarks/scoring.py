@@ -182,7 +182,6 @@ def main(argv=None) -> int:
         monitor.close()
     result = {"benchmark": "scoring", "k": args.k, "dim": args.dim, "history": args.history,
               "spark_master": cfg.spark.master, "cores": os.cpu_count(), "rows": rows}
-    write_result(args.out, result)
     print(f"\n{'engine':<10}{'users':>10}{'items':>9}{'k':>5}{'users/s':>12}{'wall s':>9}{'runs':>5}{'peak MB':>9}")
     for r in rows:
         if r["wall_s"] is None:
@@ -196,7 +195,7 @@ def main(argv=None) -> int:
             for e in ("attention", "topk"):
                 if e in by:
                     print(f"{n_users}x{n_items}: {e} / als users/s = {by[e]['users_per_s'] / by['als']['users_per_s']:.1f}x")
-    print(f"wrote {args.out}")
+    write_result(args.out, result)
     return 0
 
 

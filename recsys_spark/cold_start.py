@@ -65,7 +65,7 @@ def _cold_users(spark: SparkSession, cfg: Config, ckpt_path: str, v: dict, popul
                 k: int) -> dict:
     """{n: {model: Recall/NDCG@10}} for held-out users given their first n events."""
     fc, root = cfg.features, cfg.tables_dir
-    read = lambda name: tables.read(spark, tables.path(root, name), v.get(name))  # noqa: E731
+    read = lambda name: tables.read_pinned(spark, root, name, v)  # noqa: E731
     seqs, prof, content = read(schema.SEQUENCES), read(schema.USER_PROFILE), read(schema.ITEM_CONTENT)
     ev = read(schema.EVENTS).join(read(schema.USER_INDEX), "user_id").join(read(schema.ITEM_INDEX), "item_id")
     ref_ts = ev.agg(F.max("ts")).first()[0]
@@ -126,9 +126,9 @@ def evaluate(spark: SparkSession, cfg: Config, ckpt_path: str, versions: Optiona
     """{"users": {n: {model: metrics}}, "items": {...} or None}: the cold-start slices with the
     popularity baselines, which see what the model saw (warm users' training items, held-out items cut)."""
     fc, root, v = cfg.features, cfg.tables_dir, versions or {}
-    seqs = tables.read(spark, tables.path(root, schema.SEQUENCES), v.get(schema.SEQUENCES))
-    prof = tables.read(spark, tables.path(root, schema.USER_PROFILE), v.get(schema.USER_PROFILE))
-    content = tables.read(spark, tables.path(root, schema.ITEM_CONTENT), v.get(schema.ITEM_CONTENT))
+    seqs = tables.read_pinned(spark, root, schema.SEQUENCES, v)
+    prof = tables.read_pinned(spark, root, schema.USER_PROFILE, v)
+    content = tables.read_pinned(spark, root, schema.ITEM_CONTENT, v)
     held_items = [r.item_idx for r in content.where(held_out("item_id", fc.holdout_items, fc.holdout_seed))
                   .select(F.col("item_idx").cast("int")).collect()]
     known = F.filter("train_items", lambda x: ~x.isin(held_items)) if held_items else F.col("train_items")

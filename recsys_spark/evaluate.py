@@ -118,8 +118,7 @@ class Evaluation:
         self.metrics, self.beyond, self.sliced, self.train_s, self.score_s, self.params = {}, {}, {}, {}, {}, {}
 
     def _categories(self) -> np.ndarray:
-        content = tables.read(self.spark, tables.path(self.cfg.tables_dir, schema.ITEM_CONTENT),
-                              (self.versions or {}).get(schema.ITEM_CONTENT))
+        content = tables.read_pinned(self.spark, self.cfg.tables_dir, schema.ITEM_CONTENT, self.versions)
         categories = np.zeros(self.n_items, dtype=np.int64)
         for r in content.where(F.col("item_idx") < self.n_items).select("item_idx", "category_idx").collect():
             categories[r.item_idx] = int(r.category_idx or 0)

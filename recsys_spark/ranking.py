@@ -18,10 +18,12 @@ from typing import Iterator, Optional, Sequence
 
 import numpy as np
 import pandas as pd
+import torch
 
 from recsys_spark import checkpoints, schema
 from recsys_spark.model import pad_left, pad_right
-from recsys_spark.topk import DEFAULT_BLOCK_MB
+from recsys_spark.topk import (DEFAULT_BLOCK_MB, explain, first_unseen, recommend, reserve_fresh,
+                               topk_excluding)
 
 TOPK_SCHEMA = "user_idx long, rank int, item_idx long, score double"
 RECOMMENDATION_ROWS = ("user_id string, rank int, item_id string, score float, because_item_ids array<string>, "
@@ -74,8 +76,6 @@ def segment_key(profile_cat) -> str:
 def fallback_list(catalog: dict, profile_cat, seen: np.ndarray, k: int) -> tuple[list, str]:
     """Top-k by segment popularity (or global popularity) with seen and ineligible items removed,
     and how it was made (schema.SERVED_SEGMENT or SERVED_POPULAR)."""
-    from recsys_spark.topk import first_unseen
-
     key = segment_key(profile_cat) if profile_cat is not None else ""
     if key in catalog["segments"]:
         ranked, how = catalog["segments"][key], schema.SERVED_SEGMENT
@@ -86,8 +86,6 @@ def fallback_list(catalog: dict, profile_cat, seen: np.ndarray, k: int) -> tuple
 
 
 def pick_device(name: str) -> str:
-    import torch
-
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("score.device is 'cuda' but this executor has no CUDA device; use 'auto' or 'cpu'")
     if name == "auto":
@@ -98,8 +96,6 @@ def pick_device(name: str) -> str:
 def _item_tensors(catalog: dict, device: str):
     """Item tensors on the scoring device. On CPU they share memory with the broadcast arrays; a GPU
     copy is made once per Python worker and kept in the catalog dict (which the worker caches)."""
-    import torch
-
     key = f"_tensors_{device}"
     if key not in catalog:
         catalog[key] = (torch.as_tensor(catalog["vectors"], device=device),
@@ -116,8 +112,6 @@ def encode_users(model, histories: list[np.ndarray], profile_cat: Optional[Seque
     """(B, d) user vectors of the model for histories (1-D item index arrays, oldest first; the
     newest max_len are used) and, where the model uses them, declared attributes and behaviour
     numbers (missing or wrong-length rows read as unknown / zeros)."""
-    import torch
-
     seq = pad_left(histories, model.cfg.max_len)
     # Columns that are padding for every user change nothing (padding is masked from attention):
     # drop them, so short histories cost less to encode.
@@ -184,10 +178,6 @@ def _serve_without_model(part: pd.DataFrame, model, catalog: dict, histories: li
 
 def _rank_batch(part: pd.DataFrame, spec: ScoringSpec, model, catalog: dict, items, ineligible,
                 device: str) -> pd.DataFrame:
-    import torch
-
-    from recsys_spark.topk import explain, recommend, reserve_fresh
-
     seen = _int_arrays(part["seen"])
     # History items outside the catalog (deleted since) cannot be encoded: left out.
     n_items = items.shape[0]
@@ -209,8 +199,6 @@ def _rank_batch(part: pd.DataFrame, spec: ScoringSpec, model, catalog: dict, ite
 
 
 def _score_partition(batches: Iterator[pd.DataFrame], spec: ScoringSpec, catalog_bc) -> Iterator[pd.DataFrame]:
-    import torch
-
     torch.set_num_threads(1)  # Spark runs one task per core
     device = pick_device(spec.device)
     catalog = catalog_bc.value
@@ -243,10 +231,6 @@ def attention_topk(users, ckpt_path: str, k: int, batch_users: int = 1024):
 
 def _factor_partition(batches: Iterator[pd.DataFrame], item_factors: np.ndarray, k: int, vector_col: str,
                       budget_mb: float) -> Iterator[pd.DataFrame]:
-    import torch
-
-    from recsys_spark.topk import topk_excluding
-
     torch.set_num_threads(1)
     items = torch.as_tensor(item_factors)
     dim = item_factors.shape[1]

@@ -121,8 +121,8 @@ def _catalog(spark: SparkSession, cfg: Config, model, versions: dict, users: Dat
     import torch
 
     root = cfg.tables_dir
-    item_index = tables.read(spark, tables.path(root, schema.ITEM_INDEX), versions[schema.ITEM_INDEX])
-    content = tables.read(spark, tables.path(root, schema.ITEM_CONTENT), versions[schema.ITEM_CONTENT])
+    item_index = tables.read_pinned(spark, root, schema.ITEM_INDEX, versions)
+    content = tables.read_pinned(spark, root, schema.ITEM_CONTENT, versions)
     rows = content.select("item_idx", "item_id", "category_idx").collect()
     n_items = max([model.cfg.n_items] + [r.item_idx + 1 for r in rows])
     ids = np.array([""] * n_items, dtype=object)

@@ -48,6 +48,12 @@ def read(spark: SparkSession, location: str, at_version: Optional[int] = None) -
     return reader.load(location)
 
 
+def read_pinned(spark: SparkSession, root_tables: str, name: str, versions: Optional[dict] = None) -> DataFrame:
+    """Table `name` (a schema name under the tables folder) at the version `versions` pins for it,
+    or its latest version when it pins none."""
+    return read(spark, path(root_tables, name), (versions or {}).get(name))
+
+
 def active_files(spark: SparkSession, location: str, at_version: int) -> list[str]:
     """The parquet files that make up the table at a pinned version, as file URLs.
 

@@ -54,7 +54,7 @@ def _training_files(spark: SparkSession, cfg: Config, versions: dict) -> tuple[l
 def _item_features(spark: SparkSession, root: str, versions: dict, train_df: DataFrame) -> dict:
     """The catalog's item features; has_id marks the items with a trained id embedding: those that
     occur in the training table (held-out and never-touched items are represented by content alone)."""
-    content = tables.read(spark, tables.path(root, schema.ITEM_CONTENT), versions[schema.ITEM_CONTENT])
+    content = tables.read_pinned(spark, root, schema.ITEM_CONTENT, versions)
     feats = item_feature_arrays(content)
     n_items = len(feats["category"])
     trained = (train_df.select(F.explode(F.concat("input", "target")).alias("i")).where("i > 0").distinct()
@@ -81,7 +81,7 @@ def _model_config(spark: SparkSession, cfg: Config, versions: dict, train_df: Da
                   stats: dict) -> ModelConfig:
     """Architecture from train.*, sizes from the data."""
     tc = cfg.train
-    prof = tables.read(spark, tables.path(cfg.tables_dir, schema.USER_PROFILE), versions[schema.USER_PROFILE])
+    prof = tables.read_pinned(spark, cfg.tables_dir, schema.USER_PROFILE, versions)
     n_attr = prof.select(F.max(F.size("profile_cat"))).first()[0] or 0
     sizes = prof.select(*[F.max(F.col("profile_cat")[i]).alias(f"c{i}") for i in range(n_attr)],
                         F.max(F.size("profile_num")).alias("n_num")).first()

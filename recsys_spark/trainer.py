@@ -15,8 +15,13 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
+import torch
 
 from recsys_spark import checkpoints
+from recsys_spark.metrics import ndcg_at_k
+from recsys_spark.model import AttentionRecommender
+from recsys_spark.ranking import encode_users
+from recsys_spark.topk import topk_excluding
 
 if TYPE_CHECKING:  # the job carries them; this module needs no config code to run a rank
     from recsys_spark.config import TrainConfig
@@ -99,8 +104,6 @@ def train_steps(model, optimizer, batches: Iterator[dict], steps: int, device: s
     """Run `steps` optimizer steps; return the mean loss. Works with any iterator of batches.
     progress(step, steps, mean_loss), if given, is called after every step (it throttles itself);
     lr_at(step), if given, is the learning rate for step 0..steps-1 of this call."""
-    import torch
-
     model.train()
     total = 0.0
     for step in range(steps):
@@ -168,12 +171,6 @@ def linear_lr(peak: float, step: int, total_steps: int, floor: float = 0.01) -> 
 
 def validate(model, valid: dict, k: int = 10, batch: int = 512) -> float:
     """NDCG@k of the validation targets, full ranking with each user's history removed."""
-    import torch
-
-    from recsys_spark.metrics import ndcg_at_k
-    from recsys_spark.ranking import encode_users
-    from recsys_spark.topk import topk_excluding
-
     model.eval()
     tops = []
     with torch.no_grad():
@@ -205,10 +202,6 @@ class EarlyStopping:
 
 def _rank_setup(job: TrainJob, hvd):
     """(model, Horovod optimizer, peak lr), identical on every rank."""
-    import torch
-
-    from recsys_spark.model import AttentionRecommender
-
     tc = job.train_config
     torch.set_num_threads(tc.threads_per_rank)
     torch.manual_seed(tc.seed)
@@ -258,7 +251,6 @@ def _log_epoch(job: TrainJob, entry: dict, ranks: int) -> None:
 def worker(job: TrainJob) -> dict:
     """One Horovod rank. Returns per-epoch losses, timings and the rank's final weight checksum."""
     import horovod.torch as hvd
-    import torch
 
     hvd.init()
     tc, is_root = job.train_config, hvd.rank() == 0

@@ -1,5 +1,4 @@
 """Cold start: held-out users and items are never trained on, and the evaluation measures them."""
-import numpy as np
 import pytest
 from pyspark.sql import functions as F
 

@@ -1,10 +1,8 @@
 """Evaluation: accuracy and beyond-accuracy metrics, slices and fairness gaps, MLflow tracking."""
-import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from conftest import make_config
-from recsys_spark import cli, schema, tables
+from recsys_spark import schema, tables
 
 
 @pytest.mark.slow

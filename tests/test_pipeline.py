@@ -1,5 +1,4 @@
 """End to end: the nightly stages on real Spark, Delta, Petastorm, Horovod on the synthetic shop."""
-import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
