@@ -16,6 +16,7 @@ import os
 import types
 import typing
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
@@ -97,6 +98,17 @@ class IngestConfig:
     # Timestamp strings are parsed with this pattern; numbers are unix seconds.
     timestamp_format: str = "yyyy-MM-dd HH:mm:ss"
     event_types: list[str] = field(default_factory=lambda: list(EVENT_TYPES))
+    # Plausible event times: later than ingest time + max_clock_skew_hours, or earlier than
+    # min_timestamp, is quarantined (one far-future event would become the decay reference and
+    # zero every other weight). Sequence-only formats (sasrec) carry no real time and are exempt.
+    max_clock_skew_hours: float = 24.0
+    min_timestamp: str = "1990-01-01"
+    # Ratings outside [low, high] (and NaN or infinite ones) are quarantined.
+    rating_range: list[float] = field(default_factory=lambda: [0.0, 10.0])
+    # CSV: the files' character encoding, and whether quoted fields may hold line breaks (true
+    # reads each file whole in one task; false splits large files across tasks).
+    csv_encoding: str = "UTF-8"
+    csv_multiline: bool = True
 
 
 @dataclass(frozen=True)
@@ -376,9 +388,31 @@ def _check_score(sc: ScoreConfig) -> None:
         raise ConfigError(f"score.new_item_slots: must be in [0, score.k={sc.k}], got {sc.new_item_slots}")
 
 
+def _check_ingest(i: IngestConfig) -> None:
+    import codecs
+
+    if i.format not in ("auto", "csv", "parquet", "json", "sasrec", "movielens"):
+        raise ConfigError(f"ingest.format: expected auto|csv|parquet|json|sasrec|movielens, got {i.format!r}")
+    if not i.event_types:
+        raise ConfigError("ingest.event_types: must name at least one event type (rows of other types are quarantined)")
+    if i.max_clock_skew_hours < 0:
+        raise ConfigError(f"ingest.max_clock_skew_hours: must be >= 0, got {i.max_clock_skew_hours}")
+    try:
+        datetime.fromisoformat(i.min_timestamp)
+    except ValueError:
+        raise ConfigError(f"ingest.min_timestamp: expected a date such as '1990-01-01', got {i.min_timestamp!r}") from None
+    if len(i.rating_range) != 2 or i.rating_range[0] > i.rating_range[1]:
+        raise ConfigError(f"ingest.rating_range: expected [low, high] with low <= high, got {i.rating_range}")
+    try:
+        codecs.lookup(i.csv_encoding)
+    except LookupError:
+        raise ConfigError(f"ingest.csv_encoding: unknown encoding {i.csv_encoding!r} (e.g. UTF-8, ISO-8859-1)") from None
+
+
 def _check_values(cfg: Config) -> None:
     """Checks that go beyond types: ranges and enumerations."""
     _check_finite(cfg)
+    _check_ingest(cfg.ingest)
     _check_features(cfg.features)
     _check_train(cfg.train)
     _check_score(cfg.score)
@@ -387,10 +421,6 @@ def _check_values(cfg: Config) -> None:
     ab = cfg.abtest
     if not (0 < ab.alpha < 1 and 0 < ab.power < 1):
         raise ConfigError(f"abtest.alpha and abtest.power must be in (0, 1), got {ab.alpha} and {ab.power}")
-    if cfg.ingest.format not in ("auto", "csv", "parquet", "json", "sasrec", "movielens"):
-        raise ConfigError(f"ingest.format: expected auto|csv|parquet|json|sasrec|movielens, got {cfg.ingest.format!r}")
-    if not cfg.ingest.event_types:
-        raise ConfigError("ingest.event_types: must name at least one event type (rows of other types are quarantined)")
     if not cfg.evaluate.ks or min(cfg.evaluate.ks) < 1:
         raise ConfigError(f"evaluate.ks: cut-offs must be >= 1, got {cfg.evaluate.ks}")
     unknown = sorted(set(cfg.evaluate.baselines) - {"popularity", "als", "item_knn"})

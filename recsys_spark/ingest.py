@@ -2,26 +2,45 @@
 
 Contract:
 - The events input must have the columns user_id, item_id, event_type and timestamp (event_id and
-  rating are optional). Missing required columns stop the job with an error naming them.
-- A row with a null or empty id, an unknown event type, an unparseable timestamp or a non-numeric
-  rating goes to the quarantine table with the reason, its source file and its raw values.
+  rating are optional; any other column is kept in the events' attributes map). CSV columns are
+  matched by name in every file's own header. No file with all required columns stops the job with
+  an error naming them; a file without them has its rows quarantined.
+- A row that cannot be trusted goes to the quarantine table with the reason, its source file and its
+  raw values: a wrong field count or broken quoting, a null or empty id, an unknown event type, an
+  unparseable or implausible timestamp (ingest.min_timestamp, ingest.max_clock_skew_hours), a
+  non-numeric, NaN, infinite or out-of-range rating (ingest.rating_range), or an event_id that comes
+  with two different payloads (in the batch, or against what the events table holds).
 - Duplicates (same event_id, or same user/item/type/timestamp) are kept once, within the batch and
-  against what the events table already holds; re-ingesting the same files inserts nothing.
+  against what the events table already holds; re-ingesting the same files inserts nothing and
+  quarantines nothing twice. Concurrent ingests insert each event once (insert-only MERGE, retried
+  when another run commits first).
 - Empty input (no files, or no rows) raises before any table is written, so nothing downstream is
   overwritten with emptiness. Input whose rows are all malformed is quarantined, then raises.
 """
 from __future__ import annotations
 
+import csv
 import glob
 import os
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
+from functools import reduce
+from typing import Optional
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from recsys_spark import schema, tables
 from recsys_spark.config import Config, IngestConfig
+
+# Spark's name for a line it could not split into the header's fields; the quarantine reason
+# names it in words.
+CORRUPT = "_corrupt_record"
+# Events columns the product reads; others travel in the attributes map.
+KNOWN_EVENT_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "timestamp", "rating")
 
 
 class IngestError(RuntimeError):
@@ -74,19 +93,97 @@ def _detect_format(path: str, configured: str) -> str:
     return known.pop()
 
 
-def read_raw(spark: SparkSession, path: str, fmt: str) -> DataFrame:
-    """Read raw files as they are, with a source_file column. CSV columns stay strings."""
-    fmt = _detect_format(path, fmt)
+def read_raw(spark: SparkSession, path: str, cfg: IngestConfig, required: tuple = ()) -> tuple[DataFrame, str]:
+    """Read raw files as they are, with a source_file column; returns (rows, format). CSV columns
+    stay strings, matched by name per file; a line Spark cannot split into its file's fields keeps
+    its text in the _corrupt_record column."""
+    fmt = _detect_format(path, cfg.format)
     if fmt == "sasrec":
-        return read_sasrec(spark, path)
+        return read_sasrec(spark, path), fmt
     if fmt == "movielens":
-        return read_movielens(spark, path)
-    reader = spark.read.format(fmt)
+        return read_movielens(spark, path), fmt
     if fmt == "csv":
-        reader = reader.option("header", "true").option("inferSchema", "false")
+        return read_csv(spark, path, cfg, required), fmt
+    reader = spark.read.format(fmt)
+    if fmt == "json":
+        reader = reader.option("columnNameOfCorruptRecord", CORRUPT)
     if os.path.isdir(path):
         reader = reader.option("recursiveFileLookup", "true")
-    return reader.load(path).withColumn("source_file", F.input_file_name())
+    return reader.load(path).withColumn("source_file", F.input_file_name()), fmt
+
+
+def _input_files(spark: SparkSession, path: str) -> list[str]:
+    """Data files at a path, directory (recursively) or glob, through Hadoop (local or remote);
+    names starting with _ or . (Spark's and editors' side files) are skipped."""
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    out, pending = [], list(fs.globStatus(hpath) or [])
+    while pending:
+        st = pending.pop()
+        if st.getPath().getName().startswith(("_", ".")):
+            continue
+        if st.isDirectory():
+            pending.extend(fs.listStatus(st.getPath()))
+        else:
+            out.append(st.getPath().toString())
+    return sorted(out)
+
+
+def _csv_header(spark: SparkSession, file: str, encoding: str) -> list[str]:
+    """The column names of one CSV file's first line: unquoted, trimmed, lower-cased, BOM removed."""
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(file)
+    stream = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).open(hpath)
+    try:
+        line = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, encoding)).readLine()
+    finally:
+        stream.close()
+    if not line:
+        return []
+    return [c.strip().lstrip("\ufeff").strip().lower() for c in next(csv.reader([line]))]
+
+
+def _missing_columns_error(columns: list[str], where: str) -> IngestError:
+    return IngestError(
+        f"{where} is missing required column(s): "
+        f"{', '.join(c for c in schema.REQUIRED_EVENT_COLUMNS if c not in columns)}. "
+        f"Found columns: {', '.join(columns)}. "
+        f"Rename them in the source or export (required: {', '.join(schema.REQUIRED_EVENT_COLUMNS)})."
+    )
+
+
+def read_csv(spark: SparkSession, path: str, cfg: IngestConfig, required: tuple = ()) -> DataFrame:
+    """CSV files read by name: files are grouped by their own header, each group read with that
+    header's columns (all strings) and the groups unioned by name. A row whose field count differs
+    from its header keeps its line in _corrupt_record; a file whose header lacks a required column or
+    repeats one gets a _file_problem on all its rows. Raises when no file has the required columns."""
+    groups: dict[tuple, list[str]] = {}
+    for f in _input_files(spark, path):
+        header = tuple(_csv_header(spark, f, cfg.csv_encoding))
+        if header:  # an empty file has no header and no rows
+            groups.setdefault(header, []).append(f)
+    if not groups:
+        return spark.createDataFrame([], "source_file string")
+    frames, usable = [], False
+    for header, files in groups.items():
+        names = [c if c not in header[:i] else f"{c}#{i}" for i, c in enumerate(header)]
+        problems = [f"file header lacks required column(s) {', '.join(c for c in required if c not in header)}"
+                    ] if any(c not in header for c in required) else []
+        if len(set(header)) < len(header):
+            problems.append("file header names a column twice")
+        usable = usable or not problems
+        fields = [T.StructField(c or f"_c{i}", T.StringType()) for i, c in enumerate(names)]
+        df = (spark.read.schema(T.StructType(fields + [T.StructField(CORRUPT, T.StringType())]))
+              .option("header", "true").option("mode", "PERMISSIVE").option("columnNameOfCorruptRecord", CORRUPT)
+              .option("multiLine", str(cfg.csv_multiline).lower()).option("encoding", cfg.csv_encoding)
+              .csv(files))
+        frames.append(df.withColumn("source_file", F.input_file_name())
+                      .withColumn("_file_problem", F.lit("; ".join(problems) or None).cast("string")))
+    if required and not usable:
+        header = next(iter(groups))
+        raise _missing_columns_error(list(header), "events input" if len(groups) == 1 else f"every file of {path}")
+    return reduce(lambda x, y: x.unionByName(y, allowMissingColumns=True), frames)
 
 
 # Sequence-only formats carry order but no time: event k of line n gets this many seconds after
@@ -138,14 +235,16 @@ def read_movielens(spark: SparkSession, path: str) -> DataFrame:
 def _epoch_to_timestamp(c):
     """Epoch numbers in seconds, milliseconds, microseconds or nanoseconds (told apart by size:
     any date after 1973 in one unit is out of range of the next). Parquet nanosecond timestamps
-    arrive here as longs (spark.sql.legacy.parquet.nanosAsLong)."""
+    arrive here as longs (spark.sql.legacy.parquet.nanosAsLong). NaN, infinite and absurdly large
+    numbers give null (quarantined as unparseable)."""
     x = c.cast("double")
     secs = (F.when(F.abs(x) >= 1e17, x / 1e9).when(F.abs(x) >= 1e14, x / 1e6)
             .when(F.abs(x) >= 1e11, x / 1e3).otherwise(x))
-    return F.timestamp_micros((secs * 1e6).cast("long"))
+    sane = ~F.isnan(x) & (F.abs(secs) < 1e13)
+    return F.when(sane, F.timestamp_micros((secs * 1e6).cast("long")))
 
 
-def _parse_timestamp(col: DataFrame, dtype: str, fmt: str):
+def _parse_timestamp(dtype: str, fmt: str):
     c = F.col("timestamp")
     if dtype in ("timestamp", "timestamp_ntz"):
         return c.cast("timestamp")
@@ -157,59 +256,152 @@ def _parse_timestamp(col: DataFrame, dtype: str, fmt: str):
     )
 
 
-def validate_events(raw: DataFrame, cfg: IngestConfig, run_id: str) -> tuple[DataFrame, DataFrame]:
-    """Split raw events into (valid rows in EVENTS_SCHEMA, quarantined rows in QUARANTINE_SCHEMA)."""
+@contextmanager
+def _invalid_dates_as_null(spark: SparkSession):
+    """Under Spark's default parser policy a date the old parser read differently (e.g. 2026-1-5)
+    fails the whole job; CORRECTED makes it null, so the row is quarantined instead."""
+    key = "spark.sql.legacy.timeParserPolicy"
+    before = spark.conf.get(key, None)
+    spark.conf.set(key, "CORRECTED")
+    try:
+        yield
+    finally:
+        if before is None:
+            spark.conf.unset(key)
+        else:
+            spark.conf.set(key, before)
+
+
+def _file_reason(df: DataFrame):
+    """Why a row cannot be read at all (null when it can): the reader's verdict on its line, or its
+    file's header."""
+    reason = F.lit(None).cast("string")
+    if "_file_problem" in df.columns:
+        reason = F.col("_file_problem")
+    if CORRUPT in df.columns:
+        reason = F.when(F.col(CORRUPT).isNotNull(),
+                        F.lit("malformed line (field count differs from the header, or broken quoting)")
+                        ).otherwise(reason)
+    return reason
+
+
+def _raw_json(df: DataFrame):
+    """The row's raw values as JSON (the unsplit line when the reader could not split it)."""
+    cols = [c for c in df.columns if c != "source_file" and not c.startswith("_")]
+    values = F.to_json(F.struct(*[F.col(c).cast("string").alias(c) for c in cols]))
+    if CORRUPT in df.columns:
+        values = F.when(F.col(CORRUPT).isNotNull(), F.to_json(F.struct(F.col(CORRUPT).alias("line")))).otherwise(values)
+    return values
+
+
+def _attributes(df: DataFrame):
+    """Columns beyond the ones the product reads, as a map of their string values (kept, not dropped)."""
+    extra = [c for c in df.columns if c not in KNOWN_EVENT_COLUMNS and c != "source_file" and not c.startswith("_")]
+    if not extra:
+        return F.lit(None).cast("map<string,string>")
+    pairs = F.create_map(*[x for c in extra for x in (F.lit(c), F.col(c).cast("string"))])
+    return F.map_filter(pairs, lambda k, v: v.isNotNull())
+
+
+def _time_reason(cfg: IngestConfig, real_time: bool):
+    """Why a parsed timestamp cannot be trusted (null when it can)."""
+    unparseable = F.concat(F.lit("unparseable timestamp '"),
+                           F.coalesce(F.col("timestamp").cast("string"), F.lit("null")), F.lit("'"))
+    reason = F.when(F.col("ts").isNull(), unparseable)
+    if not real_time:
+        return reason
+    horizon = F.unix_timestamp() + int(cfg.max_clock_skew_hours * 3600)
+    return (reason.when(F.col("ts").cast("double") > horizon,
+                        F.concat(F.lit("timestamp "), F.col("ts").cast("string"),
+                                 F.lit(f" is in the future (beyond ingest.max_clock_skew_hours={cfg.max_clock_skew_hours:g})")))
+            .when(F.col("ts") < F.lit(datetime.fromisoformat(cfg.min_timestamp)),
+                  F.concat(F.lit("timestamp "), F.col("ts").cast("string"),
+                           F.lit(f" is before ingest.min_timestamp={cfg.min_timestamp}"))))
+
+
+def _rating_reason(df: DataFrame, cfg: IngestConfig):
+    if "rating" not in df.columns:
+        return F.lit(None).cast("string")
+    text = F.trim(F.col("rating").cast("string"))
+    value = F.col("rating").cast("double")
+    low, high = cfg.rating_range
+    return (F.when(text.isNull() | (text == ""), None)
+            .when(value.isNull(), F.concat(F.lit("non-numeric rating '"), text, F.lit("'")))
+            .when(F.isnan(value) | (F.abs(value) == float("inf")), F.lit("rating is NaN or infinite"))
+            .when((value < low) | (value > high),
+                  F.concat(F.lit("rating "), text, F.lit(f" outside ingest.rating_range [{low:g}, {high:g}]"))))
+
+
+def parse_events(raw: DataFrame, cfg: IngestConfig, run_id: str, real_time: bool = True) -> DataFrame:
+    """Every raw row typed (the events columns) with _reason, why it cannot be trusted (null when it
+    can), and _raw, its raw values as JSON. real_time=False (sequence formats) skips the plausibility
+    checks of synthetic timestamps."""
     missing = [c for c in schema.REQUIRED_EVENT_COLUMNS if c not in raw.columns]
     if missing:
-        raise IngestError(
-            f"events input is missing required column(s): {', '.join(missing)}. "
-            f"Found columns: {', '.join(c for c in raw.columns if c != 'source_file')}. "
-            f"Rename them in the source or export (required: {', '.join(schema.REQUIRED_EVENT_COLUMNS)})."
-        )
-    dtypes = dict(raw.dtypes)
-    value_cols = [c for c in raw.columns if c != "source_file"]
-    df = raw.withColumn("_raw", F.to_json(F.struct(*[F.col(c).cast("string").alias(c) for c in value_cols])))
+        raise _missing_columns_error([c for c in raw.columns if c != "source_file" and not c.startswith("_")],
+                                     "events input")
+    df = raw.withColumn("_raw", _raw_json(raw)).withColumn("attributes", _attributes(raw))
     df = (
         df.withColumn("user_id", F.trim(F.col("user_id").cast("string")))
         .withColumn("item_id", F.trim(F.col("item_id").cast("string")))
         .withColumn("event_type", F.lower(F.trim(F.col("event_type").cast("string"))))
-        .withColumn("ts", _parse_timestamp(df, dtypes["timestamp"], cfg.timestamp_format))
+        .withColumn("ts", _parse_timestamp(dict(raw.dtypes)["timestamp"], cfg.timestamp_format))
     )
-    if "rating" in raw.columns:
-        df = df.withColumn("_rating_raw", F.trim(F.col("rating").cast("string")))
-        df = df.withColumn("rating", F.col("rating").cast("double"))
-        bad_rating = F.col("_rating_raw").isNotNull() & (F.col("_rating_raw") != "") & F.col("rating").isNull()
-    else:
-        df = df.withColumn("rating", F.lit(None).cast("double"))
-        bad_rating = F.lit(False)
     known = F.col("event_type").isin(*cfg.event_types)
+    rating_reason = _rating_reason(df, cfg)
     reason = (
-        F.when(F.col("user_id").isNull() | (F.col("user_id") == ""), F.lit("null or empty user_id"))
+        F.when(_file_reason(raw).isNotNull(), _file_reason(raw))
+        .when(F.col("user_id").isNull() | (F.col("user_id") == ""), F.lit("null or empty user_id"))
         .when(F.col("item_id").isNull() | (F.col("item_id") == ""), F.lit("null or empty item_id"))
         .when(F.col("event_type").isNull() | ~known,
               F.concat(F.lit("unknown event_type '"), F.coalesce(F.col("event_type"), F.lit("null")),
                        F.lit(f"' (allowed: {', '.join(cfg.event_types)})")))
-        .when(F.col("ts").isNull(), F.concat(F.lit("unparseable timestamp '"),
-                                              F.coalesce(F.col("timestamp").cast("string"), F.lit("null")), F.lit("'")))
-        .when(bad_rating, F.lit("non-numeric rating"))
+        .otherwise(F.coalesce(_time_reason(cfg, real_time), rating_reason))
     )
     df = df.withColumn("_reason", reason)
-    quarantined = df.where(F.col("_reason").isNotNull()).select(
-        F.col("_reason").alias("reason"), "source_file", F.col("_raw").alias("raw"),
-        F.lit(run_id).alias("ingest_run_id"), F.current_timestamp().alias("quarantined_at"),
-    )
-    valid = df.where(F.col("_reason").isNull())
+    df = df.withColumn("rating", F.col("rating").cast("double") if "rating" in raw.columns else F.lit(None).cast("double"))
     natural = F.sha2(F.concat_ws("|", "user_id", "item_id", "event_type", F.col("ts").cast("string")), 256)
-    if "event_id" in raw.columns:
-        eid = F.trim(F.col("event_id").cast("string"))
-        valid = valid.withColumn("event_id", F.when(eid.isNull() | (eid == ""), natural).otherwise(eid))
-    else:
-        valid = valid.withColumn("event_id", natural)
-    valid = valid.select(
-        "event_id", "user_id", "item_id", "event_type", "ts", "rating", "source_file",
-        F.lit(run_id).alias("ingest_run_id"),
-    )
-    return valid, quarantined
+    eid = F.trim(F.col("event_id").cast("string")) if "event_id" in raw.columns else F.lit(None).cast("string")
+    df = df.withColumn("event_id", F.when(eid.isNull() | (eid == ""), natural).otherwise(eid))
+    return df.select("event_id", "user_id", "item_id", "event_type", "ts", "rating", "attributes", "source_file",
+                     F.lit(run_id).alias("ingest_run_id"), "_raw", "_reason")
+
+
+def _payload(df: DataFrame):
+    return F.sha2(F.concat_ws("|", "user_id", "item_id", "event_type", F.col("ts").cast("string"),
+                              F.coalesce(F.col("rating").cast("string"), F.lit(""))), 256)
+
+
+def flag_conflicts(rows: DataFrame, existing: Optional[DataFrame]) -> DataFrame:
+    """Give a reason to every trusted row whose event_id comes with a different payload (user, item,
+    type, time, rating) than the events table already holds, or, for ids not stored yet, than
+    another row of this input. Which version is right cannot be told, so none is inserted."""
+    df = rows.withColumn("_payload", F.when(F.col("_reason").isNull(), _payload(rows)))
+    stored = F.lit(None).cast("string")
+    if existing is not None:
+        df = df.join(existing.select("event_id", _payload(existing).alias("_stored")), "event_id", "left")
+        stored = F.col("_stored")
+        df = df.withColumn("_reason", F.when(F.col("_reason").isNull() & stored.isNotNull() & (stored != F.col("_payload")),
+                                             F.concat(F.lit("event_id '"), F.col("event_id"),
+                                                      F.lit("' is already stored with a different payload")))
+                           .otherwise(F.col("_reason")))
+    fresh = F.col("_reason").isNull() & stored.isNull()
+    variants = F.size(F.collect_set(F.when(fresh, F.col("_payload"))).over(Window.partitionBy("event_id")))
+    df = df.withColumn("_reason", F.when(fresh & (variants > 1), F.concat(
+        F.lit("event_id '"), F.col("event_id"), F.lit("' comes with "), variants.cast("string"),
+        F.lit(" different payloads in this input"))).otherwise(F.col("_reason")))
+    return df.drop("_payload", "_stored")
+
+
+def quarantine_rows(rows: DataFrame) -> DataFrame:
+    """Rows with a reason, in the quarantine table's columns (quarantine_id: one row per reason,
+    file and raw values, so re-ingesting the same files adds nothing)."""
+    bad = rows.where(F.col("_reason").isNotNull())
+    qid = F.sha2(F.concat_ws("|", "_reason", F.coalesce("source_file", F.lit("")), F.coalesce("_raw", F.lit(""))), 256)
+    return bad.select(
+        F.col("_reason").alias("reason"), "source_file", F.col("_raw").alias("raw"), "ingest_run_id",
+        F.current_timestamp().alias("quarantined_at"), qid.alias("quarantine_id"),
+    ).dropDuplicates(["quarantine_id"])
 
 
 def deduplicate(valid: DataFrame, existing: DataFrame | None) -> DataFrame:
@@ -222,70 +414,78 @@ def deduplicate(valid: DataFrame, existing: DataFrame | None) -> DataFrame:
     return out
 
 
-def _ingest_side_table(spark: SparkSession, path: str, fmt: str, key: str, target: str,
+def _store_events(spark: SparkSession, root: str, rows: DataFrame, raw_rows: int) -> tuple[int, int, int]:
+    """Quarantine what cannot be trusted and insert the new events; (valid, quarantined, inserted)."""
+    events_path = tables.path(root, schema.EVENTS)
+    existing = tables.read(spark, events_path) if tables.exists(spark, events_path) else None
+    flagged = flag_conflicts(rows, existing).persist()
+    try:
+        n_valid = flagged.where(F.col("_reason").isNull()).count()
+        n_quarantined = raw_rows - n_valid
+        if n_quarantined:
+            tables.insert_missing(spark, quarantine_rows(flagged), tables.path(root, schema.QUARANTINE), "quarantine_id")
+        if n_valid == 0:
+            raise IngestError(f"all {raw_rows} rows of the events input are malformed and were quarantined "
+                              f"(table {tables.path(root, schema.QUARANTINE)}); nothing else was written.")
+        valid = flagged.where(F.col("_reason").isNull()).drop("_raw", "_reason")
+        new = deduplicate(valid, existing).persist()
+        n_new = new.count()
+        if n_new or existing is None:
+            tables.insert_missing(spark, new, events_path, "event_id")
+        new.unpersist()
+    finally:
+        flagged.unpersist()
+    # The change feed tells incremental scoring which users have new events.
+    tables.enable_change_feed(spark, events_path)
+    return n_valid, n_quarantined, n_new
+
+
+def _ingest_side_table(spark: SparkSession, path: str, cfg: IngestConfig, key: str, target: str,
                        quarantine_path: str, run_id: str) -> int:
-    raw = read_raw(spark, path, fmt)
+    raw, _ = read_raw(spark, path, cfg, (key,))
     if key not in raw.columns:
         raise IngestError(f"{path}: required column {key} is missing (found: {', '.join(raw.columns)})")
-    cols = [c for c in raw.columns if c != "source_file"]
-    df = raw.withColumn(key, F.trim(F.col(key).cast("string")))
-    bad = df.where(F.col(key).isNull() | (F.col(key) == ""))
-    n_bad = bad.count()
-    if n_bad:
-        tables.append(bad.select(
-            F.lit(f"null or empty {key}").alias("reason"), "source_file",
-            F.to_json(F.struct(*[F.col(c).cast("string").alias(c) for c in cols])).alias("raw"),
-            F.lit(run_id).alias("ingest_run_id"), F.current_timestamp().alias("quarantined_at"),
-        ), quarantine_path)
-    good = df.where(F.col(key).isNotNull() & (F.col(key) != "")).drop("source_file").dropDuplicates([key])
+    df = raw.withColumn(key, F.trim(F.col(key).cast("string"))).withColumn("_raw", _raw_json(raw))
+    df = df.withColumn("_reason", F.coalesce(_file_reason(raw), F.when(
+        F.col(key).isNull() | (F.col(key) == ""), F.lit(f"null or empty {key}"))))
+    df = df.withColumn("ingest_run_id", F.lit(run_id)).persist()
+    if df.where(F.col("_reason").isNotNull()).count():
+        tables.retry_on_conflict(lambda: tables.insert_missing(spark, quarantine_rows(df), quarantine_path, "quarantine_id"),
+                                 "ingest quarantine")
+    columns = [c for c in raw.columns if c != "source_file" and not c.startswith("_")]
+    good = df.where(F.col("_reason").isNull()).select(*columns).dropDuplicates([key])
     n = good.count()
     if n:
-        tables.upsert(spark, good, target, [key])
+        tables.retry_on_conflict(lambda: tables.upsert(spark, good, target, [key]), f"ingest {key}s")
+    df.unpersist()
     return n
+
+
+def _side_path(configured: str, raw_root: str, name: str) -> str:
+    """The users or items input: as configured, else <paths.raw>/<name> when that folder exists."""
+    default = os.path.join(raw_root, name)
+    return configured or (default if os.path.isdir(default) else "")
 
 
 def run(spark: SparkSession, cfg: Config) -> IngestReport:
     """Validate and load raw events (+ users/items when configured) into the bronze/silver tables."""
     run_id = "ingest-" + uuid.uuid4().hex[:12]
     root = cfg.tables_dir
-    events_path = tables.path(root, schema.EVENTS)
-    quarantine_path = tables.path(root, schema.QUARANTINE)
-    raw = read_raw(spark, cfg.ingest.events, cfg.ingest.format)
-    valid, quarantined = validate_events(raw, cfg.ingest, run_id)
-    raw_rows = raw.count()
-    if raw_rows == 0:
-        raise IngestError(f"events input {cfg.ingest.events} has no rows; nothing was written. "
-                          f"Check the upstream export before re-running.")
-    valid = valid.persist()
-    n_valid = valid.count()
-    n_quarantined = raw_rows - n_valid
-    if n_quarantined:
-        tables.append(quarantined, quarantine_path)
-    if n_valid == 0:
-        valid.unpersist()
-        raise IngestError(f"all {raw_rows} rows of {cfg.ingest.events} are malformed and were quarantined "
-                          f"(table {quarantine_path}); nothing else was written.")
-    existing = tables.read(spark, events_path) if tables.exists(spark, events_path) else None
-    new = deduplicate(valid, existing).persist()
-    n_new = new.count()
-    if existing is None:
-        tables.overwrite(new, events_path)
-    elif n_new:
-        tables.append(new, events_path)
-    # The change feed tells incremental scoring which users have new events.
-    tables.enable_change_feed(spark, events_path)
-    new.unpersist()
-    valid.unpersist()
-    users_n = items_n = 0
-    users_path = cfg.ingest.users or (os.path.join(cfg.paths.raw, "users") if os.path.isdir(os.path.join(cfg.paths.raw, "users")) else "")
-    items_path = cfg.ingest.items or (os.path.join(cfg.paths.raw, "items") if os.path.isdir(os.path.join(cfg.paths.raw, "items")) else "")
-    if users_path:
-        users_n = _ingest_side_table(spark, users_path, cfg.ingest.format, "user_id",
-                                     tables.path(root, schema.USERS), quarantine_path, run_id)
-    if items_path:
-        items_n = _ingest_side_table(spark, items_path, cfg.ingest.format, "item_id",
-                                     tables.path(root, schema.ITEMS), quarantine_path, run_id)
+    with _invalid_dates_as_null(spark):
+        raw, fmt = read_raw(spark, cfg.ingest.events, cfg.ingest, schema.REQUIRED_EVENT_COLUMNS)
+        raw_rows = raw.count()
+        if raw_rows == 0:
+            raise IngestError(f"events input {cfg.ingest.events} has no rows; nothing was written. "
+                              f"Check the upstream export before re-running.")
+        rows = parse_events(raw, cfg.ingest, run_id, real_time=fmt != "sasrec")
+        n_valid, n_quarantined, n_new = tables.retry_on_conflict(
+            lambda: _store_events(spark, root, rows, raw_rows), "ingest events")
+        side = {}
+        for key, name, configured in (("user_id", "users", cfg.ingest.users), ("item_id", "items", cfg.ingest.items)):
+            path = _side_path(configured, cfg.paths.raw, name)
+            side[key] = _ingest_side_table(spark, path, cfg.ingest, key, tables.path(root, getattr(schema, name.upper())),
+                                           tables.path(root, schema.QUARANTINE), run_id) if path else 0
     report = IngestReport(run_id, raw_rows, n_valid, n_quarantined, n_valid - n_new, n_new,
-                          users_n, items_n, tables.version(spark, events_path))
+                          side["user_id"], side["item_id"], tables.version(spark, tables.path(root, schema.EVENTS)))
     print(report.summary(), flush=True)
     return report

@@ -11,6 +11,8 @@ EVENTS_SCHEMA = T.StructType(
         T.StructField("event_type", T.StringType(), False),
         T.StructField("ts", T.TimestampType(), False),
         T.StructField("rating", T.DoubleType(), True),
+        # Input columns beyond the ones above, as strings (null when the input had none).
+        T.StructField("attributes", T.MapType(T.StringType(), T.StringType()), True),
         T.StructField("source_file", T.StringType(), True),
         T.StructField("ingest_run_id", T.StringType(), False),
     ]
@@ -23,6 +25,9 @@ QUARANTINE_SCHEMA = T.StructType(
         T.StructField("raw", T.StringType(), True),  # the offending row as JSON of its raw values
         T.StructField("ingest_run_id", T.StringType(), False),
         T.StructField("quarantined_at", T.TimestampType(), False),
+        # sha256 of reason, source_file and raw: the same bad row is quarantined once, however often
+        # its file is ingested.
+        T.StructField("quarantine_id", T.StringType(), True),
     ]
 )
 

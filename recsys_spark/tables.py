@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Optional
+from typing import Callable, Optional, TypeVar
 
+T = TypeVar("T")
+
+from delta import exceptions as delta_errors
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 
@@ -129,3 +132,42 @@ def upsert(spark: SparkSession, df: DataFrame, location: str, keys: list[str]) -
         DeltaTable.forPath(spark, location).alias("t").merge(df.alias("s"), cond)
         .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
     )
+
+
+def insert_missing(spark: SparkSession, df: DataFrame, location: str, key: str) -> None:
+    """Insert the rows of df whose key the table does not hold yet (an insert-only MERGE; creates
+    the table when it is missing). Unlike a blind append, two writers inserting the same key at
+    once conflict in Delta instead of both succeeding: run it inside retry_on_conflict."""
+    if not exists(spark, location):
+        df.write.format("delta").mode("append").save(location)
+        return
+    target = DeltaTable.forPath(spark, location)
+    missing = [f for f in df.schema.fields if f.name not in target.toDF().columns]
+    if missing:
+        cols = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
+        spark.sql(f"ALTER TABLE delta.`{location}` ADD COLUMNS ({cols})")
+    (target.alias("t").merge(df.alias("s"), f"t.`{key}` = s.`{key}`")
+     .whenNotMatchedInsertAll().execute())
+
+
+# Delta's commit conflicts (its Python classes do not share a base class).
+_CONFLICTS = (delta_errors.DeltaConcurrentModificationException, delta_errors.ConcurrentWriteException,
+              delta_errors.MetadataChangedException, delta_errors.ProtocolChangedException,
+              delta_errors.ConcurrentAppendException, delta_errors.ConcurrentDeleteReadException,
+              delta_errors.ConcurrentDeleteDeleteException, delta_errors.ConcurrentTransactionException)
+
+
+def retry_on_conflict(write: Callable[[], T], what: str, attempts: int = 5) -> T:
+    """Run write(); when another run committed to the same table first (Delta's optimistic
+    concurrency), run it again so it sees that run's rows. write must read the table afresh."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return write()
+        except _CONFLICTS as e:
+            if attempt == attempts:
+                raise RuntimeError(f"{what}: another run kept committing to the same table; gave up after "
+                                   f"{attempts} attempts. Nothing of this attempt was written; run it again "
+                                   f"when the other run has finished. ({type(e).__name__})") from e
+            print(f"{what}: another run committed first ({type(e).__name__}); retrying ({attempt}/{attempts})",
+                  flush=True)
+    raise AssertionError("unreachable")

@@ -131,3 +131,124 @@ def test_parquet_and_json_inputs(spark, tmp_path):
     _write(j / "a.json", '{"user_id": "u3", "item_id": "i1", "event_type": "view", "timestamp": "2026-01-02 10:00:00"}\n')
     cfg2 = make_config(tmp_path, ingest={"events": str(j)})
     assert ingest.run(spark, cfg2).inserted_rows == 1
+
+
+def _reasons(spark, cfg):
+    return sorted(r.reason for r in tables.read(spark, tables.path(cfg.tables_dir, schema.QUARANTINE)).collect())
+
+
+def test_csv_columns_are_matched_by_name_in_every_file(spark, tmp_path):
+    _write(tmp_path / "raw" / "events" / "a.csv", HEADER + "e1,u1,i1,view,2026-01-01 10:00:00\n")
+    _write(tmp_path / "raw" / "events" / "b.csv",
+           "timestamp,item_id,user_id,event_type,event_id\n2026-01-02 10:00:00,i2,u2,purchase,e2\n")
+    cfg = make_config(tmp_path)
+    ingest.run(spark, cfg)
+    got = {r.event_id: (r.user_id, r.item_id, r.event_type) for r in _events(spark, cfg).collect()}
+    assert got == {"e1": ("u1", "i1", "view"), "e2": ("u2", "i2", "purchase")}
+
+
+def test_wrong_field_counts_are_quarantined_and_extra_columns_kept(spark, tmp_path):
+    _write(tmp_path / "raw" / "events" / "a.csv", "event_id,user_id,item_id,event_type,timestamp,note\n"
+           'e1,u1,i1,view,2026-01-01 10:00:00,"two\nlines"\n'
+           "e2,u2,i2,view,2026-01-01 10:00:00,x,surplus\n"
+           "e3,u3,i3\n")
+    cfg = make_config(tmp_path)
+    report = ingest.run(spark, cfg)
+    assert (report.valid_rows, report.quarantined_rows) == (1, 2)
+    [event] = _events(spark, cfg).collect()
+    assert event.attributes == {"note": "two\nlines"}
+    q = tables.read(spark, tables.path(cfg.tables_dir, schema.QUARANTINE)).collect()
+    assert all(r.reason.startswith("malformed line") for r in q)
+    assert sorted(json.loads(r.raw)["line"] for r in q) == ["e2,u2,i2,view,2026-01-01 10:00:00,x,surplus", "e3,u3,i3"]
+
+
+def test_odd_and_implausible_timestamps_are_quarantined_not_fatal(spark, tmp_path):
+    _write(tmp_path / "raw" / "events" / "a.csv", HEADER + "\n".join([
+        "e1,u1,i1,view,2026-1-5 10:00:00",        # the old parser's form: read, not a job failure
+        "e2,u1,i2,view,2026-02-30 10:00:00",      # no such day
+        "e3,u1,i3,view,2206-01-01 00:00:00",      # far future: would zero everyone's decay weights
+        "e4,u1,i4,view,1970-01-01 00:00:01",      # before ingest.min_timestamp
+        "e5,u1,i5,view,NaN",
+        "e6,u1,i6,view,99999999999999999999999",
+    ]) + "\n")
+    cfg = make_config(tmp_path)
+    report = ingest.run(spark, cfg)
+    assert (report.valid_rows, report.quarantined_rows) == (1, 5)
+    assert str(_events(spark, cfg).first().ts) == "2026-01-05 10:00:00"
+    reasons = _reasons(spark, cfg)
+    assert sum("unparseable timestamp" in r for r in reasons) == 3
+    assert sum("in the future" in r for r in reasons) == 1
+    assert sum("before ingest.min_timestamp" in r for r in reasons) == 1
+
+
+def test_non_finite_or_out_of_range_ratings_are_quarantined(spark, tmp_path):
+    _write(tmp_path / "raw" / "events" / "a.csv", "event_id,user_id,item_id,event_type,timestamp,rating\n" + "\n".join(
+        f"e{i},u1,i{i},rating,2026-01-01 10:00:0{i},{r}" for i, r in enumerate(["4.5", "", "NaN", "Infinity", "-1", "11", "five"])
+    ) + "\n")
+    cfg = make_config(tmp_path)
+    report = ingest.run(spark, cfg)
+    assert sorted(r.event_id for r in _events(spark, cfg).collect()) == ["e0", "e1"]
+    assert report.quarantined_rows == 5
+    reasons = _reasons(spark, cfg)
+    assert sum(r == "rating is NaN or infinite" for r in reasons) == 2
+    assert sum("outside ingest.rating_range" in r for r in reasons) == 2
+    assert sum(r.startswith("non-numeric rating") for r in reasons) == 1
+
+
+def test_conflicting_duplicates_are_quarantined_and_quarantine_is_idempotent(spark, tmp_path):
+    _write(tmp_path / "raw" / "events" / "a.csv", HEADER + "\n".join([
+        "e1,u1,i1,view,2026-01-01 10:00:00",
+        "e1,u1,i9,view,2026-01-01 10:00:00",   # same id, another item: which one is true is unknown
+        "e2,u2,i2,view,2026-01-01 10:00:00",
+        "e2,u2,i2,view,2026-01-01 10:00:00",   # same id, same payload: a plain duplicate
+        "e3,,i3,view,2026-01-01 10:00:00",
+    ]) + "\n")
+    cfg = make_config(tmp_path)
+    first = ingest.run(spark, cfg)
+    assert (first.inserted_rows, first.quarantined_rows) == (1, 3)
+    assert sum("comes with 2 different payloads" in r for r in _reasons(spark, cfg)) == 2
+    ingest.run(spark, cfg)  # the same files again
+    assert len(_reasons(spark, cfg)) == 3
+    _write(tmp_path / "raw" / "events" / "b.csv", HEADER + "e2,u2,i7,purchase,2026-01-02 10:00:00\n"
+           "e4,u2,i4,view,2026-01-02 10:00:00\n")
+    third = ingest.run(spark, cfg)
+    assert third.inserted_rows == 1
+    assert sum("already stored with a different payload" in r for r in _reasons(spark, cfg)) == 1
+    assert sorted((r.event_id, r.item_id) for r in _events(spark, cfg).collect()) == [("e2", "i2"), ("e4", "i4")]
+
+
+def test_a_file_without_required_columns_is_quarantined_others_load(spark, tmp_path):
+    _write(tmp_path / "raw" / "events" / "a.csv", HEADER + "e1,u1,i1,view,2026-01-01 10:00:00\n")
+    _write(tmp_path / "raw" / "events" / "b.csv", "event_id,user_id,event_type,timestamp\ne2,u2,view,2026-01-01 10:00:00\n")
+    cfg = make_config(tmp_path)
+    report = ingest.run(spark, cfg)
+    assert (report.inserted_rows, report.quarantined_rows) == (1, 1)
+    assert _reasons(spark, cfg) == ["file header lacks required column(s) item_id"]
+
+
+def test_encoding_and_byte_order_mark_by_option(spark, tmp_path):
+    f = tmp_path / "raw" / "events" / "a.csv"
+    f.parent.mkdir(parents=True)
+    f.write_bytes(("\ufeff" + HEADER + "e1,café,i1,view,2026-01-01 10:00:00\n").encode("utf-8"))
+    cfg = make_config(tmp_path)
+    ingest.run(spark, cfg)
+    assert _events(spark, cfg).first().user_id == "café"
+    f.write_bytes((HEADER + "e2,josé,i1,view,2026-01-01 11:00:00\n").encode("latin-1"))
+    ingest.run(spark, make_config(tmp_path, ingest={"csv_encoding": "ISO-8859-1"}))
+    assert sorted(r.user_id for r in _events(spark, cfg).collect()) == ["café", "josé"]
+
+
+def test_concurrent_ingests_insert_each_event_once(spark, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    _write(tmp_path / "raw" / "events" / "a.csv", HEADER + "".join(
+        f"e{i},u{i % 7},i{i % 11},view,2026-01-01 10:{i // 60:02d}:{i % 60:02d}\n" for i in range(200)))
+    cfg = make_config(tmp_path)
+    ingest.run(spark, cfg)
+    _write(tmp_path / "raw" / "events" / "b.csv", HEADER + "".join(
+        f"n{i},u{i % 7},i{i % 11},purchase,2026-01-02 10:{i // 60:02d}:{i % 60:02d}\n" for i in range(200)))
+    with ThreadPoolExecutor(2) as pool:
+        reports = list(pool.map(lambda _: ingest.run(spark, cfg), range(2)))
+    assert sorted(r.inserted_rows for r in reports) == [0, 200]
+    ev = _events(spark, cfg)
+    assert ev.count() == 400 and ev.select("event_id").distinct().count() == 400
