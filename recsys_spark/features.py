@@ -5,10 +5,14 @@ Delta table. `run` wires them and writes the gold tables.
 
 Index contract: user ids map to dense ints from 0, item ids from 1 (0 is sequence padding),
 attribute values from 1 per attribute (0 means unknown). Re-running with new ids appends new
-numbers after the current maximum; an id, once numbered, keeps its number forever.
+numbers after the current maximum; an id, once numbered, keeps its number forever, and two runs
+at once never give two ids one number.
+
+A run records its table versions in gold/feature_sets as its last write; readers pin that set.
 """
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Optional
 
@@ -27,24 +31,27 @@ def extend_index(spark: SparkSession, ids: DataFrame, location: str, id_col: str
     """Give every new value of ids[id_col] the next free integer; return the whole index.
 
     New ids are numbered in sorted order after the current maximum (or from `start`), so the
-    result is deterministic for the same inputs and existing numbers never change.
+    result is deterministic for the same inputs and existing numbers never change. The numbers are
+    inserted with an insert-only MERGE: when another run numbered ids at the same time, Delta
+    refuses the second commit and the numbering is redone after the first run's numbers.
     """
     distinct = ids.select(F.col(id_col).cast("string").alias(id_col)).where(F.col(id_col).isNotNull()).distinct()
-    if tables.exists(spark, location):
-        current = tables.read(spark, location)
-        new = distinct.join(current.select(id_col), id_col, "left_anti")
-        top = current.agg(F.max(idx_col)).first()[0]
-        offset = start if top is None else int(top) + 1
-    else:
-        new, offset = distinct, start
-    ordered = new.orderBy(id_col)
-    numbered = ordered.rdd.zipWithIndex().map(lambda r: (r[0][0], int(r[1]) + offset))
-    new_index = spark.createDataFrame(numbered, T.StructType([
-        T.StructField(id_col, T.StringType(), False), T.StructField(idx_col, T.LongType(), False)]))
-    if not tables.exists(spark, location):
-        tables.overwrite(new_index, location)
-    elif not new_index.isEmpty():
-        tables.append(new_index, location)
+
+    def number_new_ids() -> None:
+        if tables.exists(spark, location):
+            current = tables.read(spark, location)
+            new = distinct.join(current.select(id_col), id_col, "left_anti")
+            top = current.agg(F.max(idx_col)).first()[0]
+            offset = start if top is None else int(top) + 1
+        else:
+            new, offset = distinct, start
+        numbered = new.orderBy(id_col).rdd.zipWithIndex().map(lambda r: (r[0][0], int(r[1]) + offset))
+        new_index = spark.createDataFrame(numbered, T.StructType([
+            T.StructField(id_col, T.StringType(), False), T.StructField(idx_col, T.LongType(), False)]))
+        if not tables.exists(spark, location) or not new_index.isEmpty():
+            tables.insert_missing(spark, new_index, location, id_col)
+
+    tables.retry_on_conflict(number_new_ids, f"numbering {id_col} in {location}")
     return tables.read(spark, location)
 
 
@@ -439,6 +446,7 @@ def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
     """indexes -> item content -> user-item matrix -> sequences and split -> profiles -> feature
     statistics -> training examples, each a gold table."""
     root, fc = cfg.tables_dir, cfg.features
+    run_id = "features-" + uuid.uuid4().hex[:12]
     inp = _read_inputs(spark, root)
     idx = _indexes(spark, root, inp)
     content, content_stats = _content(spark, cfg, inp, idx)
@@ -463,6 +471,7 @@ def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
     written = {**out.versions, schema.EVENTS: inp.events_version}
     for name in (schema.USER_INDEX, schema.ITEM_INDEX):
         written[name] = tables.version(spark, tables.path(root, name))
+    tables.record_feature_set(spark, root, run_id, written)
     report = FeaturesReport(written, idx.user.count(), idx.item.count(), train.count(), max_len)
     print(report.summary(), flush=True)
     return report

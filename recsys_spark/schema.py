@@ -32,6 +32,8 @@ ITEM_CONTENT = "gold/item_content"
 SEQUENCES = "gold/sequences"
 FEATURE_STATS = "gold/feature_stats"
 TRAIN_EXAMPLES = "gold/train_examples"
+# One row per completed features run: the versions of every table it wrote (readers pin a set).
+FEATURE_SETS = "gold/feature_sets"
 RECOMMENDATIONS = "gold/recommendations"
 RECOMMENDATIONS_LATEST = "gold/recommendations_latest"
 SCORE_RUNS = "gold/score_runs"

@@ -31,7 +31,7 @@ from recsys_spark.features import item_feature_arrays
 from recsys_spark.ranking import ScoringSpec, item_catalog, score_users
 from recsys_spark.table_schemas import RECOMMENDATIONS_SCHEMA, SCORE_RUNS_SCHEMA
 
-# The tables a scoring run reads, pinned at their latest versions when it starts.
+# The tables a scoring run reads, pinned at the newest complete feature set when it starts.
 INPUT_TABLES = (schema.SEQUENCES, schema.USER_PROFILE, schema.ITEM_INDEX, schema.ITEM_CONTENT, schema.USER_INDEX)
 
 
@@ -99,7 +99,7 @@ def _pin_inputs(spark: SparkSession, root: str) -> tuple[dict, Optional[int]]:
     """Versions of the input tables, and the events version the sequences were built from."""
     for name in INPUT_TABLES:
         tables.require(spark, tables.path(root, name), "features")
-    versions = {name: tables.version(spark, tables.path(root, name)) for name in INPUT_TABLES}
+    versions = tables.pinned_versions(spark, root, INPUT_TABLES)
     events_version = tables.commit_metadata(spark, tables.path(root, schema.SEQUENCES),
                                             versions[schema.SEQUENCES]).get("events_version")
     return versions, events_version

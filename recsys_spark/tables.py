@@ -10,7 +10,9 @@ T = TypeVar("T")
 from delta import exceptions as delta_errors
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
+from recsys_spark import schema
 from recsys_spark.config import is_uri
 
 
@@ -55,6 +57,25 @@ def read_pinned(spark: SparkSession, root_tables: str, name: str, versions: Opti
     """Table `name` (a schema name under the tables folder) at the version `versions` pins for it,
     or its latest version when it pins none."""
     return read(spark, path(root_tables, name), (versions or {}).get(name))
+
+
+def record_feature_set(spark: SparkSession, root_tables: str, run_id: str, versions: dict) -> None:
+    """Mark a features run complete: one row with the version of every table it wrote (and of the
+    events it read). Written last, so a run killed before its end records nothing."""
+    row = [(run_id, {k: int(v) for k, v in versions.items()})]
+    df = spark.createDataFrame(row, "run_id string, versions map<string,bigint>")
+    append(df.withColumn("completed_at", F.current_timestamp()), path(root_tables, schema.FEATURE_SETS))
+
+
+def pinned_versions(spark: SparkSession, root_tables: str, names: tuple) -> dict:
+    """The versions a reader of the feature tables pins: those of the newest complete features run,
+    so a run killed halfway (some tables rewritten, others not) is never read as a mix. Tables from
+    before feature sets were recorded are read at their latest versions."""
+    sets = path(root_tables, schema.FEATURE_SETS)
+    if exists(spark, sets):
+        latest = read(spark, sets).orderBy(F.col("completed_at").desc()).first().versions
+        return {n: latest[n] for n in names if n in latest}
+    return {n: version(spark, path(root_tables, n)) for n in names if exists(spark, path(root_tables, n))}
 
 
 def active_files(spark: SparkSession, location: str, at_version: int) -> list[str]:

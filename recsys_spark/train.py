@@ -24,7 +24,7 @@ from recsys_spark.features import item_feature_arrays, read_stats
 from recsys_spark.model import ModelConfig, pad_right
 from recsys_spark.trainer import TrainJob, worker
 
-# The tables a training run reads, pinned at their latest versions (recorded in the checkpoint).
+# The tables a training run reads, pinned at the newest complete feature set (recorded in the checkpoint).
 PINNED_TABLES = (schema.TRAIN_EXAMPLES, schema.ITEM_CONTENT, schema.ITEM_INDEX, schema.USER_PROFILE,
                  schema.SEQUENCES, schema.EVENTS, schema.FEATURE_STATS)
 MODEL_STATISTICS = ("idf", "item_num_mean", "item_num_std")
@@ -32,8 +32,7 @@ MODEL_STATISTICS = ("idf", "item_num_mean", "item_num_std")
 
 def _pin_versions(spark: SparkSession, root: str) -> dict:
     tables.require(spark, tables.path(root, schema.TRAIN_EXAMPLES), "features")
-    return {name: tables.version(spark, tables.path(root, name))
-            for name in PINNED_TABLES if tables.exists(spark, tables.path(root, name))}
+    return tables.pinned_versions(spark, root, PINNED_TABLES)
 
 
 def _training_files(spark: SparkSession, cfg: Config, versions: dict) -> tuple[list[str], DataFrame, int]:

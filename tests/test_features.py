@@ -191,3 +191,17 @@ def test_item_tags_are_indexed_persistently(spark, tmp_path):
     after = {r.item_id: sorted(r.tag_ids) for r in _read(spark, cfg, schema.ITEM_CONTENT).collect()}
     assert after["i1"] == before["i1"] and after["i2"] == before["i2"]
     assert comedy <= set(after["i3"]) and max(after["i3"]) > max(before["i1"])  # "Action" appended
+
+
+def test_concurrent_runs_never_give_two_ids_one_number(spark, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    loc = str(tmp_path / "index")
+    features.extend_index(spark, spark.createDataFrame([("a",), ("b",)], "id string"), loc, "id", "idx", 0)
+    batches = [[f"x{i}" for i in range(50)], [f"y{i}" for i in range(50)] + ["x1"]]
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda ids: features.extend_index(
+            spark, spark.createDataFrame([(i,) for i in ids], "id string"), loc, "id", "idx", 0), batches))
+    rows = tables.read(spark, loc).collect()
+    assert len(rows) == 102 and len({r.id for r in rows}) == 102
+    assert sorted(r.idx for r in rows) == list(range(102))
