@@ -3,7 +3,8 @@
 Stages: generate, ingest, features, train, score, evaluate, nightly (ingest..evaluate in order),
 show (a few users' latest recommendations with item names and explanations), abtest (A/B readout
 of the exposure/outcome log), abtest-simulate (writes such a log for the synthetic shop), report
-(a self-contained HTML report of the latest evaluation).
+(a self-contained HTML report of the latest evaluation), forget --users FILE (delete the listed
+users from every table, keep them out of future ingests, purge history; see recsys_spark.forget).
 """
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import time
 from recsys_spark import config as config_mod
 
 STAGES = ["generate", "ingest", "features", "train", "score", "evaluate", "nightly", "show", "abtest",
-          "abtest-simulate", "report"]
+          "abtest-simulate", "report", "forget"]
 NIGHTLY = ["ingest", "features", "train", "score", "evaluate"]
 
 
@@ -28,13 +29,22 @@ def parse_args(argv: list[str] | None = None, stage: str | None = None) -> tuple
                    help="YAML config (default: conf/local.yaml when it exists, else built-in defaults)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
-    p.add_argument("--users", type=int, default=5, help="show: how many users to print")
+    p.add_argument("--users", default=None,
+                   help="show: how many users to print (default 5); forget: file of user ids, one per line")
     args = p.parse_args(argv)
+    selected = stage or args.stage
+    if selected == "forget" and not args.users:
+        p.error("forget needs --users FILE (one user id per line)")
+    if selected == "show":
+        try:
+            args.users = int(args.users or 5)
+        except ValueError:
+            p.error(f"show --users takes a number of users, got {args.users!r}")
     path = args.config
     if path is None and os.path.isfile("conf/local.yaml"):
         path = "conf/local.yaml"
     cfg = config_mod.load(path, args.overrides)
-    return stage or args.stage, cfg, args
+    return selected, cfg, args
 
 
 def retrain_due(spark, cfg: config_mod.Config) -> tuple[bool, str]:
@@ -76,6 +86,10 @@ def run_stage(spark, cfg: config_mod.Config, stage: str, args: argparse.Namespac
         return (abtest.run if stage == "abtest" else abtest.simulate)(spark, cfg)
     if stage == "show":
         return show.run(spark, cfg, getattr(args, "users", 5))
+    if stage == "forget":
+        from recsys_spark import forget
+
+        return forget.run(spark, cfg, args.users)
     if stage == "nightly":
         timings = {}
         started = time.time()

@@ -277,6 +277,15 @@ class TrackingConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    # forget: history older than this is purged (VACUUM), including the change-data files that keep
+    # deleted rows. 168 h is Delta's default and keeps a week of time travel and of readers pinned to
+    # older versions; until then those versions still hold a forgotten user. 0 purges at once (jobs
+    # pinned to an older version, such as evaluating a model trained before, then fail).
+    vacuum_retention_hours: float = 168.0
+
+
+@dataclass(frozen=True)
 class Config:
     spark: SparkConfig = field(default_factory=SparkConfig)
     paths: PathsConfig = field(default_factory=PathsConfig)
@@ -288,6 +297,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     abtest: AbtestConfig = field(default_factory=AbtestConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def __post_init__(self) -> None:
         _check_values(self)
@@ -416,6 +426,8 @@ def _check_values(cfg: Config) -> None:
     _check_features(cfg.features)
     _check_train(cfg.train)
     _check_score(cfg.score)
+    if cfg.privacy.vacuum_retention_hours < 0:
+        raise ConfigError(f"privacy.vacuum_retention_hours: must be >= 0, got {cfg.privacy.vacuum_retention_hours}")
     if cfg.spark.progress not in ("auto", "on", "off"):
         raise ConfigError(f"spark.progress: expected auto|on|off, got {cfg.spark.progress!r}")
     ab = cfg.abtest

@@ -35,6 +35,7 @@ from pyspark.sql import types as T
 
 from recsys_spark import schema, tables
 from recsys_spark.config import Config, IngestConfig
+from recsys_spark.forget import without_suppressed
 
 # Spark's name for a line it could not split into the header's fields; the quarantine reason
 # names it in words.
@@ -58,12 +59,15 @@ class IngestReport:
     users_upserted: int
     items_upserted: int
     events_version: int
+    suppressed_rows: int = 0  # rows of forgotten users (recsys_spark.forget), skipped unread
+
 
     def summary(self) -> str:
         return (f"ingest {self.run_id}: {self.raw_rows} raw rows, {self.inserted_rows} new events, "
                 f"{self.duplicate_rows} duplicates skipped, {self.quarantined_rows} quarantined "
                 f"(see table {schema.QUARANTINE}), users upserted {self.users_upserted}, "
-                f"items upserted {self.items_upserted}; events table now at version {self.events_version}")
+                f"items upserted {self.items_upserted}; events table now at version {self.events_version}"
+                + (f"; {self.suppressed_rows} rows of forgotten users skipped" if self.suppressed_rows else ""))
 
 
 def _detect_format(path: str, configured: str) -> str:
@@ -440,11 +444,15 @@ def _store_events(spark: SparkSession, root: str, rows: DataFrame, raw_rows: int
     return n_valid, n_quarantined, n_new
 
 
-def _ingest_side_table(spark: SparkSession, path: str, cfg: IngestConfig, key: str, target: str,
-                       quarantine_path: str, run_id: str) -> int:
+def _ingest_side_table(spark: SparkSession, root: str, path: str, cfg: IngestConfig, key: str, target: str,
+                       run_id: str) -> int:
+    """Upsert users or items by key (rows of forgotten users skipped, bad rows quarantined); rows upserted."""
+    quarantine_path = tables.path(root, schema.QUARANTINE)
     raw, _ = read_raw(spark, path, cfg, (key,))
     if key not in raw.columns:
         raise IngestError(f"{path}: required column {key} is missing (found: {', '.join(raw.columns)})")
+    if key == "user_id":
+        raw = without_suppressed(spark, root, raw)
     df = raw.withColumn(key, F.trim(F.col(key).cast("string"))).withColumn("_raw", _raw_json(raw))
     df = df.withColumn("_reason", F.coalesce(_file_reason(raw), F.when(
         F.col(key).isNull() | (F.col(key) == ""), F.lit(f"null or empty {key}"))))
@@ -473,19 +481,22 @@ def run(spark: SparkSession, cfg: Config) -> IngestReport:
     root = cfg.tables_dir
     with _invalid_dates_as_null(spark):
         raw, fmt = read_raw(spark, cfg.ingest.events, cfg.ingest, schema.REQUIRED_EVENT_COLUMNS)
-        raw_rows = raw.count()
-        if raw_rows == 0:
+        read_rows = raw.count()
+        if read_rows == 0:
             raise IngestError(f"events input {cfg.ingest.events} has no rows; nothing was written. "
                               f"Check the upstream export before re-running.")
+        raw = without_suppressed(spark, root, raw)
+        raw_rows = raw.count()
         rows = parse_events(raw, cfg.ingest, run_id, real_time=fmt != "sasrec")
         n_valid, n_quarantined, n_new = tables.retry_on_conflict(
             lambda: _store_events(spark, root, rows, raw_rows), "ingest events")
         side = {}
         for key, name, configured in (("user_id", "users", cfg.ingest.users), ("item_id", "items", cfg.ingest.items)):
             path = _side_path(configured, cfg.paths.raw, name)
-            side[key] = _ingest_side_table(spark, path, cfg.ingest, key, tables.path(root, getattr(schema, name.upper())),
-                                           tables.path(root, schema.QUARANTINE), run_id) if path else 0
-    report = IngestReport(run_id, raw_rows, n_valid, n_quarantined, n_valid - n_new, n_new,
-                          side["user_id"], side["item_id"], tables.version(spark, tables.path(root, schema.EVENTS)))
+            side[key] = _ingest_side_table(spark, root, path, cfg.ingest, key,
+                                           tables.path(root, getattr(schema, name.upper())), run_id) if path else 0
+    report = IngestReport(run_id, read_rows, n_valid, n_quarantined, n_valid - n_new, n_new,
+                          side["user_id"], side["item_id"], tables.version(spark, tables.path(root, schema.EVENTS)),
+                          read_rows - raw_rows)
     print(report.summary(), flush=True)
     return report

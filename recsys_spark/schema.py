@@ -23,6 +23,8 @@ EVENTS = "bronze/events"
 QUARANTINE = "bronze/quarantine"
 USERS = "silver/users"
 ITEMS = "silver/items"
+# sha256 of the ids of forgotten users: ingest never loads their rows again.
+SUPPRESSED_USERS = "silver/suppressed_users"
 USER_INDEX = "gold/user_index"
 ITEM_INDEX = "gold/item_index"
 ATTRIBUTE_INDEX = "gold/attribute_index"

@@ -82,10 +82,48 @@ def active_files(spark: SparkSession, location: str, at_version: int) -> list[st
     """The parquet files that make up the table at a pinned version, as file URLs.
 
     This is the snapshot's file list from the Delta log, never a directory scan: files that Delta has
-    removed (overwritten, compacted, deleted) but not yet vacuumed are not in it.
+    removed (overwritten, compacted, deleted) but not yet vacuumed are not in it. A version whose
+    files carry deletion vectors is refused: its deleted rows are still inside the files, and a reader
+    of the files alone (Petastorm) would see them.
     """
-    files = read(spark, location, at_version).inputFiles()
-    return sorted(files)
+    snapshot = read(spark, location, at_version)
+    files = sorted(snapshot.inputFiles())
+    if files and spark.read.parquet(*files).count() != snapshot.count():
+        raise ValueError(
+            f"{location} at version {at_version} has deletion vectors: rows deleted from it are still "
+            f"inside its parquet files. Rewrite them with REORG TABLE delta.`{location}` APPLY (PURGE) "
+            f"(or rerun the stage that writes the table), then run again.")
+    return files
+
+
+def delta_tables(spark: SparkSession, root_tables: str) -> list[str]:
+    """Every Delta table under a folder (local or remote), as locations."""
+    jvm = spark.sparkContext._jvm
+    root = jvm.org.apache.hadoop.fs.Path(root_tables)
+    fs = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    found, pending = [], [root] if fs.exists(root) else []
+    while pending:
+        folder = pending.pop()
+        children = [st for st in fs.listStatus(folder) if st.isDirectory()]
+        if any(st.getPath().getName() == "_delta_log" for st in children):
+            found.append(folder.toString())
+        else:
+            pending.extend(st.getPath() for st in children)
+    return sorted(found)
+
+
+def purge(spark: SparkSession, location: str, retention_hours: float) -> None:
+    """Remove deleted rows physically: rewrite files that carry deletion vectors, then VACUUM files
+    (data and change-data) no version younger than retention_hours needs."""
+    spark.sql(f"REORG TABLE delta.`{location}` APPLY (PURGE)")
+    key = "spark.databricks.delta.retentionDurationCheck.enabled"
+    before = spark.conf.get(key, None)
+    # Delta refuses a retention under its default unless told; privacy.vacuum_retention_hours is that word.
+    spark.conf.set(key, "false")
+    try:
+        DeltaTable.forPath(spark, location).vacuum(retention_hours)
+    finally:
+        spark.conf.set(key, before) if before is not None else spark.conf.unset(key)
 
 
 def overwrite(df: DataFrame, location: str, partition_by: Optional[list[str]] = None,
