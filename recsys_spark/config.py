@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Optional
 
-from recsys_spark.schema import EVENT_TYPES
+from recsys_spark.schema import EVENT_TYPES, USER_ATTRIBUTE_COLUMNS
 
 LR_SCHEDULES = ("constant", "linear")
 
@@ -283,6 +283,14 @@ class PrivacyConfig:
     # older versions; until then those versions still hold a forgotten user. 0 purges at once (jobs
     # pinned to an older version, such as evaluating a model trained before, then fail).
     vacuum_retention_hours: float = 168.0
+    # Replace user ids at ingest by a keyed hash (recsys_spark.privacy). The key is read from the
+    # environment variable key_env, or on Databricks from the secret "scope/key" in key_secret;
+    # never write the key itself into a config file.
+    pseudonymize: bool = False
+    key_env: str = "RECSYS_PSEUDONYM_KEY"
+    key_secret: str = ""
+    # User attributes kept from the users input; other columns never reach silver/users.
+    user_columns: list[str] = field(default_factory=lambda: list(USER_ATTRIBUTE_COLUMNS))
 
 
 @dataclass(frozen=True)

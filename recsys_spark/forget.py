@@ -25,7 +25,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import schema, tables
+from recsys_spark import privacy, schema, tables
 from recsys_spark.config import Config
 
 
@@ -46,12 +46,21 @@ class ForgetReport:
 
 
 def read_user_ids(spark: SparkSession, path: str) -> DataFrame:
-    """Distinct ids (user_id column) from a text file: one per line, optional `user_id` header."""
+    """Distinct ids (user_id column) from a text file: one per line, optional `user_id` header.
+    These are the ids as the source systems know them (before any pseudonymization)."""
     lines = spark.read.text(path).select(F.trim("value").alias("user_id"))
     ids = lines.where((F.col("user_id") != "") & (F.col("user_id") != "user_id")).distinct()
     if ids.isEmpty():
         raise ValueError(f"{path} names no user ids: write one user id per line")
     return ids
+
+
+def _as_stored(spark: SparkSession, cfg: Config, ids: DataFrame) -> DataFrame:
+    """The ids as the tables hold them: their pseudonyms under privacy.pseudonymize."""
+    if not cfg.privacy.pseudonymize:
+        return ids
+    key = privacy.pseudonym_key(cfg.privacy, spark)
+    return spark.createDataFrame([(privacy.pseudonym(r.user_id, key),) for r in ids.collect()], "user_id string")
 
 
 def user_hash(col) -> "F.Column":
@@ -152,9 +161,10 @@ def _delete_reports(report_dir: str, user_ids: list[str]) -> list[str]:
 def run(spark: SparkSession, cfg: Config, users_file: str) -> ForgetReport:
     """Suppress, delete everywhere, re-pin the feature set, purge history, delete reports."""
     root = cfg.tables_dir
-    ids = read_user_ids(spark, users_file).persist()
+    source_ids = read_user_ids(spark, users_file)
+    _suppress(spark, root, source_ids)
+    ids = _as_stored(spark, cfg, source_ids).persist()
     user_ids = [r.user_id for r in ids.collect()]
-    _suppress(spark, root, ids)
     index = tables.path(root, schema.USER_INDEX)
     idxs = (tables.read(spark, index).join(ids, "user_id", "left_semi").select("user_idx")
             if tables.exists(spark, index) else spark.createDataFrame([], "user_idx long")).persist()

@@ -33,7 +33,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from recsys_spark import schema, tables
+from recsys_spark import privacy, schema, tables
 from recsys_spark.config import Config, IngestConfig
 from recsys_spark.forget import without_suppressed
 
@@ -444,15 +444,38 @@ def _store_events(spark: SparkSession, root: str, rows: DataFrame, raw_rows: int
     return n_valid, n_quarantined, n_new
 
 
-def _ingest_side_table(spark: SparkSession, root: str, path: str, cfg: IngestConfig, key: str, target: str,
-                       run_id: str) -> int:
-    """Upsert users or items by key (rows of forgotten users skipped, bad rows quarantined); rows upserted."""
-    quarantine_path = tables.path(root, schema.QUARANTINE)
-    raw, _ = read_raw(spark, path, cfg, (key,))
+def protect_users(spark: SparkSession, cfg: Config, raw: DataFrame) -> DataFrame:
+    """Raw rows as the privacy settings allow them in: forgotten users' rows dropped; with
+    privacy.pseudonymize, user ids replaced by their pseudonyms and lines that could not be split
+    (which may hold an id anywhere) replaced by their sha256."""
+    raw = without_suppressed(spark, cfg.tables_dir, raw)
+    if not cfg.privacy.pseudonymize:
+        return raw
+    raw = raw.withColumn("user_id", privacy.pseudonymize(F.col("user_id"), privacy.pseudonym_key(cfg.privacy, spark)))
+    if CORRUPT in raw.columns:
+        raw = raw.withColumn(CORRUPT, F.when(F.col(CORRUPT).isNotNull(), F.concat(
+            F.lit("withheld (privacy.pseudonymize), sha256 "), F.sha2(F.col(CORRUPT), 256))))
+    return raw
+
+
+def _allowed_user_columns(raw: DataFrame, cfg: Config) -> DataFrame:
+    """The users input without the columns privacy.user_columns does not list (named when dropped)."""
+    dropped = [c for c in raw.columns if c not in ("user_id", "source_file") and not c.startswith("_")
+               and c not in cfg.privacy.user_columns]
+    if dropped:
+        print(f"ingest: users columns not in privacy.user_columns dropped: {', '.join(dropped)}", flush=True)
+    return raw.drop(*dropped)
+
+
+def _ingest_side_table(spark: SparkSession, cfg: Config, path: str, key: str, target: str, run_id: str) -> int:
+    """Upsert users or items by key (bad rows quarantined; users as protect_users and
+    privacy.user_columns allow); rows upserted."""
+    quarantine_path = tables.path(cfg.tables_dir, schema.QUARANTINE)
+    raw, _ = read_raw(spark, path, cfg.ingest, (key,))
     if key not in raw.columns:
         raise IngestError(f"{path}: required column {key} is missing (found: {', '.join(raw.columns)})")
     if key == "user_id":
-        raw = without_suppressed(spark, root, raw)
+        raw = _allowed_user_columns(protect_users(spark, cfg, raw), cfg)
     df = raw.withColumn(key, F.trim(F.col(key).cast("string"))).withColumn("_raw", _raw_json(raw))
     df = df.withColumn("_reason", F.coalesce(_file_reason(raw), F.when(
         F.col(key).isNull() | (F.col(key) == ""), F.lit(f"null or empty {key}"))))
@@ -485,7 +508,7 @@ def run(spark: SparkSession, cfg: Config) -> IngestReport:
         if read_rows == 0:
             raise IngestError(f"events input {cfg.ingest.events} has no rows; nothing was written. "
                               f"Check the upstream export before re-running.")
-        raw = without_suppressed(spark, root, raw)
+        raw = protect_users(spark, cfg, raw)
         raw_rows = raw.count()
         rows = parse_events(raw, cfg.ingest, run_id, real_time=fmt != "sasrec")
         n_valid, n_quarantined, n_new = tables.retry_on_conflict(
@@ -493,8 +516,8 @@ def run(spark: SparkSession, cfg: Config) -> IngestReport:
         side = {}
         for key, name, configured in (("user_id", "users", cfg.ingest.users), ("item_id", "items", cfg.ingest.items)):
             path = _side_path(configured, cfg.paths.raw, name)
-            side[key] = _ingest_side_table(spark, root, path, cfg.ingest, key,
-                                           tables.path(root, getattr(schema, name.upper())), run_id) if path else 0
+            side[key] = _ingest_side_table(spark, cfg, path, key, tables.path(root, getattr(schema, name.upper())),
+                                           run_id) if path else 0
     report = IngestReport(run_id, read_rows, n_valid, n_quarantined, n_valid - n_new, n_new,
                           side["user_id"], side["item_id"], tables.version(spark, tables.path(root, schema.EVENTS)),
                           read_rows - raw_rows)

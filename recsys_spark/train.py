@@ -18,7 +18,7 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import schema, splits, tables
+from recsys_spark import privacy, schema, splits, tables
 from recsys_spark.config import Config, ConfigError, auto_dropout
 from recsys_spark.features import item_feature_arrays, read_stats
 from recsys_spark.model import ModelConfig, pad_right
@@ -124,7 +124,7 @@ def prepare(spark: SparkSession, cfg: Config) -> TrainJob:
         model_stats.update({k: stats[k] for k in ("profile_num_mean", "profile_num_std")})
     return TrainJob(
         files=files, model_config=model_config, item_features=feats, stats=model_stats,
-        train_config=cfg.train, full_config=cfg.to_dict(),
+        train_config=cfg.train, full_config=privacy.redacted(cfg.to_dict()),
         data_versions=versions, steps_per_epoch=max(1, math.ceil(n_rows / (cfg.train.batch_size * cfg.train.num_proc))),
         checkpoint_dir=cfg.models_dir,
         run_id="attn-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6],
