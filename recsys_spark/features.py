@@ -396,7 +396,9 @@ class Writer:
     def write(self, name: str, df: DataFrame, metadata: Optional[dict] = None) -> DataFrame:
         """Overwrite table `name` with df; return the table as written (read back at its version)."""
         loc = tables.path(self.root, name)
-        tables.overwrite(df, loc, metadata=metadata)
+        # A concurrent features run overwriting the same table makes Delta refuse one commit; it
+        # is rewritten after the other's (each run's feature set pins its own versions).
+        tables.retry_on_conflict(lambda: tables.overwrite(df, loc, metadata=metadata), f"features: writing {name}")
         self.versions[name] = tables.version(self.spark, loc)
         return tables.read(self.spark, loc, self.versions[name])
 

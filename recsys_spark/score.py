@@ -187,14 +187,21 @@ def _staged(scored: DataFrame, carried: Optional[DataFrame], run_id: str, run_da
 def _publish(spark: SparkSession, cfg: Config, final: DataFrame, run_date: date, meta: dict) -> int:
     """Write the run_date partition (atomically replacing it) and the latest table; the new version."""
     loc = tables.path(cfg.tables_dir, schema.RECOMMENDATIONS)
-    if tables.exists(spark, loc):
-        tables.replace_partition(final, loc, f"run_date = '{run_date.isoformat()}'", ["run_date"], metadata=meta)
-    else:
-        tables.overwrite(final, loc, partition_by=["run_date"], metadata=meta)
-    version = tables.version(spark, loc)
+
+    def write_list() -> int:
+        if tables.exists(spark, loc):
+            tables.replace_partition(final, loc, f"run_date = '{run_date.isoformat()}'", ["run_date"], metadata=meta)
+        else:
+            tables.overwrite(final, loc, partition_by=["run_date"], metadata=meta)
+        return tables.version(spark, loc)
+
+    # Another scoring run committing first (a concurrent nightly) makes Delta refuse this commit;
+    # it is retried, replacing the partition whole again.
+    version = tables.retry_on_conflict(write_list, f"score: writing {run_date} to {loc}")
     if cfg.score.write_latest:
-        tables.overwrite(tables.read(spark, loc, version).where(F.col("run_date") == F.lit(run_date)),
-                         tables.path(cfg.tables_dir, schema.RECOMMENDATIONS_LATEST), metadata=meta)
+        latest = tables.read(spark, loc, version).where(F.col("run_date") == F.lit(run_date))
+        tables.retry_on_conflict(lambda: tables.overwrite(latest, tables.path(cfg.tables_dir, schema.RECOMMENDATIONS_LATEST),
+                                                          metadata=meta), "score: writing the latest lists")
     return version
 
 

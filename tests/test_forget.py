@@ -6,28 +6,9 @@ import os
 import pytest
 from pyspark.sql import functions as F
 
+from benchmarks import faults
 from conftest import SHOP, make_config
 from recsys_spark import features, forget, ingest, report, schema, score, tables
-
-
-def _physical_rows_of(spark, root, user_ids, user_idxs):
-    """Rows naming the users in any parquet file left on disk under the tables folder (current
-    files, files of older versions not yet vacuumed, change-data files)."""
-    hits = {}
-    for loc in tables.delta_tables(spark, root):
-        for f in glob.glob(os.path.join(loc.replace("file:", ""), "**", "*.parquet"), recursive=True):
-            df = spark.read.parquet(f)
-            cond = F.lit(False)
-            if "user_id" in df.columns:
-                cond = cond | F.col("user_id").isin(user_ids)
-            if "user_idx" in df.columns and "user_id" not in df.columns:
-                cond = cond | F.col("user_idx").isin(user_idxs)
-            if "raw" in df.columns:
-                cond = cond | F.col("raw").rlike("|".join(f'"{u}"' for u in user_ids))
-            n = df.where(cond).count()
-            if n:
-                hits[f] = n
-    return hits
 
 
 def test_forget_removes_users_everywhere_and_keeps_them_out(spark, shop_copy, tmp_path):
@@ -40,14 +21,14 @@ def test_forget_removes_users_everywhere_and_keeps_them_out(spark, shop_copy, tm
     user_ids = shown + [ids[len(ids) // 2]]
     index = {r.user_id: r.user_idx for r in tables.read(spark, tables.path(root, schema.USER_INDEX)).collect()}
     user_idxs = [index[u] for u in user_ids]
-    assert _physical_rows_of(spark, root, user_ids, user_idxs)  # the check sees them before
+    assert faults.physical_rows_of(spark, root, user_ids, user_idxs)  # the check sees them before
     users_file = tmp_path / "forget.txt"
     users_file.write_text("user_id\n" + "\n".join(user_ids) + "\n")
 
     result = forget.run(spark, cfg, str(users_file))
 
     assert result.rows_removed[schema.EVENTS] > 0 and result.rows_removed[schema.RECOMMENDATIONS] > 0
-    assert _physical_rows_of(spark, root, user_ids, user_idxs) == {}
+    assert faults.physical_rows_of(spark, root, user_ids, user_idxs) == {}
     reports = glob.glob(os.path.join(cfg.paths.root, "reports", "*.html"))
     assert result.reports_removed and not any(u in open(p).read() for p in reports for u in shown)
     # The raw files still hold them: ingest skips their rows, and the rebuilt features lack them.
