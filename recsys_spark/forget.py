@@ -40,8 +40,9 @@ class ForgetReport:
         lines = [f"forget: {self.users} user(s); rows removed: {sum(self.rows_removed.values())}"]
         lines += [f"  {name:<28} {n:>7}" for name, n in sorted(self.rows_removed.items())]
         lines.append(f"  reports deleted: {', '.join(self.reports_removed) or 'none'}")
-        lines.append(f"  history purged beyond {self.retention_hours:g} h (privacy.vacuum_retention_hours); "
-                     f"younger versions keep the users until they age out: run forget again after that")
+        lines.append(f"  history purged beyond {self.retention_hours:g} h (privacy.vacuum_retention_hours)"
+                     + ("; versions younger than that still hold the users: run forget again once they have aged "
+                        "out" if self.retention_hours > 0 else "; no older version or change-data file is left"))
         return "\n".join(lines)
 
 
