@@ -316,7 +316,25 @@ class Config:
 
     @property
     def models_dir(self) -> str:
-        return os.path.join(self.paths.root, "models")
+        return self.local_dir("models")
+
+    @property
+    def reports_dir(self) -> str:
+        return self.local_dir("reports")
+
+    def local_dir(self, name: str) -> str:
+        """A folder under paths.root that is written with plain file I/O (checkpoints, reports):
+        a file: URI is used as its path; another URI is refused instead of becoming a local folder
+        named after the scheme."""
+        root = self.paths.root
+        if root.startswith("file:"):
+            root = "/" + root[len("file:"):].lstrip("/")
+        elif is_uri(root):
+            raise ConfigError(
+                f"paths.root is {self.paths.root!r}: Delta tables can live there, but {name} are written as "
+                f"files and need a filesystem path. On Databricks use a /dbfs/... or /Volumes/... path for "
+                f"paths.root; elsewhere a shared mount (NFS, a FUSE mount of the bucket).")
+        return os.path.join(root, name)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

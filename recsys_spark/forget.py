@@ -176,7 +176,7 @@ def run(spark: SparkSession, cfg: Config, users_file: str) -> ForgetReport:
     for loc in personal + ([index] if tables.exists(spark, index) else []):
         tables.purge(spark, loc, cfg.privacy.vacuum_retention_hours)
     report = ForgetReport(len(user_ids), removed,
-                          _delete_reports(os.path.join(cfg.paths.root, "reports"), user_ids),
+                          _delete_reports(cfg.reports_dir, user_ids),
                           cfg.privacy.vacuum_retention_hours)
     ids.unpersist()
     idxs.unpersist()

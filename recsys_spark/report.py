@@ -262,7 +262,7 @@ def run(spark: SparkSession, cfg: Config, n_examples: int = 3) -> str:
         "examples": _examples(spark, cfg, n_examples),
     }
     doc = _document(eval_id, model_run_id, int(cur.n_users.iloc[0]), sections, figs, ab, ab_text)
-    out_dir = os.path.join(cfg.paths.root, "reports")
+    out_dir = cfg.reports_dir
     os.makedirs(out_dir, exist_ok=True)
     path = os.path.join(out_dir, f"{eval_id}.html")
     with open(path, "w") as fh:

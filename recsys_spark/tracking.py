@@ -23,7 +23,7 @@ from recsys_spark.config import Config
 
 
 def tracking_uri(cfg: Config) -> str:
-    return cfg.tracking.uri or "file:" + os.path.join(cfg.paths.root, "mlruns")
+    return cfg.tracking.uri or "file:" + cfg.local_dir("mlruns")
 
 
 def _mlflow(cfg: Config):

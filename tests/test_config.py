@@ -110,3 +110,17 @@ def test_round_trip_through_dict():
 def test_shipped_profiles_are_valid(name):
     cfg = config.load(f"conf/{name}")
     assert cfg.train.num_proc >= 1
+
+
+@pytest.mark.parametrize("root", ["s3://bucket/recsys", "dbfs:/recsys", "abfss://c@acct.dfs.core.windows.net/r"])
+def test_a_uri_root_keeps_tables_there_and_refuses_file_outputs(root):
+    cfg = config.from_dict({"paths": {"root": root}})
+    assert cfg.tables_dir == f"{root}/tables"
+    for name in ("models_dir", "reports_dir"):
+        with pytest.raises(config.ConfigError, match=r"paths.root is .*need a filesystem path.*/dbfs/"):
+            getattr(cfg, name)
+
+
+def test_a_file_uri_root_writes_files_under_its_path():
+    cfg = config.from_dict({"paths": {"root": "file:///tmp/recsys"}})
+    assert (cfg.models_dir, cfg.reports_dir) == ("/tmp/recsys/models", "/tmp/recsys/reports")
