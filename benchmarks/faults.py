@@ -182,7 +182,7 @@ def planted_checkpoint(cfg: config_mod.Config) -> dict:
         checkpoints.load(chosen)
         outcome = "loaded"
     except checkpoints.CheckpointError as exc:
-        outcome = f"refused: {str(exc)[:120]}"
+        outcome = "refused: " + str(exc).replace(cfg.paths.root, "<paths.root>")[:160]
     finally:
         import shutil
 

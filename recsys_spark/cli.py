@@ -124,11 +124,12 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> int:
         return 0
     from recsys_spark.ingest import IngestError
     from recsys_spark.session import build_spark
+    from recsys_spark.tables import ConcurrentRunsError
 
     spark = build_spark(cfg.spark)
     try:
         run_stage(spark, cfg, stage, args)
-    except (IngestError, FileNotFoundError, ValueError) as exc:
+    except (IngestError, FileNotFoundError, ValueError, ConcurrentRunsError) as exc:
         print(f"error in {stage}: {exc}", file=sys.stderr)
         return 1
     finally:

@@ -49,6 +49,9 @@ class ForgetReport:
 def read_user_ids(spark: SparkSession, path: str) -> DataFrame:
     """Distinct ids (user_id column) from a text file: one per line, optional `user_id` header.
     These are the ids as the source systems know them (before any pseudonymization)."""
+    fs, hpath = tables.filesystem(spark, path)
+    if not fs.exists(hpath):
+        raise FileNotFoundError(f"forget --users {path}: no such file; give a file with one user id per line")
     lines = spark.read.text(path).select(F.trim("value").alias("user_id"))
     ids = lines.where((F.col("user_id") != "") & (F.col("user_id") != "user_id")).distinct()
     if ids.isEmpty():
@@ -137,10 +140,9 @@ def _tombstone_index(spark: SparkSession, root: str, ids: DataFrame) -> int:
 
 def _repin_feature_set(spark: SparkSession, root: str) -> None:
     """Record the newest feature set again at the tables' current (cleaned) versions."""
-    loc = tables.path(root, schema.FEATURE_SETS)
-    if not tables.exists(spark, loc):
+    latest = tables.newest_feature_set(spark, root)
+    if latest is None:
         return
-    latest = tables.read(spark, loc).orderBy(F.col("completed_at").desc()).first()
     versions = {name: tables.version(spark, tables.path(root, name)) for name in latest.versions}
     tables.record_feature_set(spark, root, f"{latest.run_id}+forget-{uuid.uuid4().hex[:8]}", versions)
 

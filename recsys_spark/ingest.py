@@ -23,7 +23,6 @@ import csv
 import glob
 import os
 import uuid
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from functools import reduce
@@ -119,9 +118,7 @@ def read_raw(spark: SparkSession, path: str, cfg: IngestConfig, required: tuple 
 def _input_files(spark: SparkSession, path: str) -> list[str]:
     """Data files at a path, directory (recursively) or glob, through Hadoop (local or remote);
     names starting with _ or . (Spark's and editors' side files) are skipped."""
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    fs, hpath = tables.filesystem(spark, path)
     out, pending = [], list(fs.globStatus(hpath) or [])
     while pending:
         st = pending.pop()
@@ -137,8 +134,8 @@ def _input_files(spark: SparkSession, path: str) -> list[str]:
 def _csv_header(spark: SparkSession, file: str, encoding: str) -> list[str]:
     """The column names of one CSV file's first line: unquoted, trimmed, lower-cased, BOM removed."""
     jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(file)
-    stream = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).open(hpath)
+    fs, hpath = tables.filesystem(spark, file)
+    stream = fs.open(hpath)
     try:
         line = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, encoding)).readLine()
     finally:
@@ -258,22 +255,6 @@ def _parse_timestamp(dtype: str, fmt: str):
     return F.when(s.rlike(r"^\d{9,19}$"), _epoch_to_timestamp(s)).otherwise(
         F.coalesce(F.to_timestamp(s, fmt), F.to_timestamp(s))
     )
-
-
-@contextmanager
-def _invalid_dates_as_null(spark: SparkSession):
-    """Under Spark's default parser policy a date the old parser read differently (e.g. 2026-1-5)
-    fails the whole job; CORRECTED makes it null, so the row is quarantined instead."""
-    key = "spark.sql.legacy.timeParserPolicy"
-    before = spark.conf.get(key, None)
-    spark.conf.set(key, "CORRECTED")
-    try:
-        yield
-    finally:
-        if before is None:
-            spark.conf.unset(key)
-        else:
-            spark.conf.set(key, before)
 
 
 def _file_reason(df: DataFrame):
@@ -502,7 +483,9 @@ def run(spark: SparkSession, cfg: Config) -> IngestReport:
     """Validate and load raw events (+ users/items when configured) into the bronze/silver tables."""
     run_id = "ingest-" + uuid.uuid4().hex[:12]
     root = cfg.tables_dir
-    with _invalid_dates_as_null(spark):
+    # Under Spark's default parser policy a date the old parser read differently (2026-1-5) fails
+    # the whole job; CORRECTED makes an unreadable date null, so its row is quarantined instead.
+    with tables.temporary_conf(spark, {"spark.sql.legacy.timeParserPolicy": "CORRECTED"}):
         raw, fmt = read_raw(spark, cfg.ingest.events, cfg.ingest, schema.REQUIRED_EVENT_COLUMNS)
         read_rows = raw.count()
         if read_rows == 0:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from typing import Callable, Optional, TypeVar
 
 T = TypeVar("T")
@@ -14,6 +15,25 @@ from pyspark.sql import functions as F
 
 from recsys_spark import schema
 from recsys_spark.config import is_uri
+
+
+@contextmanager
+def temporary_conf(spark: SparkSession, settings: dict):
+    """Spark SQL settings for the duration of a block, restored afterwards."""
+    before = {k: spark.conf.get(k, None) for k in settings}
+    for k, v in settings.items():
+        spark.conf.set(k, v)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            spark.conf.set(k, v) if v is not None else spark.conf.unset(k)
+
+
+def filesystem(spark: SparkSession, location: str):
+    """(Hadoop FileSystem, Hadoop Path) of a local path or storage URI."""
+    hpath = spark.sparkContext._jvm.org.apache.hadoop.fs.Path(location)
+    return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
 
 
 def path(root_tables: str, name: str) -> str:
@@ -67,14 +87,21 @@ def record_feature_set(spark: SparkSession, root_tables: str, run_id: str, versi
     append(df.withColumn("completed_at", F.current_timestamp()), path(root_tables, schema.FEATURE_SETS))
 
 
+def newest_feature_set(spark: SparkSession, root_tables: str):
+    """The newest complete feature set (a row: run_id, versions, completed_at), or None."""
+    sets = path(root_tables, schema.FEATURE_SETS)
+    if not exists(spark, sets):
+        return None
+    return read(spark, sets).orderBy(F.col("completed_at").desc()).first()
+
+
 def pinned_versions(spark: SparkSession, root_tables: str, names: tuple) -> dict:
     """The versions a reader of the feature tables pins: those of the newest complete features run,
     so a run killed halfway (some tables rewritten, others not) is never read as a mix. Tables from
     before feature sets were recorded are read at their latest versions."""
-    sets = path(root_tables, schema.FEATURE_SETS)
-    if exists(spark, sets):
-        latest = read(spark, sets).orderBy(F.col("completed_at").desc()).first().versions
-        return {n: latest[n] for n in names if n in latest}
+    newest = newest_feature_set(spark, root_tables)
+    if newest is not None:
+        return {n: newest.versions[n] for n in names if n in newest.versions}
     return {n: version(spark, path(root_tables, n)) for n in names if exists(spark, path(root_tables, n))}
 
 
@@ -98,9 +125,7 @@ def active_files(spark: SparkSession, location: str, at_version: int) -> list[st
 
 def delta_tables(spark: SparkSession, root_tables: str) -> list[str]:
     """Every Delta table under a folder (local or remote), as locations."""
-    jvm = spark.sparkContext._jvm
-    root = jvm.org.apache.hadoop.fs.Path(root_tables)
-    fs = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    fs, root = filesystem(spark, root_tables)
     found, pending = [], [root] if fs.exists(root) else []
     while pending:
         folder = pending.pop()
@@ -123,14 +148,8 @@ def purge(spark: SparkSession, location: str, retention_hours: float) -> None:
         # a small table take ~30 s of empty tasks.
         "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(max(2, spark.sparkContext.defaultParallelism * 4)),
     }
-    before = {k: spark.conf.get(k, None) for k in settings}
-    for k, v in settings.items():
-        spark.conf.set(k, v)
-    try:
+    with temporary_conf(spark, settings):
         DeltaTable.forPath(spark, location).vacuum(retention_hours)
-    finally:
-        for k, v in before.items():
-            spark.conf.set(k, v) if v is not None else spark.conf.unset(k)
 
 
 def overwrite(df: DataFrame, location: str, partition_by: Optional[list[str]] = None,
@@ -216,6 +235,10 @@ def insert_missing(spark: SparkSession, df: DataFrame, location: str, key: str) 
      .whenNotMatchedInsertAll().execute())
 
 
+class ConcurrentRunsError(RuntimeError):
+    """Another run kept committing to the same table; nothing of this attempt was written."""
+
+
 # Delta's commit conflicts (its Python classes do not share a base class).
 _CONFLICTS = (delta_errors.DeltaConcurrentModificationException, delta_errors.ConcurrentWriteException,
               delta_errors.MetadataChangedException, delta_errors.ProtocolChangedException,
@@ -231,7 +254,7 @@ def retry_on_conflict(write: Callable[[], T], what: str, attempts: int = 5) -> T
             return write()
         except _CONFLICTS as e:
             if attempt == attempts:
-                raise RuntimeError(f"{what}: another run kept committing to the same table; gave up after "
+                raise ConcurrentRunsError(f"{what}: another run kept committing to the same table; gave up after "
                                    f"{attempts} attempts. Nothing of this attempt was written; run it again "
                                    f"when the other run has finished. ({type(e).__name__})") from e
             print(f"{what}: another run committed first ({type(e).__name__}); retrying ({attempt}/{attempts})",
