@@ -24,6 +24,7 @@ import sys
 import textwrap
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import pandas as pd
 from pyspark.sql import functions as F
@@ -155,6 +156,22 @@ def concurrent_nightlies(spark, cfg: config_mod.Config) -> dict:
             "ids_numbered_twice": index.count() - index.select("user_id").distinct().count(),
             "users_with_two_lists": recs.groupBy("user_id", "rank").count().where("count > 1").count(),
             "rows_lost": len(new) - stored_new}
+
+
+@dataclass
+class LosesRank:
+    """A training batch source whose rank `rank` dies (the process exits, as when its executor is
+    lost) when it asks for batch number `after` (counted from 0). Travels by value to the ranks:
+    register this module with cloudpickle.register_pickle_by_value."""
+    inner: object
+    rank: int
+    after: int
+
+    def open(self, rank: int, size: int, batch_size: int, seed: int):
+        for i, batch in enumerate(self.inner.open(rank, size, batch_size, seed)):
+            if rank == self.rank and i == self.after:
+                os._exit(3)
+            yield batch
 
 
 class _RunsCode:

@@ -69,7 +69,7 @@ def export(argv: list[str]) -> int:
     job = prepare(spark, cfg)
     L = job.model_config.max_len
     parts = [pq.read_table(f[len("file:"):] if f.startswith("file:") else f,
-                           columns=["input", "target", "profile_cat", "profile_num"]).to_pydict() for f in job.files]
+                           columns=["input", "target", "profile_cat", "profile_num"]).to_pydict() for f in job.batches.files]
     train = {k: sum((p_[k] for p_ in parts), []) for k in ("input", "target", "profile_cat", "profile_num")}
     out = {f"feat_{k}": np.asarray(v) for k, v in job.item_features.items()}
     out.update({f"stat_{k}": np.asarray(v, dtype=np.float32) for k, v in job.stats.items()})

@@ -10,6 +10,11 @@ checkpoint, and `latest` skips temporary folders and folders whose manifest cann
 `load` unpickles with `weights_only=True` (tensors and plain containers only: a planted pickle cannot
 run code; torch >= 2.6, whose weights-only loader is not affected by CVE-2025-32434) and refuses a
 model.pt whose sha256 differs from the manifest's. Pure torch: never imports pyspark.
+
+A run in progress also keeps a resume state, `<models_dir>/<run_id>.resume/{state.pt, state.json}`:
+rank 0 replaces it after every epoch (weights, optimizer, every rank's RNG, the epoch reached and
+the early-stopping record; state.json says what it was trained on, to match a rerun against) and
+removes it once the checkpoint is written. It is never a model: `latest` skips it.
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import hashlib
 import json
 import os
 import pickle
+import shutil
 import sys
 import uuid
 from datetime import datetime, timezone
@@ -29,6 +35,8 @@ from recsys_spark.model import AttentionRecommender, ModelConfig, item_features_
 MODEL_FILE = "model.pt"
 MANIFEST_FILE = "manifest.json"
 TEMPORARY_MARK = ".tmp-"  # in the name of a folder still being written
+RESUME_MARK = ".resume"  # the end of the name of a run's resume-state folder
+RESUME_STATE, RESUME_META = "state.pt", "state.json"
 
 
 class CheckpointError(ValueError):
@@ -100,7 +108,7 @@ def latest(models_dir: str, run_id: str = "") -> str:
     for name in sorted(os.listdir(models_dir)) if os.path.isdir(models_dir) else []:
         folder = os.path.join(models_dir, name)
         complete = all(os.path.isfile(os.path.join(folder, f)) for f in (MANIFEST_FILE, MODEL_FILE))
-        if TEMPORARY_MARK in name or not complete:
+        if TEMPORARY_MARK in name or name.endswith(RESUME_MARK) or not complete:
             continue
         try:
             runs.append((manifest(folder)["created_at"], name))
@@ -109,3 +117,58 @@ def latest(models_dir: str, run_id: str = "") -> str:
     if not runs:
         raise FileNotFoundError(f"no trained model under {models_dir}; run the 'train' stage first")
     return os.path.join(models_dir, max(runs)[1])
+
+
+def _resume_folder(models_dir: str, run_id: str) -> str:
+    return os.path.join(models_dir, run_id + RESUME_MARK)
+
+
+def save_resume(models_dir: str, run_id: str, state: dict, fingerprint: dict) -> None:
+    """Replace run_id's resume state (each file written under a temporary name, then renamed)."""
+    folder = _resume_folder(models_dir, run_id)
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, RESUME_STATE + TEMPORARY_MARK + uuid.uuid4().hex[:6])
+    torch.save(state, tmp)
+    os.replace(tmp, os.path.join(folder, RESUME_STATE))
+    meta = {"run_id": run_id, "epoch": state["epoch"], "saved_at": datetime.now(timezone.utc).isoformat(),
+            "fingerprint": fingerprint}
+    with open(tmp, "w") as fh:
+        json.dump(meta, fh, indent=2, sort_keys=True)
+    os.replace(tmp, os.path.join(folder, RESUME_META))
+
+
+def load_resume(models_dir: str, run_id: str, fingerprint: dict):
+    """run_id's resume state, or None when it has none. Raises CheckpointError when the state was
+    saved by a run on other data or settings (it cannot continue this one)."""
+    folder = _resume_folder(models_dir, run_id)
+    if not os.path.isfile(os.path.join(folder, RESUME_STATE)) or not os.path.isfile(os.path.join(folder, RESUME_META)):
+        return None
+    with open(os.path.join(folder, RESUME_META)) as fh:
+        saved = json.load(fh)["fingerprint"]
+    if saved != fingerprint:
+        differ = sorted(k for k in set(saved) | set(fingerprint) if saved.get(k) != fingerprint.get(k))
+        raise CheckpointError(f"{folder} was saved by a run with other {', '.join(differ)}: it cannot continue this "
+                              f"run. Delete the folder, or set train.resume: off.")
+    return torch.load(os.path.join(folder, RESUME_STATE), map_location="cpu", weights_only=True)
+
+
+def find_resumable(models_dir: str, fingerprint: dict) -> tuple[str, int] | None:
+    """(run_id, epochs done) of the newest resume state saved with this fingerprint, or None."""
+    found = []
+    for name in sorted(os.listdir(models_dir)) if os.path.isdir(models_dir) else []:
+        meta = os.path.join(models_dir, name, RESUME_META)
+        if not name.endswith(RESUME_MARK) or not os.path.isfile(meta):
+            continue
+        try:
+            with open(meta) as fh:
+                saved = json.load(fh)
+        except (ValueError, OSError) as exc:
+            print(f"warning: skipping resume state {meta}: unreadable ({exc})", file=sys.stderr)
+            continue
+        if saved.get("fingerprint") == fingerprint and os.path.isfile(os.path.join(models_dir, name, RESUME_STATE)):
+            found.append((saved["saved_at"], saved["run_id"], int(saved["epoch"])))
+    return max(found)[1:] if found else None
+
+
+def drop_resume(models_dir: str, run_id: str) -> None:
+    shutil.rmtree(_resume_folder(models_dir, run_id), ignore_errors=True)

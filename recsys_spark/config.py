@@ -23,6 +23,8 @@ from typing import Any, Optional
 from recsys_spark.schema import EVENT_TYPES, USER_ATTRIBUTE_COLUMNS
 
 LR_SCHEDULES = ("constant", "linear")
+LAUNCHERS = ("horovod", "torch_distributor")
+RESUME_MODES = ("auto", "off")
 
 
 def auto_dropout(history_p80: float) -> float:
@@ -144,6 +146,11 @@ class FeaturesConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
+    # What starts the training ranks on the executors: horovod (horovod.spark.run, Gloo; not in
+    # Databricks Runtime 16 ML and later) or torch_distributor (pyspark.ml.torch's TorchDistributor,
+    # DistributedDataParallel over gloo on CPU, NCCL on GPU). Both run the same rank function.
+    launcher: str = "horovod"
+    # Ranks (one Spark task slot each; on a GPU cluster one GPU each).
     num_proc: int = 2
     epochs: int = 20
     batch_size: int = 128
@@ -197,6 +204,10 @@ class TrainConfig:
     # nightly: retrain when the newest model has already served this many scoring nights
     # (1 = retrain every night; 7 = weekly, scoring with the same model in between).
     retrain_every: int = 1
+    # auto: every epoch rank 0 saves a resume state (weights, optimizer, RNG, data position) and a
+    # run that stopped part-way (a lost executor) is continued by the next train on the same data
+    # and settings, ending with the weights an uninterrupted run would have; off: always start over.
+    resume: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -403,6 +414,10 @@ def _check_train(t: TrainConfig) -> None:
                           f"got {t.loss_negatives}")
     if t.num_proc < 1:
         raise ConfigError(f"train.num_proc: must be >= 1, got {t.num_proc}")
+    if t.launcher not in LAUNCHERS:
+        raise ConfigError(f"train.launcher: must be one of {', '.join(LAUNCHERS)}, got {t.launcher!r}")
+    if t.resume not in RESUME_MODES:
+        raise ConfigError(f"train.resume: must be one of {', '.join(RESUME_MODES)}, got {t.resume!r}")
     if t.d_model % t.n_heads:
         raise ConfigError(f"train.d_model ({t.d_model}) must be divisible by train.n_heads ({t.n_heads})")
     if t.retrain_every < 1:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from recsys_spark import checkpoints, schema
+from recsys_spark import checkpoints, devices, schema
 from recsys_spark.model import pad_left, pad_right
 from recsys_spark.topk import (DEFAULT_BLOCK_MB, explain, first_unseen, recommend, reserve_fresh,
                                topk_excluding)
@@ -83,14 +83,6 @@ def fallback_list(catalog: dict, profile_cat, seen: np.ndarray, k: int) -> tuple
         ranked, how = catalog["popular"], schema.SERVED_POPULAR
     row = first_unseen(ranked, [seen], k, catalog["ineligible"])[0]
     return [int(i) for i in row if i >= 0], how
-
-
-def pick_device(name: str) -> str:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("score.device is 'cuda' but this executor has no CUDA device; use 'auto' or 'cpu'")
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
 
 
 def _item_tensors(catalog: dict, device: str):
@@ -200,7 +192,7 @@ def _rank_batch(part: pd.DataFrame, spec: ScoringSpec, model, catalog: dict, ite
 
 def _score_partition(batches: Iterator[pd.DataFrame], spec: ScoringSpec, catalog_bc) -> Iterator[pd.DataFrame]:
     torch.set_num_threads(1)  # Spark runs one task per core
-    device = pick_device(spec.device)
+    device = devices.pick(spec.device, devices.spark_task_gpus(), key="score.device")
     catalog = catalog_bc.value
     items, ineligible = _item_tensors(catalog, device)
     model = checkpoints.cached_model(spec.ckpt_path).to(device)

@@ -2,8 +2,9 @@
 
 `prepare` pins the Delta versions of the training table and its companions, resolves that
 version's active parquet files through Spark, builds the typed model config from data statistics
-and a fixed validation sample, and returns one picklable TrainJob. `run` hands it to
-`horovod.spark.run`, which runs recsys_spark.trainer.worker on the executors.
+and a fixed validation sample, and returns one picklable TrainJob (continuing an interrupted run
+with the same fingerprint when train.resume is auto). `launch` runs recsys_spark.trainer.worker on
+the executors with the configured launcher: `horovod.spark.run`, or pyspark's TorchDistributor.
 """
 from __future__ import annotations
 
@@ -18,11 +19,11 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import privacy, schema, splits, tables
+from recsys_spark import checkpoints, privacy, schema, splits, tables
 from recsys_spark.config import Config, ConfigError, auto_dropout
 from recsys_spark.features import item_feature_arrays, read_stats
 from recsys_spark.model import ModelConfig, pad_right
-from recsys_spark.trainer import TrainJob, worker
+from recsys_spark.trainer import PetastormShards, TrainJob, worker
 
 # The tables a training run reads, pinned at the newest complete feature set (recorded in the checkpoint).
 PINNED_TABLES = (schema.TRAIN_EXAMPLES, schema.ITEM_CONTENT, schema.ITEM_INDEX, schema.USER_PROFILE,
@@ -112,6 +113,24 @@ def _validation_sample(spark: SparkSession, cfg: Config, versions: dict, n_num: 
     }
 
 
+def task_slots(spark: SparkSession) -> int:
+    """Tasks the cluster can run at once (what a barrier stage needs one of per rank), GPUs included."""
+    sc = spark.sparkContext._jsc.sc()
+    return int(sc.maxNumConcurrentTasks(sc.resourceProfileManager().defaultResourceProfile()))
+
+
+def check_slots(spark: SparkSession, cfg: Config) -> None:
+    """Every rank is a Spark task running beside the others: refuse more ranks than task slots
+    (TorchDistributor's barrier stage and Horovod would otherwise wait for slots that never come)."""
+    slots = task_slots(spark)
+    if cfg.train.num_proc > slots:
+        gpu = spark.conf.get("spark.task.resource.gpu.amount", None)
+        per = f" (one GPU each: spark.task.resource.gpu.amount={gpu})" if gpu else ""
+        raise ConfigError(f"train.num_proc is {cfg.train.num_proc} but the cluster runs {slots} task(s) at once{per}: "
+                          f"every {cfg.train.launcher} rank needs its own task slot. Lower train.num_proc to at most "
+                          f"{slots}, or add executors or cores.")
+
+
 def prepare(spark: SparkSession, cfg: Config) -> TrainJob:
     """Pin table versions, resolve active files, and size the model from the data."""
     versions = _pin_versions(spark, cfg.tables_dir)
@@ -122,34 +141,55 @@ def prepare(spark: SparkSession, cfg: Config) -> TrainJob:
     model_stats = {k: v for k, v in stats.items() if k in MODEL_STATISTICS}
     if len(stats.get("profile_num_mean", [])) == model_config.n_profile_num:
         model_stats.update({k: stats[k] for k in ("profile_num_mean", "profile_num_std")})
-    return TrainJob(
-        files=files, model_config=model_config, item_features=feats, stats=model_stats,
+    job = TrainJob(
+        batches=PetastormShards(files), model_config=model_config, item_features=feats, stats=model_stats,
         train_config=cfg.train, full_config=privacy.redacted(cfg.to_dict()),
         data_versions=versions, steps_per_epoch=max(1, math.ceil(n_rows / (cfg.train.batch_size * cfg.train.num_proc))),
         checkpoint_dir=cfg.models_dir,
         run_id="attn-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6],
         valid=_validation_sample(spark, cfg, versions, model_config.n_profile_num),
     )
+    if cfg.train.resume == "auto":
+        found = checkpoints.find_resumable(job.checkpoint_dir, job.fingerprint(cfg.train.num_proc))
+        if found:
+            job.run_id = found[0]
+            print(f"train: continuing run {job.run_id} after epoch {found[1]} (same data and settings; "
+                  f"train.resume: auto)", flush=True)
+    return job
+
+
+def launch(launcher: str, num_proc: int, fn, *args, use_gpu: bool = False):
+    """fn(*args) on num_proc executor task slots, ranks joined by recsys_spark.ranks.connect(launcher);
+    rank 0's result (fn must return a dict with its "rank" under horovod)."""
+    if launcher == "horovod":
+        import horovod.spark
+
+        results = horovod.spark.run(fn, args=args, num_proc=num_proc, use_gloo=True, start_timeout=600, verbose=0)
+        return next(r for r in results if r["rank"] == 0)
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    # local_mode=False: the ranks are barrier tasks on the executors (on a local master, the local
+    # executor), not processes on the driver.
+    return TorchDistributor(num_processes=num_proc, local_mode=False, use_gpu=use_gpu).run(fn, *args)
 
 
 def run(spark: SparkSession, cfg: Config) -> dict:
-    """Train with Horovod on Spark executors; return rank results and the checkpoint path."""
-    import horovod.spark
-
+    """Train on the executors with train.launcher; return rank 0's result and the checkpoint path."""
     from recsys_spark.tracking import log_train
 
+    check_slots(spark, cfg)
     job = prepare(spark, cfg)
     os.makedirs(job.checkpoint_dir, exist_ok=True)
-    print(f"train {job.run_id}: {len(job.files)} files of {tables.path(cfg.tables_dir, schema.TRAIN_EXAMPLES)} at "
-          f"version {job.data_versions[schema.TRAIN_EXAMPLES]}, {cfg.train.num_proc} Horovod ranks, "
-          f"{job.steps_per_epoch} steps/epoch", flush=True)
+    use_gpu = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
+    print(f"train {job.run_id}: {len(job.batches.files)} files of {tables.path(cfg.tables_dir, schema.TRAIN_EXAMPLES)} "
+          f"at version {job.data_versions[schema.TRAIN_EXAMPLES]}, {cfg.train.num_proc} {cfg.train.launcher} ranks "
+          f"on {'GPUs' if use_gpu else 'CPUs'}, {job.steps_per_epoch} steps/epoch", flush=True)
     t0 = time.time()
-    results = horovod.spark.run(worker, args=(job,), num_proc=cfg.train.num_proc, use_gloo=True,
-                                start_timeout=600, verbose=0)
+    result = launch(cfg.train.launcher, cfg.train.num_proc, worker, job, use_gpu=use_gpu)
     elapsed = time.time() - t0
     path = os.path.join(job.checkpoint_dir, job.run_id)
-    history = next(r for r in results if r["rank"] == 0)["history"]
+    history = result["history"]
     print(f"train {job.run_id}: done in {elapsed:.1f}s ({len(history)} epochs), final loss "
           f"{history[-1]['loss']:.4f}; checkpoint {path}", flush=True)
-    return {"run_id": job.run_id, "checkpoint": path, "results": results, "history": history, "seconds": elapsed,
+    return {"run_id": job.run_id, "checkpoint": path, "result": result, "history": history, "seconds": elapsed,
             "mlflow_run_id": log_train(cfg, path)}

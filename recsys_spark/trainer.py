@@ -1,23 +1,27 @@
-"""The training loop of one rank: its Petastorm shard, the optimizer steps, validation, early
-stopping and the checkpoint (rank 0). Pure torch and Petastorm: never imports pyspark.
+"""The training loop of one rank: its shard of the training rows, the optimizer steps, validation,
+early stopping, the per-epoch resume state and the checkpoint (rank 0). Pure torch and Petastorm:
+never imports pyspark, so the same function runs under torchrun on a machine without Spark.
 
-`worker` runs under Horovod (recsys_spark.train launches it on Spark executors): each rank reads a
-disjoint shard of row groups of the pinned training table's files with Petastorm's
-`make_batch_reader(cur_shard=rank, shard_count=size)`, gradients are averaged by Horovod, rank 0
-decides early stopping and the time budget for every rank and writes the checkpoint.
+`worker` is the one rank function of both launchers (recsys_spark.train starts it on Spark
+executors with Horovod or TorchDistributor; recsys_spark.ranks hides which). Each rank reads a
+disjoint shard of the job's batch source: on Spark, row groups of the pinned training table's
+files through Petastorm (`make_batch_reader(cur_shard=rank, shard_count=size)`); elsewhere, rows of
+exported arrays. Gradients are averaged across ranks; rank 0 decides early stopping and the time
+budget for every rank, saves the resume state after every epoch and writes the checkpoint.
 """
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 import torch
 
-from recsys_spark import checkpoints
+from recsys_spark import checkpoints, devices, ranks as ranks_mod
 from recsys_spark.metrics import ndcg_at_k
 from recsys_spark.model import AttentionRecommender
 from recsys_spark.ranking import encode_users
@@ -30,10 +34,47 @@ if TYPE_CHECKING:  # the job carries them; this module needs no config code to r
 TRAIN_COLUMNS = ["user_idx", "window", "input", "target", "profile_cat", "profile_num"]
 
 
+# Train settings that do not change what a run computes: a rerun that differs only in them resumes.
+RESUME_NEUTRAL = ("resume", "progress_every_s", "retrain_every")
+
+
+@dataclass
+class PetastormShards:
+    """Batches from the pinned training table's active parquet files, read with Petastorm: a rank's
+    shard is every size-th row group (see shard_batches)."""
+    files: list[str]
+
+    def open(self, rank: int, size: int, batch_size: int, seed: int) -> Iterator[dict]:
+        return shard_batches(self.files, rank, size, batch_size, seed)
+
+
+@dataclass
+class ArrayShards:
+    """Batches from an .npz of training rows (`{prefix}input`, `{prefix}target`, `{prefix}profile_cat`,
+    `{prefix}profile_num`, as `python -m benchmarks.gpu export` writes), for a machine without Spark:
+    a rank's shard is rows rank, rank + size, ...; each pass over it is a fresh seeded shuffle."""
+    path: str
+    prefix: str = "train_"
+
+    def open(self, rank: int, size: int, batch_size: int, seed: int) -> Iterator[dict]:
+        with np.load(self.path) as npz:
+            arrays = {c: npz[self.prefix + c] for c in ("input", "target", "profile_cat", "profile_num")}
+        rows = np.arange(rank, len(arrays["input"]), size)
+        if len(rows) < batch_size:
+            raise ValueError(f"{self.path}: rank {rank} of {size} has {len(rows)} rows, fewer than a batch of {batch_size}")
+        rng = np.random.default_rng(seed + rank)
+        pending = np.zeros(0, dtype=np.int64)
+        while True:
+            pending = np.concatenate([pending, rng.permutation(rows)])
+            while len(pending) >= batch_size:
+                take, pending = pending[:batch_size], pending[batch_size:]
+                yield {k: v[take] for k, v in arrays.items()}
+
+
 @dataclass
 class TrainJob:
     """Everything a rank needs (it is pickled to the executors)."""
-    files: list[str]
+    batches: PetastormShards | ArrayShards
     model_config: "ModelConfig"
     item_features: dict  # recsys_spark.model.ITEM_FEATURES as numpy arrays
     stats: dict  # scaling statistics from gold/feature_stats
@@ -46,6 +87,14 @@ class TrainJob:
     # Validation sample for early stopping: target (V,), seen (V training histories, oldest first),
     # profile_cat (V, A), profile_num (V, P). None disables early stopping.
     valid: Optional[dict] = None
+
+    def fingerprint(self, ranks: int) -> dict:
+        """What a run computes from (data, model, settings, ranks): a resume state saved under
+        another fingerprint cannot continue this run."""
+        tc = {k: v for k, v in asdict(self.train_config).items() if k not in RESUME_NEUTRAL}
+        return json.loads(json.dumps({"data_versions": self.data_versions, "model_config": self.model_config.to_dict(),
+                                      "train_config": tc, "ranks": ranks, "steps_per_epoch": self.steps_per_epoch},
+                                     sort_keys=True, default=str))
 
 
 def _stack(column) -> np.ndarray:
@@ -100,10 +149,12 @@ def shard_batches(files: list[str], rank: int, size: int, batch_size: int, seed:
 
 
 def train_steps(model, optimizer, batches: Iterator[dict], steps: int, device: str = "cpu",
-                progress=None, lr_at=None) -> float:
+                progress=None, lr_at=None, net=None) -> float:
     """Run `steps` optimizer steps; return the mean loss. Works with any iterator of batches.
     progress(step, steps, mean_loss), if given, is called after every step (it throttles itself);
-    lr_at(step), if given, is the learning rate for step 0..steps-1 of this call."""
+    lr_at(step), if given, is the learning rate for step 0..steps-1 of this call; net, if given, is
+    the module to call (model wrapped by DistributedDataParallel). bf16 autocast on a GPU."""
+    net = model if net is None else net
     model.train()
     total = 0.0
     for step in range(steps):
@@ -115,7 +166,8 @@ def train_steps(model, optimizer, batches: Iterator[dict], steps: int, device: s
         tgt = torch.as_tensor(b["target"], dtype=torch.long, device=device)
         pc = torch.as_tensor(b["profile_cat"], dtype=torch.long, device=device) if model.use_profile else None
         pn = torch.as_tensor(b["profile_num"], dtype=torch.float32, device=device) if model.use_behaviour else None
-        _, loss = model(seq, tgt, pc, pn)
+        with devices.autocast(device):
+            _, loss = net(seq, tgt, pc, pn)
         optimizer.zero_grad()
         loss.backward()
         if hasattr(optimizer, "synchronize"):
@@ -169,7 +221,7 @@ def linear_lr(peak: float, step: int, total_steps: int, floor: float = 0.01) -> 
     return peak * max(floor, 1.0 - step / max(1, total_steps))
 
 
-def validate(model, valid: dict, k: int = 10, batch: int = 512) -> float:
+def validate(model, valid: dict, k: int = 10, batch: int = 512, device: str = "cpu") -> float:
     """NDCG@k of the validation targets, full ranking with each user's history removed."""
     model.eval()
     tops = []
@@ -177,7 +229,8 @@ def validate(model, valid: dict, k: int = 10, batch: int = 512) -> float:
         items = model.item_vectors()
         for lo in range(0, len(valid["target"]), batch):
             sl = slice(lo, lo + batch)
-            users = encode_users(model, valid["seen"][sl], valid["profile_cat"][sl], valid["profile_num"][sl], items)
+            users = encode_users(model, valid["seen"][sl], valid["profile_cat"][sl], valid["profile_num"][sl], items,
+                                 device)
             tops.append(topk_excluding(users, items, valid["seen"][sl], k)[0])
     model.train()
     return ndcg_at_k(np.concatenate(tops), valid["target"], k)
@@ -199,21 +252,67 @@ class EarlyStopping:
             self.bad_evals += 1
         return patience_spent(self.bad_evals, self.patience, steps_done, self.min_steps)
 
+    def state(self) -> dict:
+        return {"best_ndcg": self.best_ndcg, "best_epoch": self.best_epoch, "best_state": self.best_state,
+                "bad_evals": self.bad_evals}
 
-def _rank_setup(job: TrainJob, hvd):
-    """(model, Horovod optimizer, peak lr), identical on every rank."""
+    def restore(self, state: dict) -> None:
+        self.best_ndcg, self.best_epoch = state["best_ndcg"], state["best_epoch"]
+        self.best_state, self.bad_evals = state["best_state"], state["bad_evals"]
+
+
+def _rank_setup(job: TrainJob, size: int, device: str):
+    """(model on the device, optimizer, peak lr): the seeded initial state, identical on every rank."""
     tc = job.train_config
     torch.set_num_threads(tc.threads_per_rank)
     torch.manual_seed(tc.seed)
     np.random.seed(tc.seed)
     model = AttentionRecommender(job.model_config, {k: torch.as_tensor(v) for k, v in job.item_features.items()},
-                                 job.stats)
-    peak_lr = tc.lr * hvd.size() ** 0.5
-    opt = torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=tc.weight_decay)
-    # Horovod cannot broadcast bool tensors; the bool buffer (has_id) comes from the job on every rank.
-    hvd.broadcast_parameters({k: v for k, v in model.state_dict().items() if v.dtype != torch.bool}, root_rank=0)
-    hvd.broadcast_optimizer_state(opt, root_rank=0)
-    return model, hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters()), peak_lr
+                                 job.stats).to(device)
+    peak_lr = tc.lr * size ** 0.5
+    return model, torch.optim.AdamW(model.parameters(), lr=peak_lr, weight_decay=tc.weight_decay), peak_lr
+
+
+@dataclass
+class RunState:
+    """Where a run is: epochs done, their history, the planned epochs, seconds trained, early stopping."""
+    epoch: int
+    plan: int
+    stopper: EarlyStopping
+    history: list = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+
+def _resume(job: TrainJob, ranks, model, state: RunState) -> Optional[dict]:
+    """Load the run's resume state, if it has one, into the model, run state and this rank's RNG;
+    returns it (the optimizer's part is loaded once the optimizer is wrapped)."""
+    saved = checkpoints.load_resume(job.checkpoint_dir, job.run_id, job.fingerprint(ranks.size))
+    if saved is None:
+        return None
+    model.load_state_dict(saved["model"])
+    state.epoch, state.plan, state.history, state.elapsed_s = (saved["epoch"], saved["plan"], saved["history"],
+                                                               saved["elapsed_s"])
+    state.stopper.restore(saved["stopper"])
+    torch.set_rng_state(saved["rng"][ranks.rank]["cpu"])
+    if "cuda" in saved["rng"][ranks.rank] and ranks.device != "cpu":
+        torch.cuda.set_rng_state(saved["rng"][ranks.rank]["cuda"], ranks.device)
+    if ranks.rank == 0:
+        print(f"[train {job.run_id}] resuming after epoch {state.epoch} (resume state in {job.checkpoint_dir})",
+              flush=True)
+    return saved
+
+
+def _save_resume(job: TrainJob, ranks, model, opt, state: RunState) -> None:
+    """Every rank's RNG is gathered (a collective: all ranks call this); rank 0 writes."""
+    rng = {"cpu": torch.get_rng_state()}
+    if ranks.device != "cpu":
+        rng["cuda"] = torch.cuda.get_rng_state(ranks.device)
+    rngs = ranks.gather(rng)
+    if ranks.rank == 0:
+        checkpoints.save_resume(job.checkpoint_dir, job.run_id, {
+            "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rngs, "epoch": state.epoch,
+            "plan": state.plan, "history": state.history, "elapsed_s": state.elapsed_s,
+            "stopper": state.stopper.state()}, job.fingerprint(ranks.size))
 
 
 def _epoch_schedule(job: TrainJob, epoch: int, plan: int, peak_lr: float, is_root: bool):
@@ -228,18 +327,18 @@ def _epoch_schedule(job: TrainJob, epoch: int, plan: int, peak_lr: float, is_roo
     return progress, lr_at
 
 
-def _root_decision(job: TrainJob, model, entry: dict, stopper: EarlyStopping, started: float, plan: int) -> tuple[int, int]:
-    """Rank 0: validate when due; (stop: 0 go on, 1 no validation gain, 2 time budget; planned epochs)."""
+def _root_decision(job: TrainJob, model, entry: dict, state: RunState, started: float, device: str) -> int:
+    """Rank 0: validate when due, re-plan under a time budget; 0 go on, 1 no validation gain, 2 time budget."""
     tc, epoch = job.train_config, entry["epoch"]
     stop = 0
     if job.valid is not None and epoch % tc.eval_every == 0:
-        entry["valid_ndcg@10"] = validate(model, job.valid)
-        stop = int(stopper.update(model, entry["valid_ndcg@10"], epoch, epoch * job.steps_per_epoch))
+        entry["valid_ndcg@10"] = validate(model, job.valid, device=device)
+        stop = int(state.stopper.update(model, entry["valid_ndcg@10"], epoch, epoch * job.steps_per_epoch))
     if tc.time_budget_s:
         if time.time() - started > tc.time_budget_s:
             stop = 2
-        plan = planned_epochs(tc.epochs, tc.time_budget_s, epoch, time.time() - started)
-    return stop, plan
+        state.plan = planned_epochs(tc.epochs, tc.time_budget_s, epoch, time.time() - started)
+    return stop
 
 
 def _log_epoch(job: TrainJob, entry: dict, ranks: int) -> None:
@@ -249,46 +348,66 @@ def _log_epoch(job: TrainJob, entry: dict, ranks: int) -> None:
 
 
 def worker(job: TrainJob) -> dict:
-    """One Horovod rank. Returns per-epoch losses, timings and the rank's final weight checksum."""
-    import horovod.torch as hvd
-
-    hvd.init()
-    tc, is_root = job.train_config, hvd.rank() == 0
-    model, opt, peak_lr = _rank_setup(job, hvd)
-    batches = shard_batches(job.files, hvd.rank(), hvd.size(), tc.batch_size, tc.seed)
-    stopper = EarlyStopping(tc.patience, tc.min_steps)
-    history, started, plan = [], time.time(), tc.epochs  # plan: re-estimated under a time budget
-    for epoch in range(tc.epochs):
+    """One rank, under either launcher. Returns the per-epoch history and every rank's final weight
+    checksum (each rank returns them all: TorchDistributor hands back only rank 0's result)."""
+    tc = job.train_config
+    ranks = ranks_mod.connect(tc.launcher)
+    is_root = ranks.rank == 0
+    model, opt, peak_lr = _rank_setup(job, ranks.size, ranks.device)
+    state = RunState(epoch=0, plan=tc.epochs, stopper=EarlyStopping(tc.patience, tc.min_steps))
+    saved = _resume(job, ranks, model, state) if tc.resume == "auto" else None
+    net, opt = ranks.setup(model, opt)
+    if saved is not None:
+        opt.load_state_dict(saved["optimizer"])
+    batches = job.batches.open(ranks.rank, ranks.size, tc.batch_size, tc.seed)
+    # The data position of the resumed epoch: the batches the finished epochs drew, drawn again.
+    next(itertools.islice(batches, state.epoch * job.steps_per_epoch, state.epoch * job.steps_per_epoch), None)
+    started = time.time() - state.elapsed_s
+    stop = 0
+    while state.epoch < tc.epochs and not stop:
         t0 = time.time()
-        progress, lr_at = _epoch_schedule(job, epoch, plan, peak_lr, is_root)
-        loss = train_steps(model, opt, batches, job.steps_per_epoch, progress=progress, lr_at=lr_at)
-        loss = float(hvd.allreduce(torch.tensor(loss), name="epoch_loss"))
-        entry = {"epoch": epoch + 1, "loss": loss, "seconds": round(time.time() - t0, 3),
+        progress, lr_at = _epoch_schedule(job, state.epoch, state.plan, peak_lr, is_root)
+        loss = train_steps(model, opt, batches, job.steps_per_epoch, ranks.device, progress, lr_at, net)
+        state.epoch += 1
+        entry = {"epoch": state.epoch, "loss": ranks.mean(loss, name="epoch_loss"),
+                 "seconds": round(time.time() - t0, 3),
                  "lr": round(float(opt.param_groups[0]["lr"]), 7)}  # of the epoch's last step
-        stop = 0
         if is_root:
-            stop, plan = _root_decision(job, model, entry, stopper, started, plan)
+            stop = _root_decision(job, model, entry, state, started, ranks.device)
         # One broadcast carries rank 0's decisions, so every rank follows the same schedule.
-        stop, plan = (int(v) for v in hvd.broadcast(torch.tensor([stop, plan]), root_rank=0, name=f"stop_{epoch}"))
-        history.append(entry)
+        stop, state.plan = ranks.broadcast_ints([stop, state.plan], name=f"stop_{state.epoch}")
+        state.history.append(entry)
+        state.elapsed_s = time.time() - started
         if is_root:
-            _log_epoch(job, entry, hvd.size())
-        if stop:
-            if is_root:
-                why = (f"no validation gain in {tc.patience} evaluations" if stop == 1
-                       else f"time budget of {tc.time_budget_s:.0f}s used")
-                print(f"[train {job.run_id}] early stop: {why}; keeping epoch {stopper.best_epoch or epoch + 1}",
-                      flush=True)
-            break
+            _log_epoch(job, entry, ranks.size)
+        if tc.resume == "auto" and state.epoch < tc.epochs and not stop:
+            _save_resume(job, ranks, model, opt, state)
     batches.close()  # closes the Petastorm reader
-    checksum = float(sum(p.detach().double().sum() for p in model.parameters()))
     if is_root:
-        if stopper.best_state is not None:
-            model.load_state_dict(stopper.best_state)
-        checkpoints.save(job.checkpoint_dir, job.run_id, model, {
-            "model_config": job.model_config.to_dict(), "train_config": asdict(tc),
-            "data_versions": job.data_versions, "history": history,
-            "best_epoch": stopper.best_epoch or len(history)}, job.full_config)
-    rank = hvd.rank()
-    hvd.shutdown()
-    return {"rank": rank, "history": history, "checksum": checksum}
+        _report_stop(job, stop, state)
+    checksums = ranks.gather(float(sum(p.detach().double().sum() for p in model.parameters())))
+    if is_root:
+        _save_model(job, model, state)
+    rank = ranks.rank
+    ranks.close()
+    return {"rank": rank, "history": state.history, "checksum": checksums[rank], "checksums": checksums,
+            "device": ranks.device, "ranks": len(checksums)}
+
+
+def _report_stop(job: TrainJob, stop: int, state: RunState) -> None:
+    if stop:
+        tc = job.train_config
+        why = f"no validation gain in {tc.patience} evaluations" if stop == 1 else f"time budget of {tc.time_budget_s:.0f}s used"
+        print(f"[train {job.run_id}] early stop: {why}; keeping epoch {state.stopper.best_epoch or state.epoch}",
+              flush=True)
+
+
+def _save_model(job: TrainJob, model, state: RunState) -> None:
+    """Rank 0: the checkpoint (best validated weights), then the resume state is no longer needed."""
+    if state.stopper.best_state is not None:
+        model.load_state_dict(state.stopper.best_state)
+    checkpoints.save(job.checkpoint_dir, job.run_id, model, {
+        "model_config": job.model_config.to_dict(), "train_config": asdict(job.train_config),
+        "data_versions": job.data_versions, "history": state.history,
+        "best_epoch": state.stopper.best_epoch or len(state.history)}, job.full_config)
+    checkpoints.drop_resume(job.checkpoint_dir, job.run_id)

@@ -45,7 +45,9 @@ fi
 vpy=$venv/bin/python
 
 # Reinstall dependencies only when pyproject.toml or this script changed.
-stamp=$(cat "$repo/pyproject.toml" "$repo/scripts/setup.sh" "$repo/scripts/build_horovod.sh" | sha256sum | cut -c1-16)
+# HOROVOD_GPU=1 installs the NCCL build of Horovod instead (see scripts/build_horovod.sh).
+stamp=$( (cat "$repo/pyproject.toml" "$repo/scripts/setup.sh" "$repo/scripts/build_horovod.sh"; echo "gpu=${HOROVOD_GPU:-0}") \
+  | sha256sum | cut -c1-16)
 if [ "$(cat "$venv/.recsys-stamp" 2>/dev/null)" != "$stamp" ]; then
   log "installing the pinned stack into $venv (first run: a few minutes; torch is large)"
   "$vpy" -m pip install -q --upgrade pip wheel "setuptools>=64,<70" >&2

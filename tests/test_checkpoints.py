@@ -130,3 +130,20 @@ def test_temporary_and_unreadable_folders_are_skipped(tmp_path, capsys):
     (weightless / "manifest.json").write_text('{"run_id": "attn-d", "created_at": "2026-12-31T00:00:00"}')
     assert os.path.basename(checkpoints.latest(str(models))) == "attn-a"
     assert "skipping checkpoint folder" in capsys.readouterr().err
+
+
+def test_a_resume_state_is_found_by_what_it_was_trained_on_and_is_never_a_model(tmp_path):
+    models = str(tmp_path / "models")
+    data_a = {"data_versions": {"train": 3}, "ranks": 2}
+    checkpoints.save_resume(models, "attn-x", {"epoch": 2, "weights": torch.ones(3)}, data_a)
+    assert checkpoints.find_resumable(models, data_a) == ("attn-x", 2)
+    # Another feature set (or other settings) cannot continue it: not found, and loading it says why.
+    data_b = {"data_versions": {"train": 4}, "ranks": 2}
+    assert checkpoints.find_resumable(models, data_b) is None
+    with pytest.raises(checkpoints.CheckpointError, match="other data_versions"):
+        checkpoints.load_resume(models, "attn-x", data_b)
+    assert torch.equal(checkpoints.load_resume(models, "attn-x", data_a)["weights"], torch.ones(3))
+    with pytest.raises(FileNotFoundError, match="no trained model"):
+        checkpoints.latest(models)
+    checkpoints.drop_resume(models, "attn-x")
+    assert checkpoints.find_resumable(models, data_a) is None and checkpoints.load_resume(models, "attn-x", data_a) is None

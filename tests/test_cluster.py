@@ -1,8 +1,9 @@
 """The nightly job submitted with spark-submit to a real standalone Spark cluster on this machine.
 
 One master and two workers (one core each) are started with the scripts that ship with pyspark
-(bin/spark-class), so nothing can lean on local mode: Horovod's two ranks run in two executors,
-and every Delta table is read and written by executors in other JVMs.
+(bin/spark-class), so nothing can lean on local mode: the two training ranks (TorchDistributor,
+the launcher for Databricks Runtime 16 ML and later; Horovod is tested on local Spark) run as a
+barrier stage in two executors, and every Delta table is read and written by executors in other JVMs.
 """
 import os
 import re
@@ -85,7 +86,7 @@ def test_nightly_on_a_standalone_cluster_via_spark_submit(cluster, tmp_path):
         "paths": {"root": str(root), "raw": str(root / "raw")},
         "generate": {"users": 400, "items": 80, "events": 16000},
         "features": {"max_seq_len": 20, "train_files": 4},
-        "train": {"num_proc": 2, "epochs": 4, "batch_size": 64, "d_model": 32},
+        "train": {"num_proc": 2, "epochs": 4, "batch_size": 64, "d_model": 32, "launcher": "torch_distributor"},
         "score": {"k": 10, "run_date": "2026-07-01"},
     }
     cfg_file = tmp_path / "cluster.yaml"
@@ -102,6 +103,7 @@ def test_nightly_on_a_standalone_cluster_via_spark_submit(cluster, tmp_path):
     (cluster["logs"] / "submit.log").write_text(log)
     assert out.returncode == 0, log[-5000:]
     assert "nightly stage wall times" in out.stdout
+    assert "2 torch_distributor ranks on CPUs" in out.stdout
     # The job really ran on the cluster's executors, not in local mode.
     apps = list((cluster["logs"]).glob("worker*/app-*/*"))
     assert len({p.parent.parent.name for p in apps}) == 2, "both workers must have run executors"

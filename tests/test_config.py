@@ -83,6 +83,8 @@ def test_value_checks():
     ("features.sequence_event_types=[]", "features.sequence_event_types: must name at least one"),
     ("ingest.event_types=[]", "ingest.event_types: must name at least one"),
     ("evaluate.ks=[0]", "evaluate.ks: cut-offs must be >= 1"),
+    ("train.launcher=mpi", "train.launcher: must be one of horovod, torch_distributor, got 'mpi'"),
+    ("train.resume=always", "train.resume: must be one of auto, off"),
 ])
 def test_absurd_values_are_refused_naming_the_key(override, message):
     with pytest.raises(config.ConfigError, match=re.escape(message)):
@@ -106,7 +108,7 @@ def test_round_trip_through_dict():
     assert config.from_dict(cfg.to_dict()) == cfg
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "bench.yaml", "cluster.yaml"])
+@pytest.mark.parametrize("name", ["local.yaml", "bench.yaml", "cluster.yaml", "cluster-gpu.yaml"])
 def test_shipped_profiles_are_valid(name):
     cfg = config.load(f"conf/{name}")
     assert cfg.train.num_proc >= 1

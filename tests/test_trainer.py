@@ -1,4 +1,5 @@
-"""The rank loop: Petastorm over pinned Delta versions, Horovod on local Spark (2 ranks, Gloo),
+"""The rank loop: Petastorm over pinned Delta versions, both launchers on local Spark (2 ranks,
+Gloo: Horovod, and TorchDistributor with DistributedDataParallel), resume after a lost rank,
 early stopping and the schedules."""
 import glob
 import os
@@ -7,15 +8,21 @@ import sys
 import cloudpickle
 import numpy as np
 import pytest
+from pyspark import cloudpickle as spark_cloudpickle
 
-from recsys_spark import tables
+from benchmarks import faults
+from recsys_spark import checkpoints, tables
 from recsys_spark.config import TrainConfig
 from recsys_spark.model import ModelConfig
-from recsys_spark.trainer import TrainJob, shard_batches, worker
+from recsys_spark.train import launch
+from recsys_spark.trainer import PetastormShards, TrainJob, shard_batches, worker
 
-# Horovod ships rank functions with cloudpickle; this module is not importable on the ranks, so its
-# functions (shard_ids) travel by value.
-cloudpickle.register_pickle_by_value(sys.modules[__name__])
+# Both launchers ship rank functions with cloudpickle (Horovod the package, TorchDistributor pyspark's
+# copy); this module and the fault injector are not importable on the ranks, so they travel by value.
+for _pickler in (cloudpickle, spark_cloudpickle):
+    _pickler.register_pickle_by_value(sys.modules[__name__])
+    _pickler.register_pickle_by_value(faults)
+LAUNCHERS = ["horovod", "torch_distributor"]
 
 L = 4
 
@@ -30,18 +37,18 @@ def _train_df(spark, users, files):
     return df.repartition(files, "user_idx").sortWithinPartitions("user_idx")
 
 
-def shard_ids(files, seed=0):
-    """Horovod rank function: this rank's shard read once, as (user_idx, window) keys."""
-    import horovod.torch as hvd
+def shard_ids(files, launcher, seed=0):
+    """Rank function: every rank's shard read once, as (user_idx, window) keys, gathered by rank."""
+    from recsys_spark import ranks as ranks_mod
 
-    hvd.init()
+    ranks = ranks_mod.connect(launcher)
     ids = []
-    for b in shard_batches(files, hvd.rank(), hvd.size(), batch_size=1 << 30, seed=seed, num_epochs=1,
+    for b in shard_batches(files, ranks.rank, ranks.size, batch_size=1 << 30, seed=seed, num_epochs=1,
                            columns=["user_idx", "window"]):
         ids.extend(zip(b["user_idx"].tolist(), b["window"].tolist()))
-    rank = hvd.rank()
-    hvd.shutdown()
-    return {"rank": rank, "ids": ids}
+    by_rank, rank = ranks.gather(ids), ranks.rank
+    ranks.close()
+    return {"rank": rank, "ids_by_rank": by_rank}
 
 
 def _read_all(files):
@@ -67,18 +74,21 @@ def test_petastorm_reads_exactly_the_pinned_delta_version(spark, tmp_path):
     assert sorted(_read_all(tables.active_files(spark, loc, v0))) == [(u, 0) for u in range(100)]
 
 
-@pytest.mark.slow
-def test_horovod_ranks_read_disjoint_shards_covering_the_table(spark, tmp_path):
-    import horovod.spark
+@pytest.fixture(scope="module")
+def train_files(spark, tmp_path_factory):
+    """The active files of a small training table (300 users, 4 files)."""
+    loc = str(tmp_path_factory.mktemp("train") / "train")
+    tables.overwrite(_train_df(spark, range(300), 4), loc)
+    return tables.active_files(spark, loc, tables.version(spark, loc))
 
-    loc = str(tmp_path / "train")
-    tables.overwrite(_train_df(spark, range(200), 6), loc)
-    files = tables.active_files(spark, loc, tables.version(spark, loc))
-    results = horovod.spark.run(shard_ids, args=(files,), num_proc=2, use_gloo=True, verbose=0)
-    assert sorted(r["rank"] for r in results) == [0, 1]
-    a, b = (set(r["ids"]) for r in results)
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_ranks_read_disjoint_shards_covering_the_table(spark, train_files, launcher):
+    result = launch(launcher, 2, shard_ids, train_files, launcher)
+    a, b = (set(map(tuple, ids)) for ids in result["ids_by_rank"])
     assert a and b and not (a & b)
-    assert sorted(a | b) == [(u, 0) for u in range(200)]
+    assert sorted(a | b) == [(u, 0) for u in range(300)]
 
 
 def test_early_stopping_waits_for_patience_and_min_steps():
@@ -106,7 +116,7 @@ def test_budget_aware_linear_schedule():
 
 def _job(files, checkpoint_dir, run_id, **train):
     return TrainJob(
-        files=files,
+        batches=PetastormShards(files),
         model_config=ModelConfig(n_items=16, max_len=L, d_model=16, n_heads=2, n_layers=1, dropout=0.1,
                                  n_categories=1, attr_cardinalities=[2, 2, 2], n_profile_num=2,
                                  use_profile=True, use_content=True),
@@ -118,51 +128,69 @@ def _job(files, checkpoint_dir, run_id, **train):
     )
 
 
+# The budget-aware schedule: rank 0 re-plans after every epoch and broadcasts the plan, so both ranks
+# must still apply the same learning rate at every step.
+SCHEDULE = {"lr_schedule": "linear", "time_budget_s": 3600}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(train_files, tmp_path_factory):
+    """launcher -> rank 0's result of a seeded, uninterrupted 3-epoch run (run once per launcher)."""
+    models, runs = str(tmp_path_factory.mktemp("models")), {}
+
+    def run(launcher):
+        if launcher not in runs:
+            runs[launcher] = launch(launcher, 2, worker, _job(train_files, models, f"attn-{launcher}",
+                                                              launcher=launcher, **SCHEDULE))
+            runs[launcher]["checkpoint"] = os.path.join(models, f"attn-{launcher}")
+        return runs[launcher]
+    return run
+
+
 @pytest.mark.slow
-def test_horovod_averages_gradients_so_ranks_end_identical(spark, tmp_path):
-    import horovod.spark
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_ranks_end_identical_and_a_seeded_run_repeats(spark, train_files, tmp_path, uninterrupted, launcher):
     import torch
 
-    from recsys_spark.checkpoints import load as load_checkpoint
-
-    loc = str(tmp_path / "train")
-    tables.overwrite(_train_df(spark, range(300), 4), loc)
-    files = tables.active_files(spark, loc, tables.version(spark, loc))
-    # The budget-aware schedule: rank 0 re-plans after every epoch and broadcasts the plan, so both
-    # ranks must still apply the same learning rate at every step.
-    job = _job(files, str(tmp_path / "models"), "attn-test", lr_schedule="linear", time_budget_s=3600)
-    results = horovod.spark.run(worker, args=(job,), num_proc=2, use_gloo=True, verbose=0)
-    by_rank = {r["rank"]: r for r in results}
-    assert set(by_rank) == {0, 1}
-    assert by_rank[0]["checksum"] == pytest.approx(by_rank[1]["checksum"], rel=1e-9, abs=1e-9)
-    losses = [h["loss"] for h in by_rank[0]["history"]]
+    first = uninterrupted(launcher)
+    # Gradients are averaged across ranks, so both ranks hold the same weights after every step.
+    assert first["ranks"] == 2 and first["checksums"][0] == pytest.approx(first["checksums"][1], rel=1e-9, abs=1e-9)
+    losses = [h["loss"] for h in first["history"]]
     assert len(losses) == 3 and losses[-1] < losses[0]
-    lrs = [h["lr"] for h in by_rank[0]["history"]]
+    lrs = [h["lr"] for h in first["history"]]
     peak = 0.01 * 2 ** 0.5
     assert lrs == sorted(lrs, reverse=True) and lrs[-1] == pytest.approx(peak * 1 / 15, rel=1e-4)
-    # Rank 0 wrote a self-describing checkpoint that rebuilds the model on its own.
-    model, ckpt = load_checkpoint(str(tmp_path / "models" / "attn-test"))
-    assert ckpt["data_versions"] == {"train": 0} and ckpt["history"] == by_rank[0]["history"]
-    total = float(sum(p.detach().double().sum() for p in model.parameters()))
-    assert total == pytest.approx(by_rank[0]["checksum"], rel=1e-9)
+    # Seeded training over the same pinned files repeats exactly (Petastorm order, init, Gloo sums).
+    again = launch(launcher, 2, worker, _job(train_files, str(tmp_path), "attn-again", launcher=launcher, **SCHEDULE))
+    assert again["checksums"] == first["checksums"]
+    # Rank 0 wrote a self-describing checkpoint that rebuilds the model on its own, and no resume state.
+    model, ckpt = checkpoints.load(first["checkpoint"])
+    assert ckpt["data_versions"] == {"train": 0} and ckpt["history"] == first["history"]
+    assert float(sum(p.detach().double().sum() for p in model.parameters())) == pytest.approx(first["checksum"], rel=1e-9)
+    assert not os.path.exists(first["checkpoint"] + checkpoints.RESUME_MARK)
     scores, _ = model(torch.tensor([[0, 1, 2, 3]]))
     assert scores.shape == (1, 16)
 
 
 @pytest.mark.slow
-def test_same_seed_same_weights(spark, tmp_path):
-    """Seeded training over the same pinned files is repeatable (Petastorm order, init, Gloo sums)."""
-    import horovod.spark
-
-    loc = str(tmp_path / "train")
-    tables.overwrite(_train_df(spark, range(200), 4), loc)
-    files = tables.active_files(spark, loc, tables.version(spark, loc))
-    sums = []
-    for run in ("a", "b"):
-        res = horovod.spark.run(worker, args=(_job(files, str(tmp_path / "models"), f"attn-{run}"),),
-                                num_proc=2, use_gloo=True, verbose=0)
-        sums.append([r["checksum"] for r in sorted(res, key=lambda r: r["rank"])])
-    assert sums[0] == sums[1]
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_a_run_that_lost_a_rank_resumes_to_the_uninterrupted_weights(spark, train_files, tmp_path, uninterrupted,
+                                                                     launcher):
+    models = str(tmp_path / "models")
+    job = _job(train_files, models, "attn-lost", launcher=launcher, **SCHEDULE)
+    job.batches = faults.LosesRank(PetastormShards(train_files), rank=1, after=7)  # 5 steps an epoch: mid epoch 2
+    with pytest.raises(Exception):
+        launch(launcher, 2, worker, job)
+    assert not os.path.exists(os.path.join(models, "attn-lost", checkpoints.MANIFEST_FILE))
+    assert checkpoints.find_resumable(models, job.fingerprint(2)) == ("attn-lost", 1)
+    # The rerun (a new job, as the next nightly builds it) continues after epoch 1 and ends where an
+    # uninterrupted run ends: same weights on both ranks, same losses.
+    resumed = launch(launcher, 2, worker, _job(train_files, models, "attn-lost", launcher=launcher, **SCHEDULE))
+    full = uninterrupted(launcher)
+    assert resumed["checksums"] == full["checksums"]
+    assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
+    assert checkpoints.find_resumable(models, job.fingerprint(2)) is None
+    assert checkpoints.latest(models).endswith("attn-lost")
 
 
 def test_epoch_progress_is_throttled(capsys, monkeypatch):
@@ -177,3 +205,33 @@ def test_epoch_progress_is_throttled(capsys, monkeypatch):
         report(step, 100, 5.0)
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3 and lines[0] == "[train r] epoch 1/3: 30/100 steps (30%), running loss 5.0000"
+
+
+def test_more_ranks_than_task_slots_stops_before_launching_naming_the_key(spark, tmp_path):
+    from conftest import make_config
+    from recsys_spark import train
+    from recsys_spark.config import ConfigError
+
+    cfg = make_config(tmp_path, train={"num_proc": 3, "launcher": "torch_distributor"})  # local[2]: 2 slots
+    with pytest.raises(ConfigError, match=r"train.num_proc is 3 but the cluster runs 2 task\(s\) at once"):
+        train.run(spark, cfg)
+
+
+@pytest.mark.slow
+def test_both_launchers_reach_the_same_validation_ndcg_on_the_shop(spark, shop, shop_copy):
+    """The shop's nightly trained with Horovod; the same data and seed with TorchDistributor (DDP)
+    differ only in the order of float sums when gradients are averaged, so the best validation
+    NDCG@10 must agree within the sampling noise of ~600 validation users (about 0.01 per run)."""
+    import dataclasses
+
+    from recsys_spark import train
+
+    horovod_cfg, _ = shop
+    horovod = checkpoints.manifest(checkpoints.latest(horovod_cfg.models_dir))
+    cfg = dataclasses.replace(shop_copy, train=dataclasses.replace(shop_copy.train, launcher="torch_distributor"))
+    ddp = train.run(spark, cfg)
+    best = {name: max(e["valid_ndcg@10"] for e in history)
+            for name, history in (("horovod", horovod["history"]), ("ddp", ddp["history"]))}
+    print(f"best validation NDCG@10: {best}")
+    assert best["ddp"] > 0.05 and abs(best["ddp"] - best["horovod"]) <= 0.03, best
+    assert ddp["result"]["ranks"] == 2 and ddp["result"]["checksums"][0] == ddp["result"]["checksums"][1]
