@@ -9,6 +9,10 @@ The GPU machine has torch but no Java or Spark, so the work is split in two:
         [--variant label:dropout=0.1,lr=0.004 ...] [--lr --batch-size --max-epochs --patience --cpu-epochs N]
     # there: train-step throughput of the product model, sequences/s per batch size, fp32 and bf16
     python -m benchmarks.gpu throughput OUT.npz --out RESULT.json
+    # there: the product's rank function (recsys_spark.trainer.worker, what Spark launches) under
+    # torchrun, reading the exported arrays, against a plain-torch SASRec step on the same device
+    torchrun --nproc_per_node=N -m benchmarks.gpu ranks OUT.npz --out RESULT.json [--epochs 3]
+        [--steps-per-epoch 200] [--batch-size 256] [--d-model 64]
 
 `run` trains with the product's model and loop (recsys_spark.model, trainer.train_steps), picks the
 epoch by validation NDCG@10 (the same validation sample as the Spark job), and reports test
@@ -373,9 +377,113 @@ def throughput(argv: list[str]) -> int:
     return 0
 
 
+def plain_sasrec_step_rate(n_items: int, max_len: int, d_model: int, batch_size: int, device: str,
+                           steps: int = 50, n_layers: int = 2, n_heads: int = 2) -> float:
+    """Sequences/s of a plain-torch SASRec training step (item + position embeddings, causal
+    Transformer encoder, full-catalog cross-entropy on every position, AdamW, bf16 autocast on a GPU)
+    on random sequences: the yardstick the product's step is compared with."""
+    import torch
+
+    from recsys_spark import devices
+
+    class SASRec(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.items = torch.nn.Embedding(n_items, d_model, padding_idx=0)
+            self.pos = torch.nn.Embedding(max_len, d_model)
+            layer = torch.nn.TransformerEncoderLayer(d_model, n_heads, 4 * d_model, 0.2, batch_first=True,
+                                                     norm_first=True)
+            self.encoder = torch.nn.TransformerEncoder(layer, n_layers, enable_nested_tensor=False)
+
+        def forward(self, seq):
+            causal = torch.nn.Transformer.generate_square_subsequent_mask(seq.shape[1], device=seq.device)
+            h = self.encoder(self.items(seq) + self.pos.weight[: seq.shape[1]], mask=causal, is_causal=True)
+            return h @ self.items.weight.T
+
+    torch.manual_seed(0)
+    model = SASRec().to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    seq = torch.randint(1, n_items, (batch_size, max_len), device=device)
+    tgt = torch.randint(1, n_items, (batch_size, max_len), device=device)
+
+    def step():
+        with devices.autocast(device):
+            loss = torch.nn.functional.cross_entropy(model(seq).float().reshape(-1, n_items), tgt.reshape(-1))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for _ in range(5):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.time()
+    for _ in range(steps):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return batch_size * steps / (time.time() - t0)
+
+
+def ranks(argv: list[str]) -> int:
+    """The product's rank function under torchrun (train.launcher torch_distributor), batches from
+    the exported arrays (trainer.ArrayShards): sequences/s per rank after the first (warm-up) epoch,
+    against plain_sasrec_step_rate on the same device; validation NDCG@10 per epoch."""
+    import os
+
+    import torch
+
+    from recsys_spark.config import TrainConfig
+    from recsys_spark.model import ModelConfig
+    from recsys_spark.trainer import ArrayShards, TrainJob, worker
+
+    p = argparse.ArgumentParser()
+    p.add_argument("npz")
+    p.add_argument("--out", required=True)
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--steps-per-epoch", type=int, default=200)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--d-model", type=int, default=64)
+    p.add_argument("--models", default=None, help="checkpoint folder (default: next to --out)")
+    a = p.parse_args(argv)
+    with np.load(a.npz) as npz:
+        d = {k: npz[k] for k in npz.files if not k.startswith(("test_", "cold_"))}
+    mc = json.loads(bytes(d["model_config"]).decode())
+    mc["d_model"] = a.d_model
+    valid = None
+    if "valid_target" in d:
+        valid = {"target": d["valid_target"], "seen": _unragged(d["valid_seen"], d["valid_seen_off"]),
+                 "profile_cat": d["valid_profile_cat"], "profile_num": d["valid_profile_num"]}
+    job = TrainJob(
+        batches=ArrayShards(a.npz), model_config=ModelConfig(**mc),
+        item_features={k[5:]: v for k, v in d.items() if k.startswith("feat_")},
+        stats={k[5:]: v for k, v in d.items() if k.startswith("stat_")},
+        train_config=TrainConfig(launcher="torch_distributor", epochs=a.epochs, batch_size=a.batch_size,
+                                 d_model=a.d_model, resume="off", progress_every_s=0, threads_per_rank=4),
+        full_config={}, data_versions={"npz": os.path.basename(a.npz)}, steps_per_epoch=a.steps_per_epoch,
+        checkpoint_dir=a.models or os.path.join(os.path.dirname(os.path.abspath(a.out)), "models"),
+        run_id=f"gpu-ranks-{int(time.time())}", valid=valid)
+    result = worker(job)
+    if result["rank"] != 0:
+        return 0
+    timed = result["history"][1:] or result["history"]
+    per_rank = a.batch_size * a.steps_per_epoch * len(timed) / sum(h["seconds"] for h in timed)
+    device = result["device"]
+    plain = plain_sasrec_step_rate(mc["n_items"], mc["max_len"], a.d_model, a.batch_size, device)
+    out = {"device": torch.cuda.get_device_name(device) if device.startswith("cuda") else "cpu",
+           "torch": torch.__version__, "ranks": result["ranks"], "batch_size_per_rank": a.batch_size,
+           "d_model": a.d_model, "n_items": mc["n_items"], "max_len": mc["max_len"],
+           "sequences_per_s_per_rank": round(per_rank), "plain_sasrec_sequences_per_s": round(plain),
+           "ratio_to_plain": round(per_rank / plain, 3), "history": result["history"],
+           "ranks_identical": len(set(result["checksums"])) == 1}
+    print(json.dumps({k: v for k, v in out.items() if k != "history"}), flush=True)
+    with open(a.out, "w") as fh:
+        json.dump(out, fh, indent=2)
+    return 0
+
+
 if __name__ == "__main__":
     cmd, rest = (sys.argv[1], sys.argv[2:]) if len(sys.argv) > 1 else ("", [])
-    commands = {"export": export, "run": run, "throughput": throughput}
+    commands = {"export": export, "run": run, "throughput": throughput, "ranks": ranks}
     if cmd not in commands:
         print(__doc__, file=sys.stderr)
         sys.exit(2)

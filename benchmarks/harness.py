@@ -7,7 +7,10 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import shutil
+import socket
+import subprocess
 import sys
 import tempfile
 import threading
@@ -130,3 +133,60 @@ def write_result(path: str, result: dict) -> None:
     with open(path, "w") as fh:
         json.dump(result, fh, indent=2, default=str)
     print(f"wrote {path}", flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(path: str, pattern: str, count: int, timeout: float, procs: list) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        for p in procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"a cluster process exited early; see {path}")
+        if os.path.exists(path) and len(re.findall(pattern, open(path).read())) >= count:
+            return
+        time.sleep(0.5)
+    raise TimeoutError(f"{pattern!r} did not appear {count}x in {path} within {timeout}s")
+
+
+@contextlib.contextmanager
+def standalone_cluster(logs: str, workers: int = 2, cores: int = 1, memory: str = "3g") -> Iterator[dict]:
+    """A standalone Spark cluster on this machine (one master, `workers` workers), started with the
+    scripts that ship with pyspark; yields {"url", "spark_home", "env", "logs"} and stops it after.
+    Its executors are descendants of this process, so MemoryMonitor counts them."""
+    from pyspark.find_spark_home import _find_spark_home
+
+    spark_home = _find_spark_home()
+    os.makedirs(logs, exist_ok=True)
+    port = free_port()
+    env = dict(os.environ, SPARK_HOME=spark_home, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable,
+               SPARK_NO_DAEMONIZE="1")
+    cls = os.path.join(spark_home, "bin", "spark-class")
+    master_log = os.path.join(logs, "master.log")
+    procs = [subprocess.Popen([cls, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port", str(port),
+                               "--webui-port", str(free_port())],
+                              env=env, stdout=open(master_log, "w"), stderr=subprocess.STDOUT)]
+    url = f"spark://127.0.0.1:{port}"
+    try:
+        _wait_for(master_log, r"I have been elected leader", 1, 60, procs)
+        for i in range(workers):
+            work = os.path.join(logs, f"worker{i}")
+            os.makedirs(work)
+            procs.append(subprocess.Popen(
+                [cls, "org.apache.spark.deploy.worker.Worker", url, "--cores", str(cores), "--memory", memory,
+                 "--webui-port", str(free_port()), "--work-dir", work],
+                env=env, stdout=open(os.path.join(logs, f"worker{i}.log"), "w"), stderr=subprocess.STDOUT))
+        _wait_for(master_log, r"Registering worker", workers, 90, procs)
+        yield {"url": url, "spark_home": spark_home, "env": env, "logs": logs}
+    finally:
+        for p in procs[::-1]:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()

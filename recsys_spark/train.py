@@ -192,4 +192,4 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     print(f"train {job.run_id}: done in {elapsed:.1f}s ({len(history)} epochs), final loss "
           f"{history[-1]['loss']:.4f}; checkpoint {path}", flush=True)
     return {"run_id": job.run_id, "checkpoint": path, "result": result, "history": history, "seconds": elapsed,
-            "mlflow_run_id": log_train(cfg, path)}
+            "steps_per_epoch": job.steps_per_epoch, "mlflow_run_id": log_train(cfg, path)}

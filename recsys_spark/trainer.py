@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Iterator, Optional
 import numpy as np
 import torch
 
-from recsys_spark import checkpoints, devices, ranks as ranks_mod
+from recsys_spark import checkpoints, devices
+from recsys_spark.ranks import connect
 from recsys_spark.metrics import ndcg_at_k
 from recsys_spark.model import AttentionRecommender
 from recsys_spark.ranking import encode_users
@@ -351,7 +352,7 @@ def worker(job: TrainJob) -> dict:
     """One rank, under either launcher. Returns the per-epoch history and every rank's final weight
     checksum (each rank returns them all: TorchDistributor hands back only rank 0's result)."""
     tc = job.train_config
-    ranks = ranks_mod.connect(tc.launcher)
+    ranks = connect(tc.launcher)
     is_root = ranks.rank == 0
     model, opt, peak_lr = _rank_setup(job, ranks.size, ranks.device)
     state = RunState(epoch=0, plan=tc.epochs, stopper=EarlyStopping(tc.patience, tc.min_steps))

@@ -6,15 +6,14 @@ the launcher for Databricks Runtime 16 ML and later; Horovod is tested on local 
 barrier stage in two executors, and every Delta table is read and written by executors in other JVMs.
 """
 import os
+import pathlib
 import re
-import socket
 import subprocess
-import sys
-import time
 
 import pytest
 import yaml
 
+from benchmarks import harness
 from recsys_spark import schema
 from recsys_spark.generate import generate
 from recsys_spark.config import GenerateConfig
@@ -24,59 +23,10 @@ pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_for(path, pattern, count, timeout, procs):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        for p in procs:
-            if p.poll() is not None:
-                raise RuntimeError(f"a cluster process exited early; see {path}")
-        if os.path.exists(path) and len(re.findall(pattern, open(path).read())) >= count:
-            return
-        time.sleep(0.5)
-    raise TimeoutError(f"{pattern!r} did not appear {count}x in {path} within {timeout}s")
-
-
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    from pyspark.find_spark_home import _find_spark_home
-
-    spark_home = _find_spark_home()
-    logs = tmp_path_factory.mktemp("cluster-logs")
-    port = _free_port()
-    env = dict(os.environ, SPARK_HOME=spark_home, SPARK_LOCAL_IP="127.0.0.1", PYSPARK_PYTHON=sys.executable,
-               SPARK_NO_DAEMONIZE="1")
-    cls = os.path.join(spark_home, "bin", "spark-class")
-    procs = []
-    master_log = str(logs / "master.log")
-    procs.append(subprocess.Popen([cls, "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1",
-                                   "--port", str(port), "--webui-port", str(_free_port())],
-                                  env=env, stdout=open(master_log, "w"), stderr=subprocess.STDOUT))
-    url = f"spark://127.0.0.1:{port}"
-    try:
-        _wait_for(master_log, r"I have been elected leader", 1, 60, procs)
-        for i in range(2):
-            work = logs / f"worker{i}"
-            work.mkdir()
-            procs.append(subprocess.Popen(
-                [cls, "org.apache.spark.deploy.worker.Worker", url, "--cores", "1", "--memory", "3g",
-                 "--webui-port", str(_free_port()), "--work-dir", str(work)],
-                env=env, stdout=open(logs / f"worker{i}.log", "w"), stderr=subprocess.STDOUT))
-        _wait_for(master_log, r"Registering worker", 2, 90, procs)
-        yield {"url": url, "spark_home": spark_home, "env": env, "logs": logs}
-    finally:
-        for p in procs[::-1]:
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
+    with harness.standalone_cluster(str(tmp_path_factory.mktemp("cluster-logs"))) as c:
+        yield {**c, "logs": pathlib.Path(c["logs"])}
 
 
 def test_nightly_on_a_standalone_cluster_via_spark_submit(cluster, tmp_path):
