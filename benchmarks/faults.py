@@ -10,7 +10,10 @@ then, each on the lakehouse as the previous fault left it:
   new events;
 - planted checkpoint: a model.pt whose pickle would run a shell command, made the newest model;
 - forget + vacuum: three users forgotten with privacy.vacuum_retention_hours=0, then the raw files
-  (which still hold them) ingested again and the features rebuilt.
+  (which still hold them) ingested again and the features rebuilt;
+- lost rank: training rank 1 exits in the middle of epoch 2 of 3 (TorchDistributor), then `train`
+  runs again as the next nightly would; compared with an uninterrupted seeded run.
+`--only NAME[,NAME]` runs only those scenarios (after building the shop).
 tests/test_faults.py runs the same functions and asserts their figures.
 """
 from __future__ import annotations
@@ -265,6 +268,44 @@ def forget_and_vacuum(spark, cfg: config_mod.Config) -> dict:
             "next_training_snapshot_rows_of_them": snapshot.where(F.col("user_idx").isin(idxs)).count()}
 
 
+def lost_rank(spark, cfg: config_mod.Config) -> dict:
+    import dataclasses
+
+    import cloudpickle
+    from pyspark import cloudpickle as spark_cloudpickle
+
+    from recsys_spark import checkpoints, train
+    from recsys_spark.trainer import worker
+
+    for pickler in (cloudpickle, spark_cloudpickle):  # LosesRank travels to the ranks by value
+        pickler.register_pickle_by_value(sys.modules[__name__])
+    tc = dataclasses.replace(cfg.train, launcher="torch_distributor", epochs=3, patience=100, valid_users=200)
+    cfg = dataclasses.replace(cfg, train=dataclasses.replace(tc, resume="off"))
+    t0 = time.time()
+    full = train.run(spark, cfg)
+    full_s = time.time() - t0
+    cfg = dataclasses.replace(cfg, train=tc)
+    job = train.prepare(spark, cfg)
+    job.batches = LosesRank(job.batches, rank=1, after=job.steps_per_epoch + job.steps_per_epoch // 2)
+    t0 = time.time()
+    try:
+        train.launch(tc.launcher, tc.num_proc, worker, job)
+        failed = "no"
+    except Exception as exc:  # what the job sees when an executor is lost
+        failed = type(exc).__name__
+    failed_s = time.time() - t0
+    saved = checkpoints.find_resumable(cfg.models_dir, job.fingerprint(tc.num_proc))
+    t0 = time.time()
+    resumed = train.run(spark, cfg)
+    return {"steps_per_epoch": job.steps_per_epoch, "killed_at_step": job.steps_per_epoch * 3 // 2,
+            "failed_run": failed, "resume_state_after_failure": saved, "resumed_run_id": resumed["run_id"],
+            "epochs_trained_by_rerun": len(resumed["history"]) - saved[1] if saved else None,
+            "same_weights_as_uninterrupted": resumed["result"]["checksums"] == full["result"]["checksums"],
+            "same_losses": [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]],
+            "uninterrupted_s": round(full_s, 1), "failed_s": round(failed_s, 1),
+            "rerun_s": round(time.time() - t0, 1)}
+
+
 def build_shop(spark, cfg: config_mod.Config) -> None:
     from recsys_spark import cli, report
     from recsys_spark.generate import generate
@@ -276,7 +317,9 @@ def build_shop(spark, cfg: config_mod.Config) -> None:
 
 
 def main(argv=None) -> int:
-    args = harness.parser(__doc__, dataset=False, config=None).parse_args(argv)
+    p = harness.parser(__doc__, dataset=False, config=None)
+    p.add_argument("--only", default="", help="comma-separated scenario names (default: all)")
+    args = p.parse_args(argv)
     with harness.work_dir(args.work, "recsys-faults-") as work:
         cfg = harness.load_config(args.config, harness.lakehouse(work) + SHOP + args.overrides)
         if cfg is None:
@@ -289,7 +332,10 @@ def main(argv=None) -> int:
                              ("killed_features_run", lambda: killed_features_run(spark, cfg)),
                              ("concurrent_nightlies", lambda: concurrent_nightlies(spark, cfg)),
                              ("planted_checkpoint", lambda: planted_checkpoint(cfg)),
-                             ("forget_and_vacuum", lambda: forget_and_vacuum(spark, cfg))):
+                             ("forget_and_vacuum", lambda: forget_and_vacuum(spark, cfg)),
+                             ("lost_rank", lambda: lost_rank(spark, cfg))):
+                if args.only and name not in args.only.split(","):
+                    continue
                 results[name] = fn()
                 print(f"{name}: {json.dumps(results[name], default=str)}", flush=True)
         harness.write_result(args.out, results)

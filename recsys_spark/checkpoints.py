@@ -152,22 +152,36 @@ def load_resume(models_dir: str, run_id: str, fingerprint: dict):
     return torch.load(os.path.join(folder, RESUME_STATE), map_location="cpu", weights_only=True)
 
 
-def find_resumable(models_dir: str, fingerprint: dict) -> tuple[str, int] | None:
-    """(run_id, epochs done) of the newest resume state saved with this fingerprint, or None."""
-    found = []
+def _resume_states(models_dir: str) -> list[tuple[str, dict]]:
+    """(folder, state.json) of every resume state under models_dir."""
+    out = []
     for name in sorted(os.listdir(models_dir)) if os.path.isdir(models_dir) else []:
         meta = os.path.join(models_dir, name, RESUME_META)
         if not name.endswith(RESUME_MARK) or not os.path.isfile(meta):
             continue
         try:
             with open(meta) as fh:
-                saved = json.load(fh)
+                out.append((os.path.join(models_dir, name), json.load(fh)))
         except (ValueError, OSError) as exc:
             print(f"warning: skipping resume state {meta}: unreadable ({exc})", file=sys.stderr)
-            continue
-        if saved.get("fingerprint") == fingerprint and os.path.isfile(os.path.join(models_dir, name, RESUME_STATE)):
-            found.append((saved["saved_at"], saved["run_id"], int(saved["epoch"])))
+    return out
+
+
+def find_resumable(models_dir: str, fingerprint: dict) -> tuple[str, int] | None:
+    """(run_id, epochs done) of the newest resume state saved with this fingerprint, or None."""
+    found = [(saved["saved_at"], saved["run_id"], int(saved["epoch"])) for folder, saved in _resume_states(models_dir)
+             if saved.get("fingerprint") == fingerprint and os.path.isfile(os.path.join(folder, RESUME_STATE))]
     return max(found)[1:] if found else None
+
+
+def drop_stale_resumes(models_dir: str, fingerprint: dict) -> list[str]:
+    """Remove the resume states saved on other data or settings (no run can continue them any more:
+    the data moved on); returns the run ids removed."""
+    stale = [(folder, saved["run_id"]) for folder, saved in _resume_states(models_dir)
+             if saved.get("fingerprint") != fingerprint]
+    for folder, _ in stale:
+        shutil.rmtree(folder, ignore_errors=True)
+    return [run_id for _, run_id in stale]
 
 
 def drop_resume(models_dir: str, run_id: str) -> None:

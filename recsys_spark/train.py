@@ -123,6 +123,11 @@ def check_slots(spark: SparkSession, cfg: Config) -> None:
     """Every rank is a Spark task running beside the others: refuse more ranks than task slots
     (TorchDistributor's barrier stage and Horovod would otherwise wait for slots that never come)."""
     slots = task_slots(spark)
+    # On a cluster, executors may still be registering (a job that starts with train).
+    deadline = time.time() + (0 if spark.sparkContext.master.startswith("local") else 60)
+    while slots < cfg.train.num_proc and time.time() < deadline:
+        time.sleep(2)
+        slots = task_slots(spark)
     if cfg.train.num_proc > slots:
         gpu = spark.conf.get("spark.task.resource.gpu.amount", None)
         per = f" (one GPU each: spark.task.resource.gpu.amount={gpu})" if gpu else ""
@@ -150,7 +155,12 @@ def prepare(spark: SparkSession, cfg: Config) -> TrainJob:
         valid=_validation_sample(spark, cfg, versions, model_config.n_profile_num),
     )
     if cfg.train.resume == "auto":
-        found = checkpoints.find_resumable(job.checkpoint_dir, job.fingerprint(cfg.train.num_proc))
+        fingerprint = job.fingerprint(cfg.train.num_proc)
+        stale = checkpoints.drop_stale_resumes(job.checkpoint_dir, fingerprint)
+        if stale:
+            print(f"train: removed the resume state of {', '.join(stale)} (trained on other data or settings)",
+                  flush=True)
+        found = checkpoints.find_resumable(job.checkpoint_dir, fingerprint)
         if found:
             job.run_id = found[0]
             print(f"train: continuing run {job.run_id} after epoch {found[1]} (same data and settings; "

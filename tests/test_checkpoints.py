@@ -147,3 +147,11 @@ def test_a_resume_state_is_found_by_what_it_was_trained_on_and_is_never_a_model(
         checkpoints.latest(models)
     checkpoints.drop_resume(models, "attn-x")
     assert checkpoints.find_resumable(models, data_a) is None and checkpoints.load_resume(models, "attn-x", data_a) is None
+
+
+def test_resume_states_of_other_data_are_dropped_and_the_matching_one_kept(tmp_path):
+    models = str(tmp_path / "models")
+    checkpoints.save_resume(models, "attn-old", {"epoch": 4}, {"data_versions": {"train": 1}})
+    checkpoints.save_resume(models, "attn-now", {"epoch": 1}, {"data_versions": {"train": 2}})
+    assert checkpoints.drop_stale_resumes(models, {"data_versions": {"train": 2}}) == ["attn-old"]
+    assert sorted(os.listdir(models)) == ["attn-now" + checkpoints.RESUME_MARK]
