@@ -39,6 +39,7 @@ def run_size(cfg, events: int, monitor: harness.MemoryMonitor) -> dict:
     t0 = time.time()
     generate(gen, cfg.paths.raw)
     stages = {"generate": {"seconds": round(time.time() - t0, 1)}}
+    print(f"scale {events:,} events: generate {stages['generate']}", flush=True)
     cfg = dataclasses.replace(cfg, generate=gen)
     out = {}
     with harness.spark_session(cfg) as spark:
@@ -48,6 +49,7 @@ def run_size(cfg, events: int, monitor: harness.MemoryMonitor) -> dict:
             with monitor.measuring(name):
                 out[name] = fn(spark, cfg)
             stages[name] = {"seconds": round(time.time() - t0, 1), "peak_rss_mb": round(monitor.peaks[name])}
+            print(f"scale {events:,} events: {name} {stages[name]}", flush=True)
     for s in stages.values():
         s["seconds_per_million_events"] = round(s["seconds"] / (events / 1e6), 1)
     trained = out["train"]

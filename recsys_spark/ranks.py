@@ -100,6 +100,10 @@ class TorchRanks:
         return out
 
     def close(self) -> None:
+        # A barrier first: while the main thread waits in it (without the GIL), gloo's worker thread
+        # can free the buffers of the last all_gather_object, which needs the GIL. Destroying the
+        # group straight away deadlocked now and then (the destructor joins that thread holding the GIL).
+        self._dist.barrier()
         self._dist.destroy_process_group()
 
 
