@@ -175,7 +175,7 @@ def standalone_cluster(logs: str, workers: int = 2, cores: int = 1, memory: str 
         _wait_for(master_log, r"I have been elected leader", 1, 60, procs)
         for i in range(workers):
             work = os.path.join(logs, f"worker{i}")
-            os.makedirs(work)
+            os.makedirs(work, exist_ok=True)
             procs.append(subprocess.Popen(
                 [cls, "org.apache.spark.deploy.worker.Worker", url, "--cores", str(cores), "--memory", memory,
                  "--webui-port", str(free_port()), "--work-dir", work],

@@ -529,6 +529,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
             raise ConfigError(f"{key}: expected a string, got {value!r}")
+        if isinstance(value, bool):  # YAML reads on/off (and yes/no) as booleans: `resume: off`
+            return "on" if value else "off"
         return str(value)
     raise ConfigError(f"{key}: unsupported config type {tp}")
 

@@ -91,6 +91,12 @@ def test_absurd_values_are_refused_naming_the_key(override, message):
         config.load(None, [override])
 
 
+def test_yaml_on_and_off_reach_string_settings_as_written():
+    # YAML 1.1 reads `off` as false; string settings that offer off/on get the word back.
+    cfg = config.load(None, ["train.resume=off", "spark.progress=on"])
+    assert cfg.train.resume == "off" and cfg.spark.progress == "on"
+
+
 def test_auto_dropout_follows_the_training_history_length():
     # 0.4 up to 20 items, 0.1 from 200, log-linear between, rounded to 0.05:
     # 63 items: x = ln(63/20) / ln(10) = 0.498 -> 0.4 - 0.3 * 0.498 = 0.2505 -> 0.25
