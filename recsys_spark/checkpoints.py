@@ -92,6 +92,12 @@ def cached_model(path: str) -> AttentionRecommender:
     return load(path)[0]
 
 
+def calibration(ckpt: dict) -> tuple[float, float]:
+    """The checkpoint's (temperature, new_share) (recsys_spark.calibration); (1, 1) when not fitted."""
+    fitted = ckpt.get("calibration") or {}
+    return float(fitted.get("temperature", 1.0)), float(fitted.get("new_share", 1.0))
+
+
 def manifest(path: str) -> dict:
     with open(os.path.join(path, MANIFEST_FILE)) as fh:
         return json.load(fh)

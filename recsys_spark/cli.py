@@ -4,7 +4,9 @@ Stages: generate, ingest, features, train, score, evaluate, nightly (ingest..eva
 show (a few users' latest recommendations with item names and explanations), abtest (A/B readout
 of the exposure/outcome log), abtest-simulate (writes such a log for the synthetic shop), report
 (a self-contained HTML report of the latest evaluation), forget --users FILE (delete the listed
-users from every table, keep them out of future ingests, purge history; see recsys_spark.forget).
+users from every table, keep them out of future ingests, purge history; see recsys_spark.forget),
+audience (the users most likely to engage with each campaign of audience.campaigns; show
+--campaign ID prints one with reasons).
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import time
 from recsys_spark import config as config_mod
 
 STAGES = ["generate", "ingest", "features", "train", "score", "evaluate", "nightly", "show", "abtest",
-          "abtest-simulate", "report", "forget"]
+          "abtest-simulate", "report", "forget", "audience"]
 NIGHTLY = ["ingest", "features", "train", "score", "evaluate"]
 
 
@@ -31,6 +33,8 @@ def parse_args(argv: list[str] | None = None, stage: str | None = None) -> tuple
                    help="override a config value, e.g. --set train.epochs=3 (repeatable)")
     p.add_argument("--users", default=None,
                    help="show: how many users to print (default 5); forget: file of user ids, one per line")
+    p.add_argument("--campaign", default=None,
+                   help="show: print this campaign's latest audience (its first --users users) with reasons")
     args = p.parse_args(argv)
     selected = stage or args.stage
     if selected == "forget" and not args.users:
@@ -85,7 +89,11 @@ def run_stage(spark, cfg: config_mod.Config, stage: str, args: argparse.Namespac
 
         return (abtest.run if stage == "abtest" else abtest.simulate)(spark, cfg)
     if stage == "show":
-        return show.run(spark, cfg, getattr(args, "users", 5))
+        return show.run(spark, cfg, getattr(args, "users", 5), getattr(args, "campaign", None))
+    if stage == "audience":
+        from recsys_spark import audience
+
+        return audience.run(spark, cfg)
     if stage == "forget":
         from recsys_spark import forget
 

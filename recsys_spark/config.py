@@ -24,6 +24,7 @@ from recsys_spark.schema import EVENT_TYPES, USER_ATTRIBUTE_COLUMNS
 
 LR_SCHEDULES = ("constant", "linear")
 LAUNCHERS = ("horovod", "torch_distributor")
+OBJECTIVES = ("relevance", "expected_revenue", "expected_margin")
 RESUME_MODES = ("auto", "off")
 
 
@@ -240,10 +241,32 @@ class ScoreConfig:
     block_mb: float = 8.0
     # Also overwrite gold/recommendations_latest with this run's partition (a stable table to read).
     write_latest: bool = True
+    # What lists are ranked by: relevance (the model's score), expected_revenue (calibrated
+    # probability x price) or expected_margin (x margin), from the items' price / margin columns.
+    objective: str = "relevance"
     # "New arrivals": at least this many items without interactions (new since training, or never
     # touched) in each list when eligible ones exist, chosen by the model's content path and placed
     # by their own scores. 0 = off (new items then compete with everything on score alone).
     new_item_slots: int = 0
+
+
+@dataclass(frozen=True)
+class AudienceConfig:
+    # Campaigns: a YAML or JSON file holding a list, or a Delta table (path, or name under
+    # <paths.root>/tables). Each campaign: campaign_id; its items as one of items (item ids),
+    # category or brand; size (the audience's users, 0 = no size) and/or min_probability.
+    campaigns: str = ""
+    # Users who purchased one of a campaign's items in the days before run_date are left out of it
+    # (0 = nobody is left out for past purchases).
+    exclude_purchased_days: int = 30
+    # A Delta table (path, or name under <paths.root>/tables) with a user_id column: users who opted
+    # out of marketing; they are in no audience. Empty = none.
+    opt_out: str = ""
+    # Frequency cap: a user is in at most this many of a day's audiences, kept in those where their
+    # score (lift over the campaign's mean) is highest; 0 = no cap.
+    max_per_user: int = 0
+    # YYYY-MM-DD; empty means today (UTC). A rerun of a date replaces that date's audiences.
+    run_date: str = ""
 
 
 @dataclass(frozen=True)
@@ -313,6 +336,7 @@ class Config:
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
+    audience: AudienceConfig = field(default_factory=AudienceConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     abtest: AbtestConfig = field(default_factory=AbtestConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
@@ -435,6 +459,8 @@ def _check_score(sc: ScoreConfig) -> None:
         raise ConfigError(f"score.mmr_lambda: must be in [0, 1] (0 = off), got {sc.mmr_lambda}")
     if sc.max_per_category < 0 or sc.explain < 0 or sc.block_mb <= 0:
         raise ConfigError("score.max_per_category and score.explain must be >= 0 and score.block_mb > 0")
+    if sc.objective not in OBJECTIVES:
+        raise ConfigError(f"score.objective: must be one of {', '.join(OBJECTIVES)}, got {sc.objective!r}")
     if sc.new_item_slots < 0 or sc.new_item_slots > sc.k:
         raise ConfigError(f"score.new_item_slots: must be in [0, score.k={sc.k}], got {sc.new_item_slots}")
 
@@ -467,6 +493,8 @@ def _check_values(cfg: Config) -> None:
     _check_features(cfg.features)
     _check_train(cfg.train)
     _check_score(cfg.score)
+    for key in ("exclude_purchased_days", "max_per_user"):
+        _at_least(f"audience.{key}", getattr(cfg.audience, key), 0)
     if cfg.privacy.vacuum_retention_hours < 0:
         raise ConfigError(f"privacy.vacuum_retention_hours: must be >= 0, got {cfg.privacy.vacuum_retention_hours}")
     if cfg.spark.progress not in ("auto", "on", "off"):

@@ -23,7 +23,7 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from recsys_spark import baselines, checkpoints, cold_start, schema, slices, splits, tables
+from recsys_spark import baselines, calibration, checkpoints, cold_start, schema, slices, splits, tables
 from recsys_spark.config import Config
 from recsys_spark.ranking import attention_topk
 from recsys_spark.table_schemas import METRIC_SLICES_SCHEMA, METRICS_SCHEMA
@@ -31,6 +31,32 @@ from recsys_spark.tracking import log_evaluate
 
 
 ACCURACY = ("recall", "ndcg", "mrr", "hitrate", "map")
+CALIBRATION = ("log_loss", "brier", "ece", "auc")
+# Calibration is measured on a seeded sample of at most this many test users, ranked on the driver.
+CALIBRATION_USERS = 5000
+
+
+def _sample(users: DataFrame, n: int, seed: int) -> dict:
+    """Up to n users (a seeded sample) as arrays: seen, input, target, profile_cat, profile_num."""
+    total = users.count()
+    rows = users.sample(fraction=min(1.0, 1.2 * n / max(1, total)), seed=seed).limit(n).collect()
+    as_int = lambda v: np.asarray(v if v is not None else (), dtype=np.int64)  # noqa: E731
+    return {"seen": [as_int(r.seen) for r in rows], "input": [as_int(r.input) for r in rows],
+            "target": np.array([r.target for r in rows], dtype=np.int64),
+            "profile_cat": [r.profile_cat for r in rows], "profile_num": [r.profile_num for r in rows]}
+
+
+def _user_vectors(model, users: dict, batch: int = 512):
+    import torch
+
+    from recsys_spark.ranking import encode_users
+
+    with torch.no_grad():
+        items = model.item_vectors()
+        n = len(users["target"])
+        vecs = [encode_users(model, users["input"][lo: lo + batch], users["profile_cat"][lo: lo + batch],
+                             users["profile_num"][lo: lo + batch], items) for lo in range(0, n, batch)]
+        return (torch.cat(vecs) if vecs else torch.zeros(0, items.shape[1])), items
 
 
 def spark_metrics(recs: DataFrame, targets: DataFrame, ks: list[int]) -> dict[str, float]:
@@ -116,6 +142,7 @@ class Evaluation:
         self.popularity = baselines.popularity_counts(self.users, self.n_items)
         self.categories = self._categories()
         self.metrics, self.beyond, self.sliced, self.train_s, self.score_s, self.params = {}, {}, {}, {}, {}, {}
+        self.calibration: dict[str, dict] = {}
 
     def _categories(self) -> np.ndarray:
         content = tables.read_pinned(self.spark, self.cfg.tables_dir, schema.ITEM_CONTENT, self.versions)
@@ -166,6 +193,23 @@ class Evaluation:
                              slices.item_exposure(recs, 10, self.popularity, self.categories))
         recs.unpersist()
 
+    def measure_calibration(self) -> None:
+        """How well the probabilities of the attention model (its checkpoint's calibration) and of
+        popularity (calibrated on the validation targets the same way) match what the
+        test users did next; on a sample of the test users."""
+        seed = self.cfg.train.seed
+        test = _sample(self.users, CALIBRATION_USERS, seed)
+        users, items = _user_vectors(checkpoints.cached_model(self.ckpt_path), test)
+        self.calibration["attention"] = calibration.figures(users, items, test["seen"], test["target"],
+                                                            *checkpoints.calibration(self.ckpt))
+        valid_users = splits.valid_users(self.spark, self.cfg, self.versions)
+        valid = _sample(valid_users, CALIBRATION_USERS, seed)
+        one, counts = calibration.popularity_vectors(baselines.popularity_counts(valid_users, self.n_items))
+        fitted = calibration.fit(one.expand(len(valid["target"]), 1), counts, valid["seen"], valid["target"])
+        one, counts = calibration.popularity_vectors(self.popularity)
+        self.calibration["popularity"] = calibration.figures(one.expand(len(test["target"]), 1), counts, test["seen"],
+                                                             test["target"], fitted["temperature"], fitted["new_share"])
+
     def finish(self) -> dict:
         """Write gold/metrics and gold/metric_slices, print the tables, measure cold start when
         users or items were held out, log to MLflow; the result as a dict."""
@@ -175,7 +219,8 @@ class Evaluation:
         model_run_id = self.ckpt["run_id"]
         metrics_loc = tables.path(self.cfg.tables_dir, schema.METRICS)
         tables.append(self.spark.createDataFrame(self._metric_rows(eval_id, now), METRICS_SCHEMA), metrics_loc)
-        tables.append(self.spark.createDataFrame(_slice_rows(self.sliced, eval_id, model_run_id, now),
+        tables.append(self.spark.createDataFrame(_slice_rows(self.sliced, eval_id, model_run_id, now)
+                                                 + _reliability_rows(self.calibration, eval_id, model_run_id, now),
                                                  METRIC_SLICES_SCHEMA),
                       tables.path(self.cfg.tables_dir, schema.METRIC_SLICES))
         print(self.summary(eval_id))
@@ -188,7 +233,7 @@ class Evaluation:
             print("cold start (held-out users and items, full ranking):\n" + cold_start.format_cold(cold), flush=True)
         result = {"eval_id": eval_id, "cold": cold, "slices": self.sliced, "model_run_id": model_run_id,
                   "n_users": self.n_users, "metrics": self.metrics, "beyond": self.beyond, "train_s": self.train_s,
-                  "score_s": self.score_s, "params": self.params}
+                  "score_s": self.score_s, "params": self.params, "calibration": self.calibration}
         result["mlflow_run_id"] = log_evaluate(self.cfg, result)
         return result
 
@@ -198,6 +243,8 @@ class Evaluation:
                 for name, m in self.metrics.items() for k in self.ks for metric in ACCURACY]
         rows += [(eval_id, run_id, name, metric, k, float(v), self.metrics[name]["n_users"], "test", now)
                  for name, by_k in self.beyond.items() for k, b in by_k.items() for metric, v in b.items()]
+        rows += [(eval_id, run_id, name, metric, c["k"], float(c[metric]), c["users"], "test", now)
+                 for name, c in self.calibration.items() for metric in CALIBRATION]
         return rows
 
     def summary(self, eval_id: str) -> str:
@@ -215,6 +262,12 @@ class Evaluation:
         for name in self.metrics:
             vals = {**self.beyond[name][10], "mrr": self.metrics[name]["mrr@10"]}
             lines.append(f"{name:<12}" + "".join(f"{vals[c]:>11.4f}" for c in cols))
+        if self.calibration:
+            lines.append(f"calibration (next-item probability; {next(iter(self.calibration.values()))['users']} test "
+                         f"users; brier and ece over each top-10):")
+            lines.append(f"{'model':<12}{'temp':>8}" + "".join(f"{c:>11}" for c in CALIBRATION))
+            for name, c in self.calibration.items():
+                lines.append(f"{name:<12}{c['temperature']:>8.3f}" + "".join(f"{c[m]:>11.4f}" for m in CALIBRATION))
         table, gaps, _ = self.sliced["attention"]
         lines.append("attention NDCG@10 by slice (fairness gap = largest difference between groups of >= 30 users, "
                      "95% bootstrap CI):")
@@ -224,6 +277,14 @@ class Evaluation:
             gap_s = f"  gap {gap['gap']:.3f} [{gap['ci_low']:.3f}, {gap['ci_high']:.3f}]" if gap else ""
             lines.append(f"  {kind:<13} {cells}{gap_s}")
         return "\n".join(lines)
+
+
+def _reliability_rows(calibrated: dict, eval_id: str, model_run_id: str, now: datetime) -> list[tuple]:
+    """METRIC_SLICES_SCHEMA rows of each model's reliability diagram: kind calibration, group the
+    bin (0 = lowest probabilities), metrics p (mean predicted) and hit_rate, n_users = pairs."""
+    return [(eval_id, model_run_id, name, "calibration", str(i), metric, c["k"], float(b[key]), int(b["pairs"]), now)
+            for name, c in calibrated.items() for i, b in enumerate(c["reliability"])
+            for metric, key in (("p", "p"), ("hit_rate", "hit_rate"))]
 
 
 def _slice_rows(sliced: dict, eval_id: str, model_run_id: str, now: datetime) -> list[tuple]:
@@ -251,4 +312,5 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     evaluation = Evaluation(spark, cfg)
     for name, make_recs in evaluation.models():
         evaluation.measure(name, make_recs)
+    evaluation.measure_calibration()
     return evaluation.finish()

@@ -368,11 +368,13 @@ def _content(spark: SparkSession, cfg: Config, inp: Inputs, idx: Indexes) -> tup
     for c in schema.ITEM_ATTRIBUTE_COLUMNS + (schema.ITEM_TAGS_COLUMN, "title"):
         if c not in content.columns:
             content = content.withColumn(c, F.lit(None).cast("string"))
-    if "price" not in content.columns:
-        content = content.withColumn("price", F.lit(None).cast("double"))
+    for c in schema.ITEM_VALUE_COLUMNS:
+        if c not in content.columns:
+            content = content.withColumn(c, F.lit(None).cast("double"))
     content = attach_attribute_indexes(content, idx.attribute, list(schema.ITEM_ATTRIBUTE_COLUMNS))
     content = content.select("item_idx", "item_id", "title", "category", "brand", schema.ITEM_TAGS_COLUMN,
-                             F.col("price").cast("double").alias("price"), "category_idx", "brand_idx")
+                             *[F.col(c).cast("double").alias(c) for c in schema.ITEM_VALUE_COLUMNS],
+                             "category_idx", "brand_idx")
     return item_content(spark, content, tables.path(cfg.tables_dir, schema.ATTRIBUTE_INDEX), cfg.features)
 
 

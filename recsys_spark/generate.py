@@ -93,6 +93,8 @@ def make_catalog(cfg: GenerateConfig, rng: np.random.Generator) -> Catalog:
     brands = np.array(BRANDS)[rng.integers(0, len(BRANDS), n_items)]
     base_price = np.exp(rng.normal(3.0, 0.8, n_cat))
     price = np.round(base_price[item_category] * np.exp(rng.normal(0, 0.3, n_items)), 2)
+    # Margin: a share of the price fixed per category (10%-50%), so margin and revenue rank differently.
+    margin = np.round(price * (0.1 + 0.4 * ((item_category * 37) % 10) / 10), 2)
     item_ids = [f"i{i:06d}" for i in range(n_items)]
     titles = [f"{brands[i]} {names[item_category[i]]} {100 + i}" for i in range(n_items)]
     items = pd.DataFrame({
@@ -101,6 +103,7 @@ def make_catalog(cfg: GenerateConfig, rng: np.random.Generator) -> Catalog:
         "category": [names[c] for c in item_category],
         "brand": brands,
         "price": price,
+        "margin": margin,
     })
     return Catalog(names, item_category, successor, cdf, order, items)
 
@@ -139,12 +142,14 @@ def cold_items(cfg: GenerateConfig, cat: Catalog) -> pd.DataFrame:
     brands = np.array(BRANDS)[rng.integers(0, len(BRANDS), n)]
     ref = cat.items.groupby("category")["price"].median()
     names = [cat.category_names[x] for x in c]
+    price = np.round(ref.reindex(names).to_numpy() * np.exp(rng.normal(0, 0.3, n)), 2)
     return pd.DataFrame({
         "item_id": [f"n9{i:05d}" for i in range(n)],
         "title": [f"{brands[i]} {names[i]} New {i}" for i in range(n)],
         "category": names,
         "brand": brands,
-        "price": np.round(ref.reindex(names).to_numpy() * np.exp(rng.normal(0, 0.3, n)), 2),
+        "price": price,
+        "margin": np.round(price * (0.1 + 0.4 * ((c * 37) % 10) / 10), 2),
     })
 
 

@@ -23,11 +23,12 @@ import torch
 from recsys_spark import checkpoints, devices, schema
 from recsys_spark.model import pad_left, pad_right
 from recsys_spark.topk import (DEFAULT_BLOCK_MB, explain, first_unseen, recommend, reserve_fresh,
-                               topk_excluding)
+                               set_probabilities, topk_excluding)
 
 TOPK_SCHEMA = "user_idx long, rank int, item_idx long, score double"
-RECOMMENDATION_ROWS = ("user_id string, rank int, item_id string, score float, because_item_ids array<string>, "
-                       "served_by string")
+RECOMMENDATION_ROWS = ("user_id string, rank int, item_id string, score float, probability float, "
+                       "because_item_ids array<string>, served_by string")
+
 
 
 @dataclass(frozen=True)
@@ -43,16 +44,21 @@ class ScoringSpec:
     block_mb: float = 8.0
     new_item_slots: int = 0
     with_ids: bool = False  # output RECOMMENDATION_ROWS (ids, explanations) instead of TOPK_SCHEMA
+    # The checkpoint's calibration (recsys_spark.calibration): (temperature, new_share),
+    # p = new_share x softmax(score / temperature) over the items a user can be shown.
+    calibration: tuple = (1.0, 1.0)
+    objective: str = "relevance"
 
 
 def item_catalog(item_vectors: np.ndarray, item_ids: Optional[np.ndarray] = None,
                  ineligible: Optional[np.ndarray] = None, categories: Optional[np.ndarray] = None,
                  popular: Optional[np.ndarray] = None, segments: Optional[dict] = None,
-                 fresh: Optional[np.ndarray] = None) -> dict:
+                 fresh: Optional[np.ndarray] = None, value: Optional[np.ndarray] = None) -> dict:
     """The item side of ranking, computed once per run: vectors (n, d) float32 (row 0 = padding),
     ids (n,) str, ineligible (n,) bool, categories (n,) int, fresh (n,) bool (no interactions the
-    model was trained on); for users the model cannot serve, popular (item indexes, most popular
-    first) and segments {declared attributes as segment_key: item indexes, most popular first}."""
+    model was trained on), value (n,) float (price or margin; for expected-value objectives); for
+    users the model cannot serve, popular (item indexes, most popular first) and segments
+    {declared attributes as segment_key: item indexes, most popular first}."""
     n = item_vectors.shape[0]
     inel = np.zeros(n, dtype=bool) if ineligible is None else np.asarray(ineligible, dtype=bool)
     if inel.shape != (n,):
@@ -65,7 +71,21 @@ def item_catalog(item_vectors: np.ndarray, item_ids: Optional[np.ndarray] = None
         "popular": np.zeros(0, dtype=np.int64) if popular is None else np.asarray(popular, dtype=np.int64),
         "segments": segments or {},
         "fresh": np.zeros(n, dtype=bool) if fresh is None else np.asarray(fresh, dtype=bool),
+        "value": np.ones(n, dtype=np.float64) if value is None else np.asarray(value, dtype=np.float64),
     }
+
+
+# An item without a positive value (no price) still ranks, below every valued item it could tie with.
+MIN_VALUE = 1e-6
+
+
+def value_bias(catalog: dict, objective: str, temperature: float) -> Optional[np.ndarray]:
+    """Per-item addend to the model's scores that makes the top-K the best by expected value:
+    ranking by p(i) x value(i) = exp(s_i / T) x value(i) / Z is ranking by s_i + T log value(i).
+    None for relevance."""
+    if objective == "relevance":
+        return None
+    return (temperature * np.log(np.maximum(catalog["value"], MIN_VALUE))).astype(np.float32)
 
 
 def segment_key(profile_cat) -> str:
@@ -92,6 +112,14 @@ def _item_tensors(catalog: dict, device: str):
     if key not in catalog:
         catalog[key] = (torch.as_tensor(catalog["vectors"], device=device),
                         torch.as_tensor(catalog["ineligible"], device=device))
+    return catalog[key]
+
+
+def _bias_tensor(catalog: dict, spec: "ScoringSpec", device: str) -> Optional[torch.Tensor]:
+    key = f"_bias_{spec.objective}_{spec.calibration[0]}_{device}"
+    if key not in catalog:
+        bias = value_bias(catalog, spec.objective, spec.calibration[0])
+        catalog[key] = None if bias is None else torch.as_tensor(bias, device=device)
     return catalog[key]
 
 
@@ -132,8 +160,10 @@ def topk_rows(user_idx: np.ndarray, top: np.ndarray, scores: np.ndarray) -> pd.D
 
 
 def recommendation_rows(user_id: np.ndarray, top: np.ndarray, scores: np.ndarray, ids: np.ndarray,
-                        because: Optional[list], served: np.ndarray) -> pd.DataFrame:
-    """RECOMMENDATION_ROWS of (users, k) item indexes: item ids, explanations as ids, served_by."""
+                        because: Optional[list], served: np.ndarray,
+                        probability: Optional[np.ndarray] = None) -> pd.DataFrame:
+    """RECOMMENDATION_ROWS of (users, k) item indexes: item ids, probabilities (NaN: none),
+    explanations as ids, served_by."""
     k = top.shape[1]
     ok = (top >= 0).ravel()
     flat = top.ravel()[ok]
@@ -147,6 +177,7 @@ def recommendation_rows(user_id: np.ndarray, top: np.ndarray, scores: np.ndarray
         "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(user_id))[ok],
         "item_id": ids[flat],
         "score": scores.ravel()[ok].astype(np.float32),
+        "probability": (np.full(top.shape, np.nan) if probability is None else probability).ravel()[ok].astype(np.float32),
         "because_item_ids": expl,
         "served_by": np.repeat(served, k)[ok],
     })
@@ -176,18 +207,36 @@ def _rank_batch(part: pd.DataFrame, spec: ScoringSpec, model, catalog: dict, ite
     histories = [h[(h > 0) & (h < n_items)] for h in _int_arrays(part["input"])]
     users = encode_users(model, histories, part["profile_cat"] if "profile_cat" in part else None,
                          part["profile_num"] if "profile_num" in part else None, items, device).to(device)
+    bias = _bias_tensor(catalog, spec, device)
     top, scores = recommend(users, items, seen, spec.k, ineligible=ineligible, categories=catalog["categories"],
                             max_per_category=spec.max_per_category, mmr_lambda=spec.mmr_lambda,
-                            budget_mb=spec.block_mb)
+                            budget_mb=spec.block_mb, item_bias=bias)
     if spec.new_item_slots:
         top, scores = reserve_fresh(top, scores, users, items, seen, torch.as_tensor(catalog["fresh"]),
-                                    spec.new_item_slots, ineligible=ineligible, budget_mb=spec.block_mb)
+                                    spec.new_item_slots, ineligible=ineligible, budget_mb=spec.block_mb, item_bias=bias)
     if not spec.with_ids:
         return topk_rows(part["user_idx"].to_numpy(), top, scores)
+    probability, scores = _probabilities(users, items, seen, ineligible, top, scores, catalog, spec)
     histories = [h[-model.cfg.max_len:] for h in histories]
     because = explain(top, histories, items, spec.explain) if spec.explain else None
     served = _serve_without_model(part, model, catalog, histories, seen, top, scores, spec.k)
-    return recommendation_rows(part["user_id"].to_numpy(), top, scores, catalog["ids"], because, served)
+    probability[served == schema.SERVED_SEGMENT] = np.nan  # popularity lists: no model probability
+    probability[served == schema.SERVED_POPULAR] = np.nan
+    return recommendation_rows(part["user_id"].to_numpy(), top, scores, catalog["ids"], because, served, probability)
+
+
+def _probabilities(users, items, seen, ineligible, top: np.ndarray, ranked_by: np.ndarray, catalog: dict,
+                   spec: ScoringSpec) -> tuple[np.ndarray, np.ndarray]:
+    """(calibrated probability that each listed item is the user's next, the score column): the
+    model's score for relevance, the expected value probability x value otherwise."""
+    temperature, new_share = spec.calibration
+    log_z, _ = set_probabilities(users, items, seen, temperature, ineligible=ineligible, budget_mb=spec.block_mb)
+    bias = value_bias(catalog, spec.objective, temperature)
+    model_scores = ranked_by - (bias[np.maximum(top, 0)] if bias is not None else 0.0)
+    probability = np.where(top >= 0, new_share * np.exp(model_scores / temperature - log_z[:, None]), np.nan)
+    if spec.objective == "relevance":
+        return probability, ranked_by
+    return probability, np.where(top >= 0, probability * catalog["value"][np.maximum(top, 0)], -np.inf)
 
 
 def _score_partition(batches: Iterator[pd.DataFrame], spec: ScoringSpec, catalog_bc) -> Iterator[pd.DataFrame]:
@@ -239,3 +288,105 @@ def factor_topk(users, item_factors: np.ndarray, k: int, vector_col: str = "feat
     vector scores every item 0, so ties fall to item order): TOPK_SCHEMA rows."""
     return (users.select("user_idx", "seen", vector_col)
             .mapInPandas(lambda it: _factor_partition(it, item_factors, k, vector_col, budget_mb), TOPK_SCHEMA))
+
+
+# ------------------------------------------------------------------------------------------------
+# Reverse top-K: for each campaign (an item set), the users most likely to pick one of its items next
+
+CAMPAIGN_ROWS = "campaign long, user_id string, probability double, users long"
+
+
+@dataclass(frozen=True)
+class CampaignSpec:
+    """What an executor needs to find campaign audiences; the catalog broadcast carries `members`,
+    a (n_items, C) 0/1 float32 matrix of the campaigns' items. As in the lists, a user's seen items
+    are out of the distribution: the probability is of a next item the user has not had yet."""
+    ckpt_path: str
+    temperature: float
+    new_share: float  # the checkpoint's calibration (ScoringSpec.calibration)
+    keep: tuple  # per campaign: candidates each partition keeps (0 = every user over its threshold)
+    min_probability: tuple  # per campaign: users below it are never candidates
+    batch_users: int = 1024
+    device: str = "auto"
+    block_mb: float = 8.0
+
+
+def _servable(part: pd.DataFrame, model, histories: list) -> np.ndarray:
+    """Users the model can encode: a history, or declared attributes on a model with a profile path."""
+    pcs = list(part["profile_cat"]) if "profile_cat" in part else [None] * len(part)
+    return np.array([len(h) > 0 or (model.use_profile and pc is not None and any(int(x) > 0 for x in pc))
+                     for h, pc in zip(histories, pcs)], dtype=bool)
+
+
+class _CampaignTop:
+    """A partition's running best candidates per campaign (the `keep` largest probabilities)."""
+
+    def __init__(self, keep: np.ndarray):
+        self.keep = keep
+        width = int(keep.max()) if len(keep) and keep.max() > 0 else 0
+        self.vals = torch.full((width, len(keep)), float("-inf"), dtype=torch.float64)
+        self.users = torch.full((width, len(keep)), -1, dtype=torch.long)
+
+    def add(self, probs: np.ndarray, first_user: int) -> None:
+        if not self.vals.shape[0]:
+            return
+        vals = torch.as_tensor(probs)
+        users = torch.arange(first_user, first_user + len(probs)).unsqueeze(1).expand_as(vals)
+        vals = torch.cat([self.vals, vals])
+        users = torch.cat([self.users, users])
+        top = torch.topk(vals, min(self.vals.shape[0], vals.shape[0]), dim=0)
+        self.vals, self.users = top.values, users.gather(0, top.indices)
+
+
+def _campaign_partition(batches: Iterator[pd.DataFrame], spec: CampaignSpec, catalog_bc) -> Iterator[pd.DataFrame]:
+    torch.set_num_threads(1)
+    device = devices.pick(spec.device, devices.spark_task_gpus(), key="score.device")
+    catalog = catalog_bc.value
+    items, ineligible = _item_tensors(catalog, device)
+    members = torch.as_tensor(catalog["members"], device=device)
+    model = checkpoints.cached_model(spec.ckpt_path).to(device)
+    keep, floor = np.asarray(spec.keep, dtype=np.int64), np.asarray(spec.min_probability, dtype=np.float64)
+    best = _CampaignTop(keep)
+    user_ids: list = []
+    sums, count, over = np.zeros(len(keep)), 0, []
+    with torch.no_grad():
+        for pdf in batches:
+            for lo in range(0, len(pdf), spec.batch_users):
+                part = pdf.iloc[lo: lo + spec.batch_users]
+                histories = [h[(h > 0) & (h < items.shape[0])] for h in _int_arrays(part["input"])]
+                ok = _servable(part, model, histories)
+                part, histories = part[ok], [h for h, o in zip(histories, ok) if o]
+                if not len(part):
+                    continue
+                users = encode_users(model, histories, part["profile_cat"] if "profile_cat" in part else None,
+                                     part["profile_num"] if "profile_num" in part else None, items, device)
+                _, probs = set_probabilities(users, items, _int_arrays(part["seen"]), spec.temperature,
+                                             members=members, ineligible=ineligible, budget_mb=spec.block_mb)
+                probs = probs * spec.new_share
+                sums += probs.sum(0)
+                probs = np.where(probs >= floor, probs, -np.inf)
+                best.add(np.where(keep > 0, probs, -np.inf), len(user_ids))
+                rows, cols = np.nonzero(np.isfinite(probs) & (keep == 0))  # threshold-only campaigns
+                over.append(pd.DataFrame({"campaign": cols.astype(np.int64), "user_id": part["user_id"].to_numpy()[rows],
+                                          "probability": probs[rows, cols], "users": 0}))
+                user_ids.extend(part["user_id"].tolist())
+                count += len(part)
+    ids = np.asarray(user_ids, dtype=object)
+    vals, who = best.vals.numpy(), best.users.numpy()
+    rank = np.arange(vals.shape[0])[:, None]
+    r, c = np.nonzero(np.isfinite(vals) & (rank < keep[None, :]))
+    over.append(pd.DataFrame({"campaign": c.astype(np.int64), "user_id": ids[who[r, c]] if len(r) else [],
+                              "probability": vals[r, c], "users": 0}))
+    # One row per campaign with the partition's probability sum (user_id null): the base rates.
+    over.append(pd.DataFrame({"campaign": np.arange(len(keep), dtype=np.int64), "user_id": None,
+                              "probability": sums, "users": count}))
+    yield pd.concat(over, ignore_index=True)
+
+
+def campaign_candidates(users, spec: CampaignSpec, catalog_bc):
+    """Per campaign, each partition's best candidates: CAMPAIGN_ROWS with the calibrated probability
+    that the user's next item is one of the campaign's; plus, per partition and campaign, one row
+    with user_id null, the sum of every scored user's probability and their number (users).
+    users: user_id, input, seen, profile_cat, profile_num (scoring_input). Users the model cannot encode
+    (no history, nothing declared) are not scored."""
+    return users.mapInPandas(lambda it: _campaign_partition(it, spec, catalog_bc), CAMPAIGN_ROWS)

@@ -22,6 +22,7 @@ from pyspark.sql import functions as F
 from recsys_spark import checkpoints, schema, tables
 from recsys_spark.abtest import format_readout, readout, variant_stats
 from recsys_spark.config import Config
+from recsys_spark.evaluate import CALIBRATION
 
 HEADLINE = [("recall", 10), ("ndcg", 10), ("mrr", 10), ("coverage", 10), ("gini", 10), ("novelty", 10),
             ("ild", 10), ("pop_share", 10)]
@@ -118,6 +119,37 @@ def _ab_figure(plt, ab: Optional[dict]) -> Optional[str]:
     return _png(fig)
 
 
+def _reliability_figure(plt, np, slices) -> Optional[str]:
+    """Reliability diagram: mean predicted next-item probability against the observed hit rate."""
+    cal = slices[slices.kind == "calibration"]
+    if not len(cal):
+        return None
+    fig, ax = plt.subplots(figsize=(4.2, 4))
+    top = 0.0
+    for m in _by_model(cal.model.unique()):
+        part = cal[cal.model == m].pivot_table(index="group", columns="metric", values="value")
+        part = part.sort_values("p")
+        ax.plot(part["p"], part["hit_rate"], marker="o", label=m)
+        top = max(top, float(part["p"].max()), float(part["hit_rate"].max()))
+    ax.plot([0, top], [0, top], color="grey", linestyle="--", linewidth=1, label="perfect calibration")
+    ax.set_xlabel("predicted probability (top-10 items, bins of equal size)")
+    ax.set_ylabel("observed: was the next item")
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def _calibration_table(cur, models: list[str]) -> str:
+    rows = [[m] + [f"{v:.4f}" if (v := _value(cur, m, metric, 10)) is not None else "" for metric in CALIBRATION]
+            for m in models if _value(cur, m, "log_loss", 10) is not None]
+    if not rows:
+        return "<p>No calibration figures in this evaluation.</p>"
+    return ("<p>How far the calibrated next-item probabilities (in the recommendations and audiences tables) can be "
+            "taken at their word, on the test users: log loss of the item each user picked next (lower is better), "
+            "Brier score and expected calibration error over each top-10 (lower is better), AUC of the next item "
+            "against every other item the user could be shown.</p>"
+            + _table(["model"] + list(CALIBRATION), rows))
+
+
 def _figures(slices, history: list, ab: Optional[dict]) -> dict[str, str]:
     """The report's plots as data URIs, by section: activity, exposure, training, ab."""
     import matplotlib
@@ -127,7 +159,8 @@ def _figures(slices, history: list, ab: Optional[dict]) -> dict[str, str]:
     import numpy as np
 
     figs = {"activity": _activity_figure(plt, np, slices), "exposure": _exposure_figure(plt, np, slices),
-            "training": _training_figure(plt, np, history), "ab": _ab_figure(plt, ab)}
+            "training": _training_figure(plt, np, history), "ab": _ab_figure(plt, ab),
+            "reliability": _reliability_figure(plt, np, slices)}
     return {k: v for k, v in figs.items() if v is not None}
 
 
@@ -228,6 +261,7 @@ def _document(eval_id: str, model_run_id: str, n_users: int, sections: dict, fig
 <h2>Headline metrics</h2>{sections["headline"]}
 <h2>Against the previous run</h2>{sections["comparison"]}
 <h2>Who is served well</h2>{img("activity", "NDCG@10 by activity bucket")}{sections["gaps"]}{sections["groups"]}{sections["cold"]}
+<h2>Probabilities</h2>{sections["calibration"]}{img("reliability", "reliability diagram")}
 <h2>Exposure</h2>{img("exposure", "exposure Lorenz curve and popularity bias")}
 <h2>Training</h2>{img("training", "training curves")}
 <h2>A/B test</h2>{img("ab", "A/B lift with intervals") if ab else "<p>No A/B log (gold/ab_log).</p>"}
@@ -256,7 +290,7 @@ def run(spark: SparkSession, cfg: Config, n_examples: int = 3) -> str:
     history = _training_history(cfg, model_run_id)
     figs = _figures(slices, history, ab) if slices is not None else _figures_empty(history, ab)
     sections = {
-        "headline": _headline(cur, models), "comparison": _comparison(metrics, cur, eval_id, prev_id, model_run_id),
+        "headline": _headline(cur, models), "calibration": _calibration_table(cur, models), "comparison": _comparison(metrics, cur, eval_id, prev_id, model_run_id),
         "gaps": _gaps(slices), "groups": _group_table(slices, models) if slices is not None else "",
         "cold": _cold_section(every[(every.eval_run_id == eval_id) & (every.split != "test") & (every.k == 10)]),
         "examples": _examples(spark, cfg, n_examples),

@@ -16,6 +16,8 @@ USER_ATTRIBUTE_COLUMNS = ("age_band", "gender", "region", "occupation")
 # Categorical item attributes; `tags` holds several values separated by "|" (genres, attribute ids).
 ITEM_ATTRIBUTE_COLUMNS = ("category", "brand")
 ITEM_TAGS_COLUMN = "tags"
+# What showing an item is worth (score.objective expected_revenue / expected_margin); optional.
+ITEM_VALUE_COLUMNS = ("price", "margin")
 TAG_ATTRIBUTE = "tag"
 
 # Delta tables, relative to <paths.root>/tables.
@@ -39,6 +41,8 @@ FEATURE_SETS = "gold/feature_sets"
 RECOMMENDATIONS = "gold/recommendations"
 RECOMMENDATIONS_LATEST = "gold/recommendations_latest"
 SCORE_RUNS = "gold/score_runs"
+# Campaign audiences: partitioned by run_date and campaign_id.
+AUDIENCES = "gold/audiences"
 METRICS = "gold/metrics"
 METRIC_SLICES = "gold/metric_slices"
 

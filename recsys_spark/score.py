@@ -31,6 +31,9 @@ from recsys_spark.features import item_feature_arrays
 from recsys_spark.ranking import ScoringSpec, item_catalog, score_users
 from recsys_spark.table_schemas import RECOMMENDATIONS_SCHEMA, SCORE_RUNS_SCHEMA
 
+# The items' column each expected-value objective multiplies the probability by.
+OBJECTIVE_VALUE = {"expected_revenue": "price", "expected_margin": "margin"}
+
 # The tables a scoring run reads, pinned at the newest complete feature set when it starts.
 INPUT_TABLES = (schema.SEQUENCES, schema.USER_PROFILE, schema.ITEM_INDEX, schema.ITEM_CONTENT, schema.USER_INDEX)
 
@@ -95,7 +98,7 @@ class Scope:
     carried: Optional[DataFrame] = None
 
 
-def _pin_inputs(spark: SparkSession, root: str) -> tuple[dict, Optional[int]]:
+def pin_inputs(spark: SparkSession, root: str) -> tuple[dict, Optional[int]]:
     """Versions of the input tables, and the events version the sequences were built from."""
     for name in INPUT_TABLES:
         tables.require(spark, tables.path(root, name), "features")
@@ -115,7 +118,7 @@ def _eligibility(spark: SparkSession, cfg: Config, item_index: DataFrame, n_item
     return _ineligible_mask(spark, loc, version, item_index, n_items), version
 
 
-def _catalog(spark: SparkSession, cfg: Config, model, versions: dict, users: DataFrame) -> tuple[dict, Optional[int]]:
+def current_catalog(spark: SparkSession, cfg: Config, model, versions: dict, users: DataFrame) -> tuple[dict, Optional[int]]:
     """The item side, once per run: the current catalog, including items newer than the model
     (their vectors come from the checkpoint's own encoders). Returns (catalog, eligibility version)."""
     import torch
@@ -123,12 +126,19 @@ def _catalog(spark: SparkSession, cfg: Config, model, versions: dict, users: Dat
     root = cfg.tables_dir
     item_index = tables.read_pinned(spark, root, schema.ITEM_INDEX, versions)
     content = tables.read_pinned(spark, root, schema.ITEM_CONTENT, versions)
-    rows = content.select("item_idx", "item_id", "category_idx").collect()
+    value_col = OBJECTIVE_VALUE.get(cfg.score.objective)
+    rows = content.select("item_idx", "item_id", "category_idx",
+                          F.col(value_col).alias("value") if value_col else F.lit(None).alias("value")).collect()
     n_items = max([model.cfg.n_items] + [r.item_idx + 1 for r in rows])
     ids = np.array([""] * n_items, dtype=object)
     categories = np.zeros(n_items, dtype=np.int64)
+    value = np.zeros(n_items, dtype=np.float64)
     for r in rows:
-        ids[r.item_idx], categories[r.item_idx] = r.item_id, int(r.category_idx or 0)
+        ids[r.item_idx], categories[r.item_idx], value[r.item_idx] = r.item_id, int(r.category_idx or 0), r.value or 0.0
+    if value_col and not (value > 0).any():
+        raise ValueError(f"score.objective is {cfg.score.objective} but no item has a positive {value_col}: add a "
+                         f"{value_col} column to the items input (then rerun ingest and features), or set "
+                         f"score.objective: relevance")
     feats = {k: torch.as_tensor(v) for k, v in item_feature_arrays(content, n_items).items()}
     with torch.no_grad():
         vectors = model.item_vectors(feats).numpy()
@@ -141,12 +151,14 @@ def _catalog(spark: SparkSession, cfg: Config, model, versions: dict, users: Dat
     fresh[0] = False
     fresh &= ids != ""
     popular, segments = fallback_lists(users)
-    return item_catalog(vectors, ids, ineligible, categories, popular, segments, fresh), elig_version
+    return item_catalog(vectors, ids, ineligible, categories, popular, segments, fresh,
+                        value if value_col else None), elig_version
 
 
 def _rules(sc) -> str:
     return json.dumps({"k": sc.k, "max_per_category": sc.max_per_category, "mmr_lambda": sc.mmr_lambda,
-                       "explain": sc.explain, **({"new_item_slots": sc.new_item_slots} if sc.new_item_slots else {})},
+                       "explain": sc.explain, **({"new_item_slots": sc.new_item_slots} if sc.new_item_slots else {}),
+                       **({"objective": sc.objective} if sc.objective != "relevance" else {})},
                       sort_keys=True)
 
 
@@ -166,6 +178,8 @@ def _scope(spark: SparkSession, root: str, users: DataFrame, last: Optional[dict
                 .where(F.col("run_date") == F.lit(last["run_date"])))
     if "served_by" not in previous.columns:  # written before the column existed
         previous = previous.withColumn("served_by", F.lit(schema.SERVED_HISTORY))
+    if "probability" not in previous.columns:
+        previous = previous.withColumn("probability", F.lit(None).cast("float"))
     unserved = users.select("user_id").join(previous.select("user_id"), "user_id", "left_anti")
     rescore = changed.unionByName(unserved).distinct()
     return Scope(mode, reason, users.join(rescore, "user_id", "left_semi"),
@@ -239,16 +253,17 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     model, ckpt = checkpoints.load(ckpt_path)
     run_id = ckpt["run_id"]
     run_date = date.fromisoformat(sc.run_date) if sc.run_date else datetime.now(timezone.utc).date()
-    versions, events_version = _pin_inputs(spark, root)
+    versions, events_version = pin_inputs(spark, root)
     users = splits.scoring_input(spark, cfg, versions).persist()
-    catalog, elig_version = _catalog(spark, cfg, model, versions, users)
+    catalog, elig_version = current_catalog(spark, cfg, model, versions, users)
     rules = _rules(sc)
     last = _last_run(spark, root)
     scope = _scope(spark, root, users, last, *_choose_mode(cfg, last, run_id, rules, elig_version, events_version),
                    events_version)
     spec = ScoringSpec(k=sc.k, ckpt_path=ckpt_path, batch_users=sc.batch_users, max_per_category=sc.max_per_category,
                        mmr_lambda=sc.mmr_lambda, explain=sc.explain, device=sc.device, block_mb=sc.block_mb,
-                       new_item_slots=sc.new_item_slots, with_ids=True)
+                       new_item_slots=sc.new_item_slots, with_ids=True,
+                       calibration=checkpoints.calibration(ckpt), objective=sc.objective)
     staged = _staged(score_users(scope.users, spec, spark.sparkContext.broadcast(catalog)), scope.carried,
                      run_id, run_date)
     counts = RunCounts.of(staged)

@@ -1,4 +1,5 @@
-"""Print where the tables are and a few users' latest recommendations with item names."""
+"""Print where the tables are and a few users' latest recommendations with item names; or a
+campaign's audience with reasons."""
 from __future__ import annotations
 
 from pyspark.sql import SparkSession
@@ -8,7 +9,9 @@ from recsys_spark import schema, tables
 from recsys_spark.config import Config
 
 
-def run(spark: SparkSession, cfg: Config, n_users: int = 5) -> None:
+def run(spark: SparkSession, cfg: Config, n_users: int = 5, campaign_id: str | None = None) -> None:
+    if campaign_id:
+        return campaign(spark, cfg, campaign_id, n_users)
     root = cfg.tables_dir
     loc = tables.path(root, schema.RECOMMENDATIONS)
     tables.require(spark, loc, "score")
@@ -62,4 +65,31 @@ def run(spark: SparkSession, cfg: Config, n_users: int = 5) -> None:
         why = ""
         if r.because_item_ids:
             why = "  -- because you viewed " + ", ".join(titles.get(i, i) for i in r.because_item_ids)
-        print(f"    {r.rank:>2}. {titles.get(r.item_id, r.item_id)}  [{r.item_id}]  score {r.score:.3f}{why}")
+        p = getattr(r, "probability", None) if "probability" in r.asDict() else None
+        chance = f", next-item probability {p:.1%}" if p is not None else ""
+        print(f"    {r.rank:>2}. {titles.get(r.item_id, r.item_id)}  [{r.item_id}]  score {r.score:.3f}{chance}{why}")
+
+
+def campaign(spark: SparkSession, cfg: Config, campaign_id: str, n_users: int = 5) -> None:
+    """A campaign's latest audience: its first users with their probability, lift and reasons."""
+    from recsys_spark import audience
+
+    loc = tables.path(cfg.tables_dir, schema.AUDIENCES)
+    tables.require(spark, loc, "audience")
+    rows = tables.read(spark, loc).where(F.col("campaign_id") == campaign_id)
+    latest = rows.agg(F.max("run_date")).first()[0]
+    if latest is None:
+        known = [r.campaign_id for r in tables.read(spark, loc).select("campaign_id").distinct().orderBy("campaign_id").collect()]
+        raise ValueError(f"no audience for campaign {campaign_id!r} in {loc}; campaigns there: {', '.join(known)}")
+    rows = rows.where(F.col("run_date") == latest)
+    size = rows.count()
+    top = rows.orderBy("rank").limit(n_users).collect()
+    titles = {r.item_id: r.title for r in tables.read(spark, tables.path(cfg.tables_dir, schema.ITEM_CONTENT))
+              .select("item_id", F.coalesce("title", "item_id").alias("title")).collect()}
+    why = audience.reasons(spark, cfg, campaign_id, [r.user_id for r in top])
+    print(f"Audience of campaign {campaign_id} for {latest}: {size} users (model {top[0].model_run_id if top else '-'}); "
+          f"first {len(top)}:")
+    for r in top:
+        because = ", ".join(titles.get(i, i) for i in why.get(r.user_id, []))
+        print(f"  {r.rank:>4}. {r.user_id}  probability {r.probability:.1%}, {r.score:.1f}x the campaign's mean"
+              + (f"  -- closest in their history: {because}" if because else ""))

@@ -39,12 +39,31 @@ RECOMMENDATIONS_SCHEMA = T.StructType(
         T.StructField("user_id", T.StringType(), False),
         T.StructField("rank", T.IntegerType(), False),
         T.StructField("item_id", T.StringType(), False),
+        # The model's score (relevance), or the expected value p x price / margin (score.objective).
         T.StructField("score", T.FloatType(), False),
+        # Calibrated chance that this is the user's next item (null for popularity lists).
+        T.StructField("probability", T.FloatType(), True),
         T.StructField("because_item_ids", T.ArrayType(T.StringType(), False), False),
         # history | profile | segment_popularity | popularity (recsys_spark.schema.SERVED_*)
         T.StructField("served_by", T.StringType(), False),
         T.StructField("model_run_id", T.StringType(), False),
         T.StructField("run_date", T.DateType(), False),
+    ]
+)
+
+# Campaign audiences (README "Audiences"): per run_date and campaign, users by rank 1..n.
+AUDIENCES_SCHEMA = T.StructType(
+    [
+        T.StructField("user_id", T.StringType(), False),
+        T.StructField("rank", T.IntegerType(), False),
+        # Calibrated chance that the user's next new item is one of the campaign's.
+        T.StructField("probability", T.DoubleType(), False),
+        # probability / the campaign's mean probability over every scored user (how audiences of
+        # different campaigns compare, e.g. for the frequency cap).
+        T.StructField("score", T.DoubleType(), False),
+        T.StructField("model_run_id", T.StringType(), False),
+        T.StructField("run_date", T.DateType(), False),
+        T.StructField("campaign_id", T.StringType(), False),
     ]
 )
 

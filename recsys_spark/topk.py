@@ -113,10 +113,19 @@ def topk_from_scores(scores: torch.Tensor, seen: Sequence, k: int,
     return out_items, out_scores
 
 
+def _block_scores(u: torch.Tensor, item_vecs: torch.Tensor, item_bias: Optional[torch.Tensor]) -> torch.Tensor:
+    scores = u @ item_vecs.T
+    if item_bias is not None:
+        scores += item_bias
+    return scores
+
+
 def topk_excluding(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, k: int,
                    block: Optional[int] = None, ineligible: Optional[torch.Tensor] = None,
-                   budget_mb: float = DEFAULT_BLOCK_MB) -> tuple[np.ndarray, np.ndarray]:
-    """Top-k items per user by dot product (blocked over users), seen/ineligible items excluded."""
+                   budget_mb: float = DEFAULT_BLOCK_MB,
+                   item_bias: Optional[torch.Tensor] = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k items per user by dot product (+ item_bias, a per-item addend), blocked over users,
+    seen/ineligible items excluded."""
     n_items = item_vecs.shape[0]
     if item_vecs.device.type == "cuda":
         budget_mb = max(budget_mb, GPU_BLOCK_MB)
@@ -125,7 +134,7 @@ def topk_excluding(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Seque
     parts = []
     for lo in range(0, len(seen), block):
         u = user_vecs[lo: lo + block].to(dev, item_vecs.dtype)
-        parts.append(topk_from_scores(u @ item_vecs.T, seen[lo: lo + block], k, ineligible))
+        parts.append(topk_from_scores(_block_scores(u, item_vecs, item_bias), seen[lo: lo + block], k, ineligible))
     if not parts:
         return np.zeros((0, k), dtype=np.int64), np.full((0, k), -np.inf)
     return np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts])
@@ -230,15 +239,19 @@ def explain(top: np.ndarray, history: Sequence, item_vecs: torch.Tensor, n: int 
 def recommend(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, k: int, *,
               ineligible: Optional[torch.Tensor] = None, categories: Optional[np.ndarray] = None,
               max_per_category: int = 0, mmr_lambda: float = 0.0, pool_factor: int = 4,
-              budget_mb: float = DEFAULT_BLOCK_MB) -> tuple[np.ndarray, np.ndarray]:
+              budget_mb: float = DEFAULT_BLOCK_MB,
+              item_bias: Optional[torch.Tensor] = None) -> tuple[np.ndarray, np.ndarray]:
     """Top-k with business rules: eligibility mask, then an optional per-category cap (exact: the
     pool widens to the whole catalog for users it cannot fill) and/or an MMR re-rank of the best
-    pool_factor*k candidates (lambda in (0, 1); 0 = off, 1 = relevance order)."""
+    pool_factor*k candidates (lambda in (0, 1); 0 = off, 1 = relevance order). item_bias: added to
+    every user's score of each item (the log of an item's value for expected-value ranking)."""
     if not max_per_category and not mmr_lambda:
-        return topk_excluding(user_vecs, item_vecs, seen, k, ineligible=ineligible, budget_mb=budget_mb)
+        return topk_excluding(user_vecs, item_vecs, seen, k, ineligible=ineligible, budget_mb=budget_mb,
+                              item_bias=item_bias)
     n_items = item_vecs.shape[0]
     pool = min(n_items, max(k, k * pool_factor))
-    cand, cand_scores = topk_excluding(user_vecs, item_vecs, seen, pool, ineligible=ineligible, budget_mb=budget_mb)
+    cand, cand_scores = topk_excluding(user_vecs, item_vecs, seen, pool, ineligible=ineligible, budget_mb=budget_mb,
+                                       item_bias=item_bias)
     if max_per_category:
         if categories is None:
             raise ValueError("max_per_category needs the item categories")
@@ -247,7 +260,7 @@ def recommend(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, 
         todo = np.flatnonzero(~complete)
         if len(todo) and pool < n_items:
             full, full_scores = topk_excluding(user_vecs[torch.as_tensor(todo)], item_vecs, [seen[i] for i in todo],
-                                               n_items, ineligible=ineligible, budget_mb=budget_mb)
+                                               n_items, ineligible=ineligible, budget_mb=budget_mb, item_bias=item_bias)
             w, ws, _ = cap_per_category(full, full_scores, categories, capped.shape[1], max_per_category)
             capped[todo], capped_scores[todo] = w, ws
         cand, cand_scores = capped, capped_scores
@@ -258,7 +271,8 @@ def recommend(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, 
 
 def reserve_fresh(top: np.ndarray, scores: np.ndarray, user_vecs: torch.Tensor, item_vecs: torch.Tensor,
                   seen: Sequence, fresh: torch.Tensor, slots: int, ineligible: Optional[torch.Tensor] = None,
-                  budget_mb: float = DEFAULT_BLOCK_MB) -> tuple[np.ndarray, np.ndarray]:
+                  budget_mb: float = DEFAULT_BLOCK_MB,
+                  item_bias: Optional[torch.Tensor] = None) -> tuple[np.ndarray, np.ndarray]:
     """A "new arrivals" guarantee: each list holds at least `slots` fresh items (items without
     interactions, fresh[i] True) when enough are eligible and unseen. The best fresh items by the
     user's own scores replace the lowest-ranked non-fresh ones; the list is then re-sorted by score
@@ -268,7 +282,8 @@ def reserve_fresh(top: np.ndarray, scores: np.ndarray, user_vecs: torch.Tensor, 
     blocked = ~fresh.to(item_vecs.device)
     if ineligible is not None:
         blocked = blocked | ineligible.to(item_vecs.device)
-    best, best_scores = topk_excluding(user_vecs, item_vecs, seen, slots, ineligible=blocked, budget_mb=budget_mb)
+    best, best_scores = topk_excluding(user_vecs, item_vecs, seen, slots, ineligible=blocked, budget_mb=budget_mb,
+                                       item_bias=item_bias)
     is_fresh = fresh.cpu().numpy()
     top, scores = top.copy(), scores.copy()
     k = top.shape[1]
@@ -302,3 +317,36 @@ def first_unseen(ranked: np.ndarray, seen: Sequence, k: int, ineligible: Optiona
         row = [int(x) for x in ranked if int(x) not in s and (ineligible is None or not ineligible[int(x)])][:k]
         out[i, :len(row)] = row
     return out
+
+
+# ------------------------------------------------------------------------------------------------
+# Probabilities: the model's scores read as a softmax over the items a user can still be shown
+
+
+def set_probabilities(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, temperature: float,
+                      members: Optional[torch.Tensor] = None, ineligible: Optional[torch.Tensor] = None,
+                      budget_mb: float = DEFAULT_BLOCK_MB) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """The next-item distribution p_u(i) = softmax(score / temperature) over the items each user can
+    be shown (seen, ineligible and padding items have p = 0).
+
+    Returns (log normaliser (U,), float64: log p_u(i) = score_ui / temperature - it), and with
+    members, a (n_items, C) 0/1 matrix of C item sets, the probability (U, C) that the user's next
+    item is in each set (a sum of p_u over its members; one matmul per block of users)."""
+    n_items = item_vecs.shape[0]
+    if item_vecs.device.type == "cuda":
+        budget_mb = max(budget_mb, GPU_BLOCK_MB)
+    block = block_rows(n_items, budget_mb)
+    dev = item_vecs.device
+    log_z, sets = [], []
+    for lo in range(0, len(seen), block):
+        scores = (user_vecs[lo: lo + block].to(dev, item_vecs.dtype) @ item_vecs.T) / temperature
+        mask_scores(scores, seen[lo: lo + block], ineligible)
+        top = scores.amax(1, keepdim=True).clamp_min(-1e30)  # a user with nothing left: all -inf
+        weights = torch.exp(scores - top)
+        total = weights.sum(1)
+        log_z.append((top.squeeze(1).double() + torch.log(total.double())).cpu().numpy())
+        if members is not None:
+            sets.append(((weights @ members) / total.clamp_min(1e-30).unsqueeze(1)).double().cpu().numpy())
+    if not log_z:
+        return np.zeros(0), None if members is None else np.zeros((0, members.shape[1]))
+    return np.concatenate(log_z), (np.concatenate(sets) if members is not None else None)

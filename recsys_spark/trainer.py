@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Iterator, Optional
 import numpy as np
 import torch
 
-from recsys_spark import checkpoints, devices
+from recsys_spark import calibration, checkpoints, devices
 from recsys_spark.ranks import connect
 from recsys_spark.metrics import ndcg_at_k
 from recsys_spark.model import AttentionRecommender
@@ -403,12 +403,33 @@ def _report_stop(job: TrainJob, stop: int, state: RunState) -> None:
               flush=True)
 
 
+def calibrate(model, valid: Optional[dict], batch: int = 512) -> dict:
+    """The model's calibration fitted on the validation targets (recsys_spark.calibration); without
+    validation users the scores are read as they are (temperature 1, every next item new)."""
+    if valid is None or not len(valid["target"]):
+        return {"method": "none", "temperature": 1.0, "new_share": 1.0}
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        items = model.item_vectors()
+        users = torch.cat([encode_users(model, valid["seen"][lo: lo + batch], valid["profile_cat"][lo: lo + batch],
+                                        valid["profile_num"][lo: lo + batch], items, str(device))
+                           for lo in range(0, len(valid["target"]), batch)])
+        return calibration.fit(users.float().cpu(), items.float().cpu(), valid["seen"], valid["target"])
+
+
 def _save_model(job: TrainJob, model, state: RunState) -> None:
-    """Rank 0: the checkpoint (best validated weights), then the resume state is no longer needed."""
+    """Rank 0: the checkpoint (best validated weights, calibrated), then the resume state is no
+    longer needed."""
     if state.stopper.best_state is not None:
         model.load_state_dict(state.stopper.best_state)
+    fitted = calibrate(model, job.valid)
+    if fitted["method"] != "none":
+        print(f"[train {job.run_id}] calibration: temperature {fitted['temperature']:.3f}, {fitted['new_share']:.1%} of "
+              f"next items new to the user (validation log loss "
+              f"{fitted['log_loss_uncalibrated']:.4f} -> {fitted['log_loss']:.4f}, {fitted['users']} users)", flush=True)
     checkpoints.save(job.checkpoint_dir, job.run_id, model, {
         "model_config": job.model_config.to_dict(), "train_config": asdict(job.train_config),
         "data_versions": job.data_versions, "history": state.history,
-        "best_epoch": state.stopper.best_epoch or len(state.history)}, job.full_config)
+        "best_epoch": state.stopper.best_epoch or len(state.history), "calibration": fitted}, job.full_config)
     checkpoints.drop_resume(job.checkpoint_dir, job.run_id)

@@ -31,6 +31,43 @@ def test_recommendations_contract(spark, shop):
     seen = (tables.read(spark, tables.path(cfg.tables_dir, schema.EVENTS))
             .select("user_id", "item_id").distinct())
     assert recs.join(seen, ["user_id", "item_id"]).count() == 0
+    # Calibrated probabilities: for model lists, in (0, 1], ordered like the scores, at most 1 per
+    # list; none for popularity lists.
+    model_rows = recs.where(F.col("served_by").isin("history", "profile"))
+    assert model_rows.where(F.col("probability").isNull() | (F.col("probability") <= 0)
+                            | (F.col("probability") > 1)).count() == 0
+    assert recs.where(F.col("served_by").isin("segment_popularity", "popularity")
+                      & F.col("probability").isNotNull()).count() == 0
+    assert model_rows.groupBy("user_id").agg(F.sum("probability").alias("p")).agg(F.max("p")).first()[0] <= 1.0
+    worse = (model_rows.alias("a").join(model_rows.alias("b"), (F.col("a.user_id") == F.col("b.user_id"))
+                                        & (F.col("b.rank") == F.col("a.rank") + 1))
+             .where(F.col("b.probability") > F.col("a.probability") * (1 + 1e-5)))
+    assert worse.count() == 0
+
+
+@pytest.mark.slow
+def test_expected_revenue_ranks_by_probability_times_price(spark, shop_copy):
+    cfg = shop_copy
+    relevance = _recs(spark, cfg).where(F.col("run_date") == "2026-07-01")
+    valued = make_config(cfg.paths.root, score={"k": 10, "run_date": "2026-07-03", "objective": "expected_revenue"})
+    cli.run_stage(spark, valued, "score")
+    got = _recs(spark, cfg).where((F.col("run_date") == "2026-07-03") & (F.col("served_by") == "history"))
+    prices = tables.read(spark, tables.path(cfg.tables_dir, schema.ITEM_CONTENT)).select("item_id", "price")
+    rows = got.join(prices, "item_id")
+    # score = probability x price, non-increasing with rank.
+    assert rows.where(F.abs(F.col("score") - F.col("probability") * F.col("price")) > 1e-3 * F.col("score")).count() == 0
+    drops = (rows.alias("a").join(rows.alias("b"), (F.col("a.user_id") == F.col("b.user_id"))
+                                  & (F.col("b.rank") == F.col("a.rank") + 1)).where(F.col("b.score") > F.col("a.score") * (1 + 1e-5)))
+    assert drops.count() == 0
+    # Each user's list is worth at least as much as their relevance list (the best k by expected
+    # value, with the same calibrated probabilities), and more in total.
+    ev = lambda df, name: (df.join(prices, "item_id").groupBy("user_id")  # noqa: E731
+                           .agg(F.sum(F.col("probability") * F.col("price")).alias(name)))
+    both = ev(got, "valued").join(ev(relevance.where(F.col("served_by") == "history"), "relevant"), "user_id")
+    assert both.count() > 500
+    assert both.where(F.col("valued") < F.col("relevant") * (1 - 1e-4)).count() == 0
+    totals = both.agg(F.sum("valued"), F.sum("relevant")).first()
+    assert totals[0] > 1.02 * totals[1]
 
 
 @pytest.mark.slow

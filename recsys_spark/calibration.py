@@ -1,0 +1,142 @@
+"""Calibrated probabilities: what a model's scores mean as "the chance that this user's next
+interaction is this item", fitted and measured. Pure torch/numpy (runs on a training rank).
+
+The model ranks by a score s_ui over the items a user can still be shown (not seen before). Its
+probability that the user's next item is i is
+
+    p_u(i) = r x exp(s_ui / T) / sum_j exp(s_uj / T)      (j over the items the user can be shown)
+
+where r is the share of next items that are new to the user (the rest are repeats of seen items,
+which lists never show) and T a temperature. Training with cross-entropy makes T = 1 roughly right
+on training data but over- or under-confident on new data, so both are fitted on the validation
+split: r as the share of validation targets the user had not seen, T by minimising the log loss of
+those targets (temperature scaling: the multiclass form of Platt scaling, Guo et al., ICML 2017).
+One T keeps the distribution a distribution, so the probability of an item set (a campaign's
+items, a category) is the sum of its members'.
+
+Any model with user and item vectors is calibrated the same way; popularity is the model whose
+user vector is [1] and item vector [log count] (`popularity_vectors`).
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+from recsys_spark.topk import mask_scores, set_probabilities, topk_excluding
+
+# The fitted temperature lies in [1/20, 20]: outside it the scores carry (almost) no ranking signal
+# or are read as certainties, and either is a sign of a broken model rather than a calibration.
+T_RANGE = (0.05, 20.0)
+
+
+def popularity_vectors(counts: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """(one user vector [1], item vectors [log(count + 0.5)]): popularity as a factor model."""
+    items = torch.as_tensor(np.log(np.asarray(counts, dtype=np.float64) + 0.5), dtype=torch.float32).unsqueeze(1)
+    return torch.ones(1, 1), items
+
+
+def _masked_logits(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence,
+                   ineligible: Optional[torch.Tensor]) -> torch.Tensor:
+    scores = user_vecs.to(item_vecs.dtype) @ item_vecs.T
+    mask_scores(scores, seen, ineligible)
+    return scores
+
+
+def fit(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, targets: np.ndarray,
+                    ineligible: Optional[torch.Tensor] = None, max_cells: int = 64_000_000) -> dict:
+    """The calibration of a model on held-out targets (the item each user interacted with next):
+    new_share, the share of targets the user had not seen, and the temperature minimising the mean
+    log loss of those targets over the items the user could be shown. Users are subsampled (evenly)
+    so that users x items stays under max_cells. Returns {method, temperature, new_share, log_loss
+    at T = 1 and at the fit (of the new targets), users}."""
+    targets = np.asarray(targets, dtype=np.int64)
+    step = max(1, math.ceil(len(targets) * item_vecs.shape[0] / max_cells))
+    rows = np.arange(0, len(targets), step)
+    logits = _masked_logits(user_vecs[torch.as_tensor(rows)], item_vecs, [seen[i] for i in rows], ineligible)
+    target = logits.gather(1, torch.as_tensor(targets[rows]).unsqueeze(1)).squeeze(1)
+    ok = torch.isfinite(target)  # a target the user had already seen: a repeat, outside the ranking
+    new_share = float(ok.double().mean())
+    logits, target = logits[ok].double(), target[ok].double()
+    if not len(target):
+        raise ValueError("no calibration user has a target it could be shown (all were seen or ineligible)")
+
+    def log_loss(log_t: float) -> float:
+        t = math.exp(log_t)
+        return float((torch.logsumexp(logits / t, 1) - target / t).mean())
+
+    # Golden-section search on log T (the log loss is convex in 1/T).
+    lo, hi = math.log(T_RANGE[0]), math.log(T_RANGE[1])
+    g = (math.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = log_loss(a), log_loss(b)
+    for _ in range(40):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = log_loss(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = log_loss(b)
+    best = (lo + hi) / 2
+    return {"method": "temperature", "temperature": round(math.exp(best), 6), "new_share": round(new_share, 6),
+            "log_loss": log_loss(best), "log_loss_uncalibrated": log_loss(0.0), "users": int(len(ok))}
+
+
+def figures(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, targets: np.ndarray,
+            temperature: float, new_share: float = 1.0, k: int = 10, bins: int = 10,
+            ineligible: Optional[torch.Tensor] = None) -> dict:
+    """How well calibrated the probabilities are on held-out targets, over every user:
+    - log_loss: mean -log p_u(target), where a repeat target (seen before) has the probability left
+      for repeats, 1 - new_share (multiclass: the catalog a user can be shown, plus "a repeat");
+    - brier, ece: over the (user, item) pairs of each user's top-k, the squared error of p against
+      whether the item was the target, and the expected calibration error over `bins` bins of equal
+      pair count (sum over bins of share x |mean p - hit rate|);
+    - auc: the chance that a new target outranks a random other item the user could be shown;
+    - reliability: per bin, mean predicted p, observed hit rate and pairs (the reliability diagram)."""
+    targets = np.asarray(targets, dtype=np.int64)
+    log_z, _ = set_probabilities(user_vecs, item_vecs, seen, temperature, ineligible=ineligible)
+    log_z = log_z - math.log(max(new_share, 1e-12))
+    target_score = (user_vecs.to(item_vecs.dtype) * item_vecs[torch.as_tensor(targets)]).sum(1).double().numpy()
+    seen_target = np.array([t in set(np.asarray(s if s is not None else (), dtype=np.int64).tolist())
+                            for t, s in zip(targets, seen)], dtype=bool)
+    if ineligible is not None:
+        seen_target |= ineligible.cpu().numpy()[targets]
+    keep = ~seen_target & np.isfinite(log_z)
+    log_p = np.where(keep, target_score / temperature - log_z, math.log(max(1.0 - new_share, 1e-12)))
+    top, top_scores = topk_excluding(user_vecs, item_vecs, seen, k, ineligible=ineligible)
+    p = np.where(top >= 0, np.exp(top_scores / temperature - log_z[:, None]), 0.0)
+    hit = top == targets[:, None]
+    valid = top >= 0
+    p, hit = p[valid], hit[valid].astype(np.float64)
+    # AUC from the target's rank among the items the user could be shown.
+    higher = _count_above(user_vecs[torch.as_tensor(np.flatnonzero(keep))], item_vecs,
+                          [seen[i] for i in np.flatnonzero(keep)], target_score[keep], ineligible)
+    n_items = item_vecs.shape[0]
+    shown = np.array([n_items - 1 - len(set(np.asarray(s if s is not None else (), dtype=np.int64).tolist()) - {0})
+                      for s in (seen[i] for i in np.flatnonzero(keep))], dtype=np.float64)
+    if ineligible is not None:
+        shown -= float(ineligible[1:].sum())
+    auc = float(np.mean(1.0 - higher / np.maximum(shown - 1, 1)))
+    order = np.argsort(p, kind="stable")
+    reliability = []
+    for part in np.array_split(order, min(bins, max(1, len(order)))):
+        if len(part):
+            reliability.append({"p": float(p[part].mean()), "hit_rate": float(hit[part].mean()), "pairs": int(len(part))})
+    ece = sum(r["pairs"] * abs(r["p"] - r["hit_rate"]) for r in reliability) / max(1, len(p))
+    return {"log_loss": float(-log_p.mean()), "brier": float(np.mean((p - hit) ** 2)), "ece": float(ece),
+            "auc": auc, "users": int(len(targets)), "temperature": float(temperature), "new_share": float(new_share),
+            "k": k, "reliability": reliability}
+
+
+def _count_above(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, target_score: np.ndarray,
+                 ineligible: Optional[torch.Tensor], block: int = 512) -> np.ndarray:
+    """Per user, how many items it could be shown score above its target."""
+    out = []
+    for lo in range(0, len(seen), block):
+        scores = _masked_logits(user_vecs[lo: lo + block], item_vecs, seen[lo: lo + block], ineligible)
+        out.append((scores.double() > torch.as_tensor(target_score[lo: lo + block]).unsqueeze(1)).sum(1).numpy())
+    return np.concatenate(out) if out else np.zeros(0)

@@ -1,0 +1,56 @@
+"""Calibration on cases with a known answer: targets drawn from a known next-item distribution."""
+import numpy as np
+import torch
+
+from recsys_spark import calibration
+from recsys_spark.topk import set_probabilities
+
+
+def _world(n_users=3000, n_items=200, d=8, true_t=2.0, seed=0, repeat_share=0.0):
+    """Users and items whose next item is one they saw with probability repeat_share, else drawn
+    from softmax(u.v / true_t) over unseen items."""
+    g = torch.Generator().manual_seed(seed)
+    users, items = torch.randn(n_users, d, generator=g), torch.randn(n_items, d, generator=g)
+    rng = np.random.default_rng(seed)
+    seen = [rng.choice(np.arange(1, n_items), 5, replace=False) for _ in range(n_users)]
+    logits = (users @ items.T / true_t).double()
+    logits[:, 0] = -np.inf
+    for u, s in enumerate(seen):
+        logits[u, torch.as_tensor(s)] = -np.inf
+    p = torch.softmax(logits, 1).numpy()
+    targets = np.array([rng.choice(n_items, p=row) for row in p])
+    repeat = rng.random(n_users) < repeat_share
+    targets[repeat] = [seen[u][0] for u in np.flatnonzero(repeat)]
+    return users, items, seen, targets, p
+
+
+def test_calibration_recovers_the_true_temperature_and_repeat_share():
+    users, items, seen, targets, _ = _world(true_t=2.0, repeat_share=0.3)
+    fit = calibration.fit(users, items, seen, targets)
+    assert abs(fit["temperature"] - 2.0) < 0.15, fit
+    assert abs(fit["new_share"] - 0.7) < 0.03, fit
+    assert fit["log_loss"] < fit["log_loss_uncalibrated"]
+    right = calibration.figures(users, items, seen, targets, fit["temperature"], fit["new_share"])
+    wrong = calibration.figures(users, items, seen, targets, 1.0)  # overconfident, and blind to repeats
+    assert right["ece"] < 0.02 and wrong["ece"] > 2 * right["ece"], (right["ece"], wrong["ece"])
+    assert right["log_loss"] < wrong["log_loss"] and right["brier"] <= wrong["brier"]
+    # The ranking does not depend on the temperature, nor does AUC.
+    assert abs(right["auc"] - wrong["auc"]) < 1e-9 and right["auc"] > 0.7
+    for b in right["reliability"]:
+        assert abs(b["p"] - b["hit_rate"]) < 0.05, right["reliability"]
+
+
+def test_set_probabilities_are_sums_of_the_softmax():
+    users, items, seen, _, _ = _world(n_users=50, true_t=1.5)
+    members = torch.zeros(items.shape[0], 2)
+    members[1:20, 0] = 1
+    members[:, 1] = 1  # every item: probability 1
+    log_z, sets = set_probabilities(users, items, seen, 1.5, members=members, budget_mb=0.001)
+    logits = (users @ items.T / 1.5).double()
+    logits[:, 0] = -np.inf
+    for u, s in enumerate(seen):
+        logits[u, torch.as_tensor(s)] = -np.inf
+    p = torch.softmax(logits, 1).numpy()
+    assert np.allclose(log_z, torch.logsumexp(logits, 1).numpy(), atol=1e-4)
+    assert np.allclose(sets[:, 0], p[:, 1:20].sum(1), atol=1e-5)
+    assert np.allclose(sets[:, 1], 1.0, atol=1e-5)
