@@ -15,20 +15,21 @@ JVM, Python workers, Horovod ranks) while that model was trained and scored.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
 import time
+from typing import Optional
 
 from benchmarks import harness
 
 METRIC_KEYS = ["recall@1", "recall@10", "recall@20", "ndcg@10", "ndcg@20"]
 
 
-def run_pipeline(spark, cfg, monitor: harness.MemoryMonitor) -> tuple[dict, dict, dict]:
-    """ingest, features, train and evaluate (each model under the memory monitor): (train result,
-    evaluation result, stage seconds)."""
-    from recsys_spark import evaluate, features, ingest, train
+def run_stages(spark, cfg, monitor: Optional[harness.MemoryMonitor] = None) -> tuple[dict, dict]:
+    """ingest, features and train (under the memory monitor when given): (train result, stage seconds)."""
+    from recsys_spark import features, ingest, train
 
     stage_s = {}
     for name, fn in (("ingest", ingest.run), ("features", features.run)):
@@ -36,9 +37,18 @@ def run_pipeline(spark, cfg, monitor: harness.MemoryMonitor) -> tuple[dict, dict
         fn(spark, cfg)
         stage_s[name] = round(time.time() - t0, 1)
     t0 = time.time()
-    with monitor.measuring("attention"):
+    with monitor.measuring("attention") if monitor else contextlib.nullcontext():
         trained = train.run(spark, cfg)
     stage_s["train"] = round(time.time() - t0, 1)
+    return trained, stage_s
+
+
+def run_pipeline(spark, cfg, monitor: harness.MemoryMonitor) -> tuple[dict, dict, dict]:
+    """ingest, features, train and evaluate (each model under the memory monitor): (train result,
+    evaluation result, stage seconds)."""
+    from recsys_spark import evaluate
+
+    trained, stage_s = run_stages(spark, cfg, monitor)
     t0 = time.time()
     evaluation = evaluate.Evaluation(spark, cfg)
     for name, make_recs in evaluation.models():

@@ -210,7 +210,8 @@ def run(spark: SparkSession, cfg: Config) -> dict:
                .select("item_idx", "item_id", "category", "brand").collect())
     catalog["members"] = campaign_items(campaigns, content, len(catalog["ids"]))
     capped = ac.max_per_user and ac.max_per_user < len(campaigns)
-    spec = CampaignSpec(ckpt_path, *checkpoints.calibration(ckpt),
+    fitted = checkpoints.calibration(ckpt)
+    spec = CampaignSpec(ckpt_path, fitted["temperature"], fitted["new_share"],
                         tuple(c.size * (CAPPED_OVERFETCH if capped else 1) for c in campaigns),
                         tuple(c.min_probability for c in campaigns), sc.batch_users, sc.device, sc.block_mb)
     candidates = campaign_candidates(users, spec, spark.sparkContext.broadcast(catalog)).persist()

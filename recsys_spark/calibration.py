@@ -14,6 +14,16 @@ those targets (temperature scaling: the multiclass form of Platt scaling, Guo et
 One T keeps the distribution a distribution, so the probability of an item set (a campaign's
 items, a category) is the sum of its members'.
 
+A single temperature cannot fit both ends: the log loss is ruled by targets ranked far down, while
+the items a list shows are the top ones, whose probabilities it leaves too low or too high. So the
+probabilities of shown items get one more, monotone correction: isotonic regression (pool adjacent
+violators) of "was the next item" on the temperature-scaled probability over each validation
+user's top-k. It keeps every list's order. Set probabilities (audiences) are sums over many items
+and use the temperature-scaled distribution.
+
+A calibration is a plain dict, stored in the checkpoint's manifest: method, temperature,
+new_share, isotonic {x, y} (knots; absent when not fitted).
+
 Any model with user and item vectors is calibrated the same way; popularity is the model whose
 user vector is [1] and item vector [log count] (`popularity_vectors`).
 """
@@ -45,13 +55,63 @@ def _masked_logits(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Seque
     return scores
 
 
+NOT_FITTED = {"method": "none", "temperature": 1.0, "new_share": 1.0}
+# Knots kept of the isotonic fit (adjacent blocks merged, which keeps it monotone).
+MAX_KNOTS = 48
+
+
+def fit_isotonic(p: np.ndarray, hit: np.ndarray, max_knots: int = MAX_KNOTS) -> dict:
+    """Pool adjacent violators: the non-decreasing step function of p closest (least squares) to
+    hit; returned as knots {x: block mean p, y: block hit rate}, at most max_knots of them."""
+    order = np.argsort(p, kind="stable")
+    xs, ys, ws = [], [], []
+    for x, y in zip(p[order].tolist(), hit[order].astype(np.float64).tolist()):
+        xs.append(x), ys.append(y), ws.append(1.0)
+        while len(ys) > 1 and ys[-2] >= ys[-1]:
+            w = ws[-2] + ws[-1]
+            xs[-2] = (xs[-2] * ws[-2] + xs[-1] * ws[-1]) / w
+            ys[-2] = (ys[-2] * ws[-2] + ys[-1] * ws[-1]) / w
+            ws[-2] = w
+            del xs[-1], ys[-1], ws[-1]
+    x, y, w = np.array(xs), np.array(ys), np.array(ws)
+    if len(x) > max_knots:  # merge runs of blocks into groups of about equal weight
+        group = np.minimum((np.cumsum(w) - w / 2) * max_knots // w.sum(), max_knots - 1).astype(int)
+        tot = np.bincount(group, w)
+        keep = tot > 0
+        x = (np.bincount(group, w * x) / np.maximum(tot, 1e-12))[keep]
+        y = (np.bincount(group, w * y) / np.maximum(tot, 1e-12))[keep]
+    return {"x": [round(float(v), 8) for v in x], "y": [round(float(v), 8) for v in y]}
+
+
+def shown_probability(p: np.ndarray, calibration: dict) -> np.ndarray:
+    """The probability of a shown item from its temperature-scaled one: the isotonic map (linear
+    between knots, from 0 below the first, flat above the last), or p itself when not fitted."""
+    iso = calibration.get("isotonic")
+    if not iso or not iso["x"]:
+        return p
+    x, y = np.concatenate([[0.0], iso["x"]]), np.concatenate([[0.0], iso["y"]])
+    return np.interp(p, x, y)
+
+
+def top_probabilities(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, k: int,
+                      temperature: float, new_share: float,
+                      ineligible: Optional[torch.Tensor] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(top-k items (U, k), their temperature-scaled probabilities, log normalisers (U,) incl. new_share)."""
+    log_z, _ = set_probabilities(user_vecs, item_vecs, seen, temperature, ineligible=ineligible)
+    log_z = log_z - math.log(max(new_share, 1e-12))
+    top, top_scores = topk_excluding(user_vecs, item_vecs, seen, k, ineligible=ineligible)
+    p = np.where(top >= 0, np.exp(top_scores / temperature - log_z[:, None]), 0.0)
+    return top, p, log_z
+
+
 def fit(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, targets: np.ndarray,
-                    ineligible: Optional[torch.Tensor] = None, max_cells: int = 64_000_000) -> dict:
+        ineligible: Optional[torch.Tensor] = None, max_cells: int = 64_000_000, k: int = 10) -> dict:
     """The calibration of a model on held-out targets (the item each user interacted with next):
     new_share, the share of targets the user had not seen, and the temperature minimising the mean
     log loss of those targets over the items the user could be shown. Users are subsampled (evenly)
-    so that users x items stays under max_cells. Returns {method, temperature, new_share, log_loss
-    at T = 1 and at the fit (of the new targets), users}."""
+    so that users x items stays under max_cells. Then the isotonic correction of shown items, on
+    every user's top-k. Returns the calibration with log_loss at T = 1 and at the fit (of the new
+    targets) and users."""
     targets = np.asarray(targets, dtype=np.int64)
     step = max(1, math.ceil(len(targets) * item_vecs.shape[0] / max_cells))
     rows = np.arange(0, len(targets), step)
@@ -82,24 +142,29 @@ def fit(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, target
             b = lo + g * (hi - lo)
             fb = log_loss(b)
     best = (lo + hi) / 2
-    return {"method": "temperature", "temperature": round(math.exp(best), 6), "new_share": round(new_share, 6),
-            "log_loss": log_loss(best), "log_loss_uncalibrated": log_loss(0.0), "users": int(len(ok))}
+    temperature = round(math.exp(best), 6)
+    top, p, _ = top_probabilities(user_vecs, item_vecs, seen, k, temperature, new_share, ineligible)
+    shown = top >= 0
+    isotonic = fit_isotonic(p[shown], (top == targets[:, None])[shown])
+    return {"method": "temperature+isotonic", "temperature": temperature, "new_share": round(new_share, 6),
+            "isotonic": isotonic, "log_loss": log_loss(best), "log_loss_uncalibrated": log_loss(0.0),
+            "users": int(len(ok))}
 
 
 def figures(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, targets: np.ndarray,
-            temperature: float, new_share: float = 1.0, k: int = 10, bins: int = 10,
-            ineligible: Optional[torch.Tensor] = None) -> dict:
+            calibration: dict, k: int = 10, bins: int = 10, ineligible: Optional[torch.Tensor] = None) -> dict:
     """How well calibrated the probabilities are on held-out targets, over every user:
-    - log_loss: mean -log p_u(target), where a repeat target (seen before) has the probability left
-      for repeats, 1 - new_share (multiclass: the catalog a user can be shown, plus "a repeat");
-    - brier, ece: over the (user, item) pairs of each user's top-k, the squared error of p against
-      whether the item was the target, and the expected calibration error over `bins` bins of equal
-      pair count (sum over bins of share x |mean p - hit rate|);
+    - log_loss: mean -log p_u(target) of the temperature-scaled distribution, where a repeat target
+      (seen before) has the probability left for repeats, 1 - new_share (multiclass: the catalog a
+      user can be shown, plus "a repeat");
+    - brier, ece: over the (user, item) pairs of each user's top-k, the squared error of the shown
+      probability against whether the item was the target, and the expected calibration error over
+      `bins` bins of equal pair count (sum over bins of share x |mean p - hit rate|);
     - auc: the chance that a new target outranks a random other item the user could be shown;
     - reliability: per bin, mean predicted p, observed hit rate and pairs (the reliability diagram)."""
     targets = np.asarray(targets, dtype=np.int64)
-    log_z, _ = set_probabilities(user_vecs, item_vecs, seen, temperature, ineligible=ineligible)
-    log_z = log_z - math.log(max(new_share, 1e-12))
+    temperature, new_share = calibration["temperature"], calibration["new_share"]
+    top, p, log_z = top_probabilities(user_vecs, item_vecs, seen, k, temperature, new_share, ineligible)
     target_score = (user_vecs.to(item_vecs.dtype) * item_vecs[torch.as_tensor(targets)]).sum(1).double().numpy()
     seen_target = np.array([t in set(np.asarray(s if s is not None else (), dtype=np.int64).tolist())
                             for t, s in zip(targets, seen)], dtype=bool)
@@ -107,8 +172,7 @@ def figures(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, ta
         seen_target |= ineligible.cpu().numpy()[targets]
     keep = ~seen_target & np.isfinite(log_z)
     log_p = np.where(keep, target_score / temperature - log_z, math.log(max(1.0 - new_share, 1e-12)))
-    top, top_scores = topk_excluding(user_vecs, item_vecs, seen, k, ineligible=ineligible)
-    p = np.where(top >= 0, np.exp(top_scores / temperature - log_z[:, None]), 0.0)
+    p = shown_probability(p, calibration)
     hit = top == targets[:, None]
     valid = top >= 0
     p, hit = p[valid], hit[valid].astype(np.float64)
@@ -129,7 +193,7 @@ def figures(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, ta
     ece = sum(r["pairs"] * abs(r["p"] - r["hit_rate"]) for r in reliability) / max(1, len(p))
     return {"log_loss": float(-log_p.mean()), "brier": float(np.mean((p - hit) ** 2)), "ece": float(ece),
             "auc": auc, "users": int(len(targets)), "temperature": float(temperature), "new_share": float(new_share),
-            "k": k, "reliability": reliability}
+            "method": calibration.get("method", "none"), "k": k, "reliability": reliability}
 
 
 def _count_above(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, target_score: np.ndarray,

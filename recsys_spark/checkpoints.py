@@ -92,10 +92,10 @@ def cached_model(path: str) -> AttentionRecommender:
     return load(path)[0]
 
 
-def calibration(ckpt: dict) -> tuple[float, float]:
-    """The checkpoint's (temperature, new_share) (recsys_spark.calibration); (1, 1) when not fitted."""
-    fitted = ckpt.get("calibration") or {}
-    return float(fitted.get("temperature", 1.0)), float(fitted.get("new_share", 1.0))
+def calibration(ckpt: dict) -> dict:
+    """The checkpoint's calibration (recsys_spark.calibration): method, temperature, new_share and
+    isotonic knots; temperature 1, every next item new and no isotonic map when it was not fitted."""
+    return {"method": "none", "temperature": 1.0, "new_share": 1.0, **(ckpt.get("calibration") or {})}
 
 
 def manifest(path: str) -> dict:

@@ -46,7 +46,8 @@ def _sample(users: DataFrame, n: int, seed: int) -> dict:
             "profile_cat": [r.profile_cat for r in rows], "profile_num": [r.profile_num for r in rows]}
 
 
-def _user_vectors(model, users: dict, batch: int = 512):
+def sample_vectors(model, users: dict, batch: int = 512):
+    """(user vectors, item vectors) of the model for users collected by _sample."""
     import torch
 
     from recsys_spark.ranking import encode_users
@@ -199,16 +200,16 @@ class Evaluation:
         test users did next; on a sample of the test users."""
         seed = self.cfg.train.seed
         test = _sample(self.users, CALIBRATION_USERS, seed)
-        users, items = _user_vectors(checkpoints.cached_model(self.ckpt_path), test)
+        users, items = sample_vectors(checkpoints.cached_model(self.ckpt_path), test)
         self.calibration["attention"] = calibration.figures(users, items, test["seen"], test["target"],
-                                                            *checkpoints.calibration(self.ckpt))
+                                                            checkpoints.calibration(self.ckpt))
         valid_users = splits.valid_users(self.spark, self.cfg, self.versions)
         valid = _sample(valid_users, CALIBRATION_USERS, seed)
         one, counts = calibration.popularity_vectors(baselines.popularity_counts(valid_users, self.n_items))
         fitted = calibration.fit(one.expand(len(valid["target"]), 1), counts, valid["seen"], valid["target"])
         one, counts = calibration.popularity_vectors(self.popularity)
         self.calibration["popularity"] = calibration.figures(one.expand(len(test["target"]), 1), counts, test["seen"],
-                                                             test["target"], fitted["temperature"], fitted["new_share"])
+                                                             test["target"], fitted)
 
     def finish(self) -> dict:
         """Write gold/metrics and gold/metric_slices, print the tables, measure cold start when

@@ -13,7 +13,7 @@ Imports no pyspark (DataFrames are only called): training ranks use `encode_user
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence
 
 import numpy as np
@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 
 from recsys_spark import checkpoints, devices, schema
+from recsys_spark.calibration import shown_probability
 from recsys_spark.model import pad_left, pad_right
 from recsys_spark.topk import (DEFAULT_BLOCK_MB, explain, first_unseen, recommend, reserve_fresh,
                                set_probabilities, topk_excluding)
@@ -44,9 +45,8 @@ class ScoringSpec:
     block_mb: float = 8.0
     new_item_slots: int = 0
     with_ids: bool = False  # output RECOMMENDATION_ROWS (ids, explanations) instead of TOPK_SCHEMA
-    # The checkpoint's calibration (recsys_spark.calibration): (temperature, new_share),
-    # p = new_share x softmax(score / temperature) over the items a user can be shown.
-    calibration: tuple = (1.0, 1.0)
+    # The checkpoint's calibration (recsys_spark.calibration; checkpoints.calibration).
+    calibration: dict = field(default_factory=lambda: {"temperature": 1.0, "new_share": 1.0})
     objective: str = "relevance"
 
 
@@ -116,9 +116,9 @@ def _item_tensors(catalog: dict, device: str):
 
 
 def _bias_tensor(catalog: dict, spec: "ScoringSpec", device: str) -> Optional[torch.Tensor]:
-    key = f"_bias_{spec.objective}_{spec.calibration[0]}_{device}"
+    key = f"_bias_{spec.objective}_{spec.calibration['temperature']}_{device}"
     if key not in catalog:
-        bias = value_bias(catalog, spec.objective, spec.calibration[0])
+        bias = value_bias(catalog, spec.objective, spec.calibration["temperature"])
         catalog[key] = None if bias is None else torch.as_tensor(bias, device=device)
     return catalog[key]
 
@@ -227,13 +227,17 @@ def _rank_batch(part: pd.DataFrame, spec: ScoringSpec, model, catalog: dict, ite
 
 def _probabilities(users, items, seen, ineligible, top: np.ndarray, ranked_by: np.ndarray, catalog: dict,
                    spec: ScoringSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(calibrated probability that each listed item is the user's next, the score column): the
-    model's score for relevance, the expected value probability x value otherwise."""
-    temperature, new_share = spec.calibration
+    """(calibrated probability that each listed item is the user's next (the shown-item
+    correction included), the score column): the model's score for relevance, the expected value
+    probability x value otherwise. With an expected-value objective the list is chosen by the
+    temperature-scaled probability (the isotonic map is monotone, so it picks the same items
+    whenever values are equal)."""
+    temperature, new_share = spec.calibration["temperature"], spec.calibration["new_share"]
     log_z, _ = set_probabilities(users, items, seen, temperature, ineligible=ineligible, budget_mb=spec.block_mb)
     bias = value_bias(catalog, spec.objective, temperature)
     model_scores = ranked_by - (bias[np.maximum(top, 0)] if bias is not None else 0.0)
-    probability = np.where(top >= 0, new_share * np.exp(model_scores / temperature - log_z[:, None]), np.nan)
+    probability = shown_probability(new_share * np.exp(model_scores / temperature - log_z[:, None]), spec.calibration)
+    probability = np.where(top >= 0, probability, np.nan)
     if spec.objective == "relevance":
         return probability, ranked_by
     return probability, np.where(top >= 0, probability * catalog["value"][np.maximum(top, 0)], -np.inf)

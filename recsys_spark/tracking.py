@@ -97,6 +97,9 @@ def log_evaluate(cfg: Config, result: dict) -> Optional[str]:
             for model, (_, gaps, _) in result.get("slices", {}).items():
                 for kind, g in gaps.items():
                     metrics[f"{model}.ndcg_gap.{kind}"] = float(g["gap"])
+            for model, c in result.get("calibration", {}).items():
+                metrics.update({f"{model}.calibration.{key}": float(c[key])
+                                for key in ("log_loss", "brier", "ece", "auc", "temperature")})
             mlflow.log_metrics(metrics)
             return run.info.run_id
 

@@ -407,7 +407,7 @@ def calibrate(model, valid: Optional[dict], batch: int = 512) -> dict:
     """The model's calibration fitted on the validation targets (recsys_spark.calibration); without
     validation users the scores are read as they are (temperature 1, every next item new)."""
     if valid is None or not len(valid["target"]):
-        return {"method": "none", "temperature": 1.0, "new_share": 1.0}
+        return dict(calibration.NOT_FITTED)
     model.eval()
     device = next(model.parameters()).device
     with torch.no_grad():
@@ -426,7 +426,8 @@ def _save_model(job: TrainJob, model, state: RunState) -> None:
     fitted = calibrate(model, job.valid)
     if fitted["method"] != "none":
         print(f"[train {job.run_id}] calibration: temperature {fitted['temperature']:.3f}, {fitted['new_share']:.1%} of "
-              f"next items new to the user (validation log loss "
+              f"next items new to the user, {len(fitted['isotonic']['x'])} isotonic knots for shown items "
+              f"(validation log loss "
               f"{fitted['log_loss_uncalibrated']:.4f} -> {fitted['log_loss']:.4f}, {fitted['users']} users)", flush=True)
     checkpoints.save(job.checkpoint_dir, job.run_id, model, {
         "model_config": job.model_config.to_dict(), "train_config": asdict(job.train_config),

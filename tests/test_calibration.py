@@ -30,8 +30,9 @@ def test_calibration_recovers_the_true_temperature_and_repeat_share():
     assert abs(fit["temperature"] - 2.0) < 0.15, fit
     assert abs(fit["new_share"] - 0.7) < 0.03, fit
     assert fit["log_loss"] < fit["log_loss_uncalibrated"]
-    right = calibration.figures(users, items, seen, targets, fit["temperature"], fit["new_share"])
-    wrong = calibration.figures(users, items, seen, targets, 1.0)  # overconfident, and blind to repeats
+    right = calibration.figures(users, items, seen, targets, fit)
+    # Overconfident, and blind to repeats.
+    wrong = calibration.figures(users, items, seen, targets, {"temperature": 1.0, "new_share": 1.0})
     assert right["ece"] < 0.02 and wrong["ece"] > 2 * right["ece"], (right["ece"], wrong["ece"])
     assert right["log_loss"] < wrong["log_loss"] and right["brier"] <= wrong["brier"]
     # The ranking does not depend on the temperature, nor does AUC.
@@ -54,3 +55,27 @@ def test_set_probabilities_are_sums_of_the_softmax():
     assert np.allclose(log_z, torch.logsumexp(logits, 1).numpy(), atol=1e-4)
     assert np.allclose(sets[:, 0], p[:, 1:20].sum(1), atol=1e-5)
     assert np.allclose(sets[:, 1], 1.0, atol=1e-5)
+
+
+def test_pool_adjacent_violators_gives_the_closest_non_decreasing_map():
+    iso = calibration.fit_isotonic(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 1, 0, 1]))
+    assert iso == {"x": [0.1, 0.25, 0.4], "y": [0.0, 0.5, 1.0]}
+    assert np.allclose(calibration.shown_probability(np.array([0.05, 0.25, 0.9]), {"isotonic": iso}), [0.0, 0.5, 1.0])
+
+
+def test_the_isotonic_correction_fixes_what_one_temperature_cannot():
+    # The model's scores are the true logits compressed at the top (|s|^0.6): the temperature fits
+    # the log loss, and the shown items stay mis-calibrated until the isotonic map. Users are
+    # one-hot vectors, so an "item vector" is the column of warped scores.
+    users, items, seen, targets, _ = _world(n_users=6000, true_t=1.0, seed=1)
+    scores = users @ items.T
+    warped_items = (torch.sign(scores) * scores.abs() ** 0.6).T.contiguous()  # (n_items, n_users)
+    one_hot = torch.eye(len(targets))
+    fit_half, test_half = slice(0, 3000), slice(3000, 6000)
+    fitted = calibration.fit(one_hot[fit_half], warped_items, seen[fit_half], targets[fit_half])
+    temperature_only = {k: v for k, v in fitted.items() if k != "isotonic"}
+    with_iso = calibration.figures(one_hot[test_half], warped_items, seen[test_half], targets[test_half], fitted)
+    without = calibration.figures(one_hot[test_half], warped_items, seen[test_half], targets[test_half],
+                                  temperature_only)
+    assert with_iso["ece"] < 0.6 * without["ece"], (with_iso["ece"], without["ece"])
+    assert with_iso["brier"] <= without["brier"]

@@ -85,6 +85,8 @@ def test_value_checks():
     ("evaluate.ks=[0]", "evaluate.ks: cut-offs must be >= 1"),
     ("train.launcher=mpi", "train.launcher: must be one of horovod, torch_distributor, got 'mpi'"),
     ("train.resume=always", "train.resume: must be one of auto, off"),
+    ("score.objective=profit", "score.objective: must be one of relevance, expected_revenue, expected_margin"),
+    ("audience.max_per_user=-1", "audience.max_per_user: must be >= 0"),
 ])
 def test_absurd_values_are_refused_naming_the_key(override, message):
     with pytest.raises(config.ConfigError, match=re.escape(message)):

@@ -52,9 +52,10 @@ def test_html_report_is_self_contained_and_renders_without_console_errors(spark,
     doc = open(path).read()
     assert not re.search(r'(src|href)="(https?:)?//', doc)  # nothing loaded from outside
     assert "<img src=x" not in doc and "&lt;img src=x onerror=&quot;notDefined()&quot;&gt;i0" in doc
-    assert len(re.findall(r'src="data:image/png;base64,', doc)) == 4  # activity, exposure, training, A/B
+    # activity, exposure, training, A/B, reliability diagram
+    assert len(re.findall(r'src="data:image/png;base64,', doc)) == 5
     for text in ("Headline metrics", "attention", "popularity", "Against the previous run", "because you viewed",
-                 "sample ratio"):
+                 "sample ratio", "reliability diagram", "log_loss"):
         assert text in doc
     png = tmp_path / "report.png"
     assert check_rendering(path, str(png)) == []
