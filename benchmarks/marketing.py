@@ -11,7 +11,9 @@ Runs ingest -> features -> train (the nightly code) into a fresh lakehouse, then
   actual next users found in their audiences (hits / test users whose next item was a campaign).
   Methods: the attention model's calibrated probability (the audience stage's ranking); heaviest
   users (longest histories); item-kNN (sum of the item's cosine similarities to the user's
-  history); ALS user factors (dot product; grid chosen on validation NDCG@10 as in evaluate).
+  history); ALS user factors (dot product; grid chosen on validation NDCG@10 as in evaluate), and
+  the same normalised per user as a next-item distribution (log-softmax over the user's unseen
+  items, as the attention model's probability is), which separates the model from the normalising.
 - Calibration: log loss, Brier score, ECE and AUC of the next-item probability of the attention
   model and of calibrated popularity (evaluate's measure_calibration).
 """
@@ -78,7 +80,7 @@ def _knn_scores(spark, test_users, users: dict, n_items: int, n_neighbors: int):
 
 
 def _als_scores(spark, cfg, test_users, valid_users, users_idx: np.ndarray, n_items: int):
-    """ALS with the evaluate grid chosen on validation, refit on the test histories: user x item dot products."""
+    """ALS with the evaluate grid chosen on validation, refit on the test histories: (user, item) factors."""
     import torch
     from pyspark.ml.recommendation import ALS
     from pyspark.sql import functions as F
@@ -101,7 +103,7 @@ def _als_scores(spark, cfg, test_users, valid_users, users_idx: np.ndarray, n_it
     users = torch.zeros(len(users_idx), best["rank"])
     for r in model.userFactors.where(F.col("id").isin([int(u) for u in users_idx])).collect():
         users[row[int(r.id)]] = torch.as_tensor(r.features)
-    return (lambda cols: users @ items[cols].T), best
+    return users, items, best
 
 
 def measure(spark, cfg) -> dict:
@@ -136,9 +138,13 @@ def measure(spark, cfg) -> dict:
         "heaviest_users": lambda cols: lengths.expand(-1, len(cols)),
         "item_knn": _knn_scores(spark, test_df, users, n_items, cfg.evaluate.knn_neighbors),
     }
-    als, als_params = _als_scores(spark, cfg, test_df, splits.valid_users(spark, cfg, evaluation.versions),
-                                  np.array([r.user_idx for r in rows]), n_items)
-    methods["als"] = als
+    als_users, als_items, als_params = _als_scores(spark, cfg, test_df,
+                                                   splits.valid_users(spark, cfg, evaluation.versions),
+                                                   np.array([r.user_idx for r in rows]), n_items)
+    als_log_z = torch.as_tensor(set_probabilities(als_users, als_items, users["seen"], 1.0)[0],
+                                dtype=torch.float32).unsqueeze(1)
+    methods["als"] = lambda cols: als_users @ als_items[cols].T
+    methods["als_normalized"] = lambda cols: als_users @ als_items[cols].T - als_log_z
     audiences = {}
     for name, fn in methods.items():
         t0 = time.time()
@@ -172,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.quality import run_stages
 
     p = harness.parser(__doc__)
+    p.add_argument("--measure-only", action="store_true",
+                   help="measure the model already trained in --work (skip ingest, features and train)")
     args = p.parse_args(argv)
     if not os.path.exists(args.dataset):
         print(f"error: dataset {args.dataset} not found", file=sys.stderr)
@@ -186,7 +194,13 @@ def main(argv: list[str] | None = None) -> int:
         if cfg is None:
             return 2
         with harness.spark_session(cfg) as spark:
-            trained, stage_s = run_stages(spark, cfg)
+            if args.measure_only:
+                from recsys_spark import checkpoints
+
+                trained = checkpoints.manifest(checkpoints.latest(cfg.models_dir, ""))
+                stage_s = {}
+            else:
+                trained, stage_s = run_stages(spark, cfg)
             result = measure(spark, cfg)
     result = {"dataset": os.path.basename(os.path.normpath(args.dataset)), "dataset_path": args.dataset,
               "protocol": "leave-last-out test split; each test target item a campaign; users who had the item excluded",

@@ -36,6 +36,8 @@ from recsys_spark.table_schemas import AUDIENCES_SCHEMA
 # With a frequency cap, each partition keeps this many times a campaign's size as candidates, so
 # that users capped out of it can be replaced by the next ones.
 CAPPED_OVERFETCH = 3
+# Campaigns listed one per line in the printed summary (the table has them all).
+SUMMARY_LINES = 20
 
 
 class CampaignError(ValueError):
@@ -195,13 +197,50 @@ def _publish(spark: SparkSession, cfg: Config, audiences: DataFrame, run_date: d
     return tables.retry_on_conflict(write, f"audience: writing {run_date} to {loc}")
 
 
+def _spec(cfg: Config, ckpt_path: str, ckpt: dict, campaigns: list[Campaign]) -> CampaignSpec:
+    ac, sc = cfg.audience, cfg.score
+    capped = ac.max_per_user and ac.max_per_user < len(campaigns)
+    fitted = checkpoints.calibration(ckpt)
+    return CampaignSpec(ckpt_path, fitted["temperature"], fitted["new_share"],
+                        tuple(c.size * (CAPPED_OVERFETCH if capped else 1) for c in campaigns),
+                        tuple(c.min_probability for c in campaigns), sc.batch_users, sc.device, sc.block_mb)
+
+
+def _campaign_frames(spark: SparkSession, campaigns: list[Campaign], catalog: dict) -> tuple[DataFrame, DataFrame]:
+    """(campaign, campaign_id, size, min_probability) and (item_id, campaign_id) of the campaigns."""
+    table = spark.createDataFrame([(i, c.campaign_id, c.size, c.min_probability) for i, c in enumerate(campaigns)],
+                                  "campaign long, campaign_id string, size int, min_probability double")
+    pairs = spark.createDataFrame([(str(catalog["ids"][i]), campaigns[c].campaign_id)
+                                   for i, c in zip(*np.nonzero(catalog["members"]))], "item_id string, campaign_id string")
+    return table, pairs
+
+
+def _summary(spark: SparkSession, cfg: Config, campaigns: list[Campaign], version: int, run_date: date,
+             scored_users: int, run_id: str, elapsed: float) -> dict:
+    """Print and return what was written: users and mean probability per campaign."""
+    written = tables.read(spark, tables.path(cfg.tables_dir, schema.AUDIENCES), version).where(
+        F.col("run_date") == F.lit(run_date))
+    sizes = {r.campaign_id: (r.users, r.mean_p) for r in written.groupBy("campaign_id").agg(
+        F.count("*").alias("users"), F.avg("probability").alias("mean_p")).collect()}
+    print(f"audience: {len(campaigns)} campaigns over {scored_users} users with model {run_id} for {run_date} -> "
+          f"{tables.path(cfg.tables_dir, schema.AUDIENCES)} (version {version}, {elapsed:.1f}s)", flush=True)
+    for c in campaigns[:SUMMARY_LINES]:
+        n, mean_p = sizes.get(c.campaign_id, (0, None))
+        want = f"size {c.size}" if c.size else f"p >= {c.min_probability}"
+        print(f"  {c.campaign_id:<24} {n:>7} users ({want}; mean probability "
+              f"{mean_p if mean_p is not None else 0:.4f})", flush=True)
+    if len(campaigns) > SUMMARY_LINES:
+        print(f"  ... and {len(campaigns) - SUMMARY_LINES} more campaigns", flush=True)
+    return {"run_date": run_date.isoformat(), "version": version, "users_scored": scored_users, "seconds": elapsed,
+            "audiences": {c.campaign_id: sizes.get(c.campaign_id, (0, None))[0] for c in campaigns}}
+
+
 def run(spark: SparkSession, cfg: Config) -> dict:
     """Write the day's audience of every campaign to gold/audiences."""
     t0 = time.time()
-    ac, sc = cfg.audience, cfg.score
-    ckpt_path = checkpoints.latest(cfg.models_dir, sc.model_run_id)
+    ckpt_path = checkpoints.latest(cfg.models_dir, cfg.score.model_run_id)
     model, ckpt = checkpoints.load(ckpt_path)
-    run_date = date.fromisoformat(ac.run_date) if ac.run_date else datetime.now(timezone.utc).date()
+    run_date = date.fromisoformat(cfg.audience.run_date) if cfg.audience.run_date else datetime.now(timezone.utc).date()
     campaigns = load_campaigns(spark, cfg)
     versions, _ = pin_inputs(spark, cfg.tables_dir)
     users = splits.scoring_input(spark, cfg, versions)
@@ -209,39 +248,19 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     content = (tables.read_pinned(spark, cfg.tables_dir, schema.ITEM_CONTENT, versions)
                .select("item_idx", "item_id", "category", "brand").collect())
     catalog["members"] = campaign_items(campaigns, content, len(catalog["ids"]))
-    capped = ac.max_per_user and ac.max_per_user < len(campaigns)
-    fitted = checkpoints.calibration(ckpt)
-    spec = CampaignSpec(ckpt_path, fitted["temperature"], fitted["new_share"],
-                        tuple(c.size * (CAPPED_OVERFETCH if capped else 1) for c in campaigns),
-                        tuple(c.min_probability for c in campaigns), sc.batch_users, sc.device, sc.block_mb)
+    spec = _spec(cfg, ckpt_path, ckpt, campaigns)
     candidates = campaign_candidates(users, spec, spark.sparkContext.broadcast(catalog)).persist()
-    table = spark.createDataFrame([(i, c.campaign_id, c.size, c.min_probability) for i, c in enumerate(campaigns)],
-                                  "campaign long, campaign_id string, size int, min_probability double")
-    pairs = spark.createDataFrame([(str(catalog["ids"][i]), campaigns[c].campaign_id)
-                                   for i, c in zip(*np.nonzero(catalog["members"]))], "item_id string, campaign_id string")
+    table, pairs = _campaign_frames(spark, campaigns, catalog)
     audiences = select_audiences(candidates, table, _recent_buyers(spark, cfg, pairs, run_date),
-                                 _opted_out(spark, cfg), ac.max_per_user)
+                                 _opted_out(spark, cfg), cfg.audience.max_per_user)
     out = (audiences.withColumn("model_run_id", F.lit(ckpt["run_id"])).withColumn("run_date", F.lit(run_date))
            .select(*[F.col(f.name).cast(f.dataType) for f in AUDIENCES_SCHEMA.fields]))
     meta = {"model_run_id": ckpt["run_id"], "versions": versions, "campaigns": [c.campaign_id for c in campaigns]}
     version = _publish(spark, cfg, out, run_date, meta)
-    written = tables.read(spark, tables.path(cfg.tables_dir, schema.AUDIENCES), version).where(
-        F.col("run_date") == F.lit(run_date))
-    sizes = {r.campaign_id: (r.users, r.mean_p) for r in written.groupBy("campaign_id").agg(
-        F.count("*").alias("users"), F.avg("probability").alias("mean_p")).collect()}
     scored = candidates.where(F.col("user_id").isNull()).agg(F.sum("users")).first()[0] or 0
     candidates.unpersist()
-    elapsed = time.time() - t0
-    scored_users = int(scored // max(1, len(campaigns)))
-    print(f"audience: {len(campaigns)} campaigns over {scored_users} users with model {ckpt['run_id']} for {run_date} -> "
-          f"{tables.path(cfg.tables_dir, schema.AUDIENCES)} (version {version}, {elapsed:.1f}s)", flush=True)
-    for c in campaigns:
-        n, mean_p = sizes.get(c.campaign_id, (0, None))
-        want = f"size {c.size}" if c.size else f"p >= {c.min_probability}"
-        print(f"  {c.campaign_id:<24} {n:>7} users ({want}; mean probability "
-              f"{mean_p if mean_p is not None else 0:.4f})", flush=True)
-    return {"run_date": run_date.isoformat(), "version": version, "users_scored": scored_users, "seconds": elapsed,
-            "audiences": {c.campaign_id: sizes.get(c.campaign_id, (0, None))[0] for c in campaigns}}
+    return _summary(spark, cfg, campaigns, version, run_date, int(scored // max(1, len(campaigns))), ckpt["run_id"],
+                    time.time() - t0)
 
 
 def reasons(spark: SparkSession, cfg: Config, campaign_id: str, user_ids: list, n: int = 3) -> dict:

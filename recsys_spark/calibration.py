@@ -56,13 +56,17 @@ def _masked_logits(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Seque
 
 
 NOT_FITTED = {"method": "none", "temperature": 1.0, "new_share": 1.0}
-# Knots kept of the isotonic fit (adjacent blocks merged, which keeps it monotone).
+# Knots kept of the isotonic fit: adjacent blocks are merged (which keeps it monotone) until each
+# holds at least 1/MAX_KNOTS of the pairs and MIN_KNOT_PAIRS pairs, so that a handful of validation
+# pairs at the top never maps the highest probabilities to 1.
 MAX_KNOTS = 48
+MIN_KNOT_PAIRS = 50
 
 
-def fit_isotonic(p: np.ndarray, hit: np.ndarray, max_knots: int = MAX_KNOTS) -> dict:
+def fit_isotonic(p: np.ndarray, hit: np.ndarray, max_knots: int = MAX_KNOTS, min_pairs: int = MIN_KNOT_PAIRS) -> dict:
     """Pool adjacent violators: the non-decreasing step function of p closest (least squares) to
-    hit; returned as knots {x: block mean p, y: block hit rate}, at most max_knots of them."""
+    hit; returned as knots {x: block mean p, y: block hit rate}, blocks merged until each holds
+    max(len(p) / max_knots, min_pairs) pairs."""
     order = np.argsort(p, kind="stable")
     xs, ys, ws = [], [], []
     for x, y in zip(p[order].tolist(), hit[order].astype(np.float64).tolist()):
@@ -73,14 +77,20 @@ def fit_isotonic(p: np.ndarray, hit: np.ndarray, max_knots: int = MAX_KNOTS) -> 
             ys[-2] = (ys[-2] * ws[-2] + ys[-1] * ws[-1]) / w
             ws[-2] = w
             del xs[-1], ys[-1], ws[-1]
-    x, y, w = np.array(xs), np.array(ys), np.array(ws)
-    if len(x) > max_knots:  # merge runs of blocks into groups of about equal weight
-        group = np.minimum((np.cumsum(w) - w / 2) * max_knots // w.sum(), max_knots - 1).astype(int)
-        tot = np.bincount(group, w)
-        keep = tot > 0
-        x = (np.bincount(group, w * x) / np.maximum(tot, 1e-12))[keep]
-        y = (np.bincount(group, w * y) / np.maximum(tot, 1e-12))[keep]
-    return {"x": [round(float(v), 8) for v in x], "y": [round(float(v), 8) for v in y]}
+    least = min(max(sum(ws) / max_knots, min_pairs), sum(ws))
+    knots: list[list[float]] = []  # [weight, weighted p, weighted hits]
+    open_block = [0.0, 0.0, 0.0]
+    for x, y, w in zip(xs, ys, ws):
+        open_block = [open_block[0] + w, open_block[1] + w * x, open_block[2] + w * y]
+        if open_block[0] >= least:
+            knots.append(open_block)
+            open_block = [0.0, 0.0, 0.0]
+    if open_block[0]:  # a light last block joins the one before it
+        if knots:
+            knots[-1] = [a + b for a, b in zip(knots[-1], open_block)]
+        else:
+            knots.append(open_block)
+    return {"x": [round(k[1] / k[0], 8) for k in knots], "y": [round(k[2] / k[0], 8) for k in knots]}
 
 
 def shown_probability(p: np.ndarray, calibration: dict) -> np.ndarray:

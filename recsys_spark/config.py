@@ -85,6 +85,9 @@ class GenerateConfig:
     cold_users: int = 0
     cold_items: int = 0
     with_ratings: bool = False
+    # Next-best-action example: also a catalog of actions (per category a support article and a
+    # cross-sell offer, items of kind article / offer) that buyers view after some purchases.
+    actions: bool = False
     start_date: str = "2026-01-01"
     days: int = 180
 
@@ -244,6 +247,9 @@ class ScoreConfig:
     # What lists are ranked by: relevance (the model's score), expected_revenue (calibrated
     # probability x price) or expected_margin (x margin), from the items' price / margin columns.
     objective: str = "relevance"
+    # Only items of these kinds (the items input's kind column; items without one are "product")
+    # are recommended, e.g. [article, offer] to rank actions; empty = every item.
+    item_kinds: list[str] = field(default_factory=list)
     # "New arrivals": at least this many items without interactions (new since training, or never
     # touched) in each list when eligible ones exist, chosen by the model's content path and placed
     # by their own scores. 0 = off (new items then compete with everything on score alone).

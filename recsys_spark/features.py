@@ -371,10 +371,12 @@ def _content(spark: SparkSession, cfg: Config, inp: Inputs, idx: Indexes) -> tup
     for c in schema.ITEM_VALUE_COLUMNS:
         if c not in content.columns:
             content = content.withColumn(c, F.lit(None).cast("double"))
+    kind = F.col(schema.ITEM_KIND_COLUMN).cast("string") if schema.ITEM_KIND_COLUMN in content.columns else F.lit(None)
+    content = content.withColumn(schema.ITEM_KIND_COLUMN, F.coalesce(kind, F.lit(schema.DEFAULT_ITEM_KIND)))
     content = attach_attribute_indexes(content, idx.attribute, list(schema.ITEM_ATTRIBUTE_COLUMNS))
     content = content.select("item_idx", "item_id", "title", "category", "brand", schema.ITEM_TAGS_COLUMN,
                              *[F.col(c).cast("double").alias(c) for c in schema.ITEM_VALUE_COLUMNS],
-                             "category_idx", "brand_idx")
+                             schema.ITEM_KIND_COLUMN, "category_idx", "brand_idx")
     return item_content(spark, content, tables.path(cfg.tables_dir, schema.ATTRIBUTE_INDEX), cfg.features)
 
 

@@ -153,6 +153,39 @@ def cold_items(cfg: GenerateConfig, cat: Catalog) -> pd.DataFrame:
     })
 
 
+# Next-best-action example: after a purchase, the buyer views one of the category's actions with
+# this probability, within a day: the setup article or the offer for the paired category.
+P_ACTION = 0.4
+P_ARTICLE = 0.5
+
+
+def action_items(cat: Catalog) -> pd.DataFrame:
+    """Per category an article (kind article) and a cross-sell offer for its paired category (kind
+    offer); ids a00000.. (2 per category, article first)."""
+    rows = []
+    n = len(cat.category_names)
+    for c, name in enumerate(cat.category_names):
+        pair = cat.category_names[c + 1 if c % 2 == 0 and c + 1 < n else c - 1 if c % 2 else c]
+        rows.append((f"a{2 * c:05d}", f"How to set up your {name}", name, "article"))
+        rows.append((f"a{2 * c + 1:05d}", f"{pair}: 15% off with your {name}", name, "offer"))
+    return pd.DataFrame(rows, columns=["item_id", "title", "category", "kind"])
+
+
+def action_events(events: pd.DataFrame, cat: Catalog, rng: np.random.Generator) -> pd.DataFrame:
+    """Views of actions after some purchases in events (see P_ACTION): which action follows from
+    the purchased item's category, so a model can learn it."""
+    bought = events[events["event_type"] == "purchase"]
+    bought = bought[rng.random(len(bought)) < P_ACTION]
+    if bought.empty:
+        return events.iloc[:0]
+    c = cat.item_category[bought["item_id"].str[1:].astype(int).to_numpy()]
+    which = 2 * c + (rng.random(len(bought)) >= P_ARTICLE)
+    ts = pd.to_datetime(bought["timestamp"]) + pd.to_timedelta(rng.integers(60, 86400, len(bought)), unit="s")
+    return pd.DataFrame({"event_id": ["a" + e[1:] for e in bought["event_id"]], "user_id": bought["user_id"].to_numpy(),
+                         "item_id": [f"a{x:05d}" for x in which], "event_type": "view",
+                         "timestamp": ts.dt.strftime("%Y-%m-%d %H:%M:%S").to_numpy()})
+
+
 def _demographic_prior(users: pd.DataFrame, n_cat: int, seed: int) -> np.ndarray:
     """Category preference shared by users of one (age band, gender): the signal profiles carry."""
     prior_rng = np.random.default_rng(seed + 1)
@@ -275,8 +308,11 @@ def generate(cfg: GenerateConfig, out_dir: str) -> dict:
                 for f in files:
                     os.remove(os.path.join(root, f))
     _write(pd.concat([users, cold_users(cfg)], ignore_index=True), os.path.join(out_dir, "users"), "users", cfg.formats)
-    _write(pd.concat([cat.items, cold_items(cfg, cat)], ignore_index=True), os.path.join(out_dir, "items"), "items",
-           cfg.formats)
+    catalog = [cat.items, cold_items(cfg, cat)]
+    if cfg.actions:
+        catalog = [cat.items.assign(kind="product"), cold_items(cfg, cat).assign(kind="product"), action_items(cat)]
+    action_rng = np.random.default_rng(cfg.seed + 303)  # its own stream: the products' events do not change
+    _write(pd.concat(catalog, ignore_index=True), os.path.join(out_dir, "items"), "items", cfg.formats)
 
     events_per_step = 1 + P_CART + P_CART * P_PURCHASE
     mean_steps = max(3.0, cfg.events / cfg.users / events_per_step)
@@ -291,6 +327,8 @@ def generate(cfg: GenerateConfig, out_dir: str) -> dict:
         interest = 0.6 * rng.dirichlet(np.full(cfg.categories, 0.3), hi - lo) + 0.4 * prior[lo:hi]
         seq = _simulate_chunk(cat, interest, lengths[lo:hi], rng)
         frame = _events_frame(seq, lo, starts[lo:hi], spans[lo:hi], cfg, rng, total)
+        if cfg.actions:
+            frame = pd.concat([frame, action_events(frame, cat, action_rng)], ignore_index=True)
         total += len(frame)
         frame = _corrupt(frame, cfg.corrupt_fraction, rng)
         _write(frame, os.path.join(out_dir, "events"), f"part-{n_chunks:05d}", cfg.formats)

@@ -216,7 +216,7 @@ def _rank_batch(part: pd.DataFrame, spec: ScoringSpec, model, catalog: dict, ite
                                     spec.new_item_slots, ineligible=ineligible, budget_mb=spec.block_mb, item_bias=bias)
     if not spec.with_ids:
         return topk_rows(part["user_idx"].to_numpy(), top, scores)
-    probability, scores = _probabilities(users, items, seen, ineligible, top, scores, catalog, spec)
+    probability, scores = _probabilities(users, items, seen, top, scores, catalog, spec)
     histories = [h[-model.cfg.max_len:] for h in histories]
     because = explain(top, histories, items, spec.explain) if spec.explain else None
     served = _serve_without_model(part, model, catalog, histories, seen, top, scores, spec.k)
@@ -225,7 +225,7 @@ def _rank_batch(part: pd.DataFrame, spec: ScoringSpec, model, catalog: dict, ite
     return recommendation_rows(part["user_id"].to_numpy(), top, scores, catalog["ids"], because, served, probability)
 
 
-def _probabilities(users, items, seen, ineligible, top: np.ndarray, ranked_by: np.ndarray, catalog: dict,
+def _probabilities(users, items, seen, top: np.ndarray, ranked_by: np.ndarray, catalog: dict,
                    spec: ScoringSpec) -> tuple[np.ndarray, np.ndarray]:
     """(calibrated probability that each listed item is the user's next (the shown-item
     correction included), the score column): the model's score for relevance, the expected value
@@ -233,7 +233,9 @@ def _probabilities(users, items, seen, ineligible, top: np.ndarray, ranked_by: n
     temperature-scaled probability (the isotonic map is monotone, so it picks the same items
     whenever values are equal)."""
     temperature, new_share = spec.calibration["temperature"], spec.calibration["new_share"]
-    log_z, _ = set_probabilities(users, items, seen, temperature, ineligible=ineligible, budget_mb=spec.block_mb)
+    # The model's chance over every item the user has not had, as calibrated: business rules decide
+    # what a list shows, not how likely the user is to pick it.
+    log_z, _ = set_probabilities(users, items, seen, temperature, budget_mb=spec.block_mb)
     bias = value_bias(catalog, spec.objective, temperature)
     model_scores = ranked_by - (bias[np.maximum(top, 0)] if bias is not None else 0.0)
     probability = shown_probability(new_share * np.exp(model_scores / temperature - log_z[:, None]), spec.calibration)
@@ -346,7 +348,7 @@ def _campaign_partition(batches: Iterator[pd.DataFrame], spec: CampaignSpec, cat
     torch.set_num_threads(1)
     device = devices.pick(spec.device, devices.spark_task_gpus(), key="score.device")
     catalog = catalog_bc.value
-    items, ineligible = _item_tensors(catalog, device)
+    items, _ = _item_tensors(catalog, device)
     members = torch.as_tensor(catalog["members"], device=device)
     model = checkpoints.cached_model(spec.ckpt_path).to(device)
     keep, floor = np.asarray(spec.keep, dtype=np.int64), np.asarray(spec.min_probability, dtype=np.float64)
@@ -365,7 +367,7 @@ def _campaign_partition(batches: Iterator[pd.DataFrame], spec: CampaignSpec, cat
                 users = encode_users(model, histories, part["profile_cat"] if "profile_cat" in part else None,
                                      part["profile_num"] if "profile_num" in part else None, items, device)
                 _, probs = set_probabilities(users, items, _int_arrays(part["seen"]), spec.temperature,
-                                             members=members, ineligible=ineligible, budget_mb=spec.block_mb)
+                                             members=members, budget_mb=spec.block_mb)
                 probs = probs * spec.new_share
                 sums += probs.sum(0)
                 probs = np.where(probs >= floor, probs, -np.inf)

@@ -16,6 +16,9 @@ USER_ATTRIBUTE_COLUMNS = ("age_band", "gender", "region", "occupation")
 # Categorical item attributes; `tags` holds several values separated by "|" (genres, attribute ids).
 ITEM_ATTRIBUTE_COLUMNS = ("category", "brand")
 ITEM_TAGS_COLUMN = "tags"
+# What an item is (product, offer, article, ...): score.item_kinds ranks one kind of catalog only.
+ITEM_KIND_COLUMN = "kind"
+DEFAULT_ITEM_KIND = "product"
 # What showing an item is worth (score.objective expected_revenue / expected_margin); optional.
 ITEM_VALUE_COLUMNS = ("price", "margin")
 TAG_ATTRIBUTE = "tag"

@@ -127,14 +127,18 @@ def current_catalog(spark: SparkSession, cfg: Config, model, versions: dict, use
     item_index = tables.read_pinned(spark, root, schema.ITEM_INDEX, versions)
     content = tables.read_pinned(spark, root, schema.ITEM_CONTENT, versions)
     value_col = OBJECTIVE_VALUE.get(cfg.score.objective)
-    rows = content.select("item_idx", "item_id", "category_idx",
+    kind = (F.col(schema.ITEM_KIND_COLUMN) if schema.ITEM_KIND_COLUMN in content.columns
+            else F.lit(schema.DEFAULT_ITEM_KIND)).alias("kind")
+    rows = content.select("item_idx", "item_id", "category_idx", kind,
                           F.col(value_col).alias("value") if value_col else F.lit(None).alias("value")).collect()
     n_items = max([model.cfg.n_items] + [r.item_idx + 1 for r in rows])
     ids = np.array([""] * n_items, dtype=object)
     categories = np.zeros(n_items, dtype=np.int64)
     value = np.zeros(n_items, dtype=np.float64)
+    kinds = np.array([""] * n_items, dtype=object)
     for r in rows:
         ids[r.item_idx], categories[r.item_idx], value[r.item_idx] = r.item_id, int(r.category_idx or 0), r.value or 0.0
+        kinds[r.item_idx] = r.kind
     if value_col and not (value > 0).any():
         raise ValueError(f"score.objective is {cfg.score.objective} but no item has a positive {value_col}: add a "
                          f"{value_col} column to the items input (then rerun ingest and features), or set "
@@ -144,6 +148,12 @@ def current_catalog(spark: SparkSession, cfg: Config, model, versions: dict, use
         vectors = model.item_vectors(feats).numpy()
     ineligible, elig_version = _eligibility(spark, cfg, item_index, n_items)
     ineligible |= ids == ""  # an index row the model knows but the catalog lost
+    if cfg.score.item_kinds:
+        ineligible |= ~np.isin(kinds, cfg.score.item_kinds)
+        if ineligible[1:].all():
+            raise ValueError(f"score.item_kinds is {cfg.score.item_kinds} but the catalog has no eligible item of those "
+                             f"kinds (its kinds: {sorted(set(kinds[ids != '']))}); set the items input's kind column "
+                             f"or change score.item_kinds")
     # Fresh items (no interactions the model was trained on): new since training, or never touched.
     fresh = np.zeros(n_items, dtype=bool)
     fresh[model.cfg.n_items:] = True
@@ -158,7 +168,8 @@ def current_catalog(spark: SparkSession, cfg: Config, model, versions: dict, use
 def _rules(sc) -> str:
     return json.dumps({"k": sc.k, "max_per_category": sc.max_per_category, "mmr_lambda": sc.mmr_lambda,
                        "explain": sc.explain, **({"new_item_slots": sc.new_item_slots} if sc.new_item_slots else {}),
-                       **({"objective": sc.objective} if sc.objective != "relevance" else {})},
+                       **({"objective": sc.objective} if sc.objective != "relevance" else {}),
+                       **({"item_kinds": sorted(sc.item_kinds)} if sc.item_kinds else {})},
                       sort_keys=True)
 
 

@@ -58,9 +58,12 @@ def test_set_probabilities_are_sums_of_the_softmax():
 
 
 def test_pool_adjacent_violators_gives_the_closest_non_decreasing_map():
-    iso = calibration.fit_isotonic(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 1, 0, 1]))
+    iso = calibration.fit_isotonic(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 1, 0, 1]), min_pairs=1)
     assert iso == {"x": [0.1, 0.25, 0.4], "y": [0.0, 0.5, 1.0]}
     assert np.allclose(calibration.shown_probability(np.array([0.05, 0.25, 0.9]), {"isotonic": iso}), [0.0, 0.5, 1.0])
+    # Blocks lighter than min_pairs merge with their neighbours: the top never rests on one pair.
+    iso = calibration.fit_isotonic(np.array([0.1, 0.2, 0.3, 0.4]), np.array([0, 1, 0, 1]), min_pairs=2)
+    assert iso == {"x": [0.25], "y": [0.5]}
 
 
 def test_the_isotonic_correction_fixes_what_one_temperature_cannot():

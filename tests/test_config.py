@@ -116,7 +116,7 @@ def test_round_trip_through_dict():
     assert config.from_dict(cfg.to_dict()) == cfg
 
 
-@pytest.mark.parametrize("name", ["local.yaml", "bench.yaml", "cluster.yaml", "cluster-gpu.yaml"])
+@pytest.mark.parametrize("name", ["local.yaml", "bench.yaml", "cluster.yaml", "cluster-gpu.yaml", "nba.yaml"])
 def test_shipped_profiles_are_valid(name):
     cfg = config.load(f"conf/{name}")
     assert cfg.train.num_proc >= 1

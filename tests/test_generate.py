@@ -67,3 +67,24 @@ def test_corruption_injects_bad_and_duplicate_rows(tmp_path):
     assert (ev.timestamp == "not-a-time").sum() > 0
     assert (ev.event_type == "clickk").sum() > 0
     assert ev.event_id.duplicated().sum() > 0
+
+
+def test_actions_follow_purchases_of_their_category_and_leave_the_products_unchanged(tmp_path):
+    base = GenerateConfig(users=300, items=60, events=8000, formats=["parquet"])
+    generate(base, str(tmp_path / "plain"))
+    generate(GenerateConfig(users=300, items=60, events=8000, formats=["parquet"], actions=True), str(tmp_path / "nba"))
+    plain, ev = pd.read_parquet(tmp_path / "plain" / "events"), pd.read_parquet(tmp_path / "nba" / "events")
+    items = pd.read_parquet(tmp_path / "nba" / "items")
+    assert set(items.kind) == {"product", "article", "offer"} and (items.kind != "product").sum() == 2 * base.categories
+    acts = ev[ev.item_id.str.startswith("a")]
+    products = ev[~ev.item_id.str.startswith("a")].reset_index(drop=True)
+    pd.testing.assert_frame_equal(products, plain.reset_index(drop=True))
+    bought = ev[ev.event_type == "purchase"]
+    assert 0.3 * len(bought) < len(acts) < 0.5 * len(bought) and ev.event_id.is_unique
+    category = dict(zip(items.item_id, items.category))
+    # Every action view follows, within a day, a purchase by the same user in the action's category.
+    merged = acts.merge(bought, on="user_id", suffixes=("", "_buy"))
+    delay = pd.to_datetime(merged.timestamp) - pd.to_datetime(merged.timestamp_buy)
+    ok = (merged.item_id.map(category) == merged.item_id_buy.map(category)) & (delay > pd.Timedelta(0)) \
+        & (delay <= pd.Timedelta(days=1))
+    assert set(merged[ok].event_id) == set(acts.event_id)

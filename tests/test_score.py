@@ -46,6 +46,28 @@ def test_recommendations_contract(spark, shop):
 
 
 @pytest.mark.slow
+def test_item_kinds_make_lists_of_one_kind_of_catalog(spark, shop_copy):
+    cfg = shop_copy
+    content_loc = tables.path(cfg.tables_dir, schema.ITEM_CONTENT)
+    offers = [f"i{i:06d}" for i in range(0, 120, 6)]  # 20 items become offers
+    tables.overwrite(tables.read(spark, content_loc).withColumn(
+        "kind", F.when(F.col("item_id").isin(offers), "offer").otherwise("product")), content_loc)
+    newest = tables.newest_feature_set(spark, cfg.tables_dir)  # as if features had written the kinds
+    tables.record_feature_set(spark, cfg.tables_dir, "kinds", {**newest.versions,
+                                                               schema.ITEM_CONTENT: tables.version(spark, content_loc)})
+    actions = make_config(cfg.paths.root, score={"k": 3, "run_date": "2026-07-04", "item_kinds": ["offer"]})
+    cli.run_stage(spark, actions, "score")
+    got = _recs(spark, cfg).where(F.col("run_date") == "2026-07-04")
+    assert got.select("user_id").distinct().count() == 606 and got.count() >= 606 * 2
+    assert {r.item_id for r in got.select("item_id").distinct().collect()} <= set(offers)
+    # Probabilities stay the model's over the whole catalog: offers are a small part of it.
+    assert got.where(F.col("served_by") == "history").groupBy("user_id").agg(F.sum("probability").alias("p")) \
+        .agg(F.avg("p")).first()[0] < 0.5
+    with pytest.raises(ValueError, match=r"score.item_kinds is \['article'\].*its kinds: \['offer', 'product'\]"):
+        cli.run_stage(spark, make_config(cfg.paths.root, score={"k": 3, "item_kinds": ["article"]}), "score")
+
+
+@pytest.mark.slow
 def test_expected_revenue_ranks_by_probability_times_price(spark, shop_copy):
     cfg = shop_copy
     relevance = _recs(spark, cfg).where(F.col("run_date") == "2026-07-01")
