@@ -95,22 +95,34 @@ def test_training_windows_are_padded_next_item_pairs(spark):
     ]
 
 
-def test_index_appends_new_ids_and_never_renumbers(spark, tmp_path):
+def test_ids_and_tags_are_indexed_persistently(spark, tmp_path):
+    """Numbers given to user ids, item ids and tag values never change; newcomers are appended."""
     cfg = _setup(tmp_path)
+    items = tmp_path / "raw" / "items" / "i.csv"
+    items.write_text("item_id,title,category,brand,price,tags\ni1,Phone One,Phone,Acme,100,Drama|Comedy\n"
+                     "i2,Case Two,Case,Acme,10,Comedy\ni3,Phone Three,Phone,Globex,200,\ni4,New Case,Case,Globex,12,\n")
     ingest.run(spark, cfg)
     features.run(spark, cfg)
     before_u = {r.user_id: r.user_idx for r in _read(spark, cfg, schema.USER_INDEX).collect()}
     before_i = {r.item_id: r.item_idx for r in _read(spark, cfg, schema.ITEM_INDEX).collect()}
     assert sorted(before_i.values()) == [1, 2, 3, 4]  # i4 has no events but is in the catalog
     assert sorted(before_u.values()) == [0, 1]
-    # New ids that sort before the old ones must still get new numbers after them.
+    tags = {r.item_id: sorted(r.tag_ids) for r in _read(spark, cfg, schema.ITEM_CONTENT).collect()}
+    comedy = set(tags["i1"]) & set(tags["i2"])
+    assert len(tags["i1"]) == 2 and len(comedy) == 1 and tags["i3"] == []
+    # New ids that sort before the old ones must still get new numbers after them; a new tag too.
     (tmp_path / "raw" / "events" / "b.csv").write_text(HEADER + "e8,a0,h0,view,2026-01-03 01:00:00\n")
+    items.write_text(items.read_text().replace("i3,Phone Three,Phone,Globex,200,", "i3,Phone Three,Phone,Globex,200,"
+                                                                                    "Action|Comedy"))
     ingest.run(spark, cfg)
     features.run(spark, cfg)
     after_u = {r.user_id: r.user_idx for r in _read(spark, cfg, schema.USER_INDEX).collect()}
     after_i = {r.item_id: r.item_idx for r in _read(spark, cfg, schema.ITEM_INDEX).collect()}
     assert {k: after_u[k] for k in before_u} == before_u and after_u["a0"] == 2
     assert {k: after_i[k] for k in before_i} == before_i and after_i["h0"] == 5
+    after = {r.item_id: sorted(r.tag_ids) for r in _read(spark, cfg, schema.ITEM_CONTENT).collect()}
+    assert after["i1"] == tags["i1"] and after["i2"] == tags["i2"]
+    assert comedy <= set(after["i3"]) and max(after["i3"]) > max(tags["i1"])  # "Action" appended
 
 
 def test_profiles_and_item_content(spark, built):
@@ -173,24 +185,6 @@ def test_feature_stats_are_the_training_profiles_moments_and_the_title_idf(spark
     assert content["i1"].tag_ids == [] and list(content["i1"].item_num) == pytest.approx([math.log1p(100), 0.0])
     # Training histories: u1 [i1] (i2, i3 held out), u2 [i2, i1]: the 80th percentile is 2 items.
     assert stats["history_len_p80"] == [2.0]
-
-
-def test_item_tags_are_indexed_persistently(spark, tmp_path):
-    cfg = _setup(tmp_path)
-    (tmp_path / "raw" / "items" / "i.csv").write_text(
-        "item_id,title,category,tags\ni1,A,Phone,Drama|Comedy\ni2,B,Case,Comedy\ni3,C,Phone,\n")
-    ingest.run(spark, cfg)
-    features.run(spark, cfg)
-    before = {r.item_id: sorted(r.tag_ids) for r in _read(spark, cfg, schema.ITEM_CONTENT).collect()}
-    comedy = set(before["i1"]) & set(before["i2"])
-    assert len(before["i1"]) == 2 and len(comedy) == 1 and before["i3"] == []
-    (tmp_path / "raw" / "items" / "i.csv").write_text(
-        "item_id,title,category,tags\ni1,A,Phone,Drama|Comedy\ni2,B,Case,Comedy\ni3,C,Phone,Action|Comedy\n")
-    ingest.run(spark, cfg)
-    features.run(spark, cfg)
-    after = {r.item_id: sorted(r.tag_ids) for r in _read(spark, cfg, schema.ITEM_CONTENT).collect()}
-    assert after["i1"] == before["i1"] and after["i2"] == before["i2"]
-    assert comedy <= set(after["i3"]) and max(after["i3"]) > max(before["i1"])  # "Action" appended
 
 
 def test_concurrent_runs_never_give_two_ids_one_number(spark, tmp_path):
