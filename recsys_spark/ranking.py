@@ -216,7 +216,7 @@ def _rank_batch(part: pd.DataFrame, spec: ScoringSpec, model, catalog: dict, ite
                                     spec.new_item_slots, ineligible=ineligible, budget_mb=spec.block_mb, item_bias=bias)
     if not spec.with_ids:
         return topk_rows(part["user_idx"].to_numpy(), top, scores)
-    probability, scores = _probabilities(users, items, seen, top, scores, catalog, spec)
+    probability, scores, top = _probabilities(users, items, seen, top, scores, catalog, spec)
     histories = [h[-model.cfg.max_len:] for h in histories]
     because = explain(top, histories, items, spec.explain) if spec.explain else None
     served = _serve_without_model(part, model, catalog, histories, seen, top, scores, spec.k)
@@ -226,12 +226,12 @@ def _rank_batch(part: pd.DataFrame, spec: ScoringSpec, model, catalog: dict, ite
 
 
 def _probabilities(users, items, seen, top: np.ndarray, ranked_by: np.ndarray, catalog: dict,
-                   spec: ScoringSpec) -> tuple[np.ndarray, np.ndarray]:
+                   spec: ScoringSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(calibrated probability that each listed item is the user's next (the shown-item
-    correction included), the score column): the model's score for relevance, the expected value
-    probability x value otherwise. With an expected-value objective the list is chosen by the
-    temperature-scaled probability (the isotonic map is monotone, so it picks the same items
-    whenever values are equal)."""
+    correction included), the score column, the items): the model's score for relevance; for an
+    expected-value objective the expected value probability x value, the list re-ordered by it
+    (the kernel chose the items by the temperature-scaled probability x value; the isotonic map is
+    monotone but not linear, so it may swap neighbours)."""
     temperature, new_share = spec.calibration["temperature"], spec.calibration["new_share"]
     # The model's chance over every item the user has not had, as calibrated: business rules decide
     # what a list shows, not how likely the user is to pick it.
@@ -241,8 +241,11 @@ def _probabilities(users, items, seen, top: np.ndarray, ranked_by: np.ndarray, c
     probability = shown_probability(new_share * np.exp(model_scores / temperature - log_z[:, None]), spec.calibration)
     probability = np.where(top >= 0, probability, np.nan)
     if spec.objective == "relevance":
-        return probability, ranked_by
-    return probability, np.where(top >= 0, probability * catalog["value"][np.maximum(top, 0)], -np.inf)
+        return probability, ranked_by, top
+    expected = np.where(top >= 0, probability * catalog["value"][np.maximum(top, 0)], -np.inf)
+    order = np.lexsort((top, -expected), axis=1) if top.size else np.zeros_like(top)
+    take = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
+    return take(probability), take(expected), take(top)
 
 
 def _score_partition(batches: Iterator[pd.DataFrame], spec: ScoringSpec, catalog_bc) -> Iterator[pd.DataFrame]:
