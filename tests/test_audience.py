@@ -1,5 +1,5 @@
 """Campaign audiences on the nightly shop: sizes, thresholds, exclusions, opt-outs, the frequency
-cap and rerunning a date (README "Audiences")."""
+cap and rerunning a date (README "Probabilities, audiences and objectives")."""
 import pytest
 import yaml
 from pyspark.sql import functions as F
