@@ -82,6 +82,17 @@ def lakehouse(work: Optional[str], dataset: Optional[str] = None) -> list[str]:
     return out + ([f"ingest.events={os.path.abspath(dataset)}"] if dataset else [])
 
 
+def side_overrides(dataset: str, work: str) -> tuple[list[str], dict]:
+    """Overrides that ingest the user/item side files found next to a dataset file
+    (benchmarks.datasets), and those files by name."""
+    if not os.path.isfile(dataset):
+        return [], {}
+    from benchmarks.datasets import side_files
+
+    side = side_files(dataset, os.path.join(work, "side"))
+    return [f"ingest.{name}={path}" for name, path in side.items()], side
+
+
 def load_config(path: Optional[str], overrides: list[str]) -> Optional[config_mod.Config]:
     """The config, or None after printing the config error."""
     try:

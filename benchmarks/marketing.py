@@ -185,11 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: dataset {args.dataset} not found", file=sys.stderr)
         return 2
     with harness.work_dir(args.work, "recsys-marketing-") as work:
-        overrides = harness.lakehouse(work, args.dataset)
-        if os.path.isfile(args.dataset):
-            from benchmarks.datasets import side_files
-
-            overrides += [f"ingest.{n}={path}" for n, path in side_files(args.dataset, os.path.join(work, "side")).items()]
+        overrides = harness.lakehouse(work, args.dataset) + harness.side_overrides(args.dataset, work)[0]
         cfg = harness.load_config(args.config, overrides + args.overrides)
         if cfg is None:
             return 2

@@ -90,10 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     with harness.work_dir(args.work, "recsys-bench-") as work:
         overrides, side = harness.lakehouse(work, args.dataset), {}
         if args.side == "auto" and os.path.isfile(args.dataset):
-            from benchmarks.datasets import side_files
-
-            side = side_files(args.dataset, os.path.join(work, "side"))
-            overrides += [f"ingest.{name}={path}" for name, path in side.items()]
+            side_sets, side = harness.side_overrides(args.dataset, work)
+            overrides += side_sets
             print(f"side files: {', '.join(side) or 'none found'}", flush=True)
         cfg = harness.load_config(args.config, overrides + args.overrides)
         if cfg is None:
