@@ -15,6 +15,7 @@ Pure torch: never imports pyspark (Horovod's task module does, but only inside a
 from __future__ import annotations
 
 import os
+import pickle
 
 import torch
 
@@ -71,6 +72,10 @@ class TorchRanks:
             torch.cuda.set_device(self.device)
         dist.init_process_group("nccl" if self.device != "cpu" else "gloo")
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
+        # Every tensor a collective saw, kept until the group is destroyed: when gloo's worker thread
+        # drops the last reference to a tensor Python created, it needs the GIL, and the destructor
+        # of the group joins that thread while holding the GIL (a deadlock, seen at close).
+        self._held: list = []
 
     def setup(self, model, optimizer):
         from torch.nn.parallel import DistributedDataParallel
@@ -82,7 +87,14 @@ class TorchRanks:
         return net, optimizer
 
     def _tensor(self, values, dtype) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype, device=self.device)
+        t = torch.tensor(values, dtype=dtype, device=self.device)
+        self._held.append(t)
+        return t
+
+    def _zeros(self, n: int) -> torch.Tensor:
+        t = torch.zeros(n, dtype=torch.uint8, device=self.device)
+        self._held.append(t)
+        return t
 
     def mean(self, value: float, name: str) -> float:
         t = self._tensor([value], torch.float64)
@@ -95,16 +107,22 @@ class TorchRanks:
         return [int(v) for v in t.tolist()]
 
     def gather(self, obj) -> list:
-        out = [None] * self.size
-        self._dist.all_gather_object(out, obj)
-        return out
+        """obj of every rank, by rank (pickled, as all_gather_object does, into tensors kept in _held)."""
+        data = pickle.dumps(obj)
+        size = self._tensor([len(data)], torch.long)
+        sizes = [self._tensor([0], torch.long) for _ in range(self.size)]
+        self._dist.all_gather(sizes, size)
+        longest = max(int(s[0]) for s in sizes)
+        padded = self._zeros(longest)
+        padded[:len(data)] = torch.frombuffer(bytearray(data), dtype=torch.uint8)
+        parts = [self._zeros(longest) for _ in range(self.size)]
+        self._dist.all_gather(parts, padded)
+        return [pickle.loads(p[:int(s[0])].cpu().numpy().tobytes()) for p, s in zip(parts, sizes)]
 
     def close(self) -> None:
-        # A barrier first: while the main thread waits in it (without the GIL), gloo's worker thread
-        # can free the buffers of the last all_gather_object, which needs the GIL. Destroying the
-        # group straight away deadlocked now and then (the destructor joins that thread holding the GIL).
         self._dist.barrier()
         self._dist.destroy_process_group()
+        self._held.clear()
 
 
 def connect(launcher: str):
