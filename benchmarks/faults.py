@@ -311,7 +311,7 @@ def build_shop(spark, cfg: config_mod.Config) -> None:
     from recsys_spark.generate import generate
 
     generate(cfg.generate, cfg.paths.raw)
-    for stage in ("ingest", "features", "train", "score", "evaluate"):
+    for stage in ("ingest", "features", "train", "evaluate", "score"):
         cli.run_stage(spark, cfg, stage)
     report.run(spark, cfg)
 

@@ -115,8 +115,11 @@ def work_dir(work: Optional[str], prefix: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def spark_session(cfg: config_mod.Config) -> Iterator:
+    """A Spark session for a benchmark, with the stages' logs on the console as in a job."""
+    from recsys_spark.cli import configure_logging
     from recsys_spark.session import build_spark
 
+    configure_logging()
     spark = build_spark(cfg.spark)
     try:
         yield spark

@@ -28,13 +28,14 @@ def _cfg(root: str, overrides: list[str], config: str = None) -> config_mod.Conf
 
 
 def _build_shop(spark, cfg) -> dict:
-    """generate, ingest, features, train, a first full score; seconds per stage."""
+    """generate, ingest, features, train, evaluate (promotes the model), a first full score; seconds
+    per stage."""
     from recsys_spark import cli
     from recsys_spark.generate import generate
 
     stages, t0 = {}, time.time()
     generate(cfg.generate, cfg.paths.raw)
-    for stage in ("ingest", "features", "train", "score"):
+    for stage in ("ingest", "features", "train", "evaluate", "score"):
         t = time.time()
         cli.run_stage(spark, cfg, stage)
         stages[stage] = time.time() - t

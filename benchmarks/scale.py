@@ -4,7 +4,7 @@
                                [--config FILE] [--set key=value ...] [--work DIR]
 
 For each size: generate a shop of N events (N/50 users, N/500 items: 10M events = 200k users, 20k
-items), then run the nightly stages (ingest, features, one training epoch, score, evaluate against
+items), then run the nightly stages (ingest, features, one training epoch, evaluate, score against
 popularity) with the product's code, on a standalone cluster started on this machine (--cluster:
 two workers, one core each, as tests/test_cluster.py) or on the configured master. Per stage: wall
 seconds, peak resident memory of this process and every descendant (driver JVM, executors, Python
@@ -44,7 +44,7 @@ def run_size(cfg, events: int, monitor: harness.MemoryMonitor) -> dict:
     out = {}
     with harness.spark_session(cfg) as spark:
         for name, fn in (("ingest", ingest.run), ("features", features.run), ("train", train.run),
-                         ("score", score.run), ("evaluate", evaluate.run)):
+                         ("evaluate", evaluate.run), ("score", score.run)):
             t0 = time.time()
             with monitor.measuring(name):
                 out[name] = fn(spark, cfg)

@@ -19,6 +19,7 @@ run on those few numbers (scipy), so the readout costs one pass over the log.
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -28,10 +29,12 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from scipy import stats
 
-from recsys_spark import checkpoints, schema, splits, tables
+from recsys_spark import checkpoints, promotion, schema, splits, tables
 from recsys_spark.baselines import popularity_counts, popularity_topk
 from recsys_spark.config import Config
 from recsys_spark.ranking import attention_topk
+
+logger = logging.getLogger(__name__)
 
 SRM_ALPHA = 0.001
 
@@ -177,7 +180,7 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     groups = variant_stats(tables.read(spark, loc, version))
     r = readout(groups, ac.control, ac.alpha, ac.power, ac.split or None)
     r["log"], r["log_version"] = loc, version
-    print(f"A/B readout of {loc} (version {version}):\n{format_readout(r)}", flush=True)
+    logger.info(f"A/B readout of {loc} (version {version}):\n{format_readout(r)}")
     return r
 
 
@@ -190,12 +193,12 @@ def simulate(spark: SparkSession, cfg: Config) -> dict:
 
     Every user with a test target is exposed, split 50/50 by a hash of the id (abtest.seed). Lists
     are built as of the test split (history without the held-out next item): variant A from
-    popularity, B from the attention model (latest checkpoint). A user clicks with probability
+    popularity, B from the attention model (the serving one). A user clicks with probability
     abtest.sim_click_hit when the held-out next item is in their variant's list, else
     abtest.sim_click_base; a click converts with abtest.sim_convert and brings lognormal revenue."""
     ac = cfg.abtest
     root = cfg.tables_dir
-    ckpt_path = checkpoints.latest(cfg.models_dir, cfg.score.model_run_id)
+    ckpt_path = promotion.serving_checkpoint(spark, cfg)
     model = checkpoints.cached_model(ckpt_path)
     users = splits.test_users(spark, cfg).persist()
     k = cfg.score.k
@@ -221,5 +224,5 @@ def simulate(spark: SparkSession, cfg: Config) -> dict:
     tables.overwrite(log, loc)
     users.unpersist()
     n = tables.read(spark, loc).count()
-    print(f"abtest-simulate: {n} exposed users (A = popularity, B = attention, top-{k}) -> {loc}", flush=True)
+    logger.info(f"abtest-simulate: {n} exposed users (A = popularity, B = attention, top-{k}) -> {loc}")
     return {"rows": n, "log": loc}

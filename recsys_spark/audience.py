@@ -17,6 +17,7 @@ How a run works
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, fields
@@ -27,11 +28,13 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from recsys_spark import checkpoints, schema, splits, tables
+from recsys_spark import checkpoints, promotion, schema, splits, tables
 from recsys_spark.config import Config
 from recsys_spark.ranking import CampaignSpec, campaign_candidates
 from recsys_spark.score import current_catalog, pin_inputs
 from recsys_spark.table_schemas import AUDIENCES_SCHEMA
+
+logger = logging.getLogger(__name__)
 
 # With a frequency cap, each partition keeps this many times a campaign's size as candidates, so
 # that users capped out of it can be replaced by the next ones.
@@ -121,8 +124,8 @@ def campaign_items(campaigns: list[Campaign], content: list, n_items: int) -> np
             missing = [i for i in camp.items if i not in by_id]
             idx = [by_id[i] for i in camp.items if i in by_id]
             if missing:
-                print(f"audience: campaign {camp.campaign_id}: {len(missing)} item(s) not in the catalog, left out: "
-                      f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}", flush=True)
+                logger.info(f"audience: campaign {camp.campaign_id}: {len(missing)} item(s) not in the catalog, left out: "
+                      f"{', '.join(missing[:5])}{' ...' if len(missing) > 5 else ''}")
         else:
             key, value = ("category", camp.category) if camp.category else ("brand", camp.brand)
             idx = [r.item_idx for r in content if getattr(r, key) == value]
@@ -222,15 +225,15 @@ def _summary(spark: SparkSession, cfg: Config, campaigns: list[Campaign], versio
         F.col("run_date") == F.lit(run_date))
     sizes = {r.campaign_id: (r.users, r.mean_p) for r in written.groupBy("campaign_id").agg(
         F.count("*").alias("users"), F.avg("probability").alias("mean_p")).collect()}
-    print(f"audience: {len(campaigns)} campaigns over {scored_users} users with model {run_id} for {run_date} -> "
-          f"{tables.path(cfg.tables_dir, schema.AUDIENCES)} (version {version}, {elapsed:.1f}s)", flush=True)
+    logger.info(f"audience: {len(campaigns)} campaigns over {scored_users} users with model {run_id} for {run_date} -> "
+          f"{tables.path(cfg.tables_dir, schema.AUDIENCES)} (version {version}, {elapsed:.1f}s)")
     for c in campaigns[:SUMMARY_LINES]:
         n, mean_p = sizes.get(c.campaign_id, (0, None))
         want = f"size {c.size}" if c.size else f"p >= {c.min_probability}"
-        print(f"  {c.campaign_id:<24} {n:>7} users ({want}; mean probability "
-              f"{mean_p if mean_p is not None else 0:.4f})", flush=True)
+        logger.info(f"  {c.campaign_id:<24} {n:>7} users ({want}; mean probability "
+              f"{mean_p if mean_p is not None else 0:.4f})")
     if len(campaigns) > SUMMARY_LINES:
-        print(f"  ... and {len(campaigns) - SUMMARY_LINES} more campaigns", flush=True)
+        logger.info(f"  ... and {len(campaigns) - SUMMARY_LINES} more campaigns")
     return {"run_date": run_date.isoformat(), "version": version, "users_scored": scored_users, "seconds": elapsed,
             "audiences": {c.campaign_id: sizes.get(c.campaign_id, (0, None))[0] for c in campaigns}}
 
@@ -238,7 +241,7 @@ def _summary(spark: SparkSession, cfg: Config, campaigns: list[Campaign], versio
 def run(spark: SparkSession, cfg: Config) -> dict:
     """Write the day's audience of every campaign to gold/audiences."""
     t0 = time.time()
-    ckpt_path = checkpoints.latest(cfg.models_dir, cfg.score.model_run_id)
+    ckpt_path = promotion.serving_checkpoint(spark, cfg)
     model, ckpt = checkpoints.load(ckpt_path)
     run_date = date.fromisoformat(cfg.audience.run_date) if cfg.audience.run_date else datetime.now(timezone.utc).date()
     campaigns = load_campaigns(spark, cfg)
@@ -268,7 +271,7 @@ def reasons(spark: SparkSession, cfg: Config, campaign_id: str, user_ids: list, 
     model's item vectors (cosine to the mean vector of the campaign's items)."""
     import torch
 
-    model, _ = checkpoints.load(checkpoints.latest(cfg.models_dir, cfg.score.model_run_id))
+    model, _ = checkpoints.load(promotion.serving_checkpoint(spark, cfg))
     campaigns = [c for c in load_campaigns(spark, cfg) if c.campaign_id == campaign_id]
     content = tables.read(spark, tables.path(cfg.tables_dir, schema.ITEM_CONTENT)).select(
         "item_idx", "item_id", "category", "brand").collect()

@@ -21,16 +21,18 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+import logging
 import os
 import pickle
 import shutil
-import sys
 import uuid
 from datetime import datetime, timezone
 
 import torch
 
 from recsys_spark.model import AttentionRecommender, ModelConfig, item_features_of, statistics_of
+
+logger = logging.getLogger(__name__)
 
 MODEL_FILE = "model.pt"
 MANIFEST_FILE = "manifest.json"
@@ -119,7 +121,7 @@ def latest(models_dir: str, run_id: str = "") -> str:
         try:
             runs.append((manifest(folder)["created_at"], name))
         except (ValueError, KeyError, OSError) as exc:
-            print(f"warning: skipping checkpoint folder {folder}: unreadable manifest.json ({exc})", file=sys.stderr)
+            logger.warning(f"skipping checkpoint folder {folder}: unreadable manifest.json ({exc})")
     if not runs:
         raise FileNotFoundError(f"no trained model under {models_dir}; run the 'train' stage first")
     return os.path.join(models_dir, max(runs)[1])
@@ -169,7 +171,7 @@ def _resume_states(models_dir: str) -> list[tuple[str, dict]]:
             with open(meta) as fh:
                 out.append((os.path.join(models_dir, name), json.load(fh)))
         except (ValueError, OSError) as exc:
-            print(f"warning: skipping resume state {meta}: unreadable ({exc})", file=sys.stderr)
+            logger.warning(f"skipping resume state {meta}: unreadable ({exc})")
     return out
 
 

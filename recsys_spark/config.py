@@ -58,6 +58,9 @@ class SparkConfig:
     # Spark's console progress bar: auto = on for a local master writing to a terminal (an
     # interactive run), off otherwise (cluster and scheduled logs stay one line per event).
     progress: str = "auto"
+    # Quiet console: the Delta jars resolved once and reused (no Ivy report per stage), the JVM's
+    # start-up notes off (recsys_spark/log4j2.properties). `--verbose` sets it false.
+    quiet: bool = True
     conf: dict[str, str] = field(default_factory=dict)
 
 
@@ -221,7 +224,8 @@ class ScoreConfig:
     run_date: str = ""
     # Users scored per torch batch on an executor.
     batch_users: int = 1024
-    # Empty means the most recent checkpoint under <paths.root>/models.
+    # Empty: the champion (the newest model promoted by evaluate, recsys_spark.promotion). A run id
+    # pins that checkpoint under <paths.root>/models instead (an operator's choice, gate bypassed).
     model_run_id: str = ""
     # full: score every user. incremental: rescore only users with new events since the last
     # successful scoring run (Delta Change Data Feed of the events table) and carry the others
@@ -286,6 +290,9 @@ class EvaluateConfig:
     als_alphas: list[float] = field(default_factory=lambda: [1.0, 10.0])
     als_max_iter: int = 10
     knn_neighbors: int = 100
+    # Promotion gate: a new model serves only when its test NDCG@10 is at least the champion's
+    # (the first model: popularity's) x (1 - promote_tolerance), measured on the same users.
+    promote_tolerance: float = 0.02
 
 
 @dataclass(frozen=True)
@@ -312,6 +319,11 @@ class TrackingConfig:
     # Empty: a local file store at <paths.root>/mlruns. Or an http(s):// server, or "databricks".
     uri: str = ""
     experiment: str = "recsys-spark"
+    # Model registry: empty = the tracking store; "databricks-uc" = Unity Catalog.
+    registry_uri: str = ""
+    # Every trained model is registered under this name; the alias "champion" marks the serving one.
+    # On Unity Catalog: "<catalog>.<schema>.<model>".
+    registered_model: str = "recsys-spark-attention"
     # true: a tracking failure fails the stage; false: it prints a warning (outputs are kept either way).
     required: bool = False
 
@@ -513,6 +525,9 @@ def _check_values(cfg: Config) -> None:
     unknown = sorted(set(cfg.evaluate.baselines) - {"popularity", "als", "item_knn"})
     if unknown:
         raise ConfigError(f"evaluate.baselines: unknown baseline(s) {unknown} (use popularity, als, item_knn)")
+    if not 0 <= cfg.evaluate.promote_tolerance < 1:
+        raise ConfigError(f"evaluate.promote_tolerance: a share of the champion's NDCG@10 in [0, 1), "
+                          f"got {cfg.evaluate.promote_tolerance}")
     for fmt in cfg.generate.formats:
         if fmt not in ("csv", "parquet", "json"):
             raise ConfigError(f"generate.formats: unknown format {fmt!r} (use csv, parquet, json)")
@@ -632,6 +647,24 @@ def _resolve_paths(cfg: Config, base: Path) -> Config:
     return dataclasses.replace(cfg, paths=paths, ingest=ingest)
 
 
+def packaged_configs() -> dict[str, Path]:
+    """{name: file} of the default configs that come with the package (recsys_spark/conf/*.yaml)."""
+    folder = Path(__file__).resolve().parent / "conf"
+    return {p.stem: p for p in sorted(folder.glob("*.yaml"))}
+
+
+def locate(path: str | os.PathLike) -> Path:
+    """A config file: the path when it exists, else a packaged config by name (`--config databricks`)."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    packaged = packaged_configs()
+    if p.stem in packaged and str(p) in (p.stem, p.name, f"conf/{p.name}"):
+        return packaged[p.stem]
+    raise ConfigError(f"config file not found: {p} (pass a YAML file, or the name of a packaged config: "
+                      f"{', '.join(sorted(packaged)) or 'none installed'})")
+
+
 def load(path: str | os.PathLike | None = None, overrides: list[str] | None = None) -> Config:
     """Load a YAML config (or the defaults when path is None) and apply dotted overrides.
 
@@ -639,9 +672,7 @@ def load(path: str | os.PathLike | None = None, overrides: list[str] | None = No
     """
     data: dict[str, Any] = {}
     if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p} (pass --config conf/local.yaml or another file in conf/)")
+        p = locate(path)
         import yaml
 
         try:

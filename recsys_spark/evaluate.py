@@ -14,20 +14,24 @@ that recipe.
 """
 from __future__ import annotations
 
+import logging
+import os
 import time
 import uuid
 from datetime import datetime, timezone
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from recsys_spark import baselines, calibration, checkpoints, cold_start, schema, slices, splits, tables
+from recsys_spark import baselines, calibration, checkpoints, cold_start, promotion, schema, slices, splits, tables
 from recsys_spark.config import Config
 from recsys_spark.ranking import attention_topk
 from recsys_spark.table_schemas import METRIC_SLICES_SCHEMA, METRICS_SCHEMA
 from recsys_spark.tracking import log_evaluate
+
+logger = logging.getLogger(__name__)
 
 
 ACCURACY = ("recall", "ndcg", "mrr", "hitrate", "map")
@@ -126,12 +130,12 @@ MakeRecs = Callable[[], "tuple[DataFrame, float]"]
 
 
 class Evaluation:
-    """One evaluation of the latest (or configured) checkpoint and the configured baselines on the
+    """One evaluation of a model (promotion.evaluated_checkpoint) and the configured baselines on the
     test split: the users and the item facts every model is measured against, and the results."""
 
     def __init__(self, spark: SparkSession, cfg: Config):
         self.spark, self.cfg = spark, cfg
-        self.ckpt_path = checkpoints.latest(cfg.models_dir, cfg.score.model_run_id)
+        self.ckpt_path = promotion.evaluated_checkpoint(spark, cfg)
         model, self.ckpt = checkpoints.load(self.ckpt_path)
         self.n_items = model.cfg.n_items
         self.ks = sorted(set(cfg.evaluate.ks) | {10})
@@ -176,8 +180,8 @@ class Evaluation:
                                                seed=self.cfg.train.seed)
         val.unpersist()
         self.params["als"] = {"best": best, "grid": [{**p, "valid_ndcg@10": m} for p, m in tried]}
-        print("als grid (validation NDCG@10): " + ", ".join(
-            f"rank={p['rank']} reg={p['regParam']} alpha={p['alpha']}: {m:.4f}" for p, m in tried), flush=True)
+        logger.info("als grid (validation NDCG@10): " + ", ".join(
+            f"rank={p['rank']} reg={p['regParam']} alpha={p['alpha']}: {m:.4f}" for p, m in tried))
         return recs, time.time() - t0
 
     def measure(self, name: str, make_recs: MakeRecs) -> None:
@@ -211,6 +215,28 @@ class Evaluation:
         self.calibration["popularity"] = calibration.figures(one.expand(len(test["target"]), 1), counts, test["seen"],
                                                              test["target"], fitted)
 
+    def judge(self) -> Optional[promotion.Decision]:
+        """The promotion decision on this model: its NDCG@10 against the champion's on the same
+        users, or popularity's when there is no champion; None when it is the champion already."""
+        champion, candidate = promotion.champion_run_id(self.spark, self.cfg), self.ckpt["run_id"]
+        if champion == candidate:
+            return None
+        targets = self.users.select("user_idx", "target")
+        champion_path = os.path.join(self.cfg.models_dir, champion or "")
+        if champion and os.path.isfile(os.path.join(champion_path, checkpoints.MANIFEST_FILE)):
+            reference = spark_metrics(attention_topk(self.users, champion_path, 10, self.cfg.score.batch_users),
+                                      targets, [10])
+        else:
+            if champion:
+                logger.warning(f"the champion {champion} has no checkpoint under {self.cfg.models_dir}; judging "
+                      f"{candidate} against popularity")
+            champion = ""
+            reference = self.metrics.get("popularity") or spark_metrics(
+                baselines.popularity_topk(self.users, self.popularity, 10), targets, [10])
+        gate = promotion.GATE_METRIC
+        return promotion.decide(candidate, self.metrics["attention"][gate], "champion" if champion else "popularity",
+                                champion, reference[gate], self.cfg.evaluate.promote_tolerance)
+
     def finish(self) -> dict:
         """Write gold/metrics and gold/metric_slices, print the tables, measure cold start when
         users or items were held out, log to MLflow; the result as a dict."""
@@ -224,14 +250,14 @@ class Evaluation:
                                                  + _reliability_rows(self.calibration, eval_id, model_run_id, now),
                                                  METRIC_SLICES_SCHEMA),
                       tables.path(self.cfg.tables_dir, schema.METRIC_SLICES))
-        print(self.summary(eval_id))
+        logger.info(self.summary(eval_id))
         cold = None
         if self.cfg.features.holdout_users > 0 or self.cfg.features.holdout_items > 0:
             cold = cold_start.evaluate(self.spark, self.cfg, self.ckpt_path, self.versions)
             rows = cold_start.metric_rows(cold, eval_id, model_run_id, now)
             if rows:
                 tables.append(self.spark.createDataFrame(rows, METRICS_SCHEMA), metrics_loc)
-            print("cold start (held-out users and items, full ranking):\n" + cold_start.format_cold(cold), flush=True)
+            logger.info("cold start (held-out users and items, full ranking):\n" + cold_start.format_cold(cold))
         result = {"eval_id": eval_id, "cold": cold, "slices": self.sliced, "model_run_id": model_run_id,
                   "n_users": self.n_users, "metrics": self.metrics, "beyond": self.beyond, "train_s": self.train_s,
                   "score_s": self.score_s, "params": self.params, "calibration": self.calibration}
@@ -307,11 +333,17 @@ def _slice_rows(sliced: dict, eval_id: str, model_run_id: str, now: datetime) ->
 
 
 def run(spark: SparkSession, cfg: Config) -> dict:
-    """Evaluate the latest checkpoint and the configured baselines on the test split; append one
-    row per (model, metric, k) to gold/metrics and print the tables. Returns {"metrics": {model:
-    {...}}, "beyond", "train_s", "score_s", "params", "cold", ...}."""
+    """Evaluate the candidate (the newest checkpoint not judged yet, else the champion; or
+    score.model_run_id) and the configured baselines on the test split; append one row per (model, metric, k) to gold/metrics, print the
+    tables, and promote the candidate when it passes the gate (recsys_spark.promotion). Returns
+    {"metrics": {model: {...}}, "beyond", "train_s", "score_s", "params", "cold", "promotion", ...}."""
     evaluation = Evaluation(spark, cfg)
     for name, make_recs in evaluation.models():
         evaluation.measure(name, make_recs)
     evaluation.measure_calibration()
-    return evaluation.finish()
+    decision = evaluation.judge()
+    result = evaluation.finish()
+    if decision is not None:
+        promotion.record(spark, cfg, decision, result["eval_id"])
+    logger.info(f"promotion: {decision.reason if decision else result['model_run_id'] + ' is the champion already'}")
+    return {**result, "promotion": decision}

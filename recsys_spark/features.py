@@ -12,6 +12,7 @@ A run records its table versions in gold/feature_sets as its last write; readers
 """
 from __future__ import annotations
 
+import logging
 import uuid
 from dataclasses import dataclass
 from typing import Optional
@@ -24,6 +25,7 @@ from recsys_spark import schema, tables
 from recsys_spark.config import Config, FeaturesConfig
 from recsys_spark.splits import held_out
 
+logger = logging.getLogger(__name__)
 
 
 def extend_index(spark: SparkSession, ids: DataFrame, location: str, id_col: str, idx_col: str,
@@ -479,7 +481,7 @@ def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
         written[name] = tables.version(spark, tables.path(root, name))
     tables.record_feature_set(spark, root, run_id, written)
     report = FeaturesReport(written, idx.user.count(), idx.item.count(), train.count(), max_len)
-    print(report.summary(), flush=True)
+    logger.info(report.summary())
     return report
 
 

@@ -16,6 +16,7 @@ It prints what it removed from where.
 from __future__ import annotations
 
 import glob
+import logging
 import os
 import re
 import uuid
@@ -27,6 +28,8 @@ from pyspark.sql import functions as F
 
 from recsys_spark import privacy, schema, tables
 from recsys_spark.config import Config
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -182,5 +185,5 @@ def run(spark: SparkSession, cfg: Config, users_file: str) -> ForgetReport:
                           cfg.privacy.vacuum_retention_hours)
     ids.unpersist()
     idxs.unpersist()
-    print(report.summary(), flush=True)
+    logger.info(report.summary())
     return report

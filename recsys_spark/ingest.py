@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import logging
 import os
 import uuid
 from dataclasses import dataclass
@@ -35,6 +36,8 @@ from pyspark.sql import types as T
 from recsys_spark import privacy, schema, tables
 from recsys_spark.config import Config, IngestConfig
 from recsys_spark.forget import without_suppressed
+
+logger = logging.getLogger(__name__)
 
 # Spark's name for a line it could not split into the header's fields; the quarantine reason
 # names it in words.
@@ -444,7 +447,7 @@ def _allowed_user_columns(raw: DataFrame, cfg: Config) -> DataFrame:
     dropped = [c for c in raw.columns if c not in ("user_id", "source_file") and not c.startswith("_")
                and c not in cfg.privacy.user_columns]
     if dropped:
-        print(f"ingest: users columns not in privacy.user_columns dropped: {', '.join(dropped)}", flush=True)
+        logger.info(f"ingest: users columns not in privacy.user_columns dropped: {', '.join(dropped)}")
     return raw.drop(*dropped)
 
 
@@ -504,5 +507,5 @@ def run(spark: SparkSession, cfg: Config) -> IngestReport:
     report = IngestReport(run_id, read_rows, n_valid, n_quarantined, n_valid - n_new, n_new,
                           side["user_id"], side["item_id"], tables.version(spark, tables.path(root, schema.EVENTS)),
                           read_rows - raw_rows)
-    print(report.summary(), flush=True)
+    logger.info(report.summary())
     return report

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import logging
 import os
 import shutil
 from typing import Optional
@@ -23,6 +24,8 @@ from recsys_spark import checkpoints, schema, tables
 from recsys_spark.abtest import format_readout, readout, variant_stats
 from recsys_spark.config import Config
 from recsys_spark.evaluate import CALIBRATION
+
+logger = logging.getLogger(__name__)
 
 HEADLINE = [("recall", 10), ("ndcg", 10), ("mrr", 10), ("coverage", 10), ("gini", 10), ("novelty", 10),
             ("ild", 10), ("pop_share", 10)]
@@ -302,7 +305,7 @@ def run(spark: SparkSession, cfg: Config, n_examples: int = 3) -> str:
     with open(path, "w") as fh:
         fh.write(doc)
     shutil.copyfile(path, os.path.join(out_dir, "latest.html"))
-    print(f"report: {path} ({len(doc) // 1024} KB, {len(figs)} plots)", flush=True)
+    logger.info(f"report: {path} ({len(doc) // 1024} KB, {len(figs)} plots)")
     return path
 
 

@@ -48,6 +48,8 @@ SCORE_RUNS = "gold/score_runs"
 AUDIENCES = "gold/audiences"
 METRICS = "gold/metrics"
 METRIC_SLICES = "gold/metric_slices"
+# Promotion decisions: which trained model serves (recsys_spark.promotion).
+MODEL_PROMOTIONS = "gold/model_promotions"
 
 
 # How a user's list was made (the recommendations' served_by column): the model over the user's

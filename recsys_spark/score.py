@@ -15,6 +15,7 @@ How a run works (ranking itself is recsys_spark.ranking)
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
@@ -24,12 +25,14 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import checkpoints, schema, splits, tables
+from recsys_spark import checkpoints, promotion, schema, splits, tables
 from recsys_spark.baselines import fallback_lists
 from recsys_spark.config import Config
 from recsys_spark.features import item_feature_arrays
 from recsys_spark.ranking import ScoringSpec, item_catalog, score_users
 from recsys_spark.table_schemas import RECOMMENDATIONS_SCHEMA, SCORE_RUNS_SCHEMA
+
+logger = logging.getLogger(__name__)
 
 # The items' column each expected-value objective multiplies the probability by.
 OBJECTIVE_VALUE = {"expected_revenue": "price", "expected_margin": "margin"}
@@ -257,10 +260,11 @@ def _record_run(spark: SparkSession, root: str, run_date: date, run_id: str, sco
 
 
 def run(spark: SparkSession, cfg: Config) -> dict:
-    """Score every user with the latest (or configured) checkpoint into the recommendations table."""
+    """Score every user with the serving model (the champion, or score.model_run_id) into the
+    recommendations table."""
     t0 = time.time()
     root, sc = cfg.tables_dir, cfg.score
-    ckpt_path = checkpoints.latest(cfg.models_dir, sc.model_run_id)
+    ckpt_path = promotion.serving_checkpoint(spark, cfg)
     model, ckpt = checkpoints.load(ckpt_path)
     run_id = ckpt["run_id"]
     run_date = date.fromisoformat(sc.run_date) if sc.run_date else datetime.now(timezone.utc).date()
@@ -286,10 +290,10 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     elapsed = time.time() - t0
     _record_run(spark, root, run_date, run_id, scope, rules, events_version, versions, elig_version, version,
                 counts, elapsed)
-    print(f"score ({scope.mode}: {scope.reason}): {counts.scored} users scored, {counts.carried} carried forward, "
+    logger.info(f"score ({scope.mode}: {scope.reason}): {counts.scored} users scored, {counts.carried} carried forward, "
           f"top-{sc.k} with model {run_id} for {run_date} -> {tables.path(root, schema.RECOMMENDATIONS)} (version "
           f"{version}, {counts.rows} rows, {elapsed:.1f}s); users by path: "
-          + ", ".join(f"{k} {v}" for k, v in sorted(counts.served_by.items())), flush=True)
+          + ", ".join(f"{k} {v}" for k, v in sorted(counts.served_by.items())))
     return {"run_id": run_id, "run_date": run_date.isoformat(), "rows": counts.rows,
             "users": counts.scored + counts.carried, "users_scored": counts.scored, "users_carried": counts.carried,
             "mode": scope.mode, "reason": scope.reason, "version": version, "seconds": elapsed,

@@ -1,6 +1,7 @@
 """The only place a SparkSession is built. Delta Lake is always on."""
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import os
 import sys
@@ -8,6 +9,8 @@ import sys
 from pyspark.sql import SparkSession
 
 from recsys_spark.config import SparkConfig
+
+QUIET_LOG4J = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2.properties")
 
 
 def delta_package() -> str:
@@ -22,6 +25,35 @@ def jars_packages(user_packages: str) -> str:
     if not any(p.startswith("io.delta:delta-spark_") for p in mine):
         mine.append(delta_package())
     return ",".join(mine)
+
+
+def _jars_cache(packages: str) -> str:
+    """Where the jar files that `packages` resolved to are remembered (one line per jar)."""
+    cache = os.environ.get("RECSYS_SPARK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "recsys-spark")
+    return os.path.join(cache, "spark-jars", hashlib.sha256(packages.encode()).hexdigest()[:16] + ".txt")
+
+
+def resolved_jars(packages: str) -> list[str]:
+    """The jar files of an earlier resolution of `packages`, when every one is still there."""
+    try:
+        with open(_jars_cache(packages)) as fh:
+            jars = [line.strip() for line in fh if line.strip()]
+    except OSError:
+        return []
+    return jars if jars and all(os.path.isfile(j.removeprefix("file:")) for j in jars) else []
+
+
+def _remember_jars(spark: SparkSession, packages: str) -> None:
+    """After Spark resolved `packages` (spark-submit lists the files in spark.jars), note the files."""
+    jars = [j for j in spark.sparkContext.getConf().get("spark.jars", "").split(",") if j]
+    if not jars or not all(os.path.isfile(j.removeprefix("file:")) for j in jars):
+        return
+    path = _jars_cache(packages)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}"
+    with open(tmp, "w") as fh:
+        fh.write("\n".join(jars) + "\n")
+    os.replace(tmp, path)
 
 
 def _show_progress(cfg: SparkConfig) -> bool:
@@ -59,8 +91,16 @@ def build_spark(cfg: SparkConfig) -> SparkSession:
         builder = builder.master(cfg.master)
     for key, value in cfg.conf.items():
         builder = builder.config(key, value)
-    if cfg.delta_packages and not submitted:
-        builder = builder.config("spark.jars.packages", jars_packages(cfg.conf.get("spark.jars.packages", "")))
+    packages = jars_packages(cfg.conf.get("spark.jars.packages", "")) if cfg.delta_packages and not submitted else ""
+    jars = resolved_jars(packages) if packages and cfg.quiet else []
+    if jars:  # resolved before: the same files, without Ivy resolving (and reporting) them again
+        builder = builder.config("spark.jars", ",".join(filter(None, [cfg.conf.get("spark.jars", "")] + jars)))
+    elif packages:
+        builder = builder.config("spark.jars.packages", packages)
+    if cfg.quiet and not submitted and "spark.driver.extraJavaOptions" not in cfg.conf:
+        builder = builder.config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{QUIET_LOG4J}")
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.log_level)
+    if packages and not jars:
+        _remember_jars(spark, packages)
     return spark

@@ -102,6 +102,25 @@ METRICS_SCHEMA = T.StructType(
     ]
 )
 
+# One row per promotion decision of an evaluation (recsys_spark.promotion): the candidate against
+# the champion (or, for a first model, popularity) on the same test users. The serving champion is
+# the candidate of the newest row with promoted = true.
+MODEL_PROMOTIONS_SCHEMA = T.StructType(
+    [
+        T.StructField("eval_run_id", T.StringType(), False),
+        T.StructField("candidate_run_id", T.StringType(), False),
+        T.StructField("reference", T.StringType(), False),  # champion | popularity
+        T.StructField("reference_run_id", T.StringType(), True),  # the champion's run id
+        T.StructField("metric", T.StringType(), False),
+        T.StructField("candidate_value", T.DoubleType(), False),
+        T.StructField("reference_value", T.DoubleType(), False),
+        T.StructField("tolerance", T.DoubleType(), False),
+        T.StructField("promoted", T.BooleanType(), False),
+        T.StructField("reason", T.StringType(), False),
+        T.StructField("decided_at", T.TimestampType(), False),
+    ]
+)
+
 # Metrics by slice (kind = activity | user_history | target_item | a user attribute, group = its
 # value), fairness gaps (group "<gap>": metric gap / gap_ci_low / gap_ci_high) and item exposure
 # (kind = exposure:popularity_decile | exposure:category; metric rec_share / interaction_share / item_share).

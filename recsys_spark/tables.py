@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from contextlib import contextmanager
 from typing import Callable, Optional, TypeVar
@@ -15,6 +16,8 @@ from pyspark.sql import functions as F
 
 from recsys_spark import schema
 from recsys_spark.config import is_uri
+
+logger = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -257,6 +260,5 @@ def retry_on_conflict(write: Callable[[], T], what: str, attempts: int = 5) -> T
                 raise ConcurrentRunsError(f"{what}: another run kept committing to the same table; gave up after "
                                    f"{attempts} attempts. Nothing of this attempt was written; run it again "
                                    f"when the other run has finished. ({type(e).__name__})") from e
-            print(f"{what}: another run committed first ({type(e).__name__}); retrying ({attempt}/{attempts})",
-                  flush=True)
+            logger.info(f"{what}: another run committed first ({type(e).__name__}); retrying ({attempt}/{attempts})")
     raise AssertionError("unreachable")

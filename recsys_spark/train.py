@@ -8,6 +8,7 @@ the executors with the configured launcher: `horovod.spark.run`, or pyspark's To
 """
 from __future__ import annotations
 
+import logging
 import math
 import os
 import time
@@ -24,6 +25,8 @@ from recsys_spark.config import Config, ConfigError, auto_dropout
 from recsys_spark.features import item_feature_arrays, read_stats
 from recsys_spark.model import ModelConfig, pad_right
 from recsys_spark.trainer import PetastormShards, TrainJob, worker
+
+logger = logging.getLogger(__name__)
 
 # The tables a training run reads, pinned at the newest complete feature set (recorded in the checkpoint).
 PINNED_TABLES = (schema.TRAIN_EXAMPLES, schema.ITEM_CONTENT, schema.ITEM_INDEX, schema.USER_PROFILE,
@@ -72,8 +75,8 @@ def resolve_dropout(dropout, stats: dict) -> float:
         raise ConfigError("train.dropout is 'auto' but gold/feature_stats has no history_len_p80 (features were "
                           "built by an older version): rerun the features job, or set train.dropout to a number")
     value = auto_dropout(stats["history_len_p80"][0])
-    print(f"train: dropout {value} from data (80th percentile of training history lengths "
-          f"{stats['history_len_p80'][0]:.0f}; train.dropout: auto)", flush=True)
+    logger.info(f"train: dropout {value} from data (80th percentile of training history lengths "
+          f"{stats['history_len_p80'][0]:.0f}; train.dropout: auto)")
     return value
 
 
@@ -119,6 +122,23 @@ def task_slots(spark: SparkSession) -> int:
     return int(sc.maxNumConcurrentTasks(sc.resourceProfileManager().defaultResourceProfile()))
 
 
+def check_shipped_code(spark: SparkSession, cfg: Config) -> None:
+    """TorchDistributor's ranks are `torchrun` processes that an executor's Python starts: they see
+    the executor's PYTHONPATH, not the archives of --py-files that Spark puts on its workers' sys.path.
+    Warn when code is shipped that way but not named in spark.executorEnv.PYTHONPATH."""
+    if cfg.train.launcher != "torch_distributor" or spark.sparkContext.master.startswith("local"):
+        return
+    conf = spark.sparkContext.getConf()
+    shipped = [os.path.basename(p) for p in conf.get("spark.submit.pyFiles", "").split(",")
+               if p.endswith((".zip", ".egg", ".py"))]  # the list also holds the --packages jars
+    seen = {os.path.basename(p) for p in conf.get("spark.executorEnv.PYTHONPATH", "").split(os.pathsep)}
+    missing = [f for f in shipped if f not in seen]
+    if missing:
+        logger.warning(f"--py-files {', '.join(missing)} will not reach the torch_distributor ranks unless the package "
+                       f"is installed on the executors: add --conf spark.executorEnv.PYTHONPATH={os.pathsep.join(missing)} "
+                       f"(executors find the shipped files in their working directory)")
+
+
 def check_slots(spark: SparkSession, cfg: Config) -> None:
     """Every rank is a Spark task running beside the others: refuse more ranks than task slots
     (TorchDistributor's barrier stage and Horovod would otherwise wait for slots that never come)."""
@@ -158,13 +178,12 @@ def prepare(spark: SparkSession, cfg: Config) -> TrainJob:
         fingerprint = job.fingerprint(cfg.train.num_proc)
         stale = checkpoints.drop_stale_resumes(job.checkpoint_dir, fingerprint)
         if stale:
-            print(f"train: removed the resume state of {', '.join(stale)} (trained on other data or settings)",
-                  flush=True)
+            logger.info(f"train: removed the resume state of {', '.join(stale)} (trained on other data or settings)")
         found = checkpoints.find_resumable(job.checkpoint_dir, fingerprint)
         if found:
             job.run_id = found[0]
-            print(f"train: continuing run {job.run_id} after epoch {found[1]} (same data and settings; "
-                  f"train.resume: auto)", flush=True)
+            logger.info(f"train: continuing run {job.run_id} after epoch {found[1]} (same data and settings; "
+                  f"train.resume: auto)")
     return job
 
 
@@ -188,18 +207,19 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     from recsys_spark.tracking import log_train
 
     check_slots(spark, cfg)
+    check_shipped_code(spark, cfg)
     job = prepare(spark, cfg)
     os.makedirs(job.checkpoint_dir, exist_ok=True)
     use_gpu = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
-    print(f"train {job.run_id}: {len(job.batches.files)} files of {tables.path(cfg.tables_dir, schema.TRAIN_EXAMPLES)} "
+    logger.info(f"train {job.run_id}: {len(job.batches.files)} files of {tables.path(cfg.tables_dir, schema.TRAIN_EXAMPLES)} "
           f"at version {job.data_versions[schema.TRAIN_EXAMPLES]}, {cfg.train.num_proc} {cfg.train.launcher} ranks "
-          f"on {'GPUs' if use_gpu else 'CPUs'}, {job.steps_per_epoch} steps/epoch", flush=True)
+          f"on {'GPUs' if use_gpu else 'CPUs'}, {job.steps_per_epoch} steps/epoch")
     t0 = time.time()
     result = launch(cfg.train.launcher, cfg.train.num_proc, worker, job, use_gpu=use_gpu)
     elapsed = time.time() - t0
     path = os.path.join(job.checkpoint_dir, job.run_id)
     history = result["history"]
-    print(f"train {job.run_id}: done in {elapsed:.1f}s ({len(history)} epochs), final loss "
-          f"{history[-1]['loss']:.4f}; checkpoint {path}", flush=True)
+    logger.info(f"train {job.run_id}: done in {elapsed:.1f}s ({len(history)} epochs), final loss "
+          f"{history[-1]['loss']:.4f}; checkpoint {path}")
     return {"run_id": job.run_id, "checkpoint": path, "result": result, "history": history, "seconds": elapsed,
             "steps_per_epoch": job.steps_per_epoch, "mlflow_run_id": log_train(cfg, path)}

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One command for a fresh machine: set up, generate a synthetic shop, run the nightly pipeline
-# (ingest, features, train, score, evaluate) on local Spark + local Delta, show the result, and read
+# (ingest, features, train, evaluate - which promotes the model - and score) on local Spark + local Delta, show the result, and read
 # the audiences of the campaigns in conf/campaigns.yaml (one shown with reasons), read out a
 # simulated A/B test (popularity vs the attention model) on the same shop; then write the HTML
 # report (data/local/reports/latest.html).

@@ -46,18 +46,21 @@ vpy=$venv/bin/python
 
 # Reinstall dependencies only when pyproject.toml or this script changed.
 # HOROVOD_GPU=1 installs the NCCL build of Horovod instead (see scripts/build_horovod.sh).
-stamp=$( (cat "$repo/pyproject.toml" "$repo/scripts/setup.sh" "$repo/scripts/build_horovod.sh"; echo "gpu=${HOROVOD_GPU:-0}") \
+stamp=$( (cat "$repo/pyproject.toml" "$repo/constraints.txt" "$repo/scripts/setup.sh" "$repo/scripts/build_horovod.sh"; \
+  echo "gpu=${HOROVOD_GPU:-0}") \
   | sha256sum | cut -c1-16)
 if [ "$(cat "$venv/.recsys-stamp" 2>/dev/null)" != "$stamp" ]; then
   log "installing the pinned stack into $venv (first run: a few minutes; torch is large)"
   "$vpy" -m pip install -q --upgrade pip wheel "setuptools>=64,<70" >&2
-  "$vpy" -m pip install -q -e "$repo[test,bench]" >&2
+  # pyproject.toml holds ranges (for the wheel); constraints.txt the exact set tested here.
+  "$vpy" -m pip install -q -c "$repo/constraints.txt" -e "$repo[local,test,bench]" >&2
   horovod_wheel=$("$repo/scripts/build_horovod.sh" "$vpy" "$cache/wheels" | tail -1)
   "$vpy" -m pip install -q --force-reinstall --no-deps "$horovod_wheel" >&2
   "$vpy" -c "import horovod.torch as hvd, horovod.spark, petastorm, delta, torch; assert hvd.gloo_built()" >&2
   echo "$stamp" > "$venv/.recsys-stamp"
 else
   # Point the editable install at this checkout (another clone may have claimed the venv).
-  "$vpy" -m pip install -q --no-deps --no-build-isolation -e "$repo" >&2
+  # (quietly: setuptools warns about editable installs on every run; shown when it fails)
+  out=$("$vpy" -m pip install -q --no-deps --no-build-isolation -e "$repo" 2>&1) || { echo "$out" >&2; exit 1; }
 fi
 echo "$vpy"

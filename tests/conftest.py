@@ -65,3 +65,39 @@ def shop_copy(shop, tmp_path):
     root = tmp_path / "shop"
     shutil.copytree(cfg.paths.root, root)
     return make_config(root, **SHOP)
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory) -> str:
+    """The project's wheel, built the way a release is (`python -m build --wheel`)."""
+    import glob
+    import subprocess
+    import sys
+
+    out = tmp_path_factory.mktemp("dist")
+    subprocess.run([sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), REPO],
+                   check=True, capture_output=True, text=True)
+    (path,) = glob.glob(str(out / "recsys_spark-*.whl"))
+    return path
+
+
+def bare_python(folder) -> str:
+    """A Python environment with this project's dependencies but not the project itself: a venv
+    whose site-packages lists the test environment's site-packages as a plain path (a line of a .pth
+    file), so that environment's own .pth files, among them the editable install of this checkout,
+    are not run. What a cluster image with the dependencies looks like. Returns its python."""
+    import sysconfig
+    import venv
+
+    venv.EnvBuilder(with_pip=False, symlinks=True).create(str(folder))
+    python = os.path.join(str(folder), "bin", "python")
+    import subprocess
+
+    purelib = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             check=True, capture_output=True, text=True).stdout.strip()
+    with open(os.path.join(purelib, "recsys-dependencies.pth"), "w") as fh:
+        fh.write(sysconfig.get_paths()["purelib"] + "\n")
+    return python

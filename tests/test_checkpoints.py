@@ -115,7 +115,7 @@ def test_weights_that_differ_from_the_manifest_are_refused(tmp_path):
         load_checkpoint(str(path))
 
 
-def test_temporary_and_unreadable_folders_are_skipped(tmp_path, capsys):
+def test_temporary_and_unreadable_folders_are_skipped(tmp_path, caplog):
     models = tmp_path / "models"
     _save(models, "attn-a", "2026-01-01T00:00:00")
     late = models / "attn-b.tmp-1a2b3c"  # a save interrupted before its rename, newest of all
@@ -129,7 +129,7 @@ def test_temporary_and_unreadable_folders_are_skipped(tmp_path, capsys):
     weightless.mkdir()
     (weightless / "manifest.json").write_text('{"run_id": "attn-d", "created_at": "2026-12-31T00:00:00"}')
     assert os.path.basename(checkpoints.latest(str(models))) == "attn-a"
-    assert "skipping checkpoint folder" in capsys.readouterr().err
+    assert "skipping checkpoint folder" in caplog.text
 
 
 def test_a_resume_state_is_found_by_what_it_was_trained_on_and_is_never_a_model(tmp_path):

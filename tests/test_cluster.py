@@ -1,4 +1,5 @@
-"""The nightly job submitted with spark-submit to a real standalone Spark cluster on this machine.
+"""The nightly job submitted with spark-submit to a real standalone Spark cluster on this machine,
+with the project shipped as its wheel (`--py-files`) to a Python that has only the dependencies.
 
 One master and two workers (one core each) are started with the scripts that ship with pyspark
 (bin/spark-class), so nothing can lean on local mode: the two training ranks (TorchDistributor,
@@ -8,12 +9,14 @@ barrier stage in two executors, and every Delta table is read and written by exe
 import os
 import pathlib
 import re
+import shutil
 import subprocess
 
 import pytest
 import yaml
 
 from benchmarks import harness
+from conftest import bare_python
 from recsys_spark import schema
 from recsys_spark.generate import generate
 from recsys_spark.config import GenerateConfig
@@ -29,7 +32,14 @@ def cluster(tmp_path_factory):
         yield {**c, "logs": pathlib.Path(c["logs"])}
 
 
-def test_nightly_on_a_standalone_cluster_via_spark_submit(cluster, tmp_path):
+def test_nightly_on_a_standalone_cluster_via_spark_submit(cluster, wheel, tmp_path):
+    # The driver and executors run a Python with the dependencies but without this project; the
+    # project's code reaches them only as the wheel shipped with the job (a wheel is a zip archive;
+    # pyspark puts py-files ending in .zip on the workers' sys.path, not .whl).
+    python = bare_python(tmp_path / "env")
+    assert subprocess.run([python, "-c", "import recsys_spark"], cwd=str(tmp_path), capture_output=True).returncode != 0
+    shipped = tmp_path / "recsys_spark.zip"
+    shutil.copy(wheel, shipped)
     root = tmp_path / "lake"
     conf = {
         "spark": {"master": "", "shuffle_partitions": 4},
@@ -46,18 +56,26 @@ def test_nightly_on_a_standalone_cluster_via_spark_submit(cluster, tmp_path):
     cmd = [submit, "--master", cluster["url"], "--packages", delta_package(),
            "--conf", "spark.executor.cores=1", "--conf", "spark.executor.memory=1g",
            "--conf", "spark.cores.max=2", "--conf", "spark.task.cpus=1",
-           "--conf", "spark.ui.enabled=false",
+           "--conf", "spark.ui.enabled=false", "--conf", f"spark.pyspark.python={python}",
+           "--py-files", str(shipped),
+           # TorchDistributor's torchrun processes import through PYTHONPATH, relative to the executor's
+           # working directory, where Spark puts the shipped file.
+           "--conf", f"spark.executorEnv.PYTHONPATH={shipped.name}",
            os.path.join(REPO, "jobs", "nightly.py"), "--config", str(cfg_file)]
-    out = subprocess.run(cmd, env=cluster["env"], cwd=str(tmp_path), capture_output=True, text=True, timeout=1200)
+    env = {**cluster["env"], "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python}
+    out = subprocess.run(cmd, env=env, cwd=str(tmp_path), capture_output=True, text=True, timeout=1200)
     log = out.stdout + out.stderr
     (cluster["logs"] / "submit.log").write_text(log)
     assert out.returncode == 0, log[-5000:]
-    assert "nightly stage wall times" in out.stdout
-    assert "2 torch_distributor ranks on CPUs" in out.stdout
+    # (spark-submit's Python runner sends the job's stderr, where it logs, to its stdout)
+    assert "nightly stage wall times" in log
+    assert "2 torch_distributor ranks on CPUs" in log
     # The job really ran on the cluster's executors, not in local mode.
     apps = list((cluster["logs"]).glob("worker*/app-*/*"))
     assert len({p.parent.parent.name for p in apps}) == 2, "both workers must have run executors"
-    m = re.search(r"attention\s+([0-9.]+)\s+([0-9.]+)", out.stdout)
-    p = re.search(r"popularity\s+([0-9.]+)\s+([0-9.]+)", out.stdout)
+    m = re.search(r"attention\s+([0-9.]+)\s+([0-9.]+)", log)
+    p = re.search(r"popularity\s+([0-9.]+)\s+([0-9.]+)", log)
     assert m and p and float(m.group(2)) > float(p.group(2))
     assert (root / "tables" / schema.RECOMMENDATIONS / "run_date=2026-07-01").is_dir()
+    # The model was registered from the shipped archive and promoted before it scored.
+    assert "MLflow tracking" not in log and re.search(r"promotion: candidate \S+ ndcg@10 .*: promoted", log)

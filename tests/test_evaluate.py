@@ -50,7 +50,10 @@ def test_train_and_evaluate_runs_are_tracked_in_mlflow(spark, shop):
     losses = client.get_metric_history(t.info.run_id, "loss")
     assert 1 <= len(losses) <= 8
     assert len(client.get_metric_history(t.info.run_id, "valid_ndcg_at_10")) == len(losses)
-    assert "checkpoint/model.pt" in [a.path for a in client.list_artifacts(t.info.run_id, "checkpoint")]
+    # The model is logged as an MLflow model, the checkpoint folder its artifact.
+    assert f"model/artifacts/{model_run}/model.pt" in [
+        a.path for a in client.list_artifacts(t.info.run_id, f"model/artifacts/{model_run}")]
+    assert "model/MLmodel" in [a.path for a in client.list_artifacts(t.info.run_id, "model")]
     ev = [r for r in runs if r.data.tags.get("stage") == "evaluate" and r.data.tags["model_run_id"] == model_run]
     m = tables.read(spark, tables.path(cfg.tables_dir, schema.METRICS))
     first_eval = m.where((F.col("model") == "attention") & (F.col("metric") == "ndcg") & (F.col("k") == 10)).orderBy("evaluated_at").first()

@@ -18,10 +18,10 @@ def test_evaluation_is_logged_to_a_local_file_store(tmp_path):
     assert run.data.tags["model_run_id"] == "attn-x" and run.data.tags["stage"] == "evaluate"
 
 
-def test_a_broken_tracking_store_warns_or_fails_as_configured(tmp_path, capsys):
+def test_a_broken_tracking_store_warns_or_fails_as_configured(tmp_path, caplog):
     cfg = make_config(tmp_path, tracking={"uri": "bogus-scheme://nowhere"})
     assert log_evaluate(cfg, RESULT) is None
-    assert "MLflow tracking of the evaluate run failed (bogus-scheme://nowhere)" in capsys.readouterr().err
+    assert "MLflow tracking of the evaluate run failed (bogus-scheme://nowhere)" in caplog.text
     strict = make_config(tmp_path, tracking={"uri": "bogus-scheme://nowhere", "required": True})
     with pytest.raises(RuntimeError, match="bogus-scheme://nowhere"):
         log_evaluate(strict, RESULT)
