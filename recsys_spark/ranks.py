@@ -61,6 +61,14 @@ def _horovod_task_gpus() -> list[str]:
     return list(get_available_devices())
 
 
+# Every tensor a TorchRanks collective saw, kept for the life of the process (a few small tensors
+# per epoch). When gloo's worker thread drops the last reference to a tensor Python created, it
+# needs the GIL, and the group's destructor joins that thread while holding the GIL: a deadlock,
+# seen in destroy_process_group and, when the tensors died with the ranks object while DDP still
+# held the group, at process exit (the other rank's torchrun then waits out its 300 s exit barrier).
+_HELD: list = []
+
+
 class TorchRanks:
     def __init__(self):
         import torch.distributed as dist
@@ -72,10 +80,6 @@ class TorchRanks:
             torch.cuda.set_device(self.device)
         dist.init_process_group("nccl" if self.device != "cpu" else "gloo")
         self.rank, self.size = dist.get_rank(), dist.get_world_size()
-        # Every tensor a collective saw, kept until the group is destroyed: when gloo's worker thread
-        # drops the last reference to a tensor Python created, it needs the GIL, and the destructor
-        # of the group joins that thread while holding the GIL (a deadlock, seen at close).
-        self._held: list = []
 
     def setup(self, model, optimizer):
         from torch.nn.parallel import DistributedDataParallel
@@ -88,12 +92,12 @@ class TorchRanks:
 
     def _tensor(self, values, dtype) -> torch.Tensor:
         t = torch.tensor(values, dtype=dtype, device=self.device)
-        self._held.append(t)
+        _HELD.append(t)
         return t
 
     def _zeros(self, n: int) -> torch.Tensor:
         t = torch.zeros(n, dtype=torch.uint8, device=self.device)
-        self._held.append(t)
+        _HELD.append(t)
         return t
 
     def mean(self, value: float, name: str) -> float:
@@ -107,7 +111,7 @@ class TorchRanks:
         return [int(v) for v in t.tolist()]
 
     def gather(self, obj) -> list:
-        """obj of every rank, by rank (pickled, as all_gather_object does, into tensors kept in _held)."""
+        """obj of every rank, by rank (pickled, as all_gather_object does, into tensors kept in _HELD)."""
         data = pickle.dumps(obj)
         size = self._tensor([len(data)], torch.long)
         sizes = [self._tensor([0], torch.long) for _ in range(self.size)]
@@ -122,7 +126,6 @@ class TorchRanks:
     def close(self) -> None:
         self._dist.barrier()
         self._dist.destroy_process_group()
-        self._held.clear()
 
 
 def connect(launcher: str):

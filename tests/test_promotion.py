@@ -5,8 +5,10 @@ import math
 import pytest
 from pyspark.sql import functions as F
 
-from conftest import SHOP, make_config
-from recsys_spark import cli, promotion, schema, tables
+import torch
+
+from conftest import make_config
+from recsys_spark import checkpoints, cli, promotion, schema, tables
 from recsys_spark.checkpoints import latest as latest_checkpoint
 
 
@@ -47,20 +49,25 @@ def test_a_worse_model_never_reaches_the_recommendations(spark, shop_copy):
     latest_loc = tables.path(cfg.tables_dir, schema.RECOMMENDATIONS_LATEST)
     before = {tuple(r) for r in tables.read(spark, latest_loc).select("user_id", "rank", "item_id", "model_run_id").collect()}
     champion = promotion.champion_run_id(spark, cfg)
-    # One epoch at a learning rate that barely moves the weights: a model that is trained and
-    # checkpointed normally, but much worse than the champion.
-    worse = make_config(cfg.paths.root, **{**SHOP, "train": {**SHOP["train"], "epochs": 1, "lr": 0.0001}})
-    cli.run_stage(spark, worse, "train")
+    # A broken model: the champion's checkpoint with its weights back at random initial values,
+    # saved as a newer run (to the product it is a normally trained, complete checkpoint).
+    model, ckpt = checkpoints.load(latest_checkpoint(cfg.models_dir))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.02)
+    manifest = {k: ckpt[k] for k in ("model_config", "train_config", "data_versions", "history", "best_epoch",
+                                     "calibration")}
+    checkpoints.save(cfg.models_dir, "attn-broken", model, manifest, ckpt["config"])
     candidate = latest_checkpoint(cfg.models_dir).rsplit("/", 1)[-1]
-    assert candidate != champion
-    cli.run_stage(spark, worse, "score")  # before any evaluation: the champion serves
+    assert candidate == "attn-broken" != champion
+    cli.run_stage(spark, cfg, "score")  # before any evaluation: the champion serves
     assert {tuple(r) for r in tables.read(spark, latest_loc).select("user_id", "rank", "item_id", "model_run_id").collect()} == before
 
-    result = cli.run_stage(spark, worse, "evaluate")
+    result = cli.run_stage(spark, cfg, "evaluate")
     decision = result["promotion"]
     assert decision.candidate == candidate and decision.reference_run == champion and not decision.promoted
     assert promotion.champion_run_id(spark, cfg) == champion
-    cli.run_stage(spark, worse, "score")
+    cli.run_stage(spark, cfg, "score")
     assert {tuple(r) for r in tables.read(spark, latest_loc).select("user_id", "rank", "item_id", "model_run_id").collect()} == before
     rejected = tables.read(spark, tables.path(cfg.tables_dir, schema.MODEL_PROMOTIONS)).where(~F.col("promoted")).collect()
     assert [r.candidate_run_id for r in rejected] == [candidate] and "keeps serving" in rejected[0].reason
