@@ -42,7 +42,7 @@ def test_nightly_on_a_standalone_cluster_via_spark_submit(cluster, wheel, tmp_pa
     shutil.copy(wheel, shipped)
     root = tmp_path / "lake"
     conf = {
-        "spark": {"master": "", "shuffle_partitions": 4},
+        "spark": {"master": "", "shuffle_partitions": 2},  # two one-core executors
         "paths": {"root": str(root), "raw": str(root / "raw")},
         "generate": {"users": 400, "items": 80, "events": 16000},
         "features": {"max_seq_len": 20, "train_files": 4},

@@ -158,7 +158,8 @@ def test_quality_benchmark_writes_the_result_table(tmp_path):
            "--set", "train.epochs=10", "--set", "train.d_model=32", "--set", "features.max_seq_len=20",
            "--set", "train.batch_size=16", "--set", "train.lr=0.005", "--set", "train.patience=10",
            "--set", "evaluate.als_reg_params=[0.1]", "--set", "evaluate.als_alphas=[1.0]",
-           "--set", "spark.conf={spark.driver.memory: 2g}", "--set", "spark.shuffle_partitions=2"]
+           "--set", "spark.conf={spark.driver.memory: 2g}", "--set", "spark.shuffle_partitions=2",
+           "--set", "tracking.enabled=false"]  # the benchmark's figures are its result file
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = json.loads(out.read_text())
