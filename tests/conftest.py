@@ -19,7 +19,7 @@ def spark(tmp_path_factory):
     cfg = config_mod.SparkConfig(
         master="local[2]", app_name="recsys-spark-tests", shuffle_partitions=2, log_level="ERROR",
         conf={"spark.ui.enabled": "false", "spark.sql.warehouse.dir": str(warehouse),
-              "spark.driver.memory": "2g", "spark.default.parallelism": "2"},
+              "spark.driver.memory": "3g", "spark.default.parallelism": "2"},
     )
     session = build_spark(cfg)
     yield session
