@@ -15,7 +15,6 @@ that recipe.
 from __future__ import annotations
 
 import logging
-import os
 import time
 import uuid
 from datetime import datetime, timezone
@@ -222,8 +221,8 @@ class Evaluation:
         if champion == candidate:
             return None
         targets = self.users.select("user_idx", "target")
-        champion_path = os.path.join(self.cfg.models_dir, champion or "")
-        if champion and os.path.isfile(os.path.join(champion_path, checkpoints.MANIFEST_FILE)):
+        champion_path = promotion.checkpoint_of(self.cfg, champion)
+        if champion_path:
             reference = spark_metrics(attention_topk(self.users, champion_path, 10, self.cfg.score.batch_users),
                                       targets, [10])
         else:

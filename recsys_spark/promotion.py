@@ -73,6 +73,12 @@ def judged(spark: SparkSession, cfg: Config, run_id: str) -> bool:
     return decisions is not None and decisions.where(F.col("candidate_run_id") == run_id).limit(1).count() > 0
 
 
+def checkpoint_of(cfg: Config, run_id: Optional[str]) -> Optional[str]:
+    """The checkpoint folder of run_id under models_dir, or None when there is none (or no run id)."""
+    path = os.path.join(cfg.models_dir, run_id or "")
+    return path if run_id and os.path.isfile(os.path.join(path, checkpoints.MANIFEST_FILE)) else None
+
+
 def evaluated_checkpoint(spark: SparkSession, cfg: Config) -> str:
     """The model an evaluation measures: score.model_run_id when pinned; else the newest checkpoint
     while no evaluation has judged it (a candidate); else the champion (a night without training
@@ -80,9 +86,7 @@ def evaluated_checkpoint(spark: SparkSession, cfg: Config) -> str:
     newest = checkpoints.latest(cfg.models_dir, cfg.score.model_run_id)
     if cfg.score.model_run_id or not judged(spark, cfg, os.path.basename(newest)):
         return newest
-    champion = champion_run_id(spark, cfg)
-    path = os.path.join(cfg.models_dir, champion or "")
-    return path if champion and os.path.isfile(os.path.join(path, checkpoints.MANIFEST_FILE)) else newest
+    return checkpoint_of(cfg, champion_run_id(spark, cfg)) or newest
 
 
 def serving_checkpoint(spark: SparkSession, cfg: Config) -> str:
@@ -94,8 +98,8 @@ def serving_checkpoint(spark: SparkSession, cfg: Config) -> str:
         raise NoChampionError(
             f"no model has passed the promotion gate yet ({tables.path(cfg.tables_dir, schema.MODEL_PROMOTIONS)}): "
             f"run 'evaluate' after 'train' (the nightly does), or pin a model with score.model_run_id")
-    path = os.path.join(cfg.models_dir, champion)
-    if not os.path.isfile(os.path.join(path, checkpoints.MANIFEST_FILE)):
+    path = checkpoint_of(cfg, champion)
+    if path is None:
         raise NoChampionError(f"the champion model {champion} has no checkpoint under {cfg.models_dir} any more; "
                               f"restore it, or pin another model with score.model_run_id")
     return path
