@@ -93,7 +93,7 @@ def _list_rows(spark, loc: str, run_date: str) -> list:
 
 
 def killed_score_write(spark, cfg: config_mod.Config) -> dict:
-    loc = tables.path(cfg.tables_dir, schema.RECOMMENDATIONS)
+    loc = tables.location(cfg.tables_root, schema.RECOMMENDATIONS)
     before, version = _list_rows(spark, loc, cfg.score.run_date), tables.version(spark, loc)
     rc = kill_stage_when(cfg, "score", loc, "data")
     after, version_after = _list_rows(spark, loc, cfg.score.run_date), tables.version(spark, loc)
@@ -106,14 +106,14 @@ def killed_score_write(spark, cfg: config_mod.Config) -> dict:
 
 
 def killed_features_run(spark, cfg: config_mod.Config) -> dict:
-    root = cfg.tables_dir
+    root = cfg.tables_root
     names = (schema.SEQUENCES, schema.USER_PROFILE, schema.TRAIN_EXAMPLES)
     complete = tables.pinned_versions(spark, root, names)
-    rc = kill_stage_when(cfg, "features", tables.path(root, schema.SEQUENCES), "commit")
-    latest = {n: tables.version(spark, tables.path(root, n)) for n in names}
+    rc = kill_stage_when(cfg, "features", tables.location(root, schema.SEQUENCES), "commit")
+    latest = {n: tables.version(spark, tables.location(root, n)) for n in names}
     pinned = tables.pinned_versions(spark, root, names)
     score.run(spark, cfg)
-    run = tables.read(spark, tables.path(root, schema.SCORE_RUNS)).orderBy(F.desc("finished_at")).first()
+    run = tables.read(spark, tables.location(root, schema.SCORE_RUNS)).orderBy(F.desc("finished_at")).first()
     return {"fault": "features process SIGKILLed after committing new sequences", "killed": rc == -signal.SIGKILL,
             "complete_set": complete, "latest_versions_after_kill": latest, "pinned_after_kill": pinned,
             "score_read_complete_set": (run.sequences_version, run.user_profile_version)
@@ -131,13 +131,13 @@ def _new_events(n_users: int = 50) -> pd.DataFrame:
 
 
 def concurrent_nightlies(spark, cfg: config_mod.Config) -> dict:
-    root = cfg.tables_dir
+    root = cfg.tables_root
     new = _new_events()
     new_file = os.path.join(cfg.paths.root, "fault-new", "events.csv")
     os.makedirs(os.path.dirname(new_file), exist_ok=True)
     new.to_csv(new_file, index=False)
     ingest_cfg = config_mod.load(None, _overrides(cfg) + [f"ingest.events={new_file}"])
-    events_before = tables.read(spark, tables.path(root, schema.EVENTS)).count()
+    events_before = tables.read(spark, tables.location(root, schema.EVENTS)).count()
 
     def nightly(_):
         ingest.run(spark, ingest_cfg)
@@ -147,9 +147,9 @@ def concurrent_nightlies(spark, cfg: config_mod.Config) -> dict:
     t0 = time.time()
     with ThreadPoolExecutor(2) as pool:
         list(pool.map(nightly, range(2)))
-    events = tables.read(spark, tables.path(root, schema.EVENTS))
-    index = tables.read(spark, tables.path(root, schema.USER_INDEX))
-    recs = tables.read(spark, tables.path(root, schema.RECOMMENDATIONS)).where(F.col("run_date") == cfg.score.run_date)
+    events = tables.read(spark, tables.location(root, schema.EVENTS))
+    index = tables.read(spark, tables.location(root, schema.USER_INDEX))
+    recs = tables.read(spark, tables.location(root, schema.RECOMMENDATIONS)).where(F.col("run_date") == cfg.score.run_date)
     stored_new = events.where(F.col("event_id").startswith("fault_")).select("event_id").distinct().count()
     return {"fault": "two nightlies (ingest, features, score) at once over the same new events",
             "seconds": round(time.time() - t0, 1), "new_events": len(new),
@@ -217,8 +217,9 @@ def physical_rows_of(spark, root: str, user_ids: list, user_idxs: list) -> dict:
     current files, files of versions not yet vacuumed, change-data files. A file that cannot be read
     (half written by a killed process, in no version) counts as -1: it may hold them."""
     hits = {}
-    for loc in tables.delta_tables(spark, root):
-        for f in glob.glob(os.path.join(loc.replace("file:", ""), "**", "*.parquet"), recursive=True):
+    for loc in tables.delta_tables(spark, root).values():
+        folder = tables.delta_table(spark, loc).detail().first().location.replace("file:", "")
+        for f in glob.glob(os.path.join(folder, "**", "*.parquet"), recursive=True):
             try:
                 df = spark.read.parquet(f)
                 df.schema  # noqa: B018 - reading the footer is the check
@@ -239,12 +240,12 @@ def physical_rows_of(spark, root: str, user_ids: list, user_idxs: list) -> dict:
 
 
 def forget_and_vacuum(spark, cfg: config_mod.Config) -> dict:
-    root = cfg.tables_dir
+    root = cfg.tables_root
     cfg = config_mod.load(None, _overrides(cfg) + ["privacy.vacuum_retention_hours=0"])
-    ids = [r.user_id for r in tables.read(spark, tables.path(root, schema.RECOMMENDATIONS))
+    ids = [r.user_id for r in tables.read(spark, tables.location(root, schema.RECOMMENDATIONS))
            .select("user_id").distinct().orderBy("user_id").collect() if r.user_id.startswith("u")]
     users = ids[:2] + [ids[len(ids) // 2]]  # the report shows the first users of the shop
-    index = {r.user_id: r.user_idx for r in tables.read(spark, tables.path(root, schema.USER_INDEX)).collect()}
+    index = {r.user_id: r.user_idx for r in tables.read(spark, tables.location(root, schema.USER_INDEX)).collect()}
     idxs = [index[u] for u in users]
     before = physical_rows_of(spark, root, users, idxs)
     path = os.path.join(cfg.paths.root, "forget.txt")
@@ -259,7 +260,7 @@ def forget_and_vacuum(spark, cfg: config_mod.Config) -> dict:
     again = ingest.run(spark, cfg)
     features.run(spark, cfg)
     pinned = tables.pinned_versions(spark, root, (schema.TRAIN_EXAMPLES,))[schema.TRAIN_EXAMPLES]
-    snapshot = spark.read.parquet(*tables.active_files(spark, tables.path(root, schema.TRAIN_EXAMPLES), pinned))
+    snapshot = spark.read.parquet(*tables.active_files(spark, tables.location(root, schema.TRAIN_EXAMPLES), pinned))
     return {"fault": "forget 3 users, vacuum retention 0, then re-ingest the raw files that still hold them",
             "seconds": round(seconds, 1), "rows_removed": result.rows_removed,
             "files_naming_them_before": len(before), "files_naming_them_after": len(left),

@@ -88,7 +88,7 @@ def export(argv: list[str]) -> int:
         else:
             out[f"valid_{k}"] = np.asarray(v)
     fc = cfg.features
-    content = tables.read(spark, tables.path(cfg.tables_dir, schema.ITEM_CONTENT), job.data_versions[schema.ITEM_CONTENT])
+    content = tables.read(spark, tables.location(cfg.tables_root, schema.ITEM_CONTENT), job.data_versions[schema.ITEM_CONTENT])
     cold_items = np.array(sorted(r.item_idx for r in content.where(held_out("item_id", fc.holdout_items, fc.holdout_seed))
                                  .select("item_idx").collect()), dtype=np.int64)
     rows = test_users(spark, cfg, job.data_versions).orderBy("user_idx").collect()
@@ -98,8 +98,8 @@ def export(argv: list[str]) -> int:
     out["test_profile_cat"] = pad_right([r.profile_cat for r in rows])
     out["test_profile_num"] = np.asarray([r.profile_num for r in rows], dtype=np.float32)
     out["cold_items"] = cold_items
-    seqs = tables.read(spark, tables.path(cfg.tables_dir, schema.SEQUENCES), job.data_versions[schema.SEQUENCES])
-    prof = tables.read(spark, tables.path(cfg.tables_dir, schema.USER_PROFILE), job.data_versions[schema.USER_PROFILE])
+    seqs = tables.read(spark, tables.location(cfg.tables_root, schema.SEQUENCES), job.data_versions[schema.SEQUENCES])
+    prof = tables.read(spark, tables.location(cfg.tables_root, schema.USER_PROFILE), job.data_versions[schema.USER_PROFILE])
     cu = (seqs.where(held_out("user_id", fc.holdout_users, fc.holdout_seed))
           .select("user_idx", F.element_at("items", 1).alias("first")).join(prof.select("user_idx", "profile_cat"), "user_idx")
           .orderBy("user_idx").collect())

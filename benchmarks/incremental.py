@@ -80,7 +80,7 @@ def _night(spark, cfg, work: str, base: list, new: pd.DataFrame, rep: int, confi
         outs[mode] = cli.run_stage(spark, _cfg(work, base + [f"score.mode={mode}", f"score.run_date={day}"], config),
                                    "score")
         walls[mode] = time.time() - t
-    recs = tables.read(spark, tables.path(cfg.tables_dir, schema.RECOMMENDATIONS))
+    recs = tables.read(spark, tables.location(cfg.tables_root, schema.RECOMMENDATIONS))
     pick = sorted({str(u) for u in new.user_id})
 
     def lists(day):
@@ -113,9 +113,9 @@ def main(argv=None) -> int:
         with harness.spark_session(cfg) as spark:
             stages = _build_shop(spark, cfg)
             rng = np.random.default_rng(11)
-            all_users = [r.user_id for r in tables.read(spark, tables.path(cfg.tables_dir, schema.SEQUENCES))
+            all_users = [r.user_id for r in tables.read(spark, tables.location(cfg.tables_root, schema.SEQUENCES))
                          .select("user_id").collect()]
-            items = [r.item_id for r in tables.read(spark, tables.path(cfg.tables_dir, schema.ITEM_INDEX))
+            items = [r.item_id for r in tables.read(spark, tables.location(cfg.tables_root, schema.ITEM_INDEX))
                      .select("item_id").collect()]
             reps = []
             for rep in range(args.repeats):

@@ -174,7 +174,7 @@ def format_readout(r: dict) -> str:
 
 def run(spark: SparkSession, cfg: Config) -> dict:
     ac = cfg.abtest
-    loc = tables.locate(cfg.tables_dir, ac.log)
+    loc = tables.locate(cfg.tables_root, ac.log)
     tables.require(spark, loc, "abtest-simulate (synthetic shop) or the experiment's logging job")
     version = tables.version(spark, loc)
     groups = variant_stats(tables.read(spark, loc, version))
@@ -197,14 +197,14 @@ def simulate(spark: SparkSession, cfg: Config) -> dict:
     abtest.sim_click_hit when the held-out next item is in their variant's list, else
     abtest.sim_click_base; a click converts with abtest.sim_convert and brings lognormal revenue."""
     ac = cfg.abtest
-    root = cfg.tables_dir
+    root = cfg.tables_root
     ckpt_path = promotion.serving_checkpoint(spark, cfg)
     model = checkpoints.cached_model(ckpt_path)
     users = splits.test_users(spark, cfg).persist()
     k = cfg.score.k
     pop = popularity_topk(users, popularity_counts(users, model.cfg.n_items), k)
     attn = attention_topk(users, ckpt_path, k, cfg.score.batch_users)
-    user_index = tables.read(spark, tables.path(root, schema.USER_INDEX))
+    user_index = tables.read(spark, tables.location(root, schema.USER_INDEX))
     variant = F.when(F.xxhash64("user_idx", F.lit(ac.seed)) % 2 == 0, F.lit("A")).otherwise(F.lit("B"))
     lists = (pop.withColumn("variant", F.lit("A")).unionByName(attn.withColumn("variant", F.lit("B")))
              .groupBy("user_idx", "variant").agg(F.collect_set("item_idx").alias("shown")))

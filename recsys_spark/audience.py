@@ -101,7 +101,7 @@ def load_campaigns(spark: SparkSession, cfg: Config) -> list[Campaign]:
             raise CampaignError(f"audience.campaigns: {loc} must hold a list of campaigns")
         rows = data
     else:
-        location = tables.locate(cfg.tables_dir, loc)
+        location = tables.locate(cfg.tables_root, loc)
         tables.require(spark, location, "the job that maintains campaigns (audience.campaigns)")
         rows = [r.asDict() for r in tables.read(spark, location).collect()]
     campaigns = [Campaign.parse(dict(r), loc) for r in rows]
@@ -147,7 +147,7 @@ def _recent_buyers(spark: SparkSession, cfg: Config, pairs: DataFrame, run_date:
         return None
     start = datetime.combine(run_date - timedelta(days=days), datetime.min.time())
     end = datetime.combine(run_date + timedelta(days=1), datetime.min.time())
-    events = tables.read(spark, tables.path(cfg.tables_dir, schema.EVENTS))
+    events = tables.read(spark, tables.location(cfg.tables_root, schema.EVENTS))
     bought = events.where((F.col("event_type") == "purchase") & (F.col("ts") >= F.lit(start)) & (F.col("ts") < F.lit(end)))
     return bought.select("user_id", "item_id").join(F.broadcast(pairs), "item_id").select("user_id", "campaign_id").distinct()
 
@@ -155,7 +155,7 @@ def _recent_buyers(spark: SparkSession, cfg: Config, pairs: DataFrame, run_date:
 def _opted_out(spark: SparkSession, cfg: Config) -> Optional[DataFrame]:
     if not cfg.audience.opt_out:
         return None
-    loc = tables.locate(cfg.tables_dir, cfg.audience.opt_out)
+    loc = tables.locate(cfg.tables_root, cfg.audience.opt_out)
     tables.require(spark, loc, "the job that records marketing opt-outs (audience.opt_out)")
     out = tables.read(spark, loc)
     if "user_id" not in out.columns:
@@ -187,7 +187,7 @@ def select_audiences(candidates: DataFrame, campaigns: DataFrame, excluded: Opti
 
 
 def _publish(spark: SparkSession, cfg: Config, audiences: DataFrame, run_date: date, meta: dict) -> int:
-    loc = tables.path(cfg.tables_dir, schema.AUDIENCES)
+    loc = tables.location(cfg.tables_root, schema.AUDIENCES)
 
     def write() -> int:
         if tables.exists(spark, loc):
@@ -221,12 +221,12 @@ def _campaign_frames(spark: SparkSession, campaigns: list[Campaign], catalog: di
 def _summary(spark: SparkSession, cfg: Config, campaigns: list[Campaign], version: int, run_date: date,
              scored_users: int, run_id: str, elapsed: float) -> dict:
     """Print and return what was written: users and mean probability per campaign."""
-    written = tables.read(spark, tables.path(cfg.tables_dir, schema.AUDIENCES), version).where(
+    written = tables.read(spark, tables.location(cfg.tables_root, schema.AUDIENCES), version).where(
         F.col("run_date") == F.lit(run_date))
     sizes = {r.campaign_id: (r.users, r.mean_p) for r in written.groupBy("campaign_id").agg(
         F.count("*").alias("users"), F.avg("probability").alias("mean_p")).collect()}
     logger.info(f"audience: {len(campaigns)} campaigns over {scored_users} users with model {run_id} for {run_date} -> "
-          f"{tables.path(cfg.tables_dir, schema.AUDIENCES)} (version {version}, {elapsed:.1f}s)")
+          f"{tables.location(cfg.tables_root, schema.AUDIENCES)} (version {version}, {elapsed:.1f}s)")
     for c in campaigns[:SUMMARY_LINES]:
         n, mean_p = sizes.get(c.campaign_id, (0, None))
         want = f"size {c.size}" if c.size else f"p >= {c.min_probability}"
@@ -245,10 +245,10 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     model, ckpt = checkpoints.load(ckpt_path)
     run_date = date.fromisoformat(cfg.audience.run_date) if cfg.audience.run_date else datetime.now(timezone.utc).date()
     campaigns = load_campaigns(spark, cfg)
-    versions, _ = pin_inputs(spark, cfg.tables_dir)
+    versions, _ = pin_inputs(spark, cfg.tables_root)
     users = splits.scoring_input(spark, cfg, versions)
     catalog, _ = current_catalog(spark, cfg, model, versions, users)
-    content = (tables.read_pinned(spark, cfg.tables_dir, schema.ITEM_CONTENT, versions)
+    content = (tables.read_pinned(spark, cfg.tables_root, schema.ITEM_CONTENT, versions)
                .select("item_idx", "item_id", "category", "brand").collect())
     catalog["members"] = campaign_items(campaigns, content, len(catalog["ids"]))
     spec = _spec(cfg, ckpt_path, ckpt, campaigns)
@@ -273,7 +273,7 @@ def reasons(spark: SparkSession, cfg: Config, campaign_id: str, user_ids: list, 
 
     model, _ = checkpoints.load(promotion.serving_checkpoint(spark, cfg))
     campaigns = [c for c in load_campaigns(spark, cfg) if c.campaign_id == campaign_id]
-    content = tables.read(spark, tables.path(cfg.tables_dir, schema.ITEM_CONTENT)).select(
+    content = tables.read(spark, tables.location(cfg.tables_root, schema.ITEM_CONTENT)).select(
         "item_idx", "item_id", "category", "brand").collect()
     with torch.no_grad():
         vectors = torch.nn.functional.normalize(model.item_vectors(), dim=1).numpy()
@@ -282,7 +282,7 @@ def reasons(spark: SparkSession, cfg: Config, campaign_id: str, user_ids: list, 
     members = campaign_items(campaigns, [r for r in content if r.item_idx < len(vectors)], len(vectors))[:, 0]
     centre = vectors[members > 0].mean(0)
     ids = {r.item_idx: r.item_id for r in content}
-    seqs = tables.read(spark, tables.path(cfg.tables_dir, schema.SEQUENCES)).where(F.col("user_id").isin(user_ids))
+    seqs = tables.read(spark, tables.location(cfg.tables_root, schema.SEQUENCES)).where(F.col("user_id").isin(user_ids))
     out = {}
     for r in seqs.select("user_id", "items").collect():
         hist = np.asarray([i for i in (r["items"] or []) if 0 < i < len(vectors)], dtype=np.int64)

@@ -80,7 +80,7 @@ def retrain_due(spark, cfg: config_mod.Config) -> tuple[bool, str]:
     champion = promotion.champion_run_id(spark, cfg)
     if champion is None:
         return True, "no model has passed the promotion gate yet"
-    runs = tables.path(cfg.tables_dir, schema.SCORE_RUNS)
+    runs = tables.location(cfg.tables_root, schema.SCORE_RUNS)
     nights = 0
     if tables.exists(spark, runs):
         nights = (tables.read(spark, runs).where(F.col("model_run_id") == champion)
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None, stage: str | None = None) -> int:
     from recsys_spark.session import build_spark
     from recsys_spark.tables import ConcurrentRunsError
 
-    spark = build_spark(cfg.spark)
+    spark = build_spark(cfg.spark, metastore=cfg.local_dir("metastore") if cfg.paths.catalog else "")
     try:
         run_stage(spark, cfg, stage, args)
     except (IngestError, FileNotFoundError, ValueError, ConcurrentRunsError) as exc:

@@ -64,7 +64,7 @@ def _rank_among(ckpt_path: str, users: DataFrame, candidates: list, k: int) -> t
 def _cold_users(spark: SparkSession, cfg: Config, ckpt_path: str, v: dict, popular: np.ndarray, segments: dict,
                 k: int) -> dict:
     """{n: {model: Recall/NDCG@10}} for held-out users given their first n events."""
-    fc, root = cfg.features, cfg.tables_dir
+    fc, root = cfg.features, cfg.tables_root
     read = lambda name: tables.read_pinned(spark, root, name, v)  # noqa: E731
     seqs, prof, content = read(schema.SEQUENCES), read(schema.USER_PROFILE), read(schema.ITEM_CONTENT)
     ev = read(schema.EVENTS).join(read(schema.USER_INDEX), "user_id").join(read(schema.ITEM_INDEX), "item_id")
@@ -125,7 +125,7 @@ def _cold_items(spark: SparkSession, cfg: Config, ckpt_path: str, versions: Opti
 def evaluate(spark: SparkSession, cfg: Config, ckpt_path: str, versions: Optional[dict], k: int = 10) -> dict:
     """{"users": {n: {model: metrics}}, "items": {...} or None}: the cold-start slices with the
     popularity baselines, which see what the model saw (warm users' training items, held-out items cut)."""
-    fc, root, v = cfg.features, cfg.tables_dir, versions or {}
+    fc, root, v = cfg.features, cfg.tables_root, versions or {}
     seqs = tables.read_pinned(spark, root, schema.SEQUENCES, v)
     prof = tables.read_pinned(spark, root, schema.USER_PROFILE, v)
     content = tables.read_pinned(spark, root, schema.ITEM_CONTENT, v)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -35,6 +36,11 @@ def auto_dropout(history_p80: float) -> float:
     Amazon Beauty (p80 8) and MovieLens 1M (p80 251); see docs/benchmarks.md."""
     x = min(1.0, max(0.0, (math.log(max(history_p80, 1.0)) - math.log(20)) / (math.log(200) - math.log(20))))
     return round((0.4 - 0.3 * x) * 20) / 20
+
+
+# Spark's name for the session catalog: "spark_catalog.recsys" and "recsys" are the same schema
+# (Delta's DeltaTable.forName accepts only the second).
+SESSION_CATALOG = "spark_catalog"
 
 
 def is_uri(location: str) -> bool:
@@ -71,6 +77,10 @@ class PathsConfig:
     # Where `generate` writes the raw synthetic shop and where `ingest` reads raw files from,
     # unless ingest.events / users / items name other locations.
     raw: str = "data/local/raw"
+    # Empty: tables are Delta folders under <root>/tables. "<catalog>.<schema>" (Unity Catalog, e.g.
+    # "main.recsys") or "<schema>" (the session's metastore): every table is a catalog table,
+    # <catalog>.<schema>.silver_events for silver/events. Checkpoints and reports stay under root.
+    catalog: str = ""
 
 
 @dataclass(frozen=True)
@@ -364,7 +374,10 @@ class Config:
         _check_values(self)
 
     @property
-    def tables_dir(self) -> str:
+    def tables_root(self) -> str:
+        """Where the tables live (see tables.location): the catalog schema, or <root>/tables."""
+        if self.paths.catalog:
+            return self.paths.catalog.removeprefix(f"{SESSION_CATALOG}.")
         return os.path.join(self.paths.root, "tables")
 
     @property
@@ -374,6 +387,11 @@ class Config:
     @property
     def reports_dir(self) -> str:
         return self.local_dir("reports")
+
+    @property
+    def staging_dir(self) -> str:
+        """Copies of catalog tables that a reader outside Spark needs as files (training)."""
+        return self.local_dir("staging")
 
     def local_dir(self, name: str) -> str:
         """A folder under paths.root that is written with plain file I/O (checkpoints, reports):
@@ -504,9 +522,16 @@ def _check_ingest(i: IngestConfig) -> None:
         raise ConfigError(f"ingest.csv_encoding: unknown encoding {i.csv_encoding!r} (e.g. UTF-8, ISO-8859-1)") from None
 
 
+def _check_catalog(catalog: str) -> None:
+    if catalog and not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)?", catalog):
+        raise ConfigError(f"paths.catalog: expected '<catalog>.<schema>' or '<schema>' (letters, digits, '_'), "
+                          f"got {catalog!r}; leave it empty to keep tables as folders under paths.root")
+
+
 def _check_values(cfg: Config) -> None:
     """Checks that go beyond types: ranges and enumerations."""
     _check_finite(cfg)
+    _check_catalog(cfg.paths.catalog)
     _check_ingest(cfg.ingest)
     _check_features(cfg.features)
     _check_train(cfg.train)

@@ -149,7 +149,7 @@ class Evaluation:
         self.calibration: dict[str, dict] = {}
 
     def _categories(self) -> np.ndarray:
-        content = tables.read_pinned(self.spark, self.cfg.tables_dir, schema.ITEM_CONTENT, self.versions)
+        content = tables.read_pinned(self.spark, self.cfg.tables_root, schema.ITEM_CONTENT, self.versions)
         categories = np.zeros(self.n_items, dtype=np.int64)
         for r in content.where(F.col("item_idx") < self.n_items).select("item_idx", "category_idx").collect():
             categories[r.item_idx] = int(r.category_idx or 0)
@@ -243,12 +243,12 @@ class Evaluation:
         eval_id = "eval-" + uuid.uuid4().hex[:12]
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         model_run_id = self.ckpt["run_id"]
-        metrics_loc = tables.path(self.cfg.tables_dir, schema.METRICS)
+        metrics_loc = tables.location(self.cfg.tables_root, schema.METRICS)
         tables.append(self.spark.createDataFrame(self._metric_rows(eval_id, now), METRICS_SCHEMA), metrics_loc)
         tables.append(self.spark.createDataFrame(_slice_rows(self.sliced, eval_id, model_run_id, now)
                                                  + _reliability_rows(self.calibration, eval_id, model_run_id, now),
                                                  METRIC_SLICES_SCHEMA),
-                      tables.path(self.cfg.tables_dir, schema.METRIC_SLICES))
+                      tables.location(self.cfg.tables_root, schema.METRIC_SLICES))
         logger.info(self.summary(eval_id))
         cold = None
         if self.cfg.features.holdout_users > 0 or self.cfg.features.holdout_items > 0:

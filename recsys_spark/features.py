@@ -57,16 +57,16 @@ def extend_index(spark: SparkSession, ids: DataFrame, location: str, id_col: str
     return tables.read(spark, location)
 
 
-def extend_attribute_index(spark: SparkSession, df: DataFrame, columns: list[str], location: str) -> DataFrame:
-    """Persistent index of categorical values: (attribute, value, idx), idx from 1 per attribute."""
+def extend_attribute_index(spark: SparkSession, df: DataFrame, columns: list[str], root: str) -> DataFrame:
+    """Persistent index of categorical values: (attribute, value, idx), idx from 1 per attribute
+    (one table per attribute, gold/attribute_index/<attribute>)."""
     for col in columns:
         values = df.select(F.concat_ws("\u0001", F.lit(col), F.col(col).cast("string")).alias("key")).where(
             F.col(col).isNotNull())
-        loc = f"{location}/{col}"
-        extend_index(spark, values, loc, "key", "idx", 1)
+        extend_index(spark, values, tables.location(root, f"{schema.ATTRIBUTE_INDEX}/{col}"), "key", "idx", 1)
     parts = []
     for col in columns:
-        idx = tables.read(spark, f"{location}/{col}")
+        idx = tables.read(spark, tables.location(root, f"{schema.ATTRIBUTE_INDEX}/{col}"))
         parts.append(idx.select(F.lit(col).alias("attribute"),
                                 F.split("key", "\u0001").getItem(1).alias("value"), "idx"))
     out = parts[0]
@@ -237,7 +237,7 @@ def array_stats(df: DataFrame, col: str, width: int) -> tuple[list[float], list[
     return mean, std
 
 
-def item_content(spark: SparkSession, content: DataFrame, attr_path: str, fc: FeaturesConfig) -> tuple[DataFrame, dict]:
+def item_content(spark: SparkSession, content: DataFrame, root: str, fc: FeaturesConfig) -> tuple[DataFrame, dict]:
     """Add tag_ids (persistently indexed tags), text_idx/text_tf (hashed title term counts) and
     item_num (log1p price, price-missing flag). Returns (content, statistics): the statistics are
     the title IDF (fitted on the catalog with Spark ML) and the item_num means/stds."""
@@ -249,7 +249,7 @@ def item_content(spark: SparkSession, content: DataFrame, attr_path: str, fc: Fe
     content = content.withColumn("_tags", tag_arr)
     exploded = content.select(F.explode("_tags").alias(schema.TAG_ATTRIBUTE))
     if not exploded.isEmpty():
-        tag_index = extend_attribute_index(spark, exploded, [schema.TAG_ATTRIBUTE], attr_path)
+        tag_index = extend_attribute_index(spark, exploded, [schema.TAG_ATTRIBUTE], root)
     else:
         tag_index = spark.createDataFrame([], "attribute string, value string, idx long")
     lookup = tag_index.where(F.col("attribute") == schema.TAG_ATTRIBUTE).select(
@@ -325,7 +325,7 @@ class Indexes:
 
 
 def _read_inputs(spark: SparkSession, root: str) -> Inputs:
-    events_path = tables.path(root, schema.EVENTS)
+    events_path = tables.location(root, schema.EVENTS)
     tables.require(spark, events_path, "ingest")
     events_version = tables.version(spark, events_path)
     events = tables.read(spark, events_path, events_version)
@@ -333,7 +333,7 @@ def _read_inputs(spark: SparkSession, root: str) -> Inputs:
         raise RuntimeError(f"events table {events_path} is empty; ingest some events first")
     side = {}
     for name in (schema.USERS, schema.ITEMS):
-        loc = tables.path(root, name)
+        loc = tables.location(root, name)
         side[name] = tables.read(spark, loc) if tables.exists(spark, loc) else None
     return Inputs(events, events_version, side[schema.USERS], side[schema.ITEMS])
 
@@ -349,8 +349,8 @@ def _indexes(spark: SparkSession, root: str, inp: Inputs) -> Indexes:
         user_ids = user_ids.unionByName(inp.users.select("user_id"))
     if inp.items is not None:
         item_ids = item_ids.unionByName(inp.items.select("item_id"))
-    user_index = extend_index(spark, user_ids, tables.path(root, schema.USER_INDEX), "user_id", "user_idx", 0)
-    item_index = extend_index(spark, item_ids, tables.path(root, schema.ITEM_INDEX), "item_id", "item_idx", 1)
+    user_index = extend_index(spark, user_ids, tables.location(root, schema.USER_INDEX), "user_id", "user_idx", 0)
+    item_index = extend_index(spark, item_ids, tables.location(root, schema.ITEM_INDEX), "item_id", "item_idx", 1)
     item_cols = _present(inp.items, schema.ITEM_ATTRIBUTE_COLUMNS)
     user_cols = _present(inp.users, schema.USER_ATTRIBUTE_COLUMNS)
     if not item_cols + user_cols:
@@ -359,7 +359,7 @@ def _indexes(spark: SparkSession, root: str, inp: Inputs) -> Indexes:
     if user_cols:
         u = inp.users.select(*user_cols)
         src = u if src is None else src.unionByName(u, allowMissingColumns=True)
-    attr_index = extend_attribute_index(spark, src, item_cols + user_cols, tables.path(root, schema.ATTRIBUTE_INDEX))
+    attr_index = extend_attribute_index(spark, src, item_cols + user_cols, root)
     return Indexes(user_index, item_index, attr_index)
 
 
@@ -379,7 +379,7 @@ def _content(spark: SparkSession, cfg: Config, inp: Inputs, idx: Indexes) -> tup
     content = content.select("item_idx", "item_id", "title", "category", "brand", schema.ITEM_TAGS_COLUMN,
                              *[F.col(c).cast("double").alias(c) for c in schema.ITEM_VALUE_COLUMNS],
                              schema.ITEM_KIND_COLUMN, "category_idx", "brand_idx")
-    return item_content(spark, content, tables.path(cfg.tables_dir, schema.ATTRIBUTE_INDEX), cfg.features)
+    return item_content(spark, content, cfg.tables_root, cfg.features)
 
 
 def _declared_users(inp: Inputs, idx: Indexes) -> Optional[DataFrame]:
@@ -401,7 +401,7 @@ class Writer:
 
     def write(self, name: str, df: DataFrame, metadata: Optional[dict] = None) -> DataFrame:
         """Overwrite table `name` with df; return the table as written (read back at its version)."""
-        loc = tables.path(self.root, name)
+        loc = tables.location(self.root, name)
         # A concurrent features run overwriting the same table makes Delta refuse one commit; it
         # is rewritten after the other's (each run's feature set pins its own versions).
         tables.retry_on_conflict(lambda: tables.overwrite(df, loc, metadata=metadata), f"features: writing {name}")
@@ -453,7 +453,7 @@ def _training_examples(seqs: DataFrame, prof: DataFrame, content: DataFrame, fc:
 def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
     """indexes -> item content -> user-item matrix -> sequences and split -> profiles -> feature
     statistics -> training examples, each a gold table."""
-    root, fc = cfg.tables_dir, cfg.features
+    root, fc = cfg.tables_root, cfg.features
     run_id = "features-" + uuid.uuid4().hex[:12]
     inp = _read_inputs(spark, root)
     idx = _indexes(spark, root, inp)
@@ -478,7 +478,7 @@ def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
     train = out.write(schema.TRAIN_EXAMPLES, _training_examples(seqs, prof, written_content, fc, max_len))
     written = {**out.versions, schema.EVENTS: inp.events_version}
     for name in (schema.USER_INDEX, schema.ITEM_INDEX):
-        written[name] = tables.version(spark, tables.path(root, name))
+        written[name] = tables.version(spark, tables.location(root, name))
     tables.record_feature_set(spark, root, run_id, written)
     report = FeaturesReport(written, idx.user.count(), idx.item.count(), train.count(), max_len)
     logger.info(report.summary())

@@ -22,7 +22,6 @@ import re
 import uuid
 from dataclasses import dataclass, field
 
-from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -77,7 +76,7 @@ def user_hash(col) -> "F.Column":
 
 def without_suppressed(spark: SparkSession, root: str, df: DataFrame) -> DataFrame:
     """df without the rows of users on the suppression list."""
-    loc = tables.path(root, schema.SUPPRESSED_USERS)
+    loc = tables.location(root, schema.SUPPRESSED_USERS)
     if not tables.exists(spark, loc):
         return df
     return df.join(F.broadcast(tables.read(spark, loc).select("user_hash").distinct()),
@@ -86,7 +85,7 @@ def without_suppressed(spark: SparkSession, root: str, df: DataFrame) -> DataFra
 
 def _suppress(spark: SparkSession, root: str, ids: DataFrame) -> None:
     rows = ids.select(user_hash(F.col("user_id")).alias("user_hash"), F.current_timestamp().alias("suppressed_at"))
-    tables.retry_on_conflict(lambda: tables.insert_missing(spark, rows, tables.path(root, schema.SUPPRESSED_USERS),
+    tables.retry_on_conflict(lambda: tables.insert_missing(spark, rows, tables.location(root, schema.SUPPRESSED_USERS),
                                                            "user_hash"), "forget: suppression list")
 
 
@@ -98,7 +97,7 @@ def _quarantine_match():
 
 def _delete(spark: SparkSession, location: str, keys: DataFrame, cond) -> int:
     """Delete the table's rows matching keys (as s) under cond; the number deleted."""
-    target = DeltaTable.forPath(spark, location)
+    target = tables.delta_table(spark, location)
     n = target.toDF().alias("t").join(F.broadcast(keys.alias("s")), cond, "left_semi").count()
     if n:
         tables.retry_on_conflict(lambda: target.alias("t").merge(F.broadcast(keys.alias("s")), cond)
@@ -109,16 +108,16 @@ def _delete(spark: SparkSession, location: str, keys: DataFrame, cond) -> int:
 def _delete_everywhere(spark: SparkSession, root: str, ids: DataFrame, idxs: DataFrame) -> tuple[dict, list[str]]:
     """Delete the users' rows from every table; ({table: rows removed}, tables that hold user data)."""
     removed, personal = {}, []
-    for loc in tables.delta_tables(spark, root):
-        name = os.path.relpath(loc.replace("file:", ""), root.replace("file:", ""))
-        if name in (schema.USER_INDEX, schema.SUPPRESSED_USERS):
+    skipped = {tables.location(root, schema.USER_INDEX), tables.location(root, schema.SUPPRESSED_USERS)}
+    for name, loc in tables.delta_tables(spark, root).items():
+        if loc in skipped:
             continue
         columns = tables.read(spark, loc).columns
         if "user_id" in columns:
             n = _delete(spark, loc, ids, F.col("t.user_id") == F.col("s.user_id"))
         elif "user_idx" in columns:
             n = _delete(spark, loc, idxs, F.col("t.user_idx") == F.col("s.user_idx"))
-        elif name == schema.QUARANTINE:
+        elif loc == tables.location(root, schema.QUARANTINE):
             n = _delete(spark, loc, ids, _quarantine_match())
         else:
             continue
@@ -129,12 +128,12 @@ def _delete_everywhere(spark: SparkSession, root: str, ids: DataFrame, idxs: Dat
 
 def _tombstone_index(spark: SparkSession, root: str, ids: DataFrame) -> int:
     """Replace the users' ids in the user index by tombstones; their numbers stay taken."""
-    loc = tables.path(root, schema.USER_INDEX)
+    loc = tables.location(root, schema.USER_INDEX)
     if not tables.exists(spark, loc):
         return 0
     n = tables.read(spark, loc).join(ids, "user_id", "left_semi").count()
     if n:
-        tables.retry_on_conflict(lambda: DeltaTable.forPath(spark, loc).alias("t").merge(
+        tables.retry_on_conflict(lambda: tables.delta_table(spark, loc).alias("t").merge(
             F.broadcast(ids.alias("s")), "t.user_id = s.user_id")
             .whenMatchedUpdate(set={"user_id": F.concat(F.lit("forgotten-"), F.col("t.user_idx").cast("string"))}).execute(),
             "forget: user index")
@@ -146,7 +145,7 @@ def _repin_feature_set(spark: SparkSession, root: str) -> None:
     latest = tables.newest_feature_set(spark, root)
     if latest is None:
         return
-    versions = {name: tables.version(spark, tables.path(root, name)) for name in latest.versions}
+    versions = {name: tables.version(spark, tables.location(root, name)) for name in latest.versions}
     tables.record_feature_set(spark, root, f"{latest.run_id}+forget-{uuid.uuid4().hex[:8]}", versions)
 
 
@@ -166,12 +165,12 @@ def _delete_reports(report_dir: str, user_ids: list[str]) -> list[str]:
 
 def run(spark: SparkSession, cfg: Config, users_file: str) -> ForgetReport:
     """Suppress, delete everywhere, re-pin the feature set, purge history, delete reports."""
-    root = cfg.tables_dir
+    root = cfg.tables_root
     source_ids = read_user_ids(spark, users_file)
     _suppress(spark, root, source_ids)
     ids = _as_stored(spark, cfg, source_ids).persist()
     user_ids = [r.user_id for r in ids.collect()]
-    index = tables.path(root, schema.USER_INDEX)
+    index = tables.location(root, schema.USER_INDEX)
     idxs = (tables.read(spark, index).join(ids, "user_id", "left_semi").select("user_idx")
             if tables.exists(spark, index) else spark.createDataFrame([], "user_idx long")).persist()
     idxs.count()  # the numbers, taken before the ids are tombstoned

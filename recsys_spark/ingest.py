@@ -404,17 +404,17 @@ def deduplicate(valid: DataFrame, existing: DataFrame | None) -> DataFrame:
 
 def _store_events(spark: SparkSession, root: str, rows: DataFrame, raw_rows: int) -> tuple[int, int, int]:
     """Quarantine what cannot be trusted and insert the new events; (valid, quarantined, inserted)."""
-    events_path = tables.path(root, schema.EVENTS)
+    events_path = tables.location(root, schema.EVENTS)
     existing = tables.read(spark, events_path) if tables.exists(spark, events_path) else None
     flagged = flag_conflicts(rows, existing).persist()
     try:
         n_valid = flagged.where(F.col("_reason").isNull()).count()
         n_quarantined = raw_rows - n_valid
         if n_quarantined:
-            tables.insert_missing(spark, quarantine_rows(flagged), tables.path(root, schema.QUARANTINE), "quarantine_id")
+            tables.insert_missing(spark, quarantine_rows(flagged), tables.location(root, schema.QUARANTINE), "quarantine_id")
         if n_valid == 0:
             raise IngestError(f"all {raw_rows} rows of the events input are malformed and were quarantined "
-                              f"(table {tables.path(root, schema.QUARANTINE)}); nothing else was written.")
+                              f"(table {tables.location(root, schema.QUARANTINE)}); nothing else was written.")
         valid = flagged.where(F.col("_reason").isNull()).drop("_raw", "_reason")
         new = deduplicate(valid, existing).persist()
         n_new = new.count()
@@ -432,7 +432,7 @@ def protect_users(spark: SparkSession, cfg: Config, raw: DataFrame) -> DataFrame
     """Raw rows as the privacy settings allow them in: forgotten users' rows dropped; with
     privacy.pseudonymize, user ids replaced by their pseudonyms and lines that could not be split
     (which may hold an id anywhere) replaced by their sha256."""
-    raw = without_suppressed(spark, cfg.tables_dir, raw)
+    raw = without_suppressed(spark, cfg.tables_root, raw)
     if not cfg.privacy.pseudonymize:
         return raw
     raw = raw.withColumn("user_id", privacy.pseudonymize(F.col("user_id"), privacy.pseudonym_key(cfg.privacy, spark)))
@@ -454,7 +454,7 @@ def _allowed_user_columns(raw: DataFrame, cfg: Config) -> DataFrame:
 def _ingest_side_table(spark: SparkSession, cfg: Config, path: str, key: str, target: str, run_id: str) -> int:
     """Upsert users or items by key (bad rows quarantined; users as protect_users and
     privacy.user_columns allow); rows upserted."""
-    quarantine_path = tables.path(cfg.tables_dir, schema.QUARANTINE)
+    quarantine_path = tables.location(cfg.tables_root, schema.QUARANTINE)
     raw, _ = read_raw(spark, path, cfg.ingest, (key,))
     if key not in raw.columns:
         raise IngestError(f"{path}: required column {key} is missing (found: {', '.join(raw.columns)})")
@@ -485,7 +485,7 @@ def _side_path(configured: str, raw_root: str, name: str) -> str:
 def run(spark: SparkSession, cfg: Config) -> IngestReport:
     """Validate and load raw events (+ users/items when configured) into the bronze/silver tables."""
     run_id = "ingest-" + uuid.uuid4().hex[:12]
-    root = cfg.tables_dir
+    root = cfg.tables_root
     # Under Spark's default parser policy a date the old parser read differently (2026-1-5) fails
     # the whole job; CORRECTED makes an unreadable date null, so its row is quarantined instead.
     with tables.temporary_conf(spark, {"spark.sql.legacy.timeParserPolicy": "CORRECTED"}):
@@ -502,10 +502,10 @@ def run(spark: SparkSession, cfg: Config) -> IngestReport:
         side = {}
         for key, name, configured in (("user_id", "users", cfg.ingest.users), ("item_id", "items", cfg.ingest.items)):
             path = _side_path(configured, cfg.paths.raw, name)
-            side[key] = _ingest_side_table(spark, cfg, path, key, tables.path(root, getattr(schema, name.upper())),
+            side[key] = _ingest_side_table(spark, cfg, path, key, tables.location(root, getattr(schema, name.upper())),
                                            run_id) if path else 0
     report = IngestReport(run_id, read_rows, n_valid, n_quarantined, n_valid - n_new, n_new,
-                          side["user_id"], side["item_id"], tables.version(spark, tables.path(root, schema.EVENTS)),
+                          side["user_id"], side["item_id"], tables.version(spark, tables.location(root, schema.EVENTS)),
                           read_rows - raw_rows)
     logger.info(report.summary())
     return report

@@ -55,7 +55,7 @@ class Decision:
 
 
 def _decisions(spark: SparkSession, cfg: Config):
-    loc = tables.path(cfg.tables_dir, schema.MODEL_PROMOTIONS)
+    loc = tables.location(cfg.tables_root, schema.MODEL_PROMOTIONS)
     return tables.read(spark, loc) if tables.exists(spark, loc) else None
 
 
@@ -96,7 +96,7 @@ def serving_checkpoint(spark: SparkSession, cfg: Config) -> str:
     champion = champion_run_id(spark, cfg)
     if champion is None:
         raise NoChampionError(
-            f"no model has passed the promotion gate yet ({tables.path(cfg.tables_dir, schema.MODEL_PROMOTIONS)}): "
+            f"no model has passed the promotion gate yet ({tables.location(cfg.tables_root, schema.MODEL_PROMOTIONS)}): "
             f"run 'evaluate' after 'train' (the nightly does), or pin a model with score.model_run_id")
     path = checkpoint_of(cfg, champion)
     if path is None:
@@ -120,6 +120,6 @@ def record(spark: SparkSession, cfg: Config, decision: Decision, eval_id: str) -
            decision.candidate_value, decision.reference_value, decision.tolerance, decision.promoted,
            decision.reason, datetime.now(timezone.utc).replace(tzinfo=None))
     tables.append(spark.createDataFrame([row], MODEL_PROMOTIONS_SCHEMA),
-                  tables.path(cfg.tables_dir, schema.MODEL_PROMOTIONS))
+                  tables.location(cfg.tables_root, schema.MODEL_PROMOTIONS))
     if decision.promoted:
         set_champion(cfg, decision.candidate)

@@ -226,7 +226,7 @@ def _cold_section(cold) -> str:
 
 def _ab(spark: SparkSession, cfg: Config) -> tuple[Optional[dict], str]:
     """The A/B readout of abtest.log and its text, when the log exists."""
-    loc = tables.locate(cfg.tables_dir, cfg.abtest.log)
+    loc = tables.locate(cfg.tables_root, cfg.abtest.log)
     if not tables.exists(spark, loc):
         return None, ""
     ab = readout(variant_stats(tables.read(spark, loc)), cfg.abtest.control, cfg.abtest.alpha, cfg.abtest.power,
@@ -276,8 +276,8 @@ def _document(eval_id: str, model_run_id: str, n_users: int, sections: dict, fig
 
 def run(spark: SparkSession, cfg: Config, n_examples: int = 3) -> str:
     """Write <paths.root>/reports/<eval_id>.html and latest.html for the latest evaluation."""
-    root = cfg.tables_dir
-    mloc = tables.path(root, schema.METRICS)
+    root = cfg.tables_root
+    mloc = tables.location(root, schema.METRICS)
     tables.require(spark, mloc, "evaluate")
     every = tables.read(spark, mloc).toPandas()
     metrics = every[every.split == "test"]  # the headline: warm test users; cold-start splits below
@@ -286,7 +286,7 @@ def run(spark: SparkSession, cfg: Config, n_examples: int = 3) -> str:
     prev_id = evals.index[-2] if len(evals) > 1 else None
     cur = metrics[metrics.eval_run_id == eval_id]
     model_run_id = cur.model_run_id.iloc[0]
-    sloc = tables.path(root, schema.METRIC_SLICES)
+    sloc = tables.location(root, schema.METRIC_SLICES)
     slices = tables.read(spark, sloc).where(F.col("eval_id") == eval_id).toPandas() if tables.exists(spark, sloc) else None
     models = _by_model(cur.model.unique())
     ab, ab_text = _ab(spark, cfg)
@@ -331,16 +331,16 @@ def _figures_empty(history, ab):
 
 
 def _examples(spark: SparkSession, cfg: Config, n: int) -> str:
-    root = cfg.tables_dir
-    latest = tables.path(root, schema.RECOMMENDATIONS_LATEST)
+    root = cfg.tables_root
+    latest = tables.location(root, schema.RECOMMENDATIONS_LATEST)
     if not tables.exists(spark, latest):
         return "<p>No recommendations yet.</p>"
     recs = tables.read(spark, latest)
     users = [r.user_id for r in recs.select("user_id").distinct().orderBy("user_id").limit(n).collect()]
-    titles = {r.item_id: r.title for r in tables.read(spark, tables.path(root, schema.ITEM_CONTENT))
+    titles = {r.item_id: r.title for r in tables.read(spark, tables.location(root, schema.ITEM_CONTENT))
               .select("item_id", F.coalesce("title", "item_id").alias("title")).collect()}
-    index = tables.read(spark, tables.path(root, schema.ITEM_INDEX))
-    seqs = tables.read(spark, tables.path(root, schema.SEQUENCES)).where(F.col("user_id").isin(users))
+    index = tables.read(spark, tables.location(root, schema.ITEM_INDEX))
+    seqs = tables.read(spark, tables.location(root, schema.SEQUENCES)).where(F.col("user_id").isin(users))
     hist = {}
     for r in (seqs.select("user_id", F.posexplode("items").alias("pos", "item_idx")).join(index, "item_idx")
               .orderBy("user_id", "pos").collect()):

@@ -58,7 +58,7 @@ def _ineligible_mask(spark: SparkSession, location: str, version: int, item_inde
 
 
 def _last_run(spark: SparkSession, root: str) -> Optional[dict]:
-    loc = tables.path(root, schema.SCORE_RUNS)
+    loc = tables.location(root, schema.SCORE_RUNS)
     if not tables.exists(spark, loc):
         return None
     row = tables.read(spark, loc).orderBy(F.desc("finished_at")).first()
@@ -67,7 +67,7 @@ def _last_run(spark: SparkSession, root: str) -> Optional[dict]:
 
 def _changed_users(spark: SparkSession, root: str, from_version: int, to_version: int) -> DataFrame:
     """user_id of every user with an event added in events versions (from_version, to_version]."""
-    loc = tables.path(root, schema.EVENTS)
+    loc = tables.location(root, schema.EVENTS)
     if to_version <= from_version:
         return spark.createDataFrame([], "user_id string")
     return tables.changes(spark, loc, from_version + 1, to_version).select("user_id").distinct()
@@ -104,9 +104,9 @@ class Scope:
 def pin_inputs(spark: SparkSession, root: str) -> tuple[dict, Optional[int]]:
     """Versions of the input tables, and the events version the sequences were built from."""
     for name in INPUT_TABLES:
-        tables.require(spark, tables.path(root, name), "features")
+        tables.require(spark, tables.location(root, name), "features")
     versions = tables.pinned_versions(spark, root, INPUT_TABLES)
-    events_version = tables.commit_metadata(spark, tables.path(root, schema.SEQUENCES),
+    events_version = tables.commit_metadata(spark, tables.location(root, schema.SEQUENCES),
                                             versions[schema.SEQUENCES]).get("events_version")
     return versions, events_version
 
@@ -115,7 +115,7 @@ def _eligibility(spark: SparkSession, cfg: Config, item_index: DataFrame, n_item
     """(ineligible mask, eligibility table version) from score.eligibility; all eligible without one."""
     if not cfg.score.eligibility:
         return np.zeros(n_items, dtype=bool), None
-    loc = tables.locate(cfg.tables_dir, cfg.score.eligibility)
+    loc = tables.locate(cfg.tables_root, cfg.score.eligibility)
     tables.require(spark, loc, "an upstream job that maintains item eligibility (score.eligibility)")
     version = tables.version(spark, loc)
     return _ineligible_mask(spark, loc, version, item_index, n_items), version
@@ -126,7 +126,7 @@ def current_catalog(spark: SparkSession, cfg: Config, model, versions: dict, use
     (their vectors come from the checkpoint's own encoders). Returns (catalog, eligibility version)."""
     import torch
 
-    root = cfg.tables_dir
+    root = cfg.tables_root
     item_index = tables.read_pinned(spark, root, schema.ITEM_INDEX, versions)
     content = tables.read_pinned(spark, root, schema.ITEM_CONTENT, versions)
     value_col = OBJECTIVE_VALUE.get(cfg.score.objective)
@@ -188,7 +188,7 @@ def _scope(spark: SparkSession, root: str, users: DataFrame, last: Optional[dict
     except Exception as exc:  # the feed does not cover the range (e.g. enabled later, or vacuumed)
         return Scope("full", f"the events change feed cannot be read from version {last['events_version'] + 1}: "
                              f"{str(exc).splitlines()[0]}", users)
-    previous = (tables.read(spark, tables.path(root, schema.RECOMMENDATIONS), last["recommendations_version"])
+    previous = (tables.read(spark, tables.location(root, schema.RECOMMENDATIONS), last["recommendations_version"])
                 .where(F.col("run_date") == F.lit(last["run_date"])))
     if "served_by" not in previous.columns:  # written before the column existed
         previous = previous.withColumn("served_by", F.lit(schema.SERVED_HISTORY))
@@ -214,7 +214,7 @@ def _staged(scored: DataFrame, carried: Optional[DataFrame], run_id: str, run_da
 
 def _publish(spark: SparkSession, cfg: Config, final: DataFrame, run_date: date, meta: dict) -> int:
     """Write the run_date partition (atomically replacing it) and the latest table; the new version."""
-    loc = tables.path(cfg.tables_dir, schema.RECOMMENDATIONS)
+    loc = tables.location(cfg.tables_root, schema.RECOMMENDATIONS)
 
     def write_list() -> int:
         if tables.exists(spark, loc):
@@ -228,7 +228,7 @@ def _publish(spark: SparkSession, cfg: Config, final: DataFrame, run_date: date,
     version = tables.retry_on_conflict(write_list, f"score: writing {run_date} to {loc}")
     if cfg.score.write_latest:
         latest = tables.read(spark, loc, version).where(F.col("run_date") == F.lit(run_date))
-        tables.retry_on_conflict(lambda: tables.overwrite(latest, tables.path(cfg.tables_dir, schema.RECOMMENDATIONS_LATEST),
+        tables.retry_on_conflict(lambda: tables.overwrite(latest, tables.location(cfg.tables_root, schema.RECOMMENDATIONS_LATEST),
                                                           metadata=meta), "score: writing the latest lists")
     return version
 
@@ -256,14 +256,14 @@ def _record_run(spark: SparkSession, root: str, run_date: date, run_id: str, sco
     row = (run_date, run_id, scope.mode, scope.reason, rules, int(events_version if events_version is not None else -1),
            versions[schema.SEQUENCES], versions[schema.USER_PROFILE], elig_version, version,
            counts.scored, counts.carried, counts.rows, float(elapsed), datetime.now(timezone.utc).replace(tzinfo=None))
-    tables.append(spark.createDataFrame([row], SCORE_RUNS_SCHEMA), tables.path(root, schema.SCORE_RUNS))
+    tables.append(spark.createDataFrame([row], SCORE_RUNS_SCHEMA), tables.location(root, schema.SCORE_RUNS))
 
 
 def run(spark: SparkSession, cfg: Config) -> dict:
     """Score every user with the serving model (the champion, or score.model_run_id) into the
     recommendations table."""
     t0 = time.time()
-    root, sc = cfg.tables_dir, cfg.score
+    root, sc = cfg.tables_root, cfg.score
     ckpt_path = promotion.serving_checkpoint(spark, cfg)
     model, ckpt = checkpoints.load(ckpt_path)
     run_id = ckpt["run_id"]
@@ -291,7 +291,7 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     _record_run(spark, root, run_date, run_id, scope, rules, events_version, versions, elig_version, version,
                 counts, elapsed)
     logger.info(f"score ({scope.mode}: {scope.reason}): {counts.scored} users scored, {counts.carried} carried forward, "
-          f"top-{sc.k} with model {run_id} for {run_date} -> {tables.path(root, schema.RECOMMENDATIONS)} (version "
+          f"top-{sc.k} with model {run_id} for {run_date} -> {tables.location(root, schema.RECOMMENDATIONS)} (version "
           f"{version}, {counts.rows} rows, {elapsed:.1f}s); users by path: "
           + ", ".join(f"{k} {v}" for k, v in sorted(counts.served_by.items())))
     return {"run_id": run_id, "run_date": run_date.isoformat(), "rows": counts.rows,

@@ -62,11 +62,24 @@ def _show_progress(cfg: SparkConfig) -> bool:
     return cfg.master.startswith("local") and sys.stderr.isatty()
 
 
-def build_spark(cfg: SparkConfig) -> SparkSession:
+def local_metastore(folder: str) -> dict[str, str]:
+    """Spark settings for a metastore kept in a folder (an embedded Derby database and the managed
+    tables' warehouse), so catalog tables outlive the process that wrote them."""
+    return {
+        "spark.sql.catalogImplementation": "hive",
+        "spark.sql.warehouse.dir": os.path.join(folder, "warehouse"),
+        "spark.hadoop.javax.jdo.option.ConnectionURL":
+            f"jdbc:derby:;databaseName={os.path.join(folder, 'metastore_db')};create=true",
+    }
+
+
+def build_spark(cfg: SparkConfig, metastore: str = "") -> SparkSession:
     """Return a SparkSession with Delta Lake enabled.
 
     Under spark-submit or on Databricks the master and packages given there win; this function only
     adds what is missing. In local mode executors run this interpreter, so the package resolves.
+    metastore: a folder for a local metastore (see local_metastore), used when Spark runs locally
+    and the settings name no catalog of their own; a cluster's or Databricks' catalog wins.
     """
     # Python workers must run the same interpreter (and so the same torch/petastorm) as the driver.
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -89,7 +102,16 @@ def build_spark(cfg: SparkConfig) -> SparkSession:
     submitted = "PYSPARK_GATEWAY_PORT" in os.environ
     if cfg.master and not submitted:
         builder = builder.master(cfg.master)
-    for key, value in cfg.conf.items():
+    settings = dict(cfg.conf)
+    java_options = []
+    if metastore and not submitted and cfg.master.startswith("local") and "spark.sql.catalogImplementation" not in settings:
+        settings = {**local_metastore(metastore), **settings}
+        java_options.append(f"-Dderby.system.home={metastore}")  # derby.log there, not in the working directory
+    if cfg.quiet and not submitted and "spark.driver.extraJavaOptions" not in settings:
+        java_options.append(f"-Dlog4j2.configurationFile=file:{QUIET_LOG4J}")
+    if java_options and "spark.driver.extraJavaOptions" not in settings:
+        settings["spark.driver.extraJavaOptions"] = " ".join(java_options)
+    for key, value in settings.items():
         builder = builder.config(key, value)
     packages = jars_packages(cfg.conf.get("spark.jars.packages", "")) if cfg.delta_packages and not submitted else ""
     jars = resolved_jars(packages) if packages and cfg.quiet else []
@@ -97,8 +119,6 @@ def build_spark(cfg: SparkConfig) -> SparkSession:
         builder = builder.config("spark.jars", ",".join(filter(None, [cfg.conf.get("spark.jars", "")] + jars)))
     elif packages:
         builder = builder.config("spark.jars.packages", packages)
-    if cfg.quiet and not submitted and "spark.driver.extraJavaOptions" not in cfg.conf:
-        builder = builder.config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile=file:{QUIET_LOG4J}")
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.log_level)
     if packages and not jars:

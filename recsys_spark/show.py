@@ -12,21 +12,21 @@ from recsys_spark.config import Config
 def run(spark: SparkSession, cfg: Config, n_users: int = 5, campaign_id: str | None = None) -> None:
     if campaign_id:
         return campaign(spark, cfg, campaign_id, n_users)
-    root = cfg.tables_dir
-    loc = tables.path(root, schema.RECOMMENDATIONS)
+    root = cfg.tables_root
+    loc = tables.location(root, schema.RECOMMENDATIONS)
     tables.require(spark, loc, "score")
     print(f"Delta tables under {root}:")
     for name in (schema.EVENTS, schema.QUARANTINE, schema.USERS, schema.ITEMS, schema.USER_ITEM,
                  schema.USER_PROFILE, schema.ITEM_CONTENT, schema.SEQUENCES, schema.TRAIN_EXAMPLES,
                  schema.RECOMMENDATIONS, schema.RECOMMENDATIONS_LATEST, schema.SCORE_RUNS, schema.METRICS):
-        path = tables.path(root, name)
+        path = tables.location(root, name)
         if tables.exists(spark, path):
             print(f"  {name:<22} version {tables.version(spark, path):>3}  {path}")
-    latest_loc = tables.path(root, schema.RECOMMENDATIONS_LATEST)
+    latest_loc = tables.location(root, schema.RECOMMENDATIONS_LATEST)
     recs = tables.read(spark, latest_loc if tables.exists(spark, latest_loc) else loc)
     latest = recs.agg(F.max("run_date")).first()[0]
     recs = recs.where(F.col("run_date") == latest)
-    items_path = tables.path(root, schema.ITEM_CONTENT)
+    items_path = tables.location(root, schema.ITEM_CONTENT)
     titles = {r.item_id: r.title for r in tables.read(spark, items_path)
               .select("item_id", F.coalesce("title", "item_id").alias("title")).collect()}
     users = [r.user_id for r in recs.select("user_id").distinct().orderBy("user_id").limit(n_users).collect()]
@@ -38,7 +38,7 @@ def run(spark: SparkSession, cfg: Config, n_users: int = 5, campaign_id: str | N
         if new_user and new_user.user_id not in users:
             users.append(new_user.user_id)
     # New items: in the catalog, never interacted with, and how many lists they made it into.
-    events = tables.read(spark, tables.path(root, schema.EVENTS)).select("item_id").distinct()
+    events = tables.read(spark, tables.location(root, schema.EVENTS)).select("item_id").distinct()
     new_items = (tables.read(spark, items_path).select("item_id").join(events, "item_id", "left_anti")
                  .join(recs.groupBy("item_id").agg(F.countDistinct("user_id").alias("users")), "item_id", "left")
                  .fillna(0, subset=["users"]).orderBy(F.desc("users"), "item_id").collect())
@@ -47,7 +47,7 @@ def run(spark: SparkSession, cfg: Config, n_users: int = 5, campaign_id: str | N
               + ", ".join(f"{titles.get(r.item_id, r.item_id)} [{r.item_id}] {r.users} users" for r in new_items[:5]))
     rows = recs.where(F.col("user_id").isin(users)).orderBy("user_id", "rank").collect()
     declared = {}
-    users_loc = tables.path(root, schema.USERS)
+    users_loc = tables.location(root, schema.USERS)
     if tables.exists(spark, users_loc):
         u = tables.read(spark, users_loc)
         cols = [c for c in schema.USER_ATTRIBUTE_COLUMNS if c in u.columns]
@@ -74,7 +74,7 @@ def campaign(spark: SparkSession, cfg: Config, campaign_id: str, n_users: int = 
     """A campaign's latest audience: its first users with their probability, lift and reasons."""
     from recsys_spark import audience
 
-    loc = tables.path(cfg.tables_dir, schema.AUDIENCES)
+    loc = tables.location(cfg.tables_root, schema.AUDIENCES)
     tables.require(spark, loc, "audience")
     rows = tables.read(spark, loc).where(F.col("campaign_id") == campaign_id)
     latest = rows.agg(F.max("run_date")).first()[0]
@@ -84,7 +84,7 @@ def campaign(spark: SparkSession, cfg: Config, campaign_id: str, n_users: int = 
     rows = rows.where(F.col("run_date") == latest)
     size = rows.count()
     top = rows.orderBy("rank").limit(n_users).collect()
-    titles = {r.item_id: r.title for r in tables.read(spark, tables.path(cfg.tables_dir, schema.ITEM_CONTENT))
+    titles = {r.item_id: r.title for r in tables.read(spark, tables.location(cfg.tables_root, schema.ITEM_CONTENT))
               .select("item_id", F.coalesce("title", "item_id").alias("title")).collect()}
     why = audience.reasons(spark, cfg, campaign_id, [r.user_id for r in top])
     print(f"Audience of campaign {campaign_id} for {latest}: {size} users (model {top[0].model_run_id if top else '-'}); "

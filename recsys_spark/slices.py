@@ -53,11 +53,11 @@ def user_outcomes(spark: SparkSession, cfg: Config, users: DataFrame, recs: Data
                   activity_bucket(F.col("n_history")).alias("activity"),
                   F.when(F.col("n_history") <= COLD_USER_MAX, "cold").otherwise("warm").alias("user_history"),
                   F.when(F.coalesce("target_pop", F.lit(0)) <= COLD_ITEM_MAX, "cold").otherwise("warm").alias("target_item")))
-    users_path = tables.path(cfg.tables_dir, schema.USERS)
+    users_path = tables.location(cfg.tables_root, schema.USERS)
     if tables.exists(spark, users_path):
         attrs = [c for c in schema.USER_ATTRIBUTE_COLUMNS if c in tables.read(spark, users_path).columns]
         if attrs:
-            index = tables.read(spark, tables.path(cfg.tables_dir, schema.USER_INDEX))
+            index = tables.read(spark, tables.location(cfg.tables_root, schema.USER_INDEX))
             declared = tables.read(spark, users_path).select("user_id", *attrs).dropDuplicates(["user_id"])
             df = df.join(index.join(declared, "user_id").drop("user_id"), "user_idx", "left")
             for a in attrs:

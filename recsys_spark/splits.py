@@ -31,8 +31,8 @@ def held_out(col: str, share: float, seed: int) -> Column:
 def _history_users(spark: SparkSession, cfg: Config, history: Column, target: str,
                    versions: Optional[dict]) -> DataFrame:
     fc = cfg.features
-    seqs = tables.read_pinned(spark, cfg.tables_dir, schema.SEQUENCES, versions)
-    prof = tables.read_pinned(spark, cfg.tables_dir, schema.USER_PROFILE, versions)
+    seqs = tables.read_pinned(spark, cfg.tables_root, schema.SEQUENCES, versions)
+    prof = tables.read_pinned(spark, cfg.tables_root, schema.USER_PROFILE, versions)
     return (seqs.where(F.col(target).isNotNull() & ~held_out("user_id", fc.holdout_users, fc.holdout_seed))
             .select("user_idx", history.alias("input"), history.alias("seen"), F.col(target).alias("target"))
             .join(prof.select("user_idx", "profile_cat", F.col("train_profile_num").alias("profile_num")),
@@ -55,9 +55,9 @@ def scoring_input(spark: SparkSession, cfg: Config, versions: Optional[dict] = N
     """Every known user -- with events, or only a profile (a new user) -- with their whole history
     (input = seen, empty without events) and serving profile: user_idx, user_id, input, seen,
     profile_cat, profile_num."""
-    seqs = tables.read_pinned(spark, cfg.tables_dir, schema.SEQUENCES, versions)
-    prof = tables.read_pinned(spark, cfg.tables_dir, schema.USER_PROFILE, versions)
-    index = tables.read_pinned(spark, cfg.tables_dir, schema.USER_INDEX, versions)
+    seqs = tables.read_pinned(spark, cfg.tables_root, schema.SEQUENCES, versions)
+    prof = tables.read_pinned(spark, cfg.tables_root, schema.USER_PROFILE, versions)
+    index = tables.read_pinned(spark, cfg.tables_root, schema.USER_INDEX, versions)
     hist = F.coalesce(F.col("items"), F.array().cast("array<int>"))
     return (prof.select("user_idx", "profile_cat", "profile_num").join(index, "user_idx")
             .join(seqs.select("user_idx", "items"), "user_idx", "left")

@@ -1,9 +1,15 @@
-"""Delta read/write helpers: pinned versions, active files, partition replacement, merges."""
+"""Delta read/write helpers: pinned versions, active files, partition replacement, merges.
+
+A table's location is a path or storage URI (the embedded default: folders under paths.root/tables)
+or, with paths.catalog set, a catalog table name (`catalog.schema.table` or `schema.table`). Every
+function here takes either; nothing else in the package tells them apart."""
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
+import uuid
 from contextlib import contextmanager
 from typing import Callable, Optional, TypeVar
 
@@ -13,6 +19,7 @@ from delta import exceptions as delta_errors
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.errors import AnalysisException
 
 from recsys_spark import schema
 from recsys_spark.config import is_uri
@@ -39,19 +46,40 @@ def filesystem(spark: SparkSession, location: str):
     return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
 
 
-def path(root_tables: str, name: str) -> str:
+def is_table_name(location: str) -> bool:
+    """A catalog table name rather than a path: paths and URIs always hold a '/'."""
+    return "/" not in location
+
+
+def location(root_tables: str, name: str) -> str:
+    """Where the table `name` (a schema name such as "silver/events") lives: a folder under the
+    tables folder, or the table <catalog>.<schema>.silver_events when the root is a catalog schema."""
+    if is_table_name(root_tables):
+        return f"{root_tables}.{name.replace('/', '_')}"
     return os.path.join(root_tables, name)
 
 
 def locate(root_tables: str, name_or_path: str) -> str:
-    """A config value naming a table: an absolute path or URI is used as is, anything else is a
-    name under the tables folder (e.g. "silver/eligibility")."""
-    if name_or_path.startswith("/") or is_uri(name_or_path):
+    """A config value naming a table: an absolute path, a URI or a qualified catalog name
+    ("crm.eligibility", "main.crm.eligibility") is used as is; anything else is a name under the
+    tables root (e.g. "silver/eligibility")."""
+    if name_or_path.startswith("/") or is_uri(name_or_path) or ("." in name_or_path and "/" not in name_or_path):
         return name_or_path
-    return path(root_tables, name_or_path)
+    return location(root_tables, name_or_path)
+
+
+def sql_name(location: str) -> str:
+    """How SQL statements name the table."""
+    return location if is_table_name(location) else f"delta.`{location}`"
+
+
+def delta_table(spark: SparkSession, location: str) -> DeltaTable:
+    return DeltaTable.forName(spark, location) if is_table_name(location) else DeltaTable.forPath(spark, location)
 
 
 def exists(spark: SparkSession, location: str) -> bool:
+    if is_table_name(location):
+        return spark.catalog.tableExists(location)
     return DeltaTable.isDeltaTable(spark, location)
 
 
@@ -66,20 +94,20 @@ def require(spark: SparkSession, location: str, produced_by: str) -> None:
 
 def version(spark: SparkSession, location: str) -> int:
     """The latest committed version of a Delta table."""
-    return int(DeltaTable.forPath(spark, location).history(1).select("version").first()[0])
+    return int(delta_table(spark, location).history(1).select("version").first()[0])
 
 
 def read(spark: SparkSession, location: str, at_version: Optional[int] = None) -> DataFrame:
     reader = spark.read.format("delta")
     if at_version is not None:
         reader = reader.option("versionAsOf", at_version)
-    return reader.load(location)
+    return reader.table(location) if is_table_name(location) else reader.load(location)
 
 
 def read_pinned(spark: SparkSession, root_tables: str, name: str, versions: Optional[dict] = None) -> DataFrame:
     """Table `name` (a schema name under the tables folder) at the version `versions` pins for it,
     or its latest version when it pins none."""
-    return read(spark, path(root_tables, name), (versions or {}).get(name))
+    return read(spark, location(root_tables, name), (versions or {}).get(name))
 
 
 def record_feature_set(spark: SparkSession, root_tables: str, run_id: str, versions: dict) -> None:
@@ -87,12 +115,12 @@ def record_feature_set(spark: SparkSession, root_tables: str, run_id: str, versi
     events it read). Written last, so a run killed before its end records nothing."""
     row = [(run_id, {k: int(v) for k, v in versions.items()})]
     df = spark.createDataFrame(row, "run_id string, versions map<string,bigint>")
-    append(df.withColumn("completed_at", F.current_timestamp()), path(root_tables, schema.FEATURE_SETS))
+    append(df.withColumn("completed_at", F.current_timestamp()), location(root_tables, schema.FEATURE_SETS))
 
 
 def newest_feature_set(spark: SparkSession, root_tables: str):
     """The newest complete feature set (a row: run_id, versions, completed_at), or None."""
-    sets = path(root_tables, schema.FEATURE_SETS)
+    sets = location(root_tables, schema.FEATURE_SETS)
     if not exists(spark, sets):
         return None
     return read(spark, sets).orderBy(F.col("completed_at").desc()).first()
@@ -105,7 +133,7 @@ def pinned_versions(spark: SparkSession, root_tables: str, names: tuple) -> dict
     newest = newest_feature_set(spark, root_tables)
     if newest is not None:
         return {n: newest.versions[n] for n in names if n in newest.versions}
-    return {n: version(spark, path(root_tables, n)) for n in names if exists(spark, path(root_tables, n))}
+    return {n: version(spark, location(root_tables, n)) for n in names if exists(spark, location(root_tables, n))}
 
 
 def active_files(spark: SparkSession, location: str, at_version: int) -> list[str]:
@@ -121,29 +149,58 @@ def active_files(spark: SparkSession, location: str, at_version: int) -> list[st
     if files and spark.read.parquet(*files).count() != snapshot.count():
         raise ValueError(
             f"{location} at version {at_version} has deletion vectors: rows deleted from it are still "
-            f"inside its parquet files. Rewrite them with REORG TABLE delta.`{location}` APPLY (PURGE) "
+            f"inside its parquet files. Rewrite them with REORG TABLE {sql_name(location)} APPLY (PURGE) "
             f"(or rerun the stage that writes the table), then run again.")
     return files
 
 
-def delta_tables(spark: SparkSession, root_tables: str) -> list[str]:
-    """Every Delta table under a folder (local or remote), as locations."""
+def readable_files(spark: SparkSession, location: str, at_version: int, staging_root: str, min_files: int) -> list[str]:
+    """Parquet files holding exactly the table at a pinned version, for a reader outside Spark
+    (Petastorm). A table at a path: its active files. A catalog table: a copy of that version, written
+    under staging_root in at least min_files files (the caller removes it after use); a catalog governs
+    its tables' storage (Unity Catalog refuses direct reads of a managed table's files), so only Spark
+    reads the table itself."""
+    if not is_table_name(location):
+        return active_files(spark, location, at_version)
+    copy = os.path.join(staging_root, f"{location}@v{int(at_version)}")
+    if not os.path.isdir(copy):
+        snapshot = read(spark, location, at_version)
+        partial = f"{copy}.partial-{uuid.uuid4().hex[:8]}"
+        snapshot.repartition(max(min_files, snapshot.rdd.getNumPartitions())).write.parquet(partial)
+        os.replace(partial, copy)  # a copy is complete or absent
+    return sorted("file:" + f for f in glob.glob(os.path.join(glob.escape(copy), "*.parquet")))
+
+
+def delta_tables(spark: SparkSession, root_tables: str) -> dict[str, str]:
+    """Every Delta table under the tables root (a folder, local or remote, or a catalog schema):
+    {its name under the root: its location}."""
+    if is_table_name(root_tables):
+        found = {}
+        for table in spark.catalog.listTables(root_tables):
+            loc = f"{root_tables}.{table.name}"
+            try:
+                if spark.sql(f"DESCRIBE DETAIL {loc}").first().format == "delta":
+                    found[table.name] = loc
+            except AnalysisException:  # a view, or a table of another format
+                continue
+        return found
     fs, root = filesystem(spark, root_tables)
-    found, pending = [], [root] if fs.exists(root) else []
+    found, pending = {}, [root] if fs.exists(root) else []
     while pending:
         folder = pending.pop()
         children = [st for st in fs.listStatus(folder) if st.isDirectory()]
         if any(st.getPath().getName() == "_delta_log" for st in children):
-            found.append(folder.toString())
+            name = os.path.relpath(folder.toUri().getPath(), root.toUri().getPath())
+            found[name] = location(root_tables, name)
         else:
             pending.extend(st.getPath() for st in children)
-    return sorted(found)
+    return dict(sorted(found.items()))
 
 
 def purge(spark: SparkSession, location: str, retention_hours: float) -> None:
     """Remove deleted rows physically: rewrite files that carry deletion vectors, then VACUUM files
     (data and change-data) no version younger than retention_hours needs."""
-    spark.sql(f"REORG TABLE delta.`{location}` APPLY (PURGE)")
+    spark.sql(f"REORG TABLE {sql_name(location)} APPLY (PURGE)")
     settings = {
         # Delta refuses a retention under its default unless told; privacy.vacuum_retention_hours is that word.
         "spark.databricks.delta.retentionDurationCheck.enabled": "false",
@@ -152,7 +209,21 @@ def purge(spark: SparkSession, location: str, retention_hours: float) -> None:
         "spark.sql.sources.parallelPartitionDiscovery.parallelism": str(max(2, spark.sparkContext.defaultParallelism * 4)),
     }
     with temporary_conf(spark, settings):
-        DeltaTable.forPath(spark, location).vacuum(retention_hours)
+        delta_table(spark, location).vacuum(retention_hours)
+
+
+def _save(spark: SparkSession, writer, location: str) -> None:
+    """Run a Delta write to a path, or to a catalog table (created with its schema on first write)."""
+    if not is_table_name(location):
+        if not (location.startswith("/") or is_uri(location)):
+            # Config paths are absolute once loaded; a relative one here is a malformed location.
+            raise ValueError(f"table location {location!r} is neither a catalog name nor an absolute path or URI")
+        writer.save(location)
+        return
+    schema_name = location.rsplit(".", 1)[0]
+    if not spark.catalog.databaseExists(schema_name):
+        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {schema_name}")
+    writer.saveAsTable(location)
 
 
 def overwrite(df: DataFrame, location: str, partition_by: Optional[list[str]] = None,
@@ -165,11 +236,11 @@ def overwrite(df: DataFrame, location: str, partition_by: Optional[list[str]] = 
         writer = writer.option("userMetadata", json.dumps(metadata, sort_keys=True))
     if partition_by:
         writer = writer.partitionBy(*partition_by)
-    writer.save(location)
+    _save(df.sparkSession, writer, location)
 
 
 def append(df: DataFrame, location: str) -> None:
-    df.write.format("delta").mode("append").option("mergeSchema", "true").save(location)
+    _save(df.sparkSession, df.write.format("delta").mode("append").option("mergeSchema", "true"), location)
 
 
 def replace_partition(df: DataFrame, location: str, predicate: str, partition_by: list[str],
@@ -179,12 +250,12 @@ def replace_partition(df: DataFrame, location: str, predicate: str, partition_by
     writer = df.write.format("delta").mode("overwrite").option("replaceWhere", predicate).option("mergeSchema", "true")
     if metadata is not None:
         writer = writer.option("userMetadata", json.dumps(metadata, sort_keys=True))
-    writer.partitionBy(*partition_by).save(location)
+    _save(df.sparkSession, writer.partitionBy(*partition_by), location)
 
 
 def commit_metadata(spark: SparkSession, location: str, at_version: int) -> dict:
     """The JSON metadata stored with the commit of at_version ({} when there is none)."""
-    row = (DeltaTable.forPath(spark, location).history().where(f"version = {int(at_version)}")
+    row = (delta_table(spark, location).history().where(f"version = {int(at_version)}")
            .select("userMetadata").first())
     if row is None or not row[0]:
         return {}
@@ -196,28 +267,28 @@ def commit_metadata(spark: SparkSession, location: str, at_version: int) -> dict
 
 def enable_change_feed(spark: SparkSession, location: str) -> None:
     """Turn on Delta Change Data Feed for a table (a no-op when it is already on)."""
-    props = DeltaTable.forPath(spark, location).detail().select("properties").first()[0] or {}
+    props = delta_table(spark, location).detail().select("properties").first()[0] or {}
     if props.get("delta.enableChangeDataFeed", "false").lower() != "true":
-        spark.sql(f"ALTER TABLE delta.`{location}` SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
+        spark.sql(f"ALTER TABLE {sql_name(location)} SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
 
 
 def changes(spark: SparkSession, location: str, start_version: int, end_version: int) -> DataFrame:
     """Rows inserted or updated in versions start..end (inclusive), from the Change Data Feed.
 
     Raises the Delta error when the feed was not enabled for the whole range."""
-    return (spark.read.format("delta").option("readChangeFeed", "true")
-            .option("startingVersion", int(start_version)).option("endingVersion", int(end_version))
-            .load(location).where("_change_type IN ('insert', 'update_postimage')"))
+    reader = (spark.read.format("delta").option("readChangeFeed", "true")
+              .option("startingVersion", int(start_version)).option("endingVersion", int(end_version)))
+    return ((reader.table(location) if is_table_name(location) else reader.load(location)).where("_change_type IN ('insert', 'update_postimage')"))
 
 
 def upsert(spark: SparkSession, df: DataFrame, location: str, keys: list[str]) -> None:
     """Update rows whose keys exist and insert the rest; create the table if it is missing."""
     if not exists(spark, location):
-        df.write.format("delta").save(location)
+        _save(spark, df.write.format("delta"), location)
         return
     cond = " AND ".join(f"t.{k} = s.{k}" for k in keys)
     (
-        DeltaTable.forPath(spark, location).alias("t").merge(df.alias("s"), cond)
+        delta_table(spark, location).alias("t").merge(df.alias("s"), cond)
         .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
     )
 
@@ -227,13 +298,13 @@ def insert_missing(spark: SparkSession, df: DataFrame, location: str, key: str) 
     the table when it is missing). Unlike a blind append, two writers inserting the same key at
     once conflict in Delta instead of both succeeding: run it inside retry_on_conflict."""
     if not exists(spark, location):
-        df.write.format("delta").mode("append").save(location)
+        _save(spark, df.write.format("delta").mode("append"), location)
         return
-    target = DeltaTable.forPath(spark, location)
+    target = delta_table(spark, location)
     missing = [f for f in df.schema.fields if f.name not in target.toDF().columns]
     if missing:
         cols = ", ".join(f"`{f.name}` {f.dataType.simpleString()}" for f in missing)
-        spark.sql(f"ALTER TABLE delta.`{location}` ADD COLUMNS ({cols})")
+        spark.sql(f"ALTER TABLE {sql_name(location)} ADD COLUMNS ({cols})")
     (target.alias("t").merge(df.alias("s"), f"t.`{key}` = s.`{key}`")
      .whenNotMatchedInsertAll().execute())
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
 import time
 import uuid
 from datetime import datetime, timezone
@@ -35,14 +36,15 @@ MODEL_STATISTICS = ("idf", "item_num_mean", "item_num_std")
 
 
 def _pin_versions(spark: SparkSession, root: str) -> dict:
-    tables.require(spark, tables.path(root, schema.TRAIN_EXAMPLES), "features")
+    tables.require(spark, tables.location(root, schema.TRAIN_EXAMPLES), "features")
     return tables.pinned_versions(spark, root, PINNED_TABLES)
 
 
 def _training_files(spark: SparkSession, cfg: Config, versions: dict) -> tuple[list[str], DataFrame, int]:
-    """(active parquet files of the pinned training table, the table, its row count)."""
-    loc = tables.path(cfg.tables_dir, schema.TRAIN_EXAMPLES)
-    files = tables.active_files(spark, loc, versions[schema.TRAIN_EXAMPLES])
+    """(parquet files of the pinned training table, the table, its row count)."""
+    loc = tables.location(cfg.tables_root, schema.TRAIN_EXAMPLES)
+    files = tables.readable_files(spark, loc, versions[schema.TRAIN_EXAMPLES], cfg.staging_dir,
+                                  max(cfg.features.train_files, cfg.train.num_proc))
     if len(files) < cfg.train.num_proc:
         raise ValueError(f"the training table has {len(files)} file(s) but train.num_proc is {cfg.train.num_proc}: "
                          f"every rank needs its own shard. Raise features.train_files (now "
@@ -84,7 +86,7 @@ def _model_config(spark: SparkSession, cfg: Config, versions: dict, train_df: Da
                   stats: dict) -> ModelConfig:
     """Architecture from train.*, sizes from the data."""
     tc = cfg.train
-    prof = tables.read_pinned(spark, cfg.tables_dir, schema.USER_PROFILE, versions)
+    prof = tables.read_pinned(spark, cfg.tables_root, schema.USER_PROFILE, versions)
     n_attr = prof.select(F.max(F.size("profile_cat"))).first()[0] or 0
     sizes = prof.select(*[F.max(F.col("profile_cat")[i]).alias(f"c{i}") for i in range(n_attr)],
                         F.max(F.size("profile_num")).alias("n_num")).first()
@@ -158,10 +160,10 @@ def check_slots(spark: SparkSession, cfg: Config) -> None:
 
 def prepare(spark: SparkSession, cfg: Config) -> TrainJob:
     """Pin table versions, resolve active files, and size the model from the data."""
-    versions = _pin_versions(spark, cfg.tables_dir)
+    versions = _pin_versions(spark, cfg.tables_root)
     files, train_df, n_rows = _training_files(spark, cfg, versions)
-    feats = _item_features(spark, cfg.tables_dir, versions, train_df)
-    stats = read_stats(spark, tables.path(cfg.tables_dir, schema.FEATURE_STATS), versions.get(schema.FEATURE_STATS))
+    feats = _item_features(spark, cfg.tables_root, versions, train_df)
+    stats = read_stats(spark, tables.location(cfg.tables_root, schema.FEATURE_STATS), versions.get(schema.FEATURE_STATS))
     model_config = _model_config(spark, cfg, versions, train_df, feats, stats)
     model_stats = {k: v for k, v in stats.items() if k in MODEL_STATISTICS}
     if len(stats.get("profile_num_mean", [])) == model_config.n_profile_num:
@@ -211,11 +213,15 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     job = prepare(spark, cfg)
     os.makedirs(job.checkpoint_dir, exist_ok=True)
     use_gpu = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
-    logger.info(f"train {job.run_id}: {len(job.batches.files)} files of {tables.path(cfg.tables_dir, schema.TRAIN_EXAMPLES)} "
+    logger.info(f"train {job.run_id}: {len(job.batches.files)} files of {tables.location(cfg.tables_root, schema.TRAIN_EXAMPLES)} "
           f"at version {job.data_versions[schema.TRAIN_EXAMPLES]}, {cfg.train.num_proc} {cfg.train.launcher} ranks "
           f"on {'GPUs' if use_gpu else 'CPUs'}, {job.steps_per_epoch} steps/epoch")
     t0 = time.time()
-    result = launch(cfg.train.launcher, cfg.train.num_proc, worker, job, use_gpu=use_gpu)
+    try:
+        result = launch(cfg.train.launcher, cfg.train.num_proc, worker, job, use_gpu=use_gpu)
+    finally:
+        # A staged copy of a catalog table holds users' rows that forget could not reach.
+        shutil.rmtree(cfg.staging_dir, ignore_errors=True)
     elapsed = time.time() - t0
     path = os.path.join(job.checkpoint_dir, job.run_id)
     history = result["history"]

@@ -1,6 +1,6 @@
-"""Shared fixtures: one real local Spark session with Delta (built by session.build_spark), and one
-synthetic shop that has been through the nightly pipeline, which tests read but never write: a test
-that writes gets its own copy of the lakehouse (`shop_copy`)."""
+"""Shared fixtures: one real local Spark session with Delta and a local metastore (built by
+session.build_spark), and one synthetic shop that has been through the nightly pipeline, which tests
+read but never write: a test that writes gets its own copy of the lakehouse (`shop_copy`)."""
 from __future__ import annotations
 
 import os
@@ -21,7 +21,8 @@ def spark(tmp_path_factory):
         conf={"spark.ui.enabled": "false", "spark.sql.warehouse.dir": str(warehouse),
               "spark.driver.memory": "3g", "spark.default.parallelism": "2"},
     )
-    session = build_spark(cfg)
+    # A local metastore, as the CLI builds one when paths.catalog is set (tests/test_catalog.py).
+    session = build_spark(cfg, metastore=str(tmp_path_factory.mktemp("metastore")))
     yield session
     session.stop()
 

@@ -79,7 +79,7 @@ def test_spark_aggregation_gives_the_same_statistics_and_refuses_duplicate_users
 def test_simulated_ab_test_reads_out_the_better_model(spark, shop_copy):
     cfg = shop_copy
     out = cli.run_stage(spark, cfg, "abtest-simulate")
-    n_test = tables.read(spark, tables.path(cfg.tables_dir, schema.SEQUENCES)).where(F.col("test_target").isNotNull()).count()
+    n_test = tables.read(spark, tables.location(cfg.tables_root, schema.SEQUENCES)).where(F.col("test_target").isNotNull()).count()
     assert out["rows"] == n_test
     r = cli.run_stage(spark, cfg, "abtest")
     assert not r["srm"]["mismatch"]

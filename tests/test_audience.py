@@ -9,7 +9,7 @@ from recsys_spark import audience, cli, schema, tables
 
 
 def _audiences(spark, cfg, run_date="2026-07-01"):
-    rows = tables.read(spark, tables.path(cfg.tables_dir, schema.AUDIENCES)).where(F.col("run_date") == run_date)
+    rows = tables.read(spark, tables.location(cfg.tables_root, schema.AUDIENCES)).where(F.col("run_date") == run_date)
     return {c: sorted(((r.rank, r.user_id, r.probability, r.score) for r in rows.where(F.col("campaign_id") == c).collect()))
             for c in [r.campaign_id for r in rows.select("campaign_id").distinct().collect()]}
 
@@ -34,14 +34,14 @@ def test_audiences_respect_sizes_exclusions_opt_outs_and_the_cap(spark, shop_cop
         assert all(0 < p <= 1 for p in probs) and probs == sorted(probs, reverse=True)
         assert len(rows) == 60 if cid != "phones" else all(p >= 0.05 for p in probs) and len(rows) > 0
     # The category's buyers in the 90 days before the run date, and two of the best coffee prospects opting out.
-    recent = (tables.read(spark, tables.path(plain.tables_dir, schema.EVENTS))
+    recent = (tables.read(spark, tables.location(plain.tables_root, schema.EVENTS))
               .where((F.col("event_type") == "purchase") & (F.col("ts") >= "2026-04-02")))
-    coffee_items = tables.read(spark, tables.path(plain.tables_dir, schema.ITEM_CONTENT)).where(
+    coffee_items = tables.read(spark, tables.location(plain.tables_root, schema.ITEM_CONTENT)).where(
         F.col("category") == "Coffee Bean").select("item_id")
     buyers = {r.user_id for r in recent.join(coffee_items, "item_id").select("user_id").distinct().collect()}
     assert buyers & {r[1] for r in first["coffee"]}, "the test needs recent buyers among the plain audience"
     opted = [r[1] for r in first["coffee"] if r[1] not in buyers][:2]
-    tables.overwrite(spark.createDataFrame([(u,) for u in opted], "user_id string"), tables.path(plain.tables_dir, "silver/opt_out"))
+    tables.overwrite(spark.createDataFrame([(u,) for u in opted], "user_id string"), tables.location(plain.tables_root, "silver/opt_out"))
     assert any(sum(u in {r[1] for r in rows} for rows in first.values()) > 1 for u in {r[1] for r in first["acme"]})
 
     ruled = make_config(root, **SHOP, audience={"campaigns": str(campaigns), "run_date": "2026-07-01",

@@ -30,14 +30,14 @@ def cold_shop(spark, tmp_path_factory):
 def test_held_out_users_and_items_never_reach_training(spark, cold_shop):
     cfg, _ = cold_shop
     fc = cfg.features
-    root = cfg.tables_dir
-    seqs = tables.read(spark, tables.path(root, schema.SEQUENCES))
+    root = cfg.tables_root
+    seqs = tables.read(spark, tables.location(root, schema.SEQUENCES))
     cold_users = {r.user_idx for r in seqs.where(held_out("user_id", fc.holdout_users, fc.holdout_seed)).collect()}
     assert 60 < len(cold_users) < 140  # about 20% of 500
-    content = tables.read(spark, tables.path(root, schema.ITEM_CONTENT))
+    content = tables.read(spark, tables.location(root, schema.ITEM_CONTENT))
     cold_items = {r.item_idx for r in content.where(held_out("item_id", fc.holdout_items, fc.holdout_seed)).collect()}
     assert 3 <= len(cold_items) <= 20
-    train = tables.read(spark, tables.path(root, schema.TRAIN_EXAMPLES))
+    train = tables.read(spark, tables.location(root, schema.TRAIN_EXAMPLES))
     assert {r.user_idx for r in train.select("user_idx").distinct().collect()}.isdisjoint(cold_users)
     trained_items = {r.i for r in train.select(F.explode(F.concat("input", "target")).alias("i")).distinct().collect()}
     assert trained_items.isdisjoint(cold_items)
@@ -66,11 +66,11 @@ def test_cold_start_slices_are_measured_and_recorded(spark, cold_shop):
     items = cold["items"]
     assert items["attention"]["n_users"] > 0 and 0 < items["random"]["recall@10"] < 1
     # Warm metrics are computed on warm users only.
-    seqs = tables.read(spark, tables.path(cfg.tables_dir, schema.SEQUENCES))
+    seqs = tables.read(spark, tables.location(cfg.tables_root, schema.SEQUENCES))
     n_warm = seqs.where(F.col("test_target").isNotNull()
                         & ~held_out("user_id", cfg.features.holdout_users, cfg.features.holdout_seed)).count()
     assert result["n_users"] == n_warm
-    m = tables.read(spark, tables.path(cfg.tables_dir, schema.METRICS))
+    m = tables.read(spark, tables.location(cfg.tables_root, schema.METRICS))
     splits = {r.split for r in m.select("split").distinct().collect()}
     assert {"test", "cold_users_0_events", "cold_users_1_events", "cold_users_3_events", "cold_items"} <= splits
 

@@ -125,7 +125,7 @@ def test_shipped_profiles_are_valid(name):
 @pytest.mark.parametrize("root", ["s3://bucket/recsys", "dbfs:/recsys", "abfss://c@acct.dfs.core.windows.net/r"])
 def test_a_uri_root_keeps_tables_there_and_refuses_file_outputs(root):
     cfg = config.from_dict({"paths": {"root": root}})
-    assert cfg.tables_dir == f"{root}/tables"
+    assert cfg.tables_root == f"{root}/tables"
     for name in ("models_dir", "reports_dir"):
         with pytest.raises(config.ConfigError, match=r"paths.root is .*need a filesystem path.*/dbfs/"):
             getattr(cfg, name)

@@ -8,7 +8,7 @@ from recsys_spark import schema, tables
 @pytest.mark.slow
 def test_evaluation_records_beyond_accuracy_metrics(spark, shop):
     cfg, _ = shop
-    m = tables.read(spark, tables.path(cfg.tables_dir, schema.METRICS)).where(F.col("k") == 10)
+    m = tables.read(spark, tables.location(cfg.tables_root, schema.METRICS)).where(F.col("k") == 10)
     got = {(r.model, r.metric): r.value for r in m.collect()}
     for model in ("attention", "popularity"):
         for metric in ("mrr", "map", "hitrate", "coverage", "gini", "novelty", "ild", "pop_share"):
@@ -16,7 +16,7 @@ def test_evaluation_records_beyond_accuracy_metrics(spark, shop):
     # Popularity recommends (almost) the same items to everyone: lower coverage, higher Gini.
     assert got[("attention", "coverage")] > got[("popularity", "coverage")]
     assert got[("attention", "gini")] < got[("popularity", "gini")]
-    sl = tables.read(spark, tables.path(cfg.tables_dir, schema.METRIC_SLICES)).where(F.col("model") == "attention")
+    sl = tables.read(spark, tables.location(cfg.tables_root, schema.METRIC_SLICES)).where(F.col("model") == "attention")
     kinds = {r.kind for r in sl.select("kind").distinct().collect()}
     assert {"activity", "user_history", "target_item", "age_band", "gender", "region",
             "exposure:popularity_decile", "exposure:category"} <= kinds
@@ -55,7 +55,7 @@ def test_train_and_evaluate_runs_are_tracked_in_mlflow(spark, shop):
         a.path for a in client.list_artifacts(t.info.run_id, f"model/artifacts/{model_run}")]
     assert "model/MLmodel" in [a.path for a in client.list_artifacts(t.info.run_id, "model")]
     ev = [r for r in runs if r.data.tags.get("stage") == "evaluate" and r.data.tags["model_run_id"] == model_run]
-    m = tables.read(spark, tables.path(cfg.tables_dir, schema.METRICS))
+    m = tables.read(spark, tables.location(cfg.tables_root, schema.METRICS))
     first_eval = m.where((F.col("model") == "attention") & (F.col("metric") == "ndcg") & (F.col("k") == 10)).orderBy("evaluated_at").first()
     logged = {r.data.tags["eval_id"]: r.data.metrics["attention.ndcg_at_10"] for r in ev}
     assert logged[first_eval.eval_run_id] == pytest.approx(first_eval.value)

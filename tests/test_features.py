@@ -35,7 +35,7 @@ def _setup(tmp_path, events=EVENTS, **sections):
 
 
 def _read(spark, cfg, name):
-    return tables.read(spark, tables.path(cfg.tables_dir, name))
+    return tables.read(spark, tables.location(cfg.tables_root, name))
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +169,7 @@ def test_feature_stats_are_the_training_profiles_moments_and_the_title_idf(spark
     from pyspark.ml.feature import HashingTF
 
     cfg = built
-    stats = features.read_stats(spark, tables.path(cfg.tables_dir, schema.FEATURE_STATS))
+    stats = features.read_stats(spark, tables.location(cfg.tables_root, schema.FEATURE_STATS))
     x = np.array([r.train_profile_num for r in _read(spark, cfg, schema.USER_PROFILE).collect()], dtype=np.float64)
     std = x.std(0)
     assert np.allclose(stats["profile_num_mean"], x.mean(0), atol=1e-6)

@@ -13,13 +13,13 @@ from recsys_spark import features, forget, ingest, report, schema, score, tables
 
 def test_forget_removes_users_everywhere_and_keeps_them_out(spark, shop_copy, tmp_path):
     cfg = make_config(shop_copy.paths.root, **SHOP, privacy={"vacuum_retention_hours": 0})
-    root = cfg.tables_dir
+    root = cfg.tables_root
     report.run(spark, cfg)
-    ids = [r.user_id for r in tables.read(spark, tables.path(root, schema.RECOMMENDATIONS))
+    ids = [r.user_id for r in tables.read(spark, tables.location(root, schema.RECOMMENDATIONS))
            .select("user_id").distinct().orderBy("user_id").collect()]
     shown = ids[:2]  # the report shows the first users
     user_ids = shown + [ids[len(ids) // 2]]
-    index = {r.user_id: r.user_idx for r in tables.read(spark, tables.path(root, schema.USER_INDEX)).collect()}
+    index = {r.user_id: r.user_idx for r in tables.read(spark, tables.location(root, schema.USER_INDEX)).collect()}
     user_idxs = [index[u] for u in user_ids]
     assert faults.physical_rows_of(spark, root, user_ids, user_idxs)  # the check sees them before
     users_file = tmp_path / "forget.txt"
@@ -36,13 +36,13 @@ def test_forget_removes_users_everywhere_and_keeps_them_out(spark, shop_copy, tm
     assert again.suppressed_rows > 0 and again.inserted_rows == 0
     features.run(spark, cfg)
     pinned = tables.pinned_versions(spark, root, (schema.TRAIN_EXAMPLES,))[schema.TRAIN_EXAMPLES]
-    files = tables.active_files(spark, tables.path(root, schema.TRAIN_EXAMPLES), pinned)
+    files = tables.active_files(spark, tables.location(root, schema.TRAIN_EXAMPLES), pinned)
     assert spark.read.parquet(*files).where(F.col("user_idx").isin(user_idxs)).count() == 0
     score.run(spark, cfg)
-    latest = tables.read(spark, tables.path(root, schema.RECOMMENDATIONS_LATEST))
+    latest = tables.read(spark, tables.location(root, schema.RECOMMENDATIONS_LATEST))
     assert latest.where(F.col("user_id").isin(user_ids)).count() == 0 and latest.count() > 0
     # Their numbers stay taken: a new user never inherits a forgotten user's index.
-    after = {r.user_idx: r.user_id for r in tables.read(spark, tables.path(root, schema.USER_INDEX)).collect()}
+    after = {r.user_idx: r.user_id for r in tables.read(spark, tables.location(root, schema.USER_INDEX)).collect()}
     assert all(after[i].startswith("forgotten-") for i in user_idxs)
 
 

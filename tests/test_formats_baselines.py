@@ -13,7 +13,7 @@ from recsys_spark.metrics import beyond_accuracy, mrr_at_k, ndcg_at_k, recall_at
 
 
 def _events(spark, cfg):
-    return tables.read(spark, tables.path(cfg.tables_dir, schema.EVENTS))
+    return tables.read(spark, tables.location(cfg.tables_root, schema.EVENTS))
 
 
 def _sequences(spark, cfg):

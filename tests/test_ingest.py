@@ -17,7 +17,7 @@ def _write(path, text):
 
 
 def _events(spark, cfg):
-    return tables.read(spark, tables.path(cfg.tables_dir, schema.EVENTS))
+    return tables.read(spark, tables.location(cfg.tables_root, schema.EVENTS))
 
 
 def test_missing_required_columns_stop_with_their_names(spark, tmp_path):
@@ -25,7 +25,7 @@ def test_missing_required_columns_stop_with_their_names(spark, tmp_path):
     cfg = make_config(tmp_path)
     with pytest.raises(ingest.IngestError, match=r"missing required column\(s\): item_id, event_type, timestamp"):
         ingest.run(spark, cfg)
-    assert not tables.exists(spark, tables.path(cfg.tables_dir, schema.EVENTS))
+    assert not tables.exists(spark, tables.location(cfg.tables_root, schema.EVENTS))
 
 
 def test_malformed_rows_are_quarantined_with_reason_and_source(spark, tmp_path):
@@ -40,7 +40,7 @@ def test_malformed_rows_are_quarantined_with_reason_and_source(spark, tmp_path):
     cfg = make_config(tmp_path)
     report = ingest.run(spark, cfg)
     assert (report.raw_rows, report.valid_rows, report.quarantined_rows, report.inserted_rows) == (6, 2, 4, 2)
-    q = tables.read(spark, tables.path(cfg.tables_dir, schema.QUARANTINE)).collect()
+    q = tables.read(spark, tables.location(cfg.tables_root, schema.QUARANTINE)).collect()
     reasons = sorted(r.reason.split(" '")[0] for r in q)
     assert reasons == ["null or empty item_id", "null or empty user_id", "unknown event_type", "unparseable timestamp"]
     assert all(r.source_file.endswith("day1.csv") for r in q)
@@ -82,7 +82,7 @@ def test_empty_input_stops_before_anything_is_overwritten(spark, tmp_path):
     f = _write(tmp_path / "raw" / "events" / "a.csv", HEADER + "e1,u1,i1,view,2026-01-01 10:00:00\n")
     cfg = make_config(tmp_path)
     ingest.run(spark, cfg)
-    loc = tables.path(cfg.tables_dir, schema.EVENTS)
+    loc = tables.location(cfg.tables_root, schema.EVENTS)
     before = tables.version(spark, loc)
     f.write_text(HEADER)  # header only: no rows
     with pytest.raises(ingest.IngestError, match="has no rows"):
@@ -99,8 +99,8 @@ def test_all_rows_malformed_are_quarantined_and_the_run_fails(spark, tmp_path):
     cfg = make_config(tmp_path)
     with pytest.raises(ingest.IngestError, match="all 1 rows"):
         ingest.run(spark, cfg)
-    assert tables.read(spark, tables.path(cfg.tables_dir, schema.QUARANTINE)).count() == 1
-    assert not tables.exists(spark, tables.path(cfg.tables_dir, schema.EVENTS))
+    assert tables.read(spark, tables.location(cfg.tables_root, schema.QUARANTINE)).count() == 1
+    assert not tables.exists(spark, tables.location(cfg.tables_root, schema.EVENTS))
 
 
 def test_users_and_items_files_are_upserted(spark, tmp_path):
@@ -112,9 +112,9 @@ def test_users_and_items_files_are_upserted(spark, tmp_path):
     assert (report.users_upserted, report.items_upserted) == (1, 1)
     _write(tmp_path / "raw" / "users" / "u.csv", "user_id,age_band,gender,region\nu1,35-44,F,north\n")
     ingest.run(spark, cfg)
-    users = tables.read(spark, tables.path(cfg.tables_dir, schema.USERS)).collect()
+    users = tables.read(spark, tables.location(cfg.tables_root, schema.USERS)).collect()
     assert [(u.user_id, u.age_band) for u in users] == [("u1", "35-44")]
-    q = tables.read(spark, tables.path(cfg.tables_dir, schema.QUARANTINE))
+    q = tables.read(spark, tables.location(cfg.tables_root, schema.QUARANTINE))
     assert q.where(F.col("reason") == "null or empty user_id").count() == 1
 
 
@@ -134,7 +134,7 @@ def test_parquet_and_json_inputs(spark, tmp_path):
 
 
 def _reasons(spark, cfg):
-    return sorted(r.reason for r in tables.read(spark, tables.path(cfg.tables_dir, schema.QUARANTINE)).collect())
+    return sorted(r.reason for r in tables.read(spark, tables.location(cfg.tables_root, schema.QUARANTINE)).collect())
 
 
 def test_csv_columns_are_matched_by_name_in_every_file(spark, tmp_path):
@@ -157,7 +157,7 @@ def test_wrong_field_counts_are_quarantined_and_extra_columns_kept(spark, tmp_pa
     assert (report.valid_rows, report.quarantined_rows) == (1, 2)
     [event] = _events(spark, cfg).collect()
     assert event.attributes == {"note": "two\nlines"}
-    q = tables.read(spark, tables.path(cfg.tables_dir, schema.QUARANTINE)).collect()
+    q = tables.read(spark, tables.location(cfg.tables_root, schema.QUARANTINE)).collect()
     assert all(r.reason.startswith("malformed line") for r in q)
     assert sorted(json.loads(r.raw)["line"] for r in q) == ["e2,u2,i2,view,2026-01-01 10:00:00,x,surplus", "e3,u3,i3"]
 

@@ -9,7 +9,7 @@ from recsys_spark import cli, schema, tables
 @pytest.mark.slow
 def test_attention_beats_popularity_by_a_clear_margin(spark, shop):
     cfg, _ = shop
-    m = tables.read(spark, tables.path(cfg.tables_dir, schema.METRICS)).where(F.col("k") == 10)
+    m = tables.read(spark, tables.location(cfg.tables_root, schema.METRICS)).where(F.col("k") == 10)
     got = {(r.model, r.metric): r.value for r in m.collect()}
     assert got[("attention", "ndcg")] > 2 * got[("popularity", "ndcg")]
     assert got[("attention", "ndcg")] > 0.15
@@ -26,7 +26,7 @@ def test_checkpoint_records_source_versions(spark, shop):
     cfg, _ = shop
     path = latest_checkpoint(cfg.models_dir)
     manifest = json.load(open(os.path.join(path, "manifest.json")))
-    train_path = tables.path(cfg.tables_dir, schema.TRAIN_EXAMPLES)
+    train_path = tables.location(cfg.tables_root, schema.TRAIN_EXAMPLES)
     assert manifest["data_versions"][schema.TRAIN_EXAMPLES] == tables.version(spark, train_path)
     history = manifest["history"]
     assert 1 <= len(history) <= 8 and all("valid_ndcg@10" in h for h in history)
@@ -38,11 +38,11 @@ def test_checkpoint_records_source_versions(spark, shop):
 @pytest.mark.slow
 def test_reingesting_the_same_raw_files_changes_nothing_downstream(spark, shop_copy):
     cfg = shop_copy
-    events = tables.path(cfg.tables_dir, schema.EVENTS)
+    events = tables.location(cfg.tables_root, schema.EVENTS)
     n = tables.read(spark, events).count()
     cli.run_stage(spark, cfg, "ingest")
     assert tables.read(spark, events).count() == n
-    q = tables.read(spark, tables.path(cfg.tables_dir, schema.QUARANTINE))
+    q = tables.read(spark, tables.location(cfg.tables_root, schema.QUARANTINE))
     assert q.count() > 0 and q.where(F.col("source_file").isNull()).count() == 0
 
 

@@ -29,7 +29,7 @@ def _lakehouse(tmp_path):
 
 
 def _ids(spark, cfg, name):
-    return sorted(r.user_id for r in tables.read(spark, tables.path(cfg.tables_dir, name)).collect())
+    return sorted(r.user_id for r in tables.read(spark, tables.location(cfg.tables_root, name)).collect())
 
 
 def test_user_ids_are_keyed_pseudonyms_stable_across_runs(spark, tmp_path, monkeypatch):
@@ -42,9 +42,9 @@ def test_user_ids_are_keyed_pseudonyms_stable_across_runs(spark, tmp_path, monke
     assert ingest.run(spark, cfg).inserted_rows == 0  # the same pseudonyms on a second run
     # Nothing raw reaches the tables: not in ids, dropped user columns or quarantined lines.
     for name in (schema.EVENTS, schema.USERS, schema.QUARANTINE):
-        dump = json.dumps([r.asDict() for r in tables.read(spark, tables.path(cfg.tables_dir, name)).collect()], default=str)
+        dump = json.dumps([r.asDict() for r in tables.read(spark, tables.location(cfg.tables_root, name)).collect()], default=str)
         assert "alice" not in dump and "bob" not in dump and "b@x.org" not in dump
-    assert tables.read(spark, tables.path(cfg.tables_dir, schema.USERS)).columns == ["user_id", "age_band"]
+    assert tables.read(spark, tables.location(cfg.tables_root, schema.USERS)).columns == ["user_id", "age_band"]
     assert _expected("bob", "another key, also long enough") != _expected("bob")
 
 
@@ -53,7 +53,7 @@ def test_pseudonymize_without_a_key_stops_naming_the_variable(spark, tmp_path, m
     cfg = _lakehouse(tmp_path)
     with pytest.raises(privacy.PrivacyError, match="environment variable RECSYS_PSEUDONYM_KEY holds no key"):
         ingest.run(spark, cfg)
-    assert not tables.exists(spark, tables.path(cfg.tables_dir, schema.EVENTS))
+    assert not tables.exists(spark, tables.location(cfg.tables_root, schema.EVENTS))
 
 
 def test_forget_takes_the_source_ids_of_pseudonymized_users(spark, tmp_path, monkeypatch):

@@ -27,11 +27,11 @@ def test_the_first_model_is_promoted_over_popularity_and_registered_as_champion(
 
     cfg, _ = shop
     newest = latest_checkpoint(cfg.models_dir).rsplit("/", 1)[-1]
-    rows = tables.read(spark, tables.path(cfg.tables_dir, schema.MODEL_PROMOTIONS)).collect()
+    rows = tables.read(spark, tables.location(cfg.tables_root, schema.MODEL_PROMOTIONS)).collect()
     assert [(r.candidate_run_id, r.reference, r.promoted) for r in rows] == [(newest, "popularity", True)]
     assert rows[0].candidate_value > rows[0].reference_value
     assert promotion.champion_run_id(spark, cfg) == newest
-    latest = tables.read(spark, tables.path(cfg.tables_dir, schema.RECOMMENDATIONS_LATEST))
+    latest = tables.read(spark, tables.location(cfg.tables_root, schema.RECOMMENDATIONS_LATEST))
     assert {r.model_run_id for r in latest.select("model_run_id").distinct().collect()} == {newest}
     client = MlflowClient(f"file:{cfg.paths.root}/mlruns")
     version = client.get_model_version_by_alias(cfg.tracking.registered_model, "champion")
@@ -46,7 +46,7 @@ def test_the_first_model_is_promoted_over_popularity_and_registered_as_champion(
 @pytest.mark.slow
 def test_a_worse_model_never_reaches_the_recommendations(spark, shop_copy):
     cfg = shop_copy
-    latest_loc = tables.path(cfg.tables_dir, schema.RECOMMENDATIONS_LATEST)
+    latest_loc = tables.location(cfg.tables_root, schema.RECOMMENDATIONS_LATEST)
     before = {tuple(r) for r in tables.read(spark, latest_loc).select("user_id", "rank", "item_id", "model_run_id").collect()}
     champion = promotion.champion_run_id(spark, cfg)
     # A broken model: the champion's checkpoint with its weights back at random initial values,
@@ -69,7 +69,7 @@ def test_a_worse_model_never_reaches_the_recommendations(spark, shop_copy):
     assert promotion.champion_run_id(spark, cfg) == champion
     cli.run_stage(spark, cfg, "score")
     assert {tuple(r) for r in tables.read(spark, latest_loc).select("user_id", "rank", "item_id", "model_run_id").collect()} == before
-    rejected = tables.read(spark, tables.path(cfg.tables_dir, schema.MODEL_PROMOTIONS)).where(~F.col("promoted")).collect()
+    rejected = tables.read(spark, tables.location(cfg.tables_root, schema.MODEL_PROMOTIONS)).where(~F.col("promoted")).collect()
     assert [r.candidate_run_id for r in rejected] == [candidate] and "keeps serving" in rejected[0].reason
     # The rejected model is not judged again on a night without training: evaluate watches the champion.
     assert promotion.evaluated_checkpoint(spark, cfg).endswith(champion)

@@ -43,7 +43,7 @@ def check_rendering(html_path: str, png_path: str, width: int = 1200, height: in
 def test_html_report_is_self_contained_and_renders_without_console_errors(spark, shop_copy, tmp_path):
     cfg = shop_copy
     # Item titles come from the data: one that is markup must show as text, never run.
-    content_loc = tables.path(cfg.tables_dir, schema.ITEM_CONTENT)
+    content_loc = tables.location(cfg.tables_root, schema.ITEM_CONTENT)
     planted = F.concat(F.lit('<img src=x onerror="notDefined()">'), F.col("item_id"))
     tables.overwrite(tables.read(spark, content_loc).withColumn("title", planted), content_loc)
     cli.run_stage(spark, cfg, "abtest-simulate")  # the report reads the A/B log out

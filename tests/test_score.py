@@ -8,7 +8,7 @@ from recsys_spark import cli, schema, tables
 
 
 def _recs(spark, cfg):
-    return tables.read(spark, tables.path(cfg.tables_dir, schema.RECOMMENDATIONS))
+    return tables.read(spark, tables.location(cfg.tables_root, schema.RECOMMENDATIONS))
 
 
 @pytest.mark.slow
@@ -16,7 +16,7 @@ def test_recommendations_contract(spark, shop):
     cfg, _ = shop
     recs = _recs(spark, cfg).where(F.col("run_date") == "2026-07-01")
     # Every known user, with events or only a profile, gets a full list.
-    n_users = tables.read(spark, tables.path(cfg.tables_dir, schema.USER_INDEX)).count()
+    n_users = tables.read(spark, tables.location(cfg.tables_root, schema.USER_INDEX)).count()
     assert n_users == 606
     assert recs.count() == n_users * 10
     ranks = recs.groupBy("user_id").agg(F.sort_array(F.collect_list("rank")).alias("r"),
@@ -28,7 +28,7 @@ def test_recommendations_contract(spark, shop):
            .where(F.col("b.score") > F.col("a.score")))
     assert bad.count() == 0
     # No item the user has already touched.
-    seen = (tables.read(spark, tables.path(cfg.tables_dir, schema.EVENTS))
+    seen = (tables.read(spark, tables.location(cfg.tables_root, schema.EVENTS))
             .select("user_id", "item_id").distinct())
     assert recs.join(seen, ["user_id", "item_id"]).count() == 0
     # Calibrated probabilities: for model lists, in (0, 1], ordered like the scores, at most 1 per
@@ -48,12 +48,12 @@ def test_recommendations_contract(spark, shop):
 @pytest.mark.slow
 def test_item_kinds_make_lists_of_one_kind_of_catalog(spark, shop_copy):
     cfg = shop_copy
-    content_loc = tables.path(cfg.tables_dir, schema.ITEM_CONTENT)
+    content_loc = tables.location(cfg.tables_root, schema.ITEM_CONTENT)
     offers = [f"i{i:06d}" for i in range(0, 120, 6)]  # 20 items become offers
     tables.overwrite(tables.read(spark, content_loc).withColumn(
         "kind", F.when(F.col("item_id").isin(offers), "offer").otherwise("product")), content_loc)
-    newest = tables.newest_feature_set(spark, cfg.tables_dir)  # as if features had written the kinds
-    tables.record_feature_set(spark, cfg.tables_dir, "kinds", {**newest.versions,
+    newest = tables.newest_feature_set(spark, cfg.tables_root)  # as if features had written the kinds
+    tables.record_feature_set(spark, cfg.tables_root, "kinds", {**newest.versions,
                                                                schema.ITEM_CONTENT: tables.version(spark, content_loc)})
     actions = make_config(cfg.paths.root, score={"k": 3, "run_date": "2026-07-04", "item_kinds": ["offer"]})
     cli.run_stage(spark, actions, "score")
@@ -74,7 +74,7 @@ def test_expected_revenue_ranks_by_probability_times_price(spark, shop_copy):
     valued = make_config(cfg.paths.root, score={"k": 10, "run_date": "2026-07-03", "objective": "expected_revenue"})
     cli.run_stage(spark, valued, "score")
     got = _recs(spark, cfg).where((F.col("run_date") == "2026-07-03") & (F.col("served_by") == "history"))
-    prices = tables.read(spark, tables.path(cfg.tables_dir, schema.ITEM_CONTENT)).select("item_id", "price")
+    prices = tables.read(spark, tables.location(cfg.tables_root, schema.ITEM_CONTENT)).select("item_id", "price")
     rows = got.join(prices, "item_id")
     # score = probability x price, non-increasing with rank.
     assert rows.where(F.abs(F.col("score") - F.col("probability") * F.col("price")) > 1e-3 * F.col("score")).count() == 0
@@ -110,8 +110,8 @@ def test_rescoring_a_date_replaces_its_partition_only(spark, shop_copy):
 def test_explanations_are_items_of_the_users_own_history(spark, shop):
     cfg, _ = shop
     recs = _recs(spark, cfg).where(F.col("run_date") == "2026-07-01")
-    seqs = tables.read(spark, tables.path(cfg.tables_dir, schema.SEQUENCES))
-    index = tables.read(spark, tables.path(cfg.tables_dir, schema.ITEM_INDEX))
+    seqs = tables.read(spark, tables.location(cfg.tables_root, schema.SEQUENCES))
+    index = tables.read(spark, tables.location(cfg.tables_root, schema.ITEM_INDEX))
     history = (seqs.select("user_id", F.explode("items").alias("item_idx")).join(index, "item_idx")
                .select("user_id", F.col("item_id").alias("because")).distinct())
     because = recs.select("user_id", "item_id", F.explode("because_item_ids").alias("because"))
@@ -127,7 +127,7 @@ def test_business_rules_remove_ineligible_items_and_cap_categories(spark, shop_c
     cfg = shop_copy
     recs = _recs(spark, cfg).where(F.col("run_date") == "2026-07-01")
     top = [r.item_id for r in recs.groupBy("item_id").count().orderBy(F.desc("count"), "item_id").limit(5).collect()]
-    elig_path = tables.path(cfg.tables_dir, "silver/eligibility")
+    elig_path = tables.location(cfg.tables_root, "silver/eligibility")
     rows = [(i, False) for i in top] + [("i000001", True)]
     tables.overwrite(spark.createDataFrame(rows, "item_id string, eligible boolean"), elig_path)
     ruled = make_config(cfg.paths.root, score={"k": 10, "run_date": "2026-07-05", "eligibility": "silver/eligibility",
@@ -137,11 +137,11 @@ def test_business_rules_remove_ineligible_items_and_cap_categories(spark, shop_c
     n_users = recs.select("user_id").distinct().count()
     assert got.count() == n_users * 10
     assert got.where(F.col("item_id").isin(top)).count() == 0
-    cats = tables.read(spark, tables.path(cfg.tables_dir, schema.ITEM_CONTENT)).select("item_id", "category")
+    cats = tables.read(spark, tables.location(cfg.tables_root, schema.ITEM_CONTENT)).select("item_id", "category")
     per_cat = got.join(cats, "item_id").groupBy("user_id", "category").count()
     assert per_cat.agg(F.max("count")).first()[0] == 2
     # A different eligibility version forbids carrying yesterday's lists forward.
-    runs = tables.read(spark, tables.path(cfg.tables_dir, schema.SCORE_RUNS)).orderBy(F.desc("finished_at")).first()
+    runs = tables.read(spark, tables.location(cfg.tables_root, schema.SCORE_RUNS)).orderBy(F.desc("finished_at")).first()
     assert runs.mode == "full" and runs.eligibility_version == tables.version(spark, elig_path)
 
 
@@ -153,7 +153,7 @@ def test_incremental_scoring_equals_a_full_run_for_changed_users(spark, shop_cop
     root = cfg.paths.root
     base = make_config(root, score={"k": 10, "run_date": "2026-07-10", "mode": "full"})
     cli.run_stage(spark, base, "score")
-    seqs = tables.read(spark, tables.path(cfg.tables_dir, schema.SEQUENCES))
+    seqs = tables.read(spark, tables.location(cfg.tables_root, schema.SEQUENCES))
     changed = [r.user_id for r in seqs.select("user_id").orderBy("user_id").limit(6).collect()]
     new = pd.DataFrame({
         "user_id": changed + ["u_new_1"],
@@ -168,7 +168,7 @@ def test_incremental_scoring_equals_a_full_run_for_changed_users(spark, shop_cop
     inc = make_config(root, score={"k": 10, "run_date": "2026-07-11", "mode": "incremental"})
     out = cli.run_stage(spark, inc, "score")
     assert out["mode"] == "incremental", out["reason"]
-    n_before = tables.read(spark, tables.path(cfg.tables_dir, schema.RECOMMENDATIONS)).where(
+    n_before = tables.read(spark, tables.location(cfg.tables_root, schema.RECOMMENDATIONS)).where(
         F.col("run_date") == "2026-07-10").select("user_id").distinct().count()
     assert out["users_scored"] == 7 and out["users_carried"] == n_before - 6
     cli.run_stage(spark, make_config(root, score={"k": 10, "run_date": "2026-07-12", "mode": "full"}), "score")
@@ -192,7 +192,7 @@ def test_incremental_scoring_equals_a_full_run_for_changed_users(spark, shop_cop
     # The other users' lists are carried forward unchanged from the previous run.
     same(day("2026-07-11", everyone_changed, exclude=True), day("2026-07-10", everyone_changed, exclude=True))
     # The latest table is the last run's partition.
-    latest = tables.read(spark, tables.path(cfg.tables_dir, schema.RECOMMENDATIONS_LATEST))
+    latest = tables.read(spark, tables.location(cfg.tables_root, schema.RECOMMENDATIONS_LATEST))
     assert {str(r.run_date) for r in latest.select("run_date").distinct().collect()} == {"2026-07-12"}
 
 
@@ -213,8 +213,8 @@ def test_new_users_and_new_items_are_served_by_the_nightly_run(spark, shop_copy)
     lists = {}
     for r in new_users.groupBy("user_id").agg(F.sort_array(F.collect_list(F.struct("rank", "item_id"))).alias("l")).collect():
         lists[r.user_id] = tuple(x.item_id for x in r.l)
-    profiles = {r.user_id: tuple(r.profile_cat) for r in tables.read(spark, tables.path(cfg.tables_dir, schema.USER_PROFILE))
-                .join(tables.read(spark, tables.path(cfg.tables_dir, schema.USER_INDEX)), "user_idx")
+    profiles = {r.user_id: tuple(r.profile_cat) for r in tables.read(spark, tables.location(cfg.tables_root, schema.USER_PROFILE))
+                .join(tables.read(spark, tables.location(cfg.tables_root, schema.USER_INDEX)), "user_idx")
                 .where(F.col("user_id").isin(list(lists))).collect()}
     assert len(set(profiles.values())) >= 2
     for a in lists:
@@ -222,16 +222,16 @@ def test_new_users_and_new_items_are_served_by_the_nightly_run(spark, shop_copy)
             assert (lists[a] == lists[b]) == (profiles[a] == profiles[b]), (a, b)
     # New items (content, no events) are in the catalog and eligible: with only them allowed, every
     # user gets all four, ranked by the model's content path (orders differ between users).
-    content = tables.read(spark, tables.path(cfg.tables_dir, schema.ITEM_CONTENT))
+    content = tables.read(spark, tables.location(cfg.tables_root, schema.ITEM_CONTENT))
     new_items = sorted(r.item_id for r in content.where(F.col("item_id").startswith("n9")).collect())
     assert len(new_items) == 4
-    elig_path = tables.path(cfg.tables_dir, "silver/only_new")
+    elig_path = tables.location(cfg.tables_root, "silver/only_new")
     tables.overwrite(content.select("item_id", F.col("item_id").startswith("n9").alias("eligible")), elig_path)
     only_new = make_config(cfg.paths.root, score={"k": 10, "run_date": "2026-07-09", "eligibility": "silver/only_new"})
     cli.run_stage(spark, only_new, "score")
     got = _recs(spark, cfg).where(F.col("run_date") == "2026-07-09")
     per_user = got.groupBy("user_id").agg(F.sort_array(F.collect_list("item_id")).alias("items"))
-    assert per_user.count() == tables.read(spark, tables.path(cfg.tables_dir, schema.USER_INDEX)).count()
+    assert per_user.count() == tables.read(spark, tables.location(cfg.tables_root, schema.USER_INDEX)).count()
     assert per_user.where(F.col("items") != F.array(*[F.lit(i) for i in new_items])).count() == 0
     orders = got.where(F.col("rank") == 1).groupBy("item_id").count().collect()
     assert len(orders) >= 2
@@ -242,7 +242,7 @@ def test_new_users_and_new_items_are_served_by_the_nightly_run(spark, shop_copy)
     got = _recs(spark, cfg).where(F.col("run_date") == "2026-07-10")
     per_user = got.groupBy("user_id").agg(F.count("*").alias("n"),
                                           F.sum(F.col("item_id").startswith("n9").cast("int")).alias("new"))
-    assert per_user.count() == tables.read(spark, tables.path(cfg.tables_dir, schema.USER_INDEX)).count()
+    assert per_user.count() == tables.read(spark, tables.location(cfg.tables_root, schema.USER_INDEX)).count()
     assert per_user.where((F.col("n") != 10) | (F.col("new") < 1)).count() == 0
     bad = (got.alias("a").join(got.alias("b"), (F.col("a.user_id") == F.col("b.user_id"))
                                & (F.col("b.rank") == F.col("a.rank") + 1)).where(F.col("b.score") > F.col("a.score")))
