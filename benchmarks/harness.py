@@ -115,16 +115,21 @@ def work_dir(work: Optional[str], prefix: str) -> Iterator[str]:
 
 @contextlib.contextmanager
 def spark_session(cfg: config_mod.Config) -> Iterator:
-    """A Spark session for a benchmark, with the stages' logs on the console as in a job."""
+    """A Spark session for a benchmark, with the stages' logs on the console as in a job. A session
+    already running in this process (a test's) is used and left running."""
+    from pyspark.sql import SparkSession
+
     from recsys_spark.cli import configure_logging
     from recsys_spark.session import build_spark
 
     configure_logging()
-    spark = build_spark(cfg.spark)
+    running = SparkSession.getActiveSession()
+    spark = running or build_spark(cfg.spark)
     try:
         yield spark
     finally:
-        spark.stop()
+        if running is None:
+            spark.stop()
 
 
 def parse_variant(spec: str, named: dict) -> tuple[str, dict]:

@@ -241,9 +241,9 @@ class ScoreConfig:
     # successful scoring run (Delta Change Data Feed of the events table) and carry the others
     # forward; falls back to full, saying why, when the model, rules or eligibility changed.
     mode: str = "full"
-    # Business rules, applied before ranking. eligibility: a Delta table (path, or name under
-    # <paths.root>/tables) with columns item_id, eligible (boolean); items it marks false are never
-    # recommended, items it does not list are eligible. Empty = every item is eligible.
+    # Business rules, applied before ranking. eligibility: a Delta table (a name under the tables
+    # root, a catalog name or a path) with columns item_id, eligible (boolean); items it marks
+    # false are never recommended, items it does not list are eligible. Empty = every item is eligible.
     eligibility: str = ""
     # At most this many items of one category per user's list (0 = no cap).
     max_per_category: int = 0
@@ -272,15 +272,15 @@ class ScoreConfig:
 
 @dataclass(frozen=True)
 class AudienceConfig:
-    # Campaigns: a YAML or JSON file holding a list, or a Delta table (path, or name under
-    # <paths.root>/tables). Each campaign: campaign_id; its items as one of items (item ids),
+    # Campaigns: a YAML or JSON file holding a list, or a Delta table (a name under the tables root,
+    # a catalog name or a path). Each campaign: campaign_id; its items as one of items (item ids),
     # category or brand; size (the audience's users, 0 = no size) and/or min_probability.
     campaigns: str = ""
     # Users who purchased one of a campaign's items in the days before run_date are left out of it
     # (0 = nobody is left out for past purchases).
     exclude_purchased_days: int = 30
-    # A Delta table (path, or name under <paths.root>/tables) with a user_id column: users who opted
-    # out of marketing; they are in no audience. Empty = none.
+    # A Delta table (a name under the tables root, a catalog name or a path) with a user_id column:
+    # users who opted out of marketing; they are in no audience. Empty = none.
     opt_out: str = ""
     # Frequency cap: a user is in at most this many of a day's audiences, kept in those where their
     # score (lift over the campaign's mean) is highest; 0 = no cap.
@@ -307,8 +307,8 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class AbtestConfig:
-    # Exposure/outcome log: a Delta table (path, or name under <paths.root>/tables) with one row per
-    # exposed user: user_id, variant, exposed_at, clicks, conversions, revenue.
+    # Exposure/outcome log: a Delta table (a name under the tables root, a catalog name or a path)
+    # with one row per exposed user: user_id, variant, exposed_at, clicks, conversions, revenue.
     log: str = "gold/ab_log"
     control: str = "A"
     alpha: float = 0.05

@@ -47,6 +47,7 @@ def test_a_night_on_catalog_tables_then_forgetting_a_user(spark, tmp_path):
     # Forget finds the user's rows in every catalog table and leaves no file holding them.
     user_id, user_idx = latest.join(spark.table("shop_catalog.gold_user_index"), "user_id") \
         .select("user_id", "user_idx").orderBy("user_id").first()
+    assert faults.physical_rows_of(spark, cfg.tables_root, [user_id], [user_idx])  # the check sees them before
     users_file = tmp_path / "forget.txt"
     users_file.write_text(user_id + "\n")
     result = forget.run(spark, cfg, str(users_file))

@@ -136,10 +136,10 @@ def test_als_recommends_unseen_items_that_co_occur(spark):
 
 
 @pytest.mark.slow
-def test_quality_benchmark_writes_the_result_table(tmp_path):
-    """The benchmark command end to end on a small SASRec-format file (its own Spark session)."""
-    import subprocess
-    import sys
+def test_quality_benchmark_writes_the_result_table(spark, tmp_path, capsys):
+    """The benchmark command end to end on a small SASRec-format file (in this process, on the
+    tests' Spark session)."""
+    from benchmarks import quality
 
     rng = np.random.default_rng(0)
     successor = rng.permutation(60)  # every item has one successor and one predecessor
@@ -154,14 +154,15 @@ def test_quality_benchmark_writes_the_result_table(tmp_path):
     data = tmp_path / "tiny.txt"
     data.write_text("\n".join(lines) + "\n")
     out = tmp_path / "result.json"
-    cmd = [sys.executable, "-m", "benchmarks.quality", str(data), "--out", str(out),
-           "--set", "train.epochs=10", "--set", "train.d_model=32", "--set", "features.max_seq_len=20",
-           "--set", "train.batch_size=16", "--set", "train.lr=0.005", "--set", "train.patience=10",
-           "--set", "evaluate.als_reg_params=[0.1]", "--set", "evaluate.als_alphas=[1.0]",
-           "--set", "spark.conf={spark.driver.memory: 2g}", "--set", "spark.shuffle_partitions=2",
-           "--set", "tracking.enabled=false"]  # the benchmark's figures are its result file
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    argv = [str(data), "--out", str(out),
+            "--set", "train.epochs=10", "--set", "train.d_model=32", "--set", "features.max_seq_len=20",
+            "--set", "train.batch_size=16", "--set", "train.lr=0.005", "--set", "train.patience=10",
+            "--set", "evaluate.als_ranks=[16]", "--set", "evaluate.als_reg_params=[0.1]",
+            "--set", "evaluate.als_alphas=[1.0]",
+            "--set", "spark.shuffle_partitions=2",
+            "--set", "tracking.enabled=false"]  # the benchmark's figures are its result file
+    assert quality.main(argv) == 0
+    stdout = capsys.readouterr().out
     result = json.loads(out.read_text())
     assert result["dataset"] == "tiny.txt"
     assert [r["model"] for r in result["rows"]] == ["attention", "popularity", "als", "item_knn"]
@@ -174,7 +175,7 @@ def test_quality_benchmark_writes_the_result_table(tmp_path):
     by = {r["model"]: r for r in result["rows"]}
     # The successor structure is learnable by sequence models and item-kNN, not by popularity.
     assert by["attention"]["ndcg@10"] > 1.5 * by["popularity"]["ndcg@10"]
-    assert "attention" in proc.stdout and "item_knn" in proc.stdout
+    assert "attention" in stdout and "item_knn" in stdout
 
 
 def test_ml1m_user_codes_become_names_and_join_to_the_sasrec_ids(tmp_path):
