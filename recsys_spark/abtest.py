@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Optional
 
+import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from scipy import stats
@@ -188,41 +189,86 @@ def run(spark: SparkSession, cfg: Config) -> dict:
 # Simulation on the synthetic shop
 
 
-def simulate(spark: SparkSession, cfg: Config) -> dict:
-    """Write an A/B log for the synthetic shop from two top-K lists per user.
+def _item_values(spark: SparkSession, root: str, n_items: int) -> dict[str, np.ndarray]:
+    """{price, margin}: each an array indexed by item_idx (0 where the item has none)."""
+    content = tables.read(spark, tables.location(root, schema.ITEM_CONTENT))
+    columns = [c for c in schema.ITEM_VALUE_COLUMNS if c in content.columns]
+    values = {c: np.zeros(n_items, dtype=np.float64) for c in schema.ITEM_VALUE_COLUMNS}
+    for r in content.select("item_idx", *columns).where(F.col("item_idx") < n_items).collect():
+        for c in columns:
+            values[c][r.item_idx] = r[c] or 0.0
+    return values
 
-    Every user with a test target is exposed, split 50/50 by a hash of the id (abtest.seed). Lists
-    are built as of the test split (history without the held-out next item): variant A from
-    popularity, B from the attention model (the serving one). A user clicks with probability
-    abtest.sim_click_hit when the held-out next item is in their variant's list, else
-    abtest.sim_click_base; a click converts with abtest.sim_convert and brings lognormal revenue."""
+
+def _policy_topk(policy: str, users: DataFrame, ckpt_path: str, k: int, batch_users: int, n_items: int,
+                 values: dict) -> DataFrame:
+    """The top-k (TOPK_SCHEMA) a simulated variant shows: popularity, or the model by an objective."""
+    if policy == "popularity":
+        return popularity_topk(users, popularity_counts(users, n_items), k)
+    value = values.get(schema.OBJECTIVE_VALUE.get(policy, ""))
+    if value is not None and not (value > 0).any():
+        raise ValueError(f"abtest.sim_variants has {policy} but no item has a positive "
+                         f"{schema.OBJECTIVE_VALUE[policy]}: drop it or add the column to the items input")
+    return attention_topk(users, ckpt_path, k, batch_users, objective=policy, value=value)
+
+
+def simulate(spark: SparkSession, cfg: Config) -> dict:
+    """Write an A/B log for the synthetic shop: one variant per policy of abtest.sim_variants.
+
+    Every user with a test target is exposed, assigned to variant A, B, C... (the policies in order)
+    by a hash of the id (abtest.seed). Lists are built as of the test split (history without the
+    held-out next item): popularity, or the serving attention model ranked by an objective
+    (relevance, expected_revenue, expected_margin, as score.objective ranks). A user clicks with
+    probability abtest.sim_click_hit when the held-out next item is in their list, else
+    abtest.sim_click_base; a click converts with abtest.sim_convert. A conversion buys the next item
+    when it was shown, else one of the shown items at random, and brings its price; in a catalog
+    without prices it brings lognormal revenue."""
     ac = cfg.abtest
     root = cfg.tables_root
     ckpt_path = promotion.serving_checkpoint(spark, cfg)
-    model = checkpoints.cached_model(ckpt_path)
+    n_items = checkpoints.cached_model(ckpt_path).cfg.n_items
     users = splits.test_users(spark, cfg).persist()
     k = cfg.score.k
-    pop = popularity_topk(users, popularity_counts(users, model.cfg.n_items), k)
-    attn = attention_topk(users, ckpt_path, k, cfg.score.batch_users)
+    values = _item_values(spark, root, n_items)
+    labels = [chr(ord("A") + i) for i in range(len(ac.sim_variants))]
+    lists = None
+    for label, policy in zip(labels, ac.sim_variants):
+        top = _policy_topk(policy, users, ckpt_path, k, cfg.score.batch_users, n_items, values)
+        top = top.withColumn("variant", F.lit(label))
+        lists = top if lists is None else lists.unionByName(top)
+    lists = lists.groupBy("user_idx", "variant").agg(F.array_sort(F.collect_set("item_idx")).alias("shown"))
     user_index = tables.read(spark, tables.location(root, schema.USER_INDEX))
-    variant = F.when(F.xxhash64("user_idx", F.lit(ac.seed)) % 2 == 0, F.lit("A")).otherwise(F.lit("B"))
-    lists = (pop.withColumn("variant", F.lit("A")).unionByName(attn.withColumn("variant", F.lit("B")))
-             .groupBy("user_idx", "variant").agg(F.collect_set("item_idx").alias("shown")))
+    variant = F.element_at(F.array(*[F.lit(x) for x in labels]),
+                           (F.pmod(F.xxhash64("user_idx", F.lit(ac.seed)), F.lit(len(labels))) + 1).cast("int"))
     assigned = users.select("user_idx", "target").withColumn("variant", variant)
     seed = ac.seed
-    u1, u2, u3, u4 = (F.rand(seed + i) for i in range(4))
+    u1, u2, u3, u4, u5 = (F.rand(seed + i) for i in range(5))
     hit = F.coalesce(F.array_contains(F.col("shown"), F.col("target")), F.lit(False))
     clicked = F.when(hit, u1 < ac.sim_click_hit).otherwise(u1 < ac.sim_click_base)
     converted = clicked & (u2 < ac.sim_convert)
-    normal = F.sqrt(F.lit(-2.0) * F.log(u3 + F.lit(1e-12))) * F.cos(F.lit(2 * math.pi) * u4)  # Box-Muller
-    revenue = F.when(converted, F.exp(F.lit(3.0) + F.lit(0.8) * normal)).otherwise(F.lit(0.0))
-    log = (assigned.join(lists, ["user_idx", "variant"], "left").join(user_index, "user_idx")
+    if values["price"].any():
+        prices = spark.createDataFrame([(i, float(p)) for i, p in enumerate(values["price"]) if p > 0],
+                                       "bought long, price double")
+        bought = F.when(hit, F.col("target")).otherwise(
+            F.element_at("shown", (F.floor(u5 * F.size("shown")) + 1).cast("int")))
+        outcome = (assigned.join(lists, ["user_idx", "variant"], "left")
+                   .select("*", clicked.alias("clicked"), converted.alias("converted"), bought.alias("bought"))
+                   .join(F.broadcast(prices), "bought", "left"))
+        revenue = F.when(F.col("converted"), F.coalesce(F.col("price"), F.lit(0.0))).otherwise(F.lit(0.0))
+    else:
+        normal = F.sqrt(F.lit(-2.0) * F.log(u3 + F.lit(1e-12))) * F.cos(F.lit(2 * math.pi) * u4)  # Box-Muller
+        outcome = (assigned.join(lists, ["user_idx", "variant"], "left")
+                   .select("*", clicked.alias("clicked"), converted.alias("converted")))
+        revenue = F.when(F.col("converted"), F.exp(F.lit(3.0) + F.lit(0.8) * normal)).otherwise(F.lit(0.0))
+    log = (outcome.join(user_index, "user_idx")
            .select("user_id", "variant", F.lit(datetime.now(timezone.utc).replace(tzinfo=None)).alias("exposed_at"),
-                   clicked.cast("long").alias("clicks"), converted.cast("long").alias("conversions"),
+                   F.col("clicked").cast("long").alias("clicks"), F.col("converted").cast("long").alias("conversions"),
                    revenue.cast("double").alias("revenue")))
     loc = tables.locate(root, ac.log)
     tables.overwrite(log, loc)
     users.unpersist()
     n = tables.read(spark, loc).count()
-    logger.info(f"abtest-simulate: {n} exposed users (A = popularity, B = attention, top-{k}) -> {loc}")
-    return {"rows": n, "log": loc}
+    arms = dict(zip(labels, ac.sim_variants))
+    logger.info(f"abtest-simulate: {n} exposed users ({', '.join(f'{v} = {p}' for v, p in arms.items())}; "
+                f"top-{k}) -> {loc}")
+    return {"rows": n, "log": loc, "variants": arms}

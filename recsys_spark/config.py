@@ -315,7 +315,10 @@ class AbtestConfig:
     power: float = 0.8
     # Planned share of users per variant in variant-name order; empty = equal shares.
     split: list[float] = field(default_factory=list)
-    # abtest-simulate (synthetic shop only): assignment seed and behaviour probabilities.
+    # abtest-simulate (synthetic shop only): one variant per policy, named A, B, C... in this order:
+    # popularity, or the serving model ranked by an objective (relevance, expected_revenue,
+    # expected_margin; see score.objective). Then the assignment seed and behaviour probabilities.
+    sim_variants: list[str] = field(default_factory=lambda: ["popularity", "relevance"])
     seed: int = 5
     sim_click_hit: float = 0.3
     sim_click_base: float = 0.05
@@ -543,6 +546,9 @@ def _check_values(cfg: Config) -> None:
     if cfg.spark.progress not in ("auto", "on", "off"):
         raise ConfigError(f"spark.progress: expected auto|on|off, got {cfg.spark.progress!r}")
     ab = cfg.abtest
+    policies = ("popularity",) + OBJECTIVES
+    if len(ab.sim_variants) < 2 or not set(ab.sim_variants) <= set(policies) or len(ab.sim_variants) > 26:
+        raise ConfigError(f"abtest.sim_variants: two or more of {', '.join(policies)}, got {ab.sim_variants}")
     if not (0 < ab.alpha < 1 and 0 < ab.power < 1):
         raise ConfigError(f"abtest.alpha and abtest.power must be in (0, 1), got {ab.alpha} and {ab.power}")
     if not cfg.evaluate.ks or min(cfg.evaluate.ks) < 1:

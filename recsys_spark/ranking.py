@@ -271,12 +271,16 @@ def score_users(users, spec: ScoringSpec, catalog_bc):
     return users.mapInPandas(lambda it: _score_partition(it, spec, catalog_bc), out)
 
 
-def attention_topk(users, ckpt_path: str, k: int, batch_users: int = 1024):
+def attention_topk(users, ckpt_path: str, k: int, batch_users: int = 1024, objective: str = "relevance",
+                   value: Optional[np.ndarray] = None):
     """Plain top-K (no business rules) of the checkpoint's model over its training catalog, for
-    evaluation: TOPK_SCHEMA rows. users: user_idx, input, seen, profile_cat, profile_num."""
-    catalog = item_catalog(checkpoints.cached_model(ckpt_path).item_vectors().detach().numpy())
+    evaluation: TOPK_SCHEMA rows. users: user_idx, input, seen, profile_cat, profile_num. With an
+    expected-value objective, value[i] is item i's price or margin (see value_bias)."""
+    catalog = item_catalog(checkpoints.cached_model(ckpt_path).item_vectors().detach().numpy(), value=value)
     bc = users.sparkSession.sparkContext.broadcast(catalog)
-    return score_users(users, ScoringSpec(k=k, ckpt_path=ckpt_path, batch_users=batch_users, device="cpu"), bc)
+    spec = ScoringSpec(k=k, ckpt_path=ckpt_path, batch_users=batch_users, device="cpu", objective=objective,
+                       calibration=checkpoints.calibration(checkpoints.manifest(ckpt_path)))
+    return score_users(users, spec, bc)
 
 
 def _factor_partition(batches: Iterator[pd.DataFrame], item_factors: np.ndarray, k: int, vector_col: str,

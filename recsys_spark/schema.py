@@ -21,6 +21,8 @@ ITEM_KIND_COLUMN = "kind"
 DEFAULT_ITEM_KIND = "product"
 # What showing an item is worth (score.objective expected_revenue / expected_margin); optional.
 ITEM_VALUE_COLUMNS = ("price", "margin")
+# The items' column each expected-value objective multiplies the probability by.
+OBJECTIVE_VALUE = {"expected_revenue": "price", "expected_margin": "margin"}
 TAG_ATTRIBUTE = "tag"
 
 # Delta tables, relative to <paths.root>/tables.

@@ -34,9 +34,6 @@ from recsys_spark.table_schemas import RECOMMENDATIONS_SCHEMA, SCORE_RUNS_SCHEMA
 
 logger = logging.getLogger(__name__)
 
-# The items' column each expected-value objective multiplies the probability by.
-OBJECTIVE_VALUE = {"expected_revenue": "price", "expected_margin": "margin"}
-
 # The tables a scoring run reads, pinned at the newest complete feature set when it starts.
 INPUT_TABLES = (schema.SEQUENCES, schema.USER_PROFILE, schema.ITEM_INDEX, schema.ITEM_CONTENT, schema.USER_INDEX)
 
@@ -129,7 +126,7 @@ def current_catalog(spark: SparkSession, cfg: Config, model, versions: dict, use
     root = cfg.tables_root
     item_index = tables.read_pinned(spark, root, schema.ITEM_INDEX, versions)
     content = tables.read_pinned(spark, root, schema.ITEM_CONTENT, versions)
-    value_col = OBJECTIVE_VALUE.get(cfg.score.objective)
+    value_col = schema.OBJECTIVE_VALUE.get(cfg.score.objective)
     kind = (F.col(schema.ITEM_KIND_COLUMN) if schema.ITEM_KIND_COLUMN in content.columns
             else F.lit(schema.DEFAULT_ITEM_KIND)).alias("kind")
     rows = content.select("item_idx", "item_id", "category_idx", kind,

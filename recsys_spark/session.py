@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
+import logging
 import os
 import sys
 
 from pyspark.sql import SparkSession
 
 from recsys_spark.config import SparkConfig
+
+logger = logging.getLogger(__name__)
 
 QUIET_LOG4J = os.path.join(os.path.dirname(os.path.abspath(__file__)), "log4j2.properties")
 
@@ -121,6 +124,10 @@ def build_spark(cfg: SparkConfig, metastore: str = "") -> SparkSession:
         builder = builder.config("spark.jars.packages", packages)
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel(cfg.log_level)
+    if metastore and spark.sparkContext.getConf().get("spark.sql.catalogImplementation", "in-memory") == "in-memory":
+        logger.warning("paths.catalog is set but this Spark session keeps its catalog in memory: the catalog "
+                       "tables are forgotten when the job ends. Give the job a metastore "
+                       "(spark.sql.catalogImplementation=hive and the cluster's metastore settings).")
     if packages and not jars:
         _remember_jars(spark, packages)
     return spark

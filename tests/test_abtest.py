@@ -1,5 +1,4 @@
 """A/B readout statistics, checked against scipy and statsmodels on the same numbers."""
-import math
 
 import numpy as np
 import pytest
@@ -10,7 +9,9 @@ from statsmodels.stats.weightstats import CompareMeans, DescrStatsW
 
 from pyspark.sql import functions as F
 
-from recsys_spark import cli, schema, tables
+from conftest import SHOP, make_config
+from recsys_spark import abtest, checkpoints, cli, promotion, schema, splits, tables
+from recsys_spark.ranking import attention_topk
 from recsys_spark.abtest import (VariantStats, format_readout, mde, readout, sample_ratio, two_proportion,
                                  variant_stats, welch)
 
@@ -86,3 +87,40 @@ def test_simulated_ab_test_reads_out_the_better_model(spark, shop_copy):
     b = r["variants"]["B"]  # attention vs popularity
     assert b["ctr"]["diff"] > 0 and b["ctr"]["p_value"] < 0.01 and b["ctr"]["ci_low"] > 0
     assert b["n_control"] + b["n_treatment"] == n_test
+
+
+def test_simulated_objectives_show_their_own_lists_and_earn_the_price_bought(spark, shop_copy):
+    """With every shown next item clicked and bought (and nothing else), each user's outcome follows
+    from their arm's list alone: bought exactly when the next item is in it, for that item's price."""
+    cfg = make_config(shop_copy.paths.root, **SHOP, abtest={
+        "sim_variants": ["relevance", "expected_revenue"], "sim_click_hit": 1.0, "sim_click_base": 0.0,
+        "sim_convert": 1.0})
+    out = abtest.simulate(spark, cfg)
+    assert out["variants"] == {"A": "relevance", "B": "expected_revenue"}
+
+    root, k = cfg.tables_root, cfg.score.k
+    ckpt = promotion.serving_checkpoint(spark, cfg)
+    n_items = checkpoints.cached_model(ckpt).cfg.n_items
+    price = np.zeros(n_items)
+    for r in tables.read(spark, tables.location(root, schema.ITEM_CONTENT)).where(f"item_idx < {n_items}").collect():
+        price[r.item_idx] = r.price or 0.0
+    users = splits.test_users(spark, cfg)
+    shown = {}
+    for variant, objective in out["variants"].items():
+        top = attention_topk(users, ckpt, k, objective=objective, value=price if objective != "relevance" else None)
+        for r in top.collect():
+            shown.setdefault((variant, r.user_idx), set()).add(r.item_idx)
+    targets = {r.user_idx: r.target for r in users.select("user_idx", "target").collect()}
+    log = (tables.read(spark, out["log"]).join(tables.read(spark, tables.location(root, schema.USER_INDEX)), "user_id")
+           .collect())
+    assert len(log) == len(targets)
+    arms = {"A": 0, "B": 0}
+    for r in log:
+        arms[r.variant] += 1
+        hit = targets[r.user_idx] in shown[(r.variant, r.user_idx)]
+        assert (r.clicks, r.conversions) == (int(hit), int(hit))
+        assert r.revenue == pytest.approx(price[targets[r.user_idx]] if hit else 0.0)
+    assert min(arms.values()) > 0.4 * len(log)
+    # The expected-revenue arm shows dearer items than the relevance arm.
+    mean_price = {v: np.mean([price[i] for (arm, _), items in shown.items() if arm == v for i in items]) for v in arms}
+    assert mean_price["B"] > mean_price["A"]

@@ -87,6 +87,8 @@ def test_value_checks():
     ("train.resume=always", "train.resume: must be one of auto, off"),
     ("score.objective=profit", "score.objective: must be one of relevance, expected_revenue, expected_margin"),
     ("audience.max_per_user=-1", "audience.max_per_user: must be >= 0"),
+    ("abtest.sim_variants=[relevance]", "abtest.sim_variants: two or more of popularity, relevance"),
+    ("abtest.sim_variants=[relevance, profit]", "abtest.sim_variants: two or more of popularity, relevance"),
 ])
 def test_absurd_values_are_refused_naming_the_key(override, message):
     with pytest.raises(config.ConfigError, match=re.escape(message)):
