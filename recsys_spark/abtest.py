@@ -230,45 +230,46 @@ def simulate(spark: SparkSession, cfg: Config) -> dict:
     users = splits.test_users(spark, cfg).persist()
     k = cfg.score.k
     values = _item_values(spark, root, n_items)
-    labels = [chr(ord("A") + i) for i in range(len(ac.sim_variants))]
+    arms = {chr(ord("A") + i): policy for i, policy in enumerate(ac.sim_variants)}
     lists = None
-    for label, policy in zip(labels, ac.sim_variants):
+    for label, policy in arms.items():
         top = _policy_topk(policy, users, ckpt_path, k, cfg.score.batch_users, n_items, values)
         top = top.withColumn("variant", F.lit(label))
         lists = top if lists is None else lists.unionByName(top)
     lists = lists.groupBy("user_idx", "variant").agg(F.array_sort(F.collect_set("item_idx")).alias("shown"))
-    user_index = tables.read(spark, tables.location(root, schema.USER_INDEX))
-    variant = F.element_at(F.array(*[F.lit(x) for x in labels]),
-                           (F.pmod(F.xxhash64("user_idx", F.lit(ac.seed)), F.lit(len(labels))) + 1).cast("int"))
-    assigned = users.select("user_idx", "target").withColumn("variant", variant)
-    seed = ac.seed
-    u1, u2, u3, u4, u5 = (F.rand(seed + i) for i in range(5))
-    hit = F.coalesce(F.array_contains(F.col("shown"), F.col("target")), F.lit(False))
-    clicked = F.when(hit, u1 < ac.sim_click_hit).otherwise(u1 < ac.sim_click_base)
-    converted = clicked & (u2 < ac.sim_convert)
-    if values["price"].any():
-        prices = spark.createDataFrame([(i, float(p)) for i, p in enumerate(values["price"]) if p > 0],
-                                       "bought long, price double")
-        bought = F.when(hit, F.col("target")).otherwise(
-            F.element_at("shown", (F.floor(u5 * F.size("shown")) + 1).cast("int")))
-        outcome = (assigned.join(lists, ["user_idx", "variant"], "left")
-                   .select("*", clicked.alias("clicked"), converted.alias("converted"), bought.alias("bought"))
-                   .join(F.broadcast(prices), "bought", "left"))
-        revenue = F.when(F.col("converted"), F.coalesce(F.col("price"), F.lit(0.0))).otherwise(F.lit(0.0))
-    else:
-        normal = F.sqrt(F.lit(-2.0) * F.log(u3 + F.lit(1e-12))) * F.cos(F.lit(2 * math.pi) * u4)  # Box-Muller
-        outcome = (assigned.join(lists, ["user_idx", "variant"], "left")
-                   .select("*", clicked.alias("clicked"), converted.alias("converted")))
-        revenue = F.when(F.col("converted"), F.exp(F.lit(3.0) + F.lit(0.8) * normal)).otherwise(F.lit(0.0))
-    log = (outcome.join(user_index, "user_idx")
+    variant = F.element_at(F.array(*[F.lit(x) for x in arms]),
+                           (F.pmod(F.xxhash64("user_idx", F.lit(ac.seed)), F.lit(len(arms))) + 1).cast("int"))
+    exposed = users.select("user_idx", "target").withColumn("variant", variant).join(lists, ["user_idx", "variant"], "left")
+    log = (_outcomes(spark, exposed, ac, values["price"])
+           .join(tables.read(spark, tables.location(root, schema.USER_INDEX)), "user_idx")
            .select("user_id", "variant", F.lit(datetime.now(timezone.utc).replace(tzinfo=None)).alias("exposed_at"),
-                   F.col("clicked").cast("long").alias("clicks"), F.col("converted").cast("long").alias("conversions"),
-                   revenue.cast("double").alias("revenue")))
+                   "clicks", "conversions", "revenue"))
     loc = tables.locate(root, ac.log)
     tables.overwrite(log, loc)
     users.unpersist()
     n = tables.read(spark, loc).count()
-    arms = dict(zip(labels, ac.sim_variants))
     logger.info(f"abtest-simulate: {n} exposed users ({', '.join(f'{v} = {p}' for v, p in arms.items())}; "
                 f"top-{k}) -> {loc}")
     return {"rows": n, "log": loc, "variants": arms}
+
+
+def _outcomes(spark: SparkSession, exposed: DataFrame, ac, price: np.ndarray) -> DataFrame:
+    """Simulated behaviour of exposed users (user_idx, variant, target, shown): user_idx, variant,
+    clicks, conversions, revenue (see simulate)."""
+    u1, u2, u3, u4, u5 = (F.rand(ac.seed + i) for i in range(5))
+    hit = F.coalesce(F.array_contains(F.col("shown"), F.col("target")), F.lit(False))
+    clicked = F.when(hit, u1 < ac.sim_click_hit).otherwise(u1 < ac.sim_click_base)
+    converted = clicked & (u2 < ac.sim_convert)
+    bought = F.when(hit, F.col("target")).otherwise(F.element_at("shown", (F.floor(u5 * F.size("shown")) + 1).cast("int")))
+    out = exposed.select("user_idx", "variant", clicked.alias("clicked"), converted.alias("converted"),
+                         bought.alias("bought"), u3.alias("u3"), u4.alias("u4"))
+    if price.any():
+        prices = spark.createDataFrame([(i, float(p)) for i, p in enumerate(price) if p > 0], "bought long, price double")
+        out = out.join(F.broadcast(prices), "bought", "left")
+        value = F.coalesce(F.col("price"), F.lit(0.0))
+    else:  # lognormal revenue (Box-Muller)
+        normal = F.sqrt(F.lit(-2.0) * F.log(F.col("u3") + F.lit(1e-12))) * F.cos(F.lit(2 * math.pi) * F.col("u4"))
+        value = F.exp(F.lit(3.0) + F.lit(0.8) * normal)
+    return out.select("user_idx", "variant", F.col("clicked").cast("long").alias("clicks"),
+                      F.col("converted").cast("long").alias("conversions"),
+                      F.when(F.col("converted"), value).otherwise(F.lit(0.0)).cast("double").alias("revenue"))

@@ -210,17 +210,17 @@ def run(spark: SparkSession, cfg: Config) -> dict:
 
     check_slots(spark, cfg)
     check_shipped_code(spark, cfg)
-    job = prepare(spark, cfg)
-    os.makedirs(job.checkpoint_dir, exist_ok=True)
-    use_gpu = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
-    logger.info(f"train {job.run_id}: {len(job.batches.files)} files of {tables.location(cfg.tables_root, schema.TRAIN_EXAMPLES)} "
-          f"at version {job.data_versions[schema.TRAIN_EXAMPLES]}, {cfg.train.num_proc} {cfg.train.launcher} ranks "
-          f"on {'GPUs' if use_gpu else 'CPUs'}, {job.steps_per_epoch} steps/epoch")
-    t0 = time.time()
     try:
+        job = prepare(spark, cfg)
+        os.makedirs(job.checkpoint_dir, exist_ok=True)
+        use_gpu = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
+        logger.info(f"train {job.run_id}: {len(job.batches.files)} files of {tables.location(cfg.tables_root, schema.TRAIN_EXAMPLES)} "
+              f"at version {job.data_versions[schema.TRAIN_EXAMPLES]}, {cfg.train.num_proc} {cfg.train.launcher} ranks "
+              f"on {'GPUs' if use_gpu else 'CPUs'}, {job.steps_per_epoch} steps/epoch")
+        t0 = time.time()
         result = launch(cfg.train.launcher, cfg.train.num_proc, worker, job, use_gpu=use_gpu)
     finally:
-        # A staged copy of a catalog table holds users' rows that forget could not reach.
+        # A staged copy of a catalog table (made by prepare) holds users' rows that forget cannot reach.
         shutil.rmtree(cfg.staging_dir, ignore_errors=True)
     elapsed = time.time() - t0
     path = os.path.join(job.checkpoint_dir, job.run_id)
