@@ -268,6 +268,12 @@ class ScoreConfig:
     # touched) in each list when eligible ones exist, chosen by the model's content path and placed
     # by their own scores. 0 = off (new items then compete with everything on score alone).
     new_item_slots: int = 0
+    # Exploration: the last explore_slots of each model-made list show items drawn at random from
+    # the explore_pool candidates ranked after the first k - explore_slots, so the logs hold
+    # feedback on items the model is unsure of; each row's propensity is the chance the policy
+    # showed that item (1 for the others). Draws are repeatable for a run_date. 0 = off.
+    explore_slots: int = 0
+    explore_pool: int = 50
 
 
 @dataclass(frozen=True)
@@ -502,6 +508,14 @@ def _check_score(sc: ScoreConfig) -> None:
         raise ConfigError(f"score.objective: must be one of {', '.join(OBJECTIVES)}, got {sc.objective!r}")
     if sc.new_item_slots < 0 or sc.new_item_slots > sc.k:
         raise ConfigError(f"score.new_item_slots: must be in [0, score.k={sc.k}], got {sc.new_item_slots}")
+    if sc.explore_slots < 0 or sc.explore_slots > sc.k:
+        raise ConfigError(f"score.explore_slots: must be in [0, score.k={sc.k}], got {sc.explore_slots}")
+    if sc.explore_slots and sc.explore_pool <= sc.explore_slots:
+        raise ConfigError(f"score.explore_pool: must be larger than score.explore_slots ({sc.explore_slots}) so "
+                          f"the exploration slots have items to choose between, got {sc.explore_pool}")
+    if sc.explore_slots and sc.new_item_slots:
+        raise ConfigError("score.explore_slots and score.new_item_slots cannot both be on: new-item slots would "
+                          "replace explored items and their propensities would be wrong; set one of them to 0")
 
 
 def _check_ingest(i: IngestConfig) -> None:

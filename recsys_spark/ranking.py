@@ -13,6 +13,7 @@ Imports no pyspark (DataFrames are only called): training ranks use `encode_user
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass, field
 from typing import Iterator, Optional, Sequence
 
@@ -23,12 +24,14 @@ import torch
 from recsys_spark import checkpoints, devices, schema
 from recsys_spark.calibration import shown_probability
 from recsys_spark.model import pad_left, pad_right
-from recsys_spark.topk import (DEFAULT_BLOCK_MB, explain, first_unseen, recommend, reserve_fresh,
+from recsys_spark.topk import (DEFAULT_BLOCK_MB, explain, explore, first_unseen, recommend, reserve_fresh,
                                set_probabilities, topk_excluding)
 
 TOPK_SCHEMA = "user_idx long, rank int, item_idx long, score double"
+# With exploration slots: and the probability that the policy shows the item (topk.explore).
+EXPLORED_TOPK_SCHEMA = TOPK_SCHEMA + ", propensity double"
 RECOMMENDATION_ROWS = ("user_id string, rank int, item_id string, score float, probability float, "
-                       "because_item_ids array<string>, served_by string")
+                       "propensity float, because_item_ids array<string>, served_by string")
 
 
 
@@ -48,6 +51,11 @@ class ScoringSpec:
     # The checkpoint's calibration (recsys_spark.calibration; checkpoints.calibration).
     calibration: dict = field(default_factory=lambda: {"temperature": 1.0, "new_share": 1.0})
     objective: str = "relevance"
+    # The last explore_slots of k are drawn from the explore_pool candidates after the first
+    # k - explore_slots (topk.explore; 0 = off); explore_seed makes the draws repeatable.
+    explore_slots: int = 0
+    explore_pool: int = 0
+    explore_seed: int = 0
 
 
 def item_catalog(item_vectors: np.ndarray, item_ids: Optional[np.ndarray] = None,
@@ -147,23 +155,29 @@ def encode_users(model, histories: list[np.ndarray], profile_cat: Optional[Seque
     return model.user_vectors(seq, pc, pn, items)
 
 
-def topk_rows(user_idx: np.ndarray, top: np.ndarray, scores: np.ndarray) -> pd.DataFrame:
-    """TOPK_SCHEMA rows of (users, k) item indexes and scores; -1 entries (no item) are left out."""
+def topk_rows(user_idx: np.ndarray, top: np.ndarray, scores: np.ndarray,
+              propensity: Optional[np.ndarray] = None) -> pd.DataFrame:
+    """TOPK_SCHEMA rows of (users, k) item indexes and scores (EXPLORED_TOPK_SCHEMA with
+    propensities); -1 entries (no item) are left out."""
     k = top.shape[1]
     ok = (top >= 0).ravel()
-    return pd.DataFrame({
+    rows = pd.DataFrame({
         "user_idx": np.repeat(user_idx, k)[ok],
         "rank": np.tile(np.arange(1, k + 1, dtype=np.int32), len(user_idx))[ok],
         "item_idx": top.ravel()[ok],
         "score": scores.ravel()[ok],
     })
+    if propensity is not None:
+        rows["propensity"] = propensity.ravel()[ok]
+    return rows
 
 
 def recommendation_rows(user_id: np.ndarray, top: np.ndarray, scores: np.ndarray, ids: np.ndarray,
                         because: Optional[list], served: np.ndarray,
-                        probability: Optional[np.ndarray] = None) -> pd.DataFrame:
+                        probability: Optional[np.ndarray] = None,
+                        propensity: Optional[np.ndarray] = None) -> pd.DataFrame:
     """RECOMMENDATION_ROWS of (users, k) item indexes: item ids, probabilities (NaN: none),
-    explanations as ids, served_by."""
+    propensities (None: every item is shown for sure), explanations as ids, served_by."""
     k = top.shape[1]
     ok = (top >= 0).ravel()
     flat = top.ravel()[ok]
@@ -178,6 +192,7 @@ def recommendation_rows(user_id: np.ndarray, top: np.ndarray, scores: np.ndarray
         "item_id": ids[flat],
         "score": scores.ravel()[ok].astype(np.float32),
         "probability": (np.full(top.shape, np.nan) if probability is None else probability).ravel()[ok].astype(np.float32),
+        "propensity": (np.ones(top.shape) if propensity is None else propensity).ravel()[ok].astype(np.float32),
         "because_item_ids": expl,
         "served_by": np.repeat(served, k)[ok],
     })
@@ -199,6 +214,13 @@ def _serve_without_model(part: pd.DataFrame, model, catalog: dict, histories: li
     return served
 
 
+def _user_keys(part: pd.DataFrame) -> np.ndarray:
+    """A stable integer per user (the same in every process) for exploration draws."""
+    if "user_id" in part:
+        return np.array([zlib.crc32(str(u).encode()) for u in part["user_id"]], dtype=np.uint64)
+    return part["user_idx"].to_numpy().astype(np.uint64)
+
+
 def _rank_batch(part: pd.DataFrame, spec: ScoringSpec, model, catalog: dict, items, ineligible,
                 device: str) -> pd.DataFrame:
     seen = _int_arrays(part["seen"])
@@ -208,30 +230,38 @@ def _rank_batch(part: pd.DataFrame, spec: ScoringSpec, model, catalog: dict, ite
     users = encode_users(model, histories, part["profile_cat"] if "profile_cat" in part else None,
                          part["profile_num"] if "profile_num" in part else None, items, device).to(device)
     bias = _bias_tensor(catalog, spec, device)
-    top, scores = recommend(users, items, seen, spec.k, ineligible=ineligible, categories=catalog["categories"],
+    exploit = spec.k - spec.explore_slots
+    top, scores = recommend(users, items, seen, exploit + spec.explore_pool if spec.explore_slots else spec.k,
+                            ineligible=ineligible, categories=catalog["categories"],
                             max_per_category=spec.max_per_category, mmr_lambda=spec.mmr_lambda,
                             budget_mb=spec.block_mb, item_bias=bias)
+    propensity = None
+    if spec.explore_slots:
+        top, scores, propensity = explore(top, scores, exploit, spec.explore_slots, _user_keys(part), spec.explore_seed)
     if spec.new_item_slots:
         top, scores = reserve_fresh(top, scores, users, items, seen, torch.as_tensor(catalog["fresh"]),
                                     spec.new_item_slots, ineligible=ineligible, budget_mb=spec.block_mb, item_bias=bias)
     if not spec.with_ids:
-        return topk_rows(part["user_idx"].to_numpy(), top, scores)
-    probability, scores, top = _probabilities(users, items, seen, top, scores, catalog, spec)
+        return topk_rows(part["user_idx"].to_numpy(), top, scores, propensity)
+    probability, scores, top, propensity = _probabilities(users, items, seen, top, scores, propensity, catalog, spec)
     histories = [h[-model.cfg.max_len:] for h in histories]
     because = explain(top, histories, items, spec.explain) if spec.explain else None
     served = _serve_without_model(part, model, catalog, histories, seen, top, scores, spec.k)
-    probability[served == schema.SERVED_SEGMENT] = np.nan  # popularity lists: no model probability
-    probability[served == schema.SERVED_POPULAR] = np.nan
-    return recommendation_rows(part["user_id"].to_numpy(), top, scores, catalog["ids"], because, served, probability)
+    popular = (served == schema.SERVED_SEGMENT) | (served == schema.SERVED_POPULAR)
+    probability[popular] = np.nan  # popularity lists: no model probability, and no exploration
+    if propensity is not None:
+        propensity[popular] = np.where(top[popular] >= 0, 1.0, np.nan)
+    return recommendation_rows(part["user_id"].to_numpy(), top, scores, catalog["ids"], because, served, probability,
+                               propensity)
 
 
-def _probabilities(users, items, seen, top: np.ndarray, ranked_by: np.ndarray, catalog: dict,
-                   spec: ScoringSpec) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _probabilities(users, items, seen, top: np.ndarray, ranked_by: np.ndarray, propensity: Optional[np.ndarray],
+                   catalog: dict, spec: ScoringSpec) -> tuple:
     """(calibrated probability that each listed item is the user's next (the shown-item
-    correction included), the score column, the items): the model's score for relevance; for an
-    expected-value objective the expected value probability x value, the list re-ordered by it
-    (the kernel chose the items by the temperature-scaled probability x value; the isotonic map is
-    monotone but not linear, so it may swap neighbours)."""
+    correction included), the score column, the items, their propensities): the model's score for
+    relevance; for an expected-value objective the expected value probability x value, the list
+    re-ordered by it (the kernel chose the items by the temperature-scaled probability x value; the
+    isotonic map is monotone but not linear, so it may swap neighbours)."""
     temperature, new_share = spec.calibration["temperature"], spec.calibration["new_share"]
     # The model's chance over every item the user has not had, as calibrated: business rules decide
     # what a list shows, not how likely the user is to pick it.
@@ -241,11 +271,11 @@ def _probabilities(users, items, seen, top: np.ndarray, ranked_by: np.ndarray, c
     probability = shown_probability(new_share * np.exp(model_scores / temperature - log_z[:, None]), spec.calibration)
     probability = np.where(top >= 0, probability, np.nan)
     if spec.objective == "relevance":
-        return probability, ranked_by, top
+        return probability, ranked_by, top, propensity
     expected = np.where(top >= 0, probability * catalog["value"][np.maximum(top, 0)], -np.inf)
     order = np.lexsort((top, -expected), axis=1) if top.size else np.zeros_like(top)
-    take = lambda a: np.take_along_axis(a, order, 1)  # noqa: E731
-    return take(probability), take(expected), take(top)
+    take = lambda a: None if a is None else np.take_along_axis(a, order, 1)  # noqa: E731
+    return take(probability), take(expected), take(top), take(propensity)
 
 
 def _score_partition(batches: Iterator[pd.DataFrame], spec: ScoringSpec, catalog_bc) -> Iterator[pd.DataFrame]:
@@ -267,19 +297,22 @@ def score_users(users, spec: ScoringSpec, catalog_bc):
     (array<int> of items never to recommend), and profile_cat / profile_num where the model uses
     them. Returns TOPK_SCHEMA rows, or RECOMMENDATION_ROWS when spec.with_ids.
     """
-    out = RECOMMENDATION_ROWS if spec.with_ids else TOPK_SCHEMA
+    out = RECOMMENDATION_ROWS if spec.with_ids else EXPLORED_TOPK_SCHEMA if spec.explore_slots else TOPK_SCHEMA
     return users.mapInPandas(lambda it: _score_partition(it, spec, catalog_bc), out)
 
 
 def attention_topk(users, ckpt_path: str, k: int, batch_users: int = 1024, objective: str = "relevance",
-                   value: Optional[np.ndarray] = None):
+                   value: Optional[np.ndarray] = None, explore_slots: int = 0, explore_pool: int = 0,
+                   explore_seed: int = 0):
     """Plain top-K (no business rules) of the checkpoint's model over its training catalog, for
-    evaluation: TOPK_SCHEMA rows. users: user_idx, input, seen, profile_cat, profile_num. With an
-    expected-value objective, value[i] is item i's price or margin (see value_bias)."""
+    evaluation: TOPK_SCHEMA rows (EXPLORED_TOPK_SCHEMA with exploration slots, see ScoringSpec).
+    users: user_idx, input, seen, profile_cat, profile_num. With an expected-value objective,
+    value[i] is item i's price or margin (see value_bias)."""
     catalog = item_catalog(checkpoints.cached_model(ckpt_path).item_vectors().detach().numpy(), value=value)
     bc = users.sparkSession.sparkContext.broadcast(catalog)
     spec = ScoringSpec(k=k, ckpt_path=ckpt_path, batch_users=batch_users, device="cpu", objective=objective,
-                       calibration=checkpoints.calibration(checkpoints.manifest(ckpt_path)))
+                       calibration=checkpoints.calibration(checkpoints.manifest(ckpt_path)),
+                       explore_slots=explore_slots, explore_pool=explore_pool, explore_seed=explore_seed)
     return score_users(users, spec, bc)
 
 

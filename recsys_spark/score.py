@@ -9,6 +9,8 @@ How a run works (ranking itself is recsys_spark.ranking)
   worker), on the GPU when the executor has one.
 - Output goes to gold/recommendations, partitioned by run_date (a rerun of a date replaces it), and
   to gold/recommendations_latest; every run appends what produced it to gold/score_runs.
+- Exploration (score.explore_slots) fills the last slots of model-made lists with a repeatable
+  random draw among the next candidates, and every row carries its propensity (ranking.ScoringSpec).
 - Incremental mode rescores only users with new events since the last successful run (read from the
   events table's Change Data Feed) and copies the other users' rows from that run's partition.
 """
@@ -169,6 +171,8 @@ def _rules(sc) -> str:
     return json.dumps({"k": sc.k, "max_per_category": sc.max_per_category, "mmr_lambda": sc.mmr_lambda,
                        "explain": sc.explain, **({"new_item_slots": sc.new_item_slots} if sc.new_item_slots else {}),
                        **({"objective": sc.objective} if sc.objective != "relevance" else {}),
+                       **({"explore_slots": sc.explore_slots, "explore_pool": sc.explore_pool}
+                          if sc.explore_slots else {}),
                        **({"item_kinds": sorted(sc.item_kinds)} if sc.item_kinds else {})},
                       sort_keys=True)
 
@@ -191,6 +195,9 @@ def _scope(spark: SparkSession, root: str, users: DataFrame, last: Optional[dict
         previous = previous.withColumn("served_by", F.lit(schema.SERVED_HISTORY))
     if "probability" not in previous.columns:
         previous = previous.withColumn("probability", F.lit(None).cast("float"))
+    # Lists written before propensities were recorded never explored: each item was shown for sure.
+    previous = previous.withColumn("propensity", F.coalesce(
+        F.col("propensity") if "propensity" in previous.columns else F.lit(None), F.lit(1.0)).cast("float"))
     unserved = users.select("user_id").join(previous.select("user_id"), "user_id", "left_anti")
     rescore = changed.unionByName(unserved).distinct()
     return Scope(mode, reason, users.join(rescore, "user_id", "left_semi"),
@@ -275,7 +282,9 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     spec = ScoringSpec(k=sc.k, ckpt_path=ckpt_path, batch_users=sc.batch_users, max_per_category=sc.max_per_category,
                        mmr_lambda=sc.mmr_lambda, explain=sc.explain, device=sc.device, block_mb=sc.block_mb,
                        new_item_slots=sc.new_item_slots, with_ids=True,
-                       calibration=checkpoints.calibration(ckpt), objective=sc.objective)
+                       calibration=checkpoints.calibration(ckpt), objective=sc.objective,
+                       explore_slots=sc.explore_slots, explore_pool=sc.explore_pool,
+                       explore_seed=run_date.toordinal())
     staged = _staged(score_users(scope.users, spec, spark.sparkContext.broadcast(catalog)), scope.carried,
                      run_id, run_date)
     counts = RunCounts.of(staged)

@@ -43,6 +43,9 @@ RECOMMENDATIONS_SCHEMA = T.StructType(
         T.StructField("score", T.FloatType(), False),
         # Calibrated chance that this is the user's next item (null for popularity lists).
         T.StructField("probability", T.FloatType(), True),
+        # Chance that the serving policy showed this item to this user: 1 unless the item filled an
+        # exploration slot (score.explore_slots); what off-policy evaluation weighs feedback by.
+        T.StructField("propensity", T.FloatType(), True),
         T.StructField("because_item_ids", T.ArrayType(T.StringType(), False), False),
         # history | profile | segment_popularity | popularity (recsys_spark.schema.SERVED_*)
         T.StructField("served_by", T.StringType(), False),

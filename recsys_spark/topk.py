@@ -308,6 +308,50 @@ def reserve_fresh(top: np.ndarray, scores: np.ndarray, user_vecs: torch.Tensor, 
     return top, scores
 
 
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a well-mixed uint64 for each uint64 (vectorised, wrapping)."""
+    x = np.asarray(x, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def explore(cand: np.ndarray, cand_scores: np.ndarray, exploit: int, slots: int, user_keys: np.ndarray,
+            seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Exploration slots. cand: (B, exploit + pool) ranked candidates, -1 padded. Each list is the
+    user's first `exploit` candidates, shown for sure, then `slots` items drawn uniformly without
+    replacement from the candidates after them (the user's pool of m), in rank order.
+
+    Returns (top, scores, propensity), each (B, exploit + slots): propensity is the probability that
+    this policy shows the item to the user, 1 for the exploited items and min(slots, m) / m for the
+    drawn ones (NaN where there is no item). A draw is a hash of (seed, user key, item), so the same
+    inputs give the same lists whatever the batching."""
+    n = exploit + slots
+    top = np.full((len(cand), n), -1, dtype=np.int64)
+    scores = np.full((len(cand), n), NEG_INF, dtype=np.float64)
+    propensity = np.full((len(cand), n), np.nan)
+    head = cand[:, :exploit]
+    top[:, :exploit], scores[:, :exploit] = head, cand_scores[:, :exploit]
+    propensity[:, :exploit] = np.where(head >= 0, 1.0, np.nan)
+    pool, pool_scores = cand[:, exploit:], cand_scores[:, exploit:]
+    if slots == 0 or pool.shape[1] == 0:
+        return top, scores, propensity
+    user_mix = _mix64(_mix64(np.uint64(seed)) ^ np.asarray(user_keys, dtype=np.uint64))
+    keys = _mix64(user_mix[:, None] ^ pool.astype(np.uint64))
+    keys = np.where(pool >= 0, keys, np.iinfo(np.uint64).max)
+    # The `slots` smallest keys are a uniform draw without replacement; positions re-sorted keep
+    # rank order (pool is ranked, its -1 padding last).
+    chosen = np.sort(np.argsort(keys, axis=1, kind="stable")[:, :slots], axis=1)
+    picked = np.take_along_axis(pool, chosen, 1)
+    m = (pool >= 0).sum(1, keepdims=True)
+    share = np.minimum(slots, m) / np.maximum(m, 1)
+    top[:, exploit:] = picked
+    scores[:, exploit:] = np.where(picked >= 0, np.take_along_axis(pool_scores, chosen, 1), NEG_INF)
+    propensity[:, exploit:] = np.where(picked >= 0, share, np.nan)
+    return top, scores, propensity
+
+
 def first_unseen(ranked: np.ndarray, seen: Sequence, k: int, ineligible: Optional[np.ndarray] = None) -> np.ndarray:
     """(B, k) int64, -1 padded: for each user, the first k items of one fixed ranking (e.g. by
     popularity) that the user has not seen and that are eligible."""

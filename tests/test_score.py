@@ -94,16 +94,36 @@ def test_expected_revenue_ranks_by_probability_times_price(spark, shop_copy):
 
 
 @pytest.mark.slow
-def test_rescoring_a_date_replaces_its_partition_only(spark, shop_copy):
+def test_exploring_lists_carry_propensities_and_a_rerun_of_a_date_replaces_it_alone(spark, shop_copy):
     cfg = shop_copy
-    before = _recs(spark, cfg).where(F.col("run_date") == "2026-07-01").count()
-    other = make_config(cfg.paths.root, score={"k": 10, "run_date": "2026-07-02"})
-    cli.run_stage(spark, other, "score")
-    cli.run_stage(spark, cfg, "score")  # same date again
+    first = _recs(spark, cfg).where(F.col("run_date") == "2026-07-01")
+    before = first.count()
+    assert first.where(F.col("propensity") != 1.0).count() == 0  # no exploration: every item shown for sure
+    exploring = make_config(cfg.paths.root, score={"k": 10, "run_date": "2026-07-02", "explore_slots": 3,
+                                                   "explore_pool": 20})
+    cli.run_stage(spark, exploring, "score")
+    once = {tuple(r) for r in _recs(spark, cfg).where(F.col("run_date") == "2026-07-02")
+            .select("user_id", "rank", "item_id", "propensity").collect()}
+    cli.run_stage(spark, exploring, "score")  # the same date again: replaced by the same draws
     recs = _recs(spark, cfg)
     counts = {str(r.run_date): r["count"] for r in recs.groupBy("run_date").count().collect()}
     assert counts == {"2026-07-01": before, "2026-07-02": before}
-    assert recs.where(F.col("run_date") == "2026-07-01").select("user_id", "rank").distinct().count() == before
+    again = recs.where(F.col("run_date") == "2026-07-02")
+    assert {tuple(r) for r in again.select("user_id", "rank", "item_id", "propensity").collect()} == once
+
+    # Model lists: the first 7 are the unexplored list's first 7 (propensity 1); the last 3 are drawn
+    # from the next 20 candidates (propensity 3/20), so they are mostly not its ranks 8-10.
+    model = again.where(F.col("served_by") == "history")
+    base = first.where(F.col("served_by") == "history").select("user_id", "item_id", F.col("rank").alias("was"))
+    rows = model.join(base, ["user_id", "item_id"], "left")
+    assert rows.where((F.col("rank") <= 7) & ((F.col("was") != F.col("rank")) | (F.col("propensity") != 1.0))).count() == 0
+    explored = rows.where(F.col("rank") > 7)
+    assert explored.where(F.abs(F.col("propensity") - 3 / 20) > 1e-6).count() == 0
+    assert explored.where(F.col("was") <= 7).count() == 0
+    assert explored.where(F.col("was").isNull()).count() > 0.5 * explored.count()
+    # Popularity lists (users the model cannot serve) do not explore.
+    assert again.where(F.col("served_by").isin("segment_popularity", "popularity")
+                       & (F.col("propensity") != 1.0)).count() == 0
 
 
 @pytest.mark.slow

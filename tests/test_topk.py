@@ -2,7 +2,7 @@
 import numpy as np
 import torch
 
-from recsys_spark.topk import block_rows, cap_per_category, explain, mmr, recommend, topk_excluding
+from recsys_spark.topk import block_rows, cap_per_category, explain, explore, mmr, recommend, topk_excluding
 
 
 def _brute(users, items, seen, k, ineligible=()):
@@ -172,3 +172,27 @@ def test_reserve_fresh_guarantees_slots_by_the_users_own_scores():
     t2, s2 = topk_excluding(users, items, seen, 10, ineligible=inel)
     only_one, _ = reserve_fresh(t2, s2, users, items, seen, fresh, 2, ineligible=inel)
     assert all((row == 59).sum() == 1 and not ((row >= 50) & (row < 59)).any() for row in only_one)
+
+
+def test_exploration_draws_each_pool_item_at_its_propensity_and_keeps_the_head():
+    users, exploit, slots, pool = 20000, 7, 3, 12
+    cand = np.tile(np.arange(100, 100 + exploit + pool), (users, 1))
+    cand[-1000:, exploit + 5:] = -1  # a short pool: 5 candidates left for these users
+    scores = -np.arange(exploit + pool, dtype=np.float64)[None].repeat(users, 0)
+    top, sc, prop = explore(cand, scores, exploit, slots, np.arange(users), seed=11)
+    assert top.shape == (users, exploit + slots)
+    assert (top[:, :exploit] == cand[:, :exploit]).all() and (prop[:, :exploit] == 1.0).all()
+    # Drawn items: distinct, from the pool, in rank order (scores non-increasing along the list).
+    assert (np.diff(sc, axis=1) <= 0).all()
+    assert all(len(set(row)) == len(row) for row in top[:50])
+    full = slice(0, users - 1000)
+    assert np.allclose(prop[full, exploit:], slots / pool) and np.allclose(prop[-1000:, exploit:], slots / 5)
+    # Each pool item is shown to about slots/pool of the users (a uniform draw), within 4 sd.
+    shown = np.array([(top[full, exploit:] == 100 + exploit + j).any(1).mean() for j in range(pool)])
+    sd = np.sqrt(slots / pool * (1 - slots / pool) / (users - 1000))
+    assert np.abs(shown - slots / pool).max() < 4 * sd
+    # Repeatable for the same seed and user, whatever the batch; another seed draws differently.
+    again, _, _ = explore(cand[::-1], scores, exploit, slots, np.arange(users)[::-1], seed=11)
+    assert (again[::-1] == top).all()
+    other, _, _ = explore(cand, scores, exploit, slots, np.arange(users), seed=12)
+    assert (other[full] != top[full]).any(1).mean() > 0.5
