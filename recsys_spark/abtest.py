@@ -1,4 +1,5 @@
-"""A/B test readout from an exposure/outcome log in Delta, and a simulator for the synthetic shop.
+"""A/B test readout from an exposure/outcome log in Delta, and a simulator for the synthetic shop
+(which also writes the item-level exposure log with propensities that `ope` reads).
 
 The log (`abtest.log`, default gold/ab_log) has one row per exposed user:
   user_id string, variant string, exposed_at timestamp, clicks long, conversions long, revenue double.
@@ -26,7 +27,7 @@ from datetime import datetime, timezone
 from typing import Optional
 
 import numpy as np
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from scipy import stats
 
@@ -38,6 +39,8 @@ from recsys_spark.ranking import attention_topk
 logger = logging.getLogger(__name__)
 
 SRM_ALPHA = 0.001
+# Revenue of a simulated conversion in a catalog without prices: lognormal(mu, sigma).
+LOGNORMAL_MU, LOGNORMAL_SIGMA = 3.0, 0.8
 
 
 @dataclass(frozen=True)
@@ -179,6 +182,9 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     tables.require(spark, loc, "abtest-simulate (synthetic shop) or the experiment's logging job")
     version = tables.version(spark, loc)
     groups = variant_stats(tables.read(spark, loc, version))
+    if len(groups) < 2:
+        raise ValueError(f"the A/B log {loc} holds one variant ({', '.join(g.variant for g in groups) or 'none'}): "
+                         f"a readout compares two or more; a single-policy log is for `ope`")
     r = readout(groups, ac.control, ac.alpha, ac.power, ac.split or None)
     r["log"], r["log_version"] = loc, version
     logger.info(f"A/B readout of {loc} (version {version}):\n{format_readout(r)}")
@@ -200,16 +206,48 @@ def _item_values(spark: SparkSession, root: str, n_items: int) -> dict[str, np.n
     return values
 
 
-def _policy_topk(policy: str, users: DataFrame, ckpt_path: str, k: int, batch_users: int, n_items: int,
-                 values: dict) -> DataFrame:
-    """The top-k (TOPK_SCHEMA) a simulated variant shows: popularity, or the model by an objective."""
+def policy_topk(policy: str, users: DataFrame, ckpt_path: str, k: int, batch_users: int, n_items: int,
+                values: dict, explore_slots: int = 0, explore_pool: int = 0, seed: int = 0) -> DataFrame:
+    """The top-k a policy shows (TOPK_SCHEMA plus propensity): popularity, or the model ranked by an
+    objective, with exploration slots when explore_slots > 0 (popularity never explores)."""
     if policy == "popularity":
-        return popularity_topk(users, popularity_counts(users, n_items), k)
+        top = popularity_topk(users, popularity_counts(users, n_items), k)
+        return top.withColumn("propensity", F.lit(1.0))
     value = values.get(schema.OBJECTIVE_VALUE.get(policy, ""))
     if value is not None and not (value > 0).any():
-        raise ValueError(f"abtest.sim_variants has {policy} but no item has a positive "
-                         f"{schema.OBJECTIVE_VALUE[policy]}: drop it or add the column to the items input")
-    return attention_topk(users, ckpt_path, k, batch_users, objective=policy, value=value)
+        raise ValueError(f"{policy} ranks by {schema.OBJECTIVE_VALUE[policy]}, but no item has a positive one: "
+                         f"drop the policy or add the column to the items input")
+    top = attention_topk(users, ckpt_path, k, batch_users, objective=policy, value=value,
+                         explore_slots=explore_slots, explore_pool=explore_pool, explore_seed=seed)
+    return top if explore_slots else top.withColumn("propensity", F.lit(1.0))
+
+
+@dataclass(frozen=True)
+class Shop:
+    """What the simulated shop needs to show lists and play out behaviour: the serving checkpoint,
+    the exposed users (test split: history without the held-out next item, and that item as
+    target), the catalog size and item values (price, margin by item_idx)."""
+    ckpt_path: str
+    users: DataFrame
+    n_items: int
+    values: dict
+
+    @staticmethod
+    def open(spark: SparkSession, cfg: Config) -> "Shop":
+        ckpt_path = promotion.serving_checkpoint(spark, cfg)
+        n_items = checkpoints.cached_model(ckpt_path).cfg.n_items
+        return Shop(ckpt_path, splits.test_users(spark, cfg).persist(), n_items,
+                    _item_values(spark, cfg.tables_root, n_items))
+
+    def lists(self, cfg: Config, policy: str, explore: bool = False, seed: int = 0) -> DataFrame:
+        """user_idx, rank, item_idx, score, propensity: what the policy shows each user (with
+        score.explore_slots / explore_pool exploration when explore)."""
+        sc = cfg.score
+        return policy_topk(policy, self.users, self.ckpt_path, sc.k, sc.batch_users, self.n_items, self.values,
+                           sc.explore_slots if explore else 0, sc.explore_pool, seed)
+
+    def close(self) -> None:
+        self.users.unpersist()
 
 
 def simulate(spark: SparkSession, cfg: Config) -> dict:
@@ -218,58 +256,93 @@ def simulate(spark: SparkSession, cfg: Config) -> dict:
     Every user with a test target is exposed, assigned to variant A, B, C... (the policies in order)
     by a hash of the id (abtest.seed). Lists are built as of the test split (history without the
     held-out next item): popularity, or the serving attention model ranked by an objective
-    (relevance, expected_revenue, expected_margin, as score.objective ranks). A user clicks with
-    probability abtest.sim_click_hit when the held-out next item is in their list, else
-    abtest.sim_click_base; a click converts with abtest.sim_convert. A conversion buys the next item
-    when it was shown, else one of the shown items at random, and brings its price; in a catalog
-    without prices it brings lognormal revenue."""
-    ac = cfg.abtest
-    root = cfg.tables_root
-    ckpt_path = promotion.serving_checkpoint(spark, cfg)
-    n_items = checkpoints.cached_model(ckpt_path).cfg.n_items
-    users = splits.test_users(spark, cfg).persist()
-    k = cfg.score.k
-    values = _item_values(spark, root, n_items)
+    (relevance, expected_revenue, expected_margin, as score.objective ranks), with exploration slots
+    as score.explore_slots sets them. Each shown item is clicked on its own (see _item_outcomes): the
+    held-out next item with probability abtest.sim_click_hit, any other with abtest.sim_click_base;
+    a click converts with abtest.sim_convert and brings the item's price (lognormal revenue in a
+    catalog without prices).
+
+    Writes abtest.exposures (one row per shown item, with its propensity and outcome: what
+    off-policy evaluation reads) and abtest.log (one row per exposed user: what the readout reads)."""
+    ac, root = cfg.abtest, cfg.tables_root
+    shop = Shop.open(spark, cfg)
     arms = {chr(ord("A") + i): policy for i, policy in enumerate(ac.sim_variants)}
-    lists = None
-    for label, policy in arms.items():
-        top = _policy_topk(policy, users, ckpt_path, k, cfg.score.batch_users, n_items, values)
-        top = top.withColumn("variant", F.lit(label))
-        lists = top if lists is None else lists.unionByName(top)
-    lists = lists.groupBy("user_idx", "variant").agg(F.array_sort(F.collect_set("item_idx")).alias("shown"))
     variant = F.element_at(F.array(*[F.lit(x) for x in arms]),
                            (F.pmod(F.xxhash64("user_idx", F.lit(ac.seed)), F.lit(len(arms))) + 1).cast("int"))
-    exposed = users.select("user_idx", "target").withColumn("variant", variant).join(lists, ["user_idx", "variant"], "left")
-    log = (_outcomes(spark, exposed, ac, values["price"])
-           .join(tables.read(spark, tables.location(root, schema.USER_INDEX)), "user_idx")
-           .select("user_id", "variant", F.lit(datetime.now(timezone.utc).replace(tzinfo=None)).alias("exposed_at"),
-                   "clicks", "conversions", "revenue"))
+    assigned = shop.users.select("user_idx", "target").withColumn("variant", variant)
+    shown = None
+    for label, policy in arms.items():
+        top = (shop.lists(cfg, policy, explore=True, seed=ac.seed)
+               .join(assigned.where(F.col("variant") == label), "user_idx")
+               .withColumn("policy", F.lit(policy)))
+        shown = top if shown is None else shown.unionByName(top)
+    ids = tables.read(spark, tables.location(root, schema.USER_INDEX)).select("user_idx", "user_id")
+    items = tables.read(spark, tables.location(root, schema.ITEM_INDEX)).select("item_idx", "item_id")
+    exposed_at = F.lit(datetime.now(timezone.utc).replace(tzinfo=None))
+    exposures = (_item_outcomes(spark, shown, ac, shop.values["price"]).join(ids, "user_idx").join(items, "item_idx")
+                 .select("user_id", "variant", "policy", exposed_at.alias("exposed_at"), "rank", "item_id",
+                         "propensity", "clicked", "converted", "revenue"))
+    exp_loc = tables.locate(root, ac.exposures)
+    tables.overwrite(exposures, exp_loc)
+    logged = tables.read(spark, exp_loc)
+    per_user = logged.groupBy("user_id").agg(F.sum("clicked").alias("clicks"), F.sum("converted").alias("conversions"),
+                                             F.sum("revenue").alias("revenue"))
+    log = (assigned.join(ids, "user_idx").join(per_user, "user_id", "left")
+           .select("user_id", "variant", exposed_at.alias("exposed_at"),
+                   F.coalesce("clicks", F.lit(0)).cast("long").alias("clicks"),
+                   F.coalesce("conversions", F.lit(0)).cast("long").alias("conversions"),
+                   F.coalesce("revenue", F.lit(0.0)).cast("double").alias("revenue")))
     loc = tables.locate(root, ac.log)
     tables.overwrite(log, loc)
-    users.unpersist()
+    shop.close()
     n = tables.read(spark, loc).count()
     logger.info(f"abtest-simulate: {n} exposed users ({', '.join(f'{v} = {p}' for v, p in arms.items())}; "
-                f"top-{k}) -> {loc}")
-    return {"rows": n, "log": loc, "variants": arms}
+                f"top-{cfg.score.k}) -> {loc}; shown items with propensities and outcomes -> {exp_loc}")
+    return {"rows": n, "log": loc, "exposures": exp_loc, "variants": arms}
 
 
-def _outcomes(spark: SparkSession, exposed: DataFrame, ac, price: np.ndarray) -> DataFrame:
-    """Simulated behaviour of exposed users (user_idx, variant, target, shown): user_idx, variant,
-    clicks, conversions, revenue (see simulate)."""
-    u1, u2, u3, u4, u5 = (F.rand(ac.seed + i) for i in range(5))
-    hit = F.coalesce(F.array_contains(F.col("shown"), F.col("target")), F.lit(False))
-    clicked = F.when(hit, u1 < ac.sim_click_hit).otherwise(u1 < ac.sim_click_base)
-    converted = clicked & (u2 < ac.sim_convert)
-    bought = F.when(hit, F.col("target")).otherwise(F.element_at("shown", (F.floor(u5 * F.size("shown")) + 1).cast("int")))
-    out = exposed.select("user_idx", "variant", clicked.alias("clicked"), converted.alias("converted"),
-                         bought.alias("bought"), u3.alias("u3"), u4.alias("u4"))
+def expected_value(spark: SparkSession, shop: Shop, lists: DataFrame, ac) -> dict:
+    """The true value of showing these lists (user_idx, item_idx) in the simulated shop: expected
+    clicks and revenue per exposed user (every user of shop.users counts, listed or not)."""
+    price = shop.values["price"]
+    shown = lists.select("user_idx", "item_idx").join(shop.users.select("user_idx", "target"), "user_idx")
+    chance = click_chance(F.col("item_idx"), F.col("target"), ac)
     if price.any():
-        prices = spark.createDataFrame([(i, float(p)) for i, p in enumerate(price) if p > 0], "bought long, price double")
-        out = out.join(F.broadcast(prices), "bought", "left")
+        prices = spark.createDataFrame([(i, float(p)) for i, p in enumerate(price) if p > 0], "item_idx long, price double")
+        shown = shown.join(F.broadcast(prices), "item_idx", "left")
+        value = F.coalesce(F.col("price"), F.lit(0.0))
+    else:
+        value = F.lit(lognormal_revenue_mean())
+    sums = shown.agg(F.sum(chance).alias("clicks"), F.sum(chance * ac.sim_convert * value).alias("revenue")).first()
+    n = shop.users.count()
+    return {"clicks": (sums["clicks"] or 0.0) / n, "revenue": (sums["revenue"] or 0.0) / n}
+
+
+def click_chance(item: Column, target: Column, ac) -> Column:
+    """The simulated shop's chance that a user clicks a shown item: sim_click_hit for their
+    held-out next item, sim_click_base for any other."""
+    return F.when(item == target, F.lit(ac.sim_click_hit)).otherwise(F.lit(ac.sim_click_base))
+
+
+def lognormal_revenue_mean() -> float:
+    """The mean revenue of a conversion in a catalog without prices (see _item_outcomes)."""
+    return math.exp(LOGNORMAL_MU + LOGNORMAL_SIGMA ** 2 / 2)
+
+
+def _item_outcomes(spark: SparkSession, shown: DataFrame, ac, price: np.ndarray) -> DataFrame:
+    """Simulated behaviour on each shown item (user_idx, item_idx, target, ...): adds clicked and
+    converted (0/1) and revenue; drops target."""
+    u1, u2, u3, u4 = (F.rand(ac.seed + i) for i in range(4))
+    clicked = u1 < click_chance(F.col("item_idx"), F.col("target"), ac)
+    converted = clicked & (u2 < ac.sim_convert)
+    out = shown.withColumn("clicked", clicked).withColumn("converted", converted).withColumn("u3", u3).withColumn("u4", u4)
+    if price.any():
+        prices = spark.createDataFrame([(i, float(p)) for i, p in enumerate(price) if p > 0], "item_idx long, price double")
+        out = out.join(F.broadcast(prices), "item_idx", "left")
         value = F.coalesce(F.col("price"), F.lit(0.0))
     else:  # lognormal revenue (Box-Muller)
         normal = F.sqrt(F.lit(-2.0) * F.log(F.col("u3") + F.lit(1e-12))) * F.cos(F.lit(2 * math.pi) * F.col("u4"))
-        value = F.exp(F.lit(3.0) + F.lit(0.8) * normal)
-    return out.select("user_idx", "variant", F.col("clicked").cast("long").alias("clicks"),
-                      F.col("converted").cast("long").alias("conversions"),
-                      F.when(F.col("converted"), value).otherwise(F.lit(0.0)).cast("double").alias("revenue"))
+        value = F.exp(F.lit(LOGNORMAL_MU) + F.lit(LOGNORMAL_SIGMA) * normal)
+    return (out.withColumn("revenue", F.when(F.col("converted"), value).otherwise(F.lit(0.0)).cast("double"))
+            .withColumn("clicked", F.col("clicked").cast("long")).withColumn("converted", F.col("converted").cast("long"))
+            .drop("u3", "u4", "price", "target"))

@@ -7,7 +7,8 @@ of the exposure/outcome log), abtest-simulate (writes such a log for the synthet
 (a self-contained HTML report of the latest evaluation), forget --users FILE (delete the listed
 users from every table, keep them out of future ingests, purge history; see recsys_spark.forget),
 audience (the users most likely to engage with each campaign of audience.campaigns; show
---campaign ID prints one with reasons).
+--campaign ID prints one with reasons), ope (off-policy estimates of candidate policies from the
+exposure log with propensities).
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ from recsys_spark import config as config_mod
 logger = logging.getLogger(__name__)
 
 STAGES = ["generate", "ingest", "features", "train", "score", "evaluate", "nightly", "show", "abtest",
-          "abtest-simulate", "report", "forget", "audience"]
+          "abtest-simulate", "ope", "report", "forget", "audience"]
 # Evaluate before score: a new model serves only once evaluate has promoted it (recsys_spark.promotion).
 NIGHTLY = ["ingest", "features", "train", "evaluate", "score"]
 
@@ -106,6 +107,10 @@ def run_stage(spark, cfg: config_mod.Config, stage: str, args: argparse.Namespac
         return (abtest.run if stage == "abtest" else abtest.simulate)(spark, cfg)
     if stage == "show":
         return show.run(spark, cfg, getattr(args, "users", 5), getattr(args, "campaign", None))
+    if stage == "ope":
+        from recsys_spark import ope
+
+        return ope.run(spark, cfg)
     if stage == "audience":
         from recsys_spark import audience
 

@@ -321,14 +321,31 @@ class AbtestConfig:
     power: float = 0.8
     # Planned share of users per variant in variant-name order; empty = equal shares.
     split: list[float] = field(default_factory=list)
+    # Item-level exposure log (abtest-simulate writes it; ope reads it): one row per shown item,
+    # user_id, variant, policy, rank, item_id, propensity, clicked, converted, revenue.
+    exposures: str = "gold/ab_exposures"
     # abtest-simulate (synthetic shop only): one variant per policy, named A, B, C... in this order:
     # popularity, or the serving model ranked by an objective (relevance, expected_revenue,
-    # expected_margin; see score.objective). Then the assignment seed and behaviour probabilities.
+    # expected_margin; see score.objective), exploring as score.explore_slots says. Then the
+    # assignment seed and behaviour: a shown item is clicked with sim_click_hit when it is the
+    # user's held-out next item, else with sim_click_base; a click converts with sim_convert.
     sim_variants: list[str] = field(default_factory=lambda: ["popularity", "relevance"])
     seed: int = 5
     sim_click_hit: float = 0.3
-    sim_click_base: float = 0.05
+    sim_click_base: float = 0.005
     sim_convert: float = 0.2
+
+
+@dataclass(frozen=True)
+class OpeConfig:
+    # Off-policy evaluation (`ope`): the item-level exposure log to learn from (a Delta table with
+    # user_id, item_id, propensity, clicked, revenue; abtest-simulate writes one).
+    log: str = "gold/ab_exposures"
+    # Candidate policies, each estimated from the log: popularity, relevance, expected_revenue,
+    # expected_margin (their top score.k for the logged users, as abtest-simulate would show them).
+    policies: list[str] = field(default_factory=lambda: ["relevance"])
+    # Two-sided confidence level of the intervals is 1 - alpha.
+    alpha: float = 0.05
 
 
 @dataclass(frozen=True)
@@ -376,6 +393,7 @@ class Config:
     audience: AudienceConfig = field(default_factory=AudienceConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     abtest: AbtestConfig = field(default_factory=AbtestConfig)
+    ope: OpeConfig = field(default_factory=OpeConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
@@ -561,8 +579,12 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"spark.progress: expected auto|on|off, got {cfg.spark.progress!r}")
     ab = cfg.abtest
     policies = ("popularity",) + OBJECTIVES
-    if len(ab.sim_variants) < 2 or not set(ab.sim_variants) <= set(policies) or len(ab.sim_variants) > 26:
-        raise ConfigError(f"abtest.sim_variants: two or more of {', '.join(policies)}, got {ab.sim_variants}")
+    if not ab.sim_variants or not set(ab.sim_variants) <= set(policies) or len(ab.sim_variants) > 26:
+        raise ConfigError(f"abtest.sim_variants: one or more of {', '.join(policies)}, got {ab.sim_variants}")
+    if not cfg.ope.policies or not set(cfg.ope.policies) <= set(policies):
+        raise ConfigError(f"ope.policies: one or more of {', '.join(policies)}, got {cfg.ope.policies}")
+    if not 0 < cfg.ope.alpha < 1:
+        raise ConfigError(f"ope.alpha: must be in (0, 1), got {cfg.ope.alpha}")
     if not (0 < ab.alpha < 1 and 0 < ab.power < 1):
         raise ConfigError(f"abtest.alpha and abtest.power must be in (0, 1), got {ab.alpha} and {ab.power}")
     if not cfg.evaluate.ks or min(cfg.evaluate.ks) < 1:

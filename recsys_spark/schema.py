@@ -52,6 +52,8 @@ METRICS = "gold/metrics"
 METRIC_SLICES = "gold/metric_slices"
 # Promotion decisions: which trained model serves (recsys_spark.promotion).
 MODEL_PROMOTIONS = "gold/model_promotions"
+# Off-policy estimates of candidate policies (recsys_spark.ope), appended per run.
+OPE_ESTIMATES = "gold/ope_estimates"
 
 
 # How a user's list was made (the recommendations' served_by column): the model over the user's

@@ -91,6 +91,26 @@ SCORE_RUNS_SCHEMA = T.StructType(
     ]
 )
 
+# Off-policy estimates (recsys_spark.ope): one row per policy, metric and estimator of a run.
+OPE_ESTIMATES_SCHEMA = T.StructType(
+    [
+        T.StructField("estimated_at", T.TimestampType(), False),
+        T.StructField("log", T.StringType(), False),  # the exposure log read, and its version
+        T.StructField("log_version", T.LongType(), False),
+        T.StructField("policy", T.StringType(), False),
+        T.StructField("metric", T.StringType(), False),  # clicks | revenue (per logged user)
+        T.StructField("estimator", T.StringType(), False),  # logged | DM | IPS | SNIPS | DR
+        T.StructField("value", T.DoubleType(), False),
+        T.StructField("ci_low", T.DoubleType(), False),
+        T.StructField("ci_high", T.DoubleType(), False),
+        T.StructField("n_users", T.LongType(), False),
+        # Share of the candidate's listed items that the log shows, and the weights' effective sample size.
+        T.StructField("matched_share", T.DoubleType(), False),
+        T.StructField("ess", T.DoubleType(), False),
+        T.StructField("alpha", T.DoubleType(), False),
+    ]
+)
+
 METRICS_SCHEMA = T.StructType(
     [
         T.StructField("eval_run_id", T.StringType(), False),

@@ -87,12 +87,22 @@ def test_value_checks():
     ("train.resume=always", "train.resume: must be one of auto, off"),
     ("score.objective=profit", "score.objective: must be one of relevance, expected_revenue, expected_margin"),
     ("audience.max_per_user=-1", "audience.max_per_user: must be >= 0"),
-    ("abtest.sim_variants=[relevance]", "abtest.sim_variants: two or more of popularity, relevance"),
-    ("abtest.sim_variants=[relevance, profit]", "abtest.sim_variants: two or more of popularity, relevance"),
+    ("abtest.sim_variants=[]", "abtest.sim_variants: one or more of popularity, relevance"),
+    ("abtest.sim_variants=[relevance, profit]", "abtest.sim_variants: one or more of popularity, relevance"),
+    ("ope.policies=[greedy]", "ope.policies: one or more of popularity, relevance"),
+    ("score.explore_slots=11", "score.explore_slots: must be in [0, score.k=10], got 11"),
 ])
 def test_absurd_values_are_refused_naming_the_key(override, message):
     with pytest.raises(config.ConfigError, match=re.escape(message)):
         config.load(None, [override])
+
+
+def test_exploration_needs_a_pool_larger_than_its_slots_and_no_new_item_slots():
+    with pytest.raises(config.ConfigError, match=r"score.explore_pool: must be larger than score.explore_slots \(3\)"):
+        config.load(None, ["score.explore_slots=3", "score.explore_pool=3"])
+    with pytest.raises(config.ConfigError, match="score.explore_slots and score.new_item_slots cannot both be on"):
+        config.load(None, ["score.explore_slots=3", "score.new_item_slots=1"])
+    assert config.load(None, ["score.explore_slots=3", "score.explore_pool=4"]).score.explore_pool == 4
 
 
 def test_yaml_on_and_off_reach_string_settings_as_written():
