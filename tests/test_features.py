@@ -2,7 +2,6 @@
 import math
 
 import pytest
-from pyspark.sql import functions as F
 
 from conftest import make_config
 from recsys_spark import features, ingest, schema, tables

@@ -29,7 +29,7 @@ def test_missing_required_columns_stop_with_their_names(spark, tmp_path):
 
 
 def test_malformed_rows_are_quarantined_with_reason_and_source(spark, tmp_path):
-    src = _write(tmp_path / "raw" / "events" / "day1.csv", HEADER + "\n".join([
+    _write(tmp_path / "raw" / "events" / "day1.csv", HEADER + "\n".join([
         "e1,u1,i1,view,2026-01-01 10:00:00",
         "e2,,i1,view,2026-01-01 10:01:00",          # null user
         "e3,u1,i2,clickk,2026-01-01 10:02:00",      # unknown type
