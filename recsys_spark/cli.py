@@ -8,7 +8,8 @@ of the exposure/outcome log), abtest-simulate (writes such a log for the synthet
 users from every table, keep them out of future ingests, purge history; see recsys_spark.forget),
 audience (the users most likely to engage with each campaign of audience.campaigns; show
 --campaign ID prints one with reasons), ope (off-policy estimates of candidate policies from the
-exposure log with propensities).
+exposure log with propensities), refresh (a stream over new events that rescores their users into
+gold/recommendations_latest between nightly runs; --once: what is there now, then stop).
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ from recsys_spark import config as config_mod
 logger = logging.getLogger(__name__)
 
 STAGES = ["generate", "ingest", "features", "train", "score", "evaluate", "nightly", "show", "abtest",
-          "abtest-simulate", "ope", "report", "forget", "audience"]
+          "abtest-simulate", "ope", "refresh", "report", "forget", "audience"]
 # Evaluate before score: a new model serves only once evaluate has promoted it (recsys_spark.promotion).
 NIGHTLY = ["ingest", "features", "train", "evaluate", "score"]
 
@@ -42,6 +43,8 @@ def parse_args(argv: list[str] | None = None, stage: str | None = None) -> tuple
                    help="show: how many users to print (default 5); forget: file of user ids, one per line")
     p.add_argument("--verbose", action="store_true",
                    help="everything on the console: Spark's Ivy resolution and start-up notes, library INFO logs")
+    p.add_argument("--once", action="store_true",
+                   help="refresh: process the events there now, then stop (default: run until stopped)")
     p.add_argument("--campaign", default=None,
                    help="show: print this campaign's latest audience (its first --users users) with reasons")
     args = p.parse_args(argv)
@@ -107,6 +110,10 @@ def run_stage(spark, cfg: config_mod.Config, stage: str, args: argparse.Namespac
         return (abtest.run if stage == "abtest" else abtest.simulate)(spark, cfg)
     if stage == "show":
         return show.run(spark, cfg, getattr(args, "users", 5), getattr(args, "campaign", None))
+    if stage == "refresh":
+        from recsys_spark import refresh
+
+        return refresh.run(spark, cfg, once=getattr(args, "once", False))
     if stage == "ope":
         from recsys_spark import ope
 

@@ -277,6 +277,15 @@ class ScoreConfig:
 
 
 @dataclass(frozen=True)
+class RefreshConfig:
+    # `refresh` without --once: a micro-batch of the events' change feed every this many seconds.
+    trigger_seconds: float = 5.0
+    # The stream's checkpoint folder; empty = <paths.root>/streams/refresh. A subfolder per events
+    # version the nightly's features were built from, so a new nightly starts a new stream.
+    checkpoint: str = ""
+
+
+@dataclass(frozen=True)
 class AudienceConfig:
     # Campaigns: a YAML or JSON file holding a list, or a Delta table (a name under the tables root,
     # a catalog name or a path). Each campaign: campaign_id; its items as one of items (item ids),
@@ -394,6 +403,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     abtest: AbtestConfig = field(default_factory=AbtestConfig)
     ope: OpeConfig = field(default_factory=OpeConfig)
+    refresh: RefreshConfig = field(default_factory=RefreshConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
@@ -583,6 +593,8 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"abtest.sim_variants: one or more of {', '.join(policies)}, got {ab.sim_variants}")
     if not cfg.ope.policies or not set(cfg.ope.policies) <= set(policies):
         raise ConfigError(f"ope.policies: one or more of {', '.join(policies)}, got {cfg.ope.policies}")
+    if not cfg.refresh.trigger_seconds > 0:
+        raise ConfigError(f"refresh.trigger_seconds: must be > 0, got {cfg.refresh.trigger_seconds}")
     if not 0 < cfg.ope.alpha < 1:
         raise ConfigError(f"ope.alpha: must be in (0, 1), got {cfg.ope.alpha}")
     if not (0 < ab.alpha < 1 and 0 < ab.power < 1):

@@ -97,22 +97,22 @@ def user_item_matrix(events: DataFrame, cfg: FeaturesConfig, ref_ts) -> DataFram
             .where(F.col("weight") > 0))
 
 
-def sequences(events: DataFrame, cfg: FeaturesConfig) -> DataFrame:
-    """Per user, the chronological item sequence with consecutive repeats collapsed.
+def sequences(events: DataFrame, cfg: FeaturesConfig, key: str = "user_idx") -> DataFrame:
+    """Per user (the `key` column), the chronological item sequence with consecutive repeats collapsed.
 
     Ties on timestamp are ordered by event type (view, cart, purchase, rating), then event id.
-    Output: user_idx, items array<int>, item_ts array<timestamp>.
+    Output: key, items array<int>, item_ts array<timestamp>.
     """
     type_order = F.create_map(*[x for i, k in enumerate(schema.EVENT_TYPES) for x in (F.lit(k), F.lit(i))])
     ev = events.where(F.col("event_type").isin(*cfg.sequence_event_types)).select(
-        "user_idx", "item_idx", "ts", "event_id", F.coalesce(type_order[F.col("event_type")], F.lit(9)).alias("t_ord"))
-    grouped = ev.groupBy("user_idx").agg(F.array_sort(F.collect_list(
+        key, "item_idx", "ts", "event_id", F.coalesce(type_order[F.col("event_type")], F.lit(9)).alias("t_ord"))
+    grouped = ev.groupBy(key).agg(F.array_sort(F.collect_list(
         F.struct("ts", "t_ord", "event_id", F.col("item_idx").cast("int").alias("item"))
     )).alias("evs"))
     keep = F.expr("filter(transform(sequence(1, size(evs)), i -> "
                   "if(i = 1 OR evs[i - 1].item != evs[i - 2].item, evs[i - 1], null)), x -> x IS NOT NULL)")
-    return grouped.select("user_idx", keep.alias("evs")).select(
-        "user_idx", F.col("evs.item").alias("items"), F.col("evs.ts").alias("item_ts"))
+    return grouped.select(key, keep.alias("evs")).select(
+        key, F.col("evs.item").alias("items"), F.col("evs.ts").alias("item_ts"))
 
 
 def split(seqs: DataFrame, cfg: FeaturesConfig) -> DataFrame:

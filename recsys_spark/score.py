@@ -167,6 +167,17 @@ def current_catalog(spark: SparkSession, cfg: Config, model, versions: dict, use
                         value if value_col else None), elig_version
 
 
+def scoring_spec(cfg: Config, ckpt_path: str, ckpt: dict, run_date: date) -> ScoringSpec:
+    """How the nightly ranks (score.*: business rules, objective, exploration), for this checkpoint."""
+    sc = cfg.score
+    return ScoringSpec(k=sc.k, ckpt_path=ckpt_path, batch_users=sc.batch_users, max_per_category=sc.max_per_category,
+                       mmr_lambda=sc.mmr_lambda, explain=sc.explain, device=sc.device, block_mb=sc.block_mb,
+                       new_item_slots=sc.new_item_slots, with_ids=True,
+                       calibration=checkpoints.calibration(ckpt), objective=sc.objective,
+                       explore_slots=sc.explore_slots, explore_pool=sc.explore_pool,
+                       explore_seed=run_date.toordinal())
+
+
 def _rules(sc) -> str:
     return json.dumps({"k": sc.k, "max_per_category": sc.max_per_category, "mmr_lambda": sc.mmr_lambda,
                        "explain": sc.explain, **({"new_item_slots": sc.new_item_slots} if sc.new_item_slots else {}),
@@ -279,12 +290,7 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     last = _last_run(spark, root)
     scope = _scope(spark, root, users, last, *_choose_mode(cfg, last, run_id, rules, elig_version, events_version),
                    events_version)
-    spec = ScoringSpec(k=sc.k, ckpt_path=ckpt_path, batch_users=sc.batch_users, max_per_category=sc.max_per_category,
-                       mmr_lambda=sc.mmr_lambda, explain=sc.explain, device=sc.device, block_mb=sc.block_mb,
-                       new_item_slots=sc.new_item_slots, with_ids=True,
-                       calibration=checkpoints.calibration(ckpt), objective=sc.objective,
-                       explore_slots=sc.explore_slots, explore_pool=sc.explore_pool,
-                       explore_seed=run_date.toordinal())
+    spec = scoring_spec(cfg, ckpt_path, ckpt, run_date)
     staged = _staged(score_users(scope.users, spec, spark.sparkContext.broadcast(catalog)), scope.carried,
                      run_id, run_date)
     counts = RunCounts.of(staged)

@@ -281,6 +281,15 @@ def changes(spark: SparkSession, location: str, start_version: int, end_version:
     return ((reader.table(location) if is_table_name(location) else reader.load(location)).where("_change_type IN ('insert', 'update_postimage')"))
 
 
+def change_stream(spark: SparkSession, location: str, start_version: int) -> DataFrame:
+    """A streaming DataFrame of the rows inserted or updated from start_version on (Change Data
+    Feed), with _commit_version; where a stream restarts is its checkpoint's business."""
+    reader = (spark.readStream.format("delta").option("readChangeFeed", "true")
+              .option("startingVersion", int(start_version)))
+    return ((reader.table(location) if is_table_name(location) else reader.load(location))
+            .where("_change_type IN ('insert', 'update_postimage')"))
+
+
 def upsert(spark: SparkSession, df: DataFrame, location: str, keys: list[str]) -> None:
     """Update rows whose keys exist and insert the rest; create the table if it is missing."""
     if not exists(spark, location):
@@ -291,6 +300,25 @@ def upsert(spark: SparkSession, df: DataFrame, location: str, keys: list[str]) -
         delta_table(spark, location).alias("t").merge(df.alias("s"), cond)
         .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
     )
+
+
+def replace_rows(spark: SparkSession, df: DataFrame, location: str, keys: list[str], keep: str,
+                 metadata: Optional[dict] = None) -> None:
+    """One MERGE by keys: a table row whose key has a df row with `keep` true is replaced by it, one
+    with `keep` false is deleted, and df rows with `keep` true and a new key are inserted. Running
+    it twice with the same df leaves the same table (a replayed stream batch changes nothing)."""
+    cond = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+    values = {f"`{c}`": f"s.`{c}`" for c in df.columns if c != keep}
+    conf_key = "spark.databricks.delta.commitInfo.userMetadata"
+    if metadata is not None:
+        spark.conf.set(conf_key, json.dumps(metadata, sort_keys=True))
+    try:
+        (delta_table(spark, location).alias("t").merge(df.alias("s"), cond)
+         .whenMatchedDelete(condition=f"NOT s.`{keep}`").whenMatchedUpdate(set=values)
+         .whenNotMatchedInsert(condition=f"s.`{keep}`", values=values).execute())
+    finally:
+        if metadata is not None:
+            spark.conf.unset(conf_key)
 
 
 def insert_missing(spark: SparkSession, df: DataFrame, location: str, key: str) -> None:

@@ -1,0 +1,91 @@
+"""The streaming refresh between nightly runs (README: Refresh between nightly runs)."""
+import shutil
+from argparse import Namespace
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from pyspark.sql import functions as F
+
+from conftest import SHOP, make_config
+from recsys_spark import checkpoints, cli, promotion, schema, score, splits, tables
+from recsys_spark.ranking import score_users
+from recsys_spark.table_schemas import EVENTS_SCHEMA
+
+ONCE = Namespace(once=True)
+
+
+def _latest(spark, cfg) -> dict:
+    rows = tables.read(spark, tables.location(cfg.tables_root, schema.RECOMMENDATIONS_LATEST)).collect()
+    out = {}
+    for r in rows:
+        out.setdefault(r.user_id, {})[r.rank] = (r.item_id, r.because_item_ids, r.served_by)
+    return out
+
+
+def _view(spark, cfg, events: list[tuple[str, str, str]]) -> None:
+    """Append views (event_id, user_id, item_id) an hour after the newest event, as ingest would."""
+    loc = tables.location(cfg.tables_root, schema.EVENTS)
+    newest = tables.read(spark, loc).agg(F.max("ts")).first()[0] + timedelta(hours=1)
+    rows = [(e, u, i, "view", newest + timedelta(seconds=n), None, None, "test", "test")
+            for n, (e, u, i) in enumerate(events)]
+    tables.append(spark.createDataFrame(rows, EVENTS_SCHEMA), loc)
+
+
+def _history_users(spark, cfg, n: int) -> list[str]:
+    users = splits.scoring_input(spark, cfg).where(F.size("input") >= 3).orderBy("user_id").limit(n)
+    return [r.user_id for r in users.collect()]
+
+
+@pytest.mark.slow
+def test_new_events_refresh_their_users_lists_and_nobody_elses(spark, shop_copy):
+    cfg = shop_copy
+    before = _latest(spark, cfg)
+    a, b = _history_users(spark, cfg, 2)
+    # Each views their current first recommendation; a also views an item the catalog does not have.
+    new = {a: before[a][1][0], b: before[b][1][0]}
+    _view(spark, cfg, [("r1", a, new[a]), ("r2", b, new[b]), ("r3", a, "i-unknown")])
+    out = cli.run_stage(spark, cfg, "refresh", ONCE)
+    assert out["users"] == 2
+    after = _latest(spark, cfg)
+    assert set(after) == set(before)
+    assert {u: rows for u, rows in after.items() if u not in new} == {u: rows for u, rows in before.items() if u not in new}
+    # The refreshed lists are the serving model's top-k over history + the new view, by the nightly's rules.
+    ckpt_path = promotion.serving_checkpoint(spark, cfg)
+    users = splits.scoring_input(spark, cfg).where(F.col("user_id").isin(a, b))
+    items = tables.read(spark, tables.location(cfg.tables_root, schema.ITEM_INDEX))
+    idx = {r.item_id: r.item_idx for r in items.where(F.col("item_id").isin(*new.values())).collect()}
+    grown = users.withColumn("input", F.concat("input", F.array(
+        F.when(F.col("user_id") == a, idx[new[a]]).otherwise(idx[new[b]]).cast("int")))).withColumn("seen", F.col("input"))
+    model, ckpt = checkpoints.load(ckpt_path)
+    versions, _ = score.pin_inputs(spark, cfg.tables_root)
+    catalog, _ = score.current_catalog(spark, cfg, model, versions, splits.scoring_input(spark, cfg, versions))
+    spec = score.scoring_spec(cfg, ckpt_path, ckpt, datetime.now(timezone.utc).date())
+    expected = {}
+    for r in score_users(grown, spec, spark.sparkContext.broadcast(catalog)).collect():
+        expected.setdefault(r.user_id, {})[r.rank] = (r.item_id, r.because_item_ids, r.served_by)
+    for u in new:
+        assert after[u] == expected[u] and len(after[u]) == cfg.score.k
+        assert new[u] not in {item for item, _, _ in after[u].values()}
+        assert after[u] != before[u]
+    # Nothing new: a second run applies no batch and writes nothing.
+    version = tables.version(spark, tables.location(cfg.tables_root, schema.RECOMMENDATIONS_LATEST))
+    assert cli.run_stage(spark, cfg, "refresh", ONCE)["batches"] == 0
+    assert tables.version(spark, tables.location(cfg.tables_root, schema.RECOMMENDATIONS_LATEST)) == version
+
+
+@pytest.mark.slow
+def test_a_stream_stopped_between_batches_ends_where_an_uninterrupted_one_does(spark, shop_copy, tmp_path):
+    stopped = shop_copy
+    shutil.copytree(stopped.paths.root, tmp_path / "other")
+    straight = make_config(tmp_path / "other", **SHOP)
+    a, b, c = _history_users(spark, stopped, 3)
+    first = [("s1", a, "i000003"), ("s2", b, "i000007")]
+    second = [("s3", b, "i000011"), ("s4", c, "i000013"), ("s5", a, "i000017")]
+    _view(spark, stopped, first)
+    assert cli.run_stage(spark, stopped, "refresh", ONCE)["users"] == 2
+    _view(spark, stopped, second)  # while the job is down
+    assert cli.run_stage(spark, stopped, "refresh", ONCE)["users"] == 3
+    _view(spark, straight, first)
+    _view(spark, straight, second)
+    assert cli.run_stage(spark, straight, "refresh", ONCE)["users"] == 3
+    assert _latest(spark, stopped) == _latest(spark, straight)
