@@ -62,11 +62,9 @@ def _checked(log: DataFrame, where: str) -> DataFrame:
                       *[F.coalesce(F.col(c), F.lit(0)).cast("double").alias(c) for c in REWARDS.values()])
 
 
-def estimate(log: DataFrame, candidate: DataFrame, alpha: float = 0.05, where: str = "the log") -> list[dict]:
-    """Estimates of the candidate's clicks and revenue per logged user: one dict per (metric,
-    estimator) with value, ci_low, ci_high, n_users, matched_share, ess, and the logging policy's
-    own mean as estimator "logged". candidate: user_id, item_id (its list per user)."""
-    log = _checked(log, where).persist()
+def _sums(log: DataFrame, candidate: DataFrame) -> tuple[dict, tuple]:
+    """Per-user values of every estimator reduced to sums (s_X, ss_X), with n, the candidate's list
+    sizes and matched items in total; and (sum, sum of squares) of the matched weights."""
     users = log.select("user_id").distinct()
     overall = log.agg(*[F.avg(c).alias(c) for c in REWARDS.values()]).first().asDict()
     q = (log.groupBy("item_id").agg(F.count("*").alias("n"), *[F.sum(c).alias(c) for c in REWARDS.values()])
@@ -95,8 +93,16 @@ def estimate(log: DataFrame, candidate: DataFrame, alpha: float = 0.05, where: s
     for name, col in cols.items():
         aggs += [F.sum(col).alias(f"s_{name}"), F.sum(col * col).alias(f"ss_{name}")]
     aggs += [F.sum(F.col(f"IPS_{c}") * F.col("W")).alias(f"sw_{c}") for c in REWARDS.values()]
-    t = per_user.agg(*aggs).first().asDict()
     weights = matched.agg(F.sum("w").alias("s"), F.sum(F.col("w") ** 2).alias("ss")).first()
+    return per_user.agg(*aggs).first().asDict(), weights
+
+
+def estimate(log: DataFrame, candidate: DataFrame, alpha: float = 0.05, where: str = "the log") -> list[dict]:
+    """Estimates of the candidate's clicks and revenue per logged user: one dict per (metric,
+    estimator) with value, ci_low, ci_high, n_users, matched_share, ess, and the logging policy's
+    own mean as estimator "logged". candidate: user_id, item_id (its list per user)."""
+    log = _checked(log, where).persist()
+    t, weights = _sums(log, candidate)
     log.unpersist()
     n = int(t["n"])
     if n < 2:

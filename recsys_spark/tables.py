@@ -284,8 +284,11 @@ def changes(spark: SparkSession, location: str, start_version: int, end_version:
 def change_stream(spark: SparkSession, location: str, start_version: int) -> DataFrame:
     """A streaming DataFrame of the rows inserted or updated from start_version on (Change Data
     Feed), with _commit_version; where a stream restarts is its checkpoint's business."""
+    # Delta refuses a starting version that does not exist yet; the version after the newest is
+    # what "latest" reads from.
+    start = int(start_version) if start_version <= version(spark, location) else "latest"
     reader = (spark.readStream.format("delta").option("readChangeFeed", "true")
-              .option("startingVersion", int(start_version)))
+              .option("startingVersion", start))
     return ((reader.table(location) if is_table_name(location) else reader.load(location))
             .where("_change_type IN ('insert', 'update_postimage')"))
 
