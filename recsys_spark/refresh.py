@@ -15,17 +15,20 @@ the nightly's features did not see. Every micro-batch:
 The checkpoint (refresh.checkpoint; a folder per nightly events version) records which batches were
 applied. A batch replayed after a crash recomputes the same lists from the same pinned inputs and
 the same event versions, and the MERGE leaves the table as it was: nothing is lost and nothing is
-applied twice. The model, the features and the catalog are pinned when the job starts; start it
-again after each nightly (a new nightly's lists replace the whole table, and its events version
-starts a new checkpoint).
+applied twice. The model, the features and the catalog are pinned when the job starts. A batch
+that finds the latest lists rewritten by another job since then (the next nightly's score, or
+forget) stops the job with SupersededError rather than merge an old model's lists into new ones:
+start it again (the new nightly's events version starts a new checkpoint).
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import Optional
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -48,7 +51,36 @@ class Refresher:
     versions: dict
     events_version: int
     run_id: str
+    latest_version: int  # of gold/recommendations_latest when the inputs were pinned
     applied: list = field(default_factory=list)  # (batch_id, users, events version, seconds)
+    superseded: Optional[str] = None  # why the job stopped: another job rewrote the latest lists
+
+    @staticmethod
+    def pin(spark: SparkSession, cfg: Config) -> "Refresher":
+        """The serving model, the newest feature set and the catalog, as the nightly's score used them."""
+        root = cfg.tables_root
+        ckpt_path = promotion.serving_checkpoint(spark, cfg)
+        model, ckpt = checkpoints.load(ckpt_path)
+        versions, events_version = score.pin_inputs(spark, root)
+        if events_version is None:
+            raise ValueError("the sequences table does not record the events version it was built from: rerun features")
+        latest = tables.location(root, schema.RECOMMENDATIONS_LATEST)
+        tables.require(spark, latest, "score (refresh keeps the nightly's lists fresh)")
+        # The catalog as the nightly built it (its popularity fallbacks come from every user's history).
+        catalog, _ = score.current_catalog(spark, cfg, model, versions, splits.scoring_input(spark, cfg, versions))
+        return Refresher(spark, cfg, score.scoring_spec(cfg, ckpt_path, ckpt, datetime.now(timezone.utc).date()),
+                         spark.sparkContext.broadcast(catalog), versions, events_version, ckpt["run_id"],
+                         tables.version(spark, latest))
+
+    def rewritten_since_pinned(self) -> Optional[str]:
+        """How another job (a nightly's score, forget) rewrote the latest lists after this job
+        pinned its inputs, or None: its pinned model and features are then out of date."""
+        latest = tables.location(self.cfg.tables_root, schema.RECOMMENDATIONS_LATEST)
+        for r in (tables.delta_table(self.spark, latest).history().where(f"version > {self.latest_version}")
+                  .select("version", "operation", "userMetadata").orderBy("version").collect()):
+            if "refresh_events_version" not in json.loads(r.userMetadata or "{}"):
+                return f"version {r.version} ({r.operation})"
+        return None
 
     def histories(self, users: DataFrame, upto: int) -> DataFrame:
         """user_id, input, seen, profile_cat, profile_num of these users (user_id) with their events
@@ -77,6 +109,9 @@ class Refresher:
         upto = batch.agg(F.max("_commit_version")).first()[0]
         if upto is None:
             return
+        self.superseded = self.rewritten_since_pinned()
+        if self.superseded:
+            raise RuntimeError(f"refresh: gold/recommendations_latest was rewritten at {self.superseded}")
         users = batch.select("user_id").distinct().persist()
         n = users.count()
         lists = score_users(self.histories(users, upto), self.spec, self.catalog_bc)
@@ -103,33 +138,36 @@ def checkpoint_location(cfg: Config, events_version: int) -> str:
     return os.path.join(base, f"events-{events_version}")
 
 
+class SupersededError(RuntimeError):
+    """A nightly (or forget) rewrote the latest lists after this refresh job pinned its inputs."""
+
+
 def run(spark: SparkSession, cfg: Config, once: bool = False) -> dict:
     """Keep gold/recommendations_latest fresh for users with new events: until stopped, or with
     once, for the events there now (then stop)."""
     root = cfg.tables_root
-    ckpt_path = promotion.serving_checkpoint(spark, cfg)
-    model, ckpt = checkpoints.load(ckpt_path)
-    versions, events_version = score.pin_inputs(spark, root)
-    if events_version is None:
-        raise ValueError("the sequences table does not record the events version it was built from: rerun features")
-    latest = tables.location(root, schema.RECOMMENDATIONS_LATEST)
-    tables.require(spark, latest, "score (refresh keeps the nightly's lists fresh)")
-    # The catalog as the nightly built it (its popularity fallbacks come from every user's history).
-    catalog, _ = score.current_catalog(spark, cfg, model, versions, splits.scoring_input(spark, cfg, versions))
-    refresher = Refresher(spark, cfg, score.scoring_spec(cfg, ckpt_path, ckpt, datetime.now(timezone.utc).date()),
-                          spark.sparkContext.broadcast(catalog), versions, events_version, ckpt["run_id"])
-    location = checkpoint_location(cfg, events_version)
-    stream = tables.change_stream(spark, tables.location(root, schema.EVENTS), events_version + 1)
+    refresher = Refresher.pin(spark, cfg)
+    location = checkpoint_location(cfg, refresher.events_version)
+    stream = tables.change_stream(spark, tables.location(root, schema.EVENTS), refresher.events_version + 1)
     writer = (stream.select("user_id", "_commit_version").writeStream.foreachBatch(refresher.apply)
               .option("checkpointLocation", location))
     writer = writer.trigger(availableNow=True) if once else writer.trigger(
         processingTime=f"{cfg.refresh.trigger_seconds} seconds")
-    logger.info(f"refresh: model {ckpt['run_id']}, events after version {events_version} -> {latest} "
+    logger.info(f"refresh: model {refresher.run_id}, events after version {refresher.events_version} -> "
+                f"{tables.location(root, schema.RECOMMENDATIONS_LATEST)} "
                 f"(checkpoint {location}; {'what is there now' if once else 'until stopped'})")
     query = writer.start()
     try:
         query.awaitTermination()
     except KeyboardInterrupt:
         query.stop()
+    except Exception:
+        if refresher.superseded:
+            raise SupersededError(
+                f"refresh stopped: gold/recommendations_latest was rewritten at {refresher.superseded} after this job "
+                f"pinned model {refresher.run_id} and the features of events version {refresher.events_version}; start "
+                f"refresh again to serve the new lists' model and features (a scheduler that restarts failed "
+                f"streams does this)") from None
+        raise
     return {"batches": len(refresher.applied), "users": sum(a[1] for a in refresher.applied),
-            "applied": refresher.applied, "checkpoint": location, "events_version": events_version}
+            "applied": refresher.applied, "checkpoint": location, "events_version": refresher.events_version}

@@ -7,7 +7,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from conftest import SHOP, make_config
-from recsys_spark import checkpoints, cli, promotion, schema, score, splits, tables
+from recsys_spark import checkpoints, cli, promotion, refresh, schema, score, splits, tables
 from recsys_spark.ranking import score_users
 from recsys_spark.table_schemas import EVENTS_SCHEMA
 
@@ -38,7 +38,7 @@ def _history_users(spark, cfg, n: int) -> list[str]:
 
 @pytest.mark.slow
 def test_new_events_refresh_their_users_lists_only_and_a_stopped_stream_ends_like_a_straight_one(
-        spark, shop_copy, tmp_path):
+        spark, shop_copy, tmp_path, monkeypatch):
     cfg = shop_copy
     shutil.copytree(cfg.paths.root, tmp_path / "straight")
     straight = make_config(tmp_path / "straight", **SHOP)
@@ -86,3 +86,11 @@ def test_new_events_refresh_their_users_lists_only_and_a_stopped_stream_ends_lik
     _view(spark, straight, second)
     assert cli.run_stage(spark, straight, "refresh", ONCE)["users"] == 3
     assert _latest(spark, cfg) == _latest(spark, straight)
+
+    # A nightly's score replacing the latest lists stops a job pinned before it, saying so.
+    pinned = refresh.Refresher.pin(spark, straight)
+    cli.run_stage(spark, straight, "score")
+    _view(spark, straight, [("r7", c, "i000019")])
+    monkeypatch.setattr(refresh.Refresher, "pin", staticmethod(lambda spark, cfg: pinned))
+    with pytest.raises(refresh.SupersededError, match=r"rewritten at version \d+ \(WRITE\).*start refresh again"):
+        cli.run_stage(spark, straight, "refresh", ONCE)
