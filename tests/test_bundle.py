@@ -51,6 +51,8 @@ def test_the_bundle_matches_the_job_schema_and_declares_its_targets():
     assert nightly["schedule"]["quartz_cron_expression"] and nightly["email_notifications"]["on_failure"]
     for task in nightly["tasks"]:
         assert task["max_retries"] >= 1 and task["timeout_seconds"] > 0, task["task_key"]
+    # The refresh stream is a continuous job (restarted when it stops, e.g. after each nightly).
+    assert jobs["recsys_refresh"]["continuous"]["pause_status"] in ("PAUSED", "UNPAUSED")
     gpu = {c["job_cluster_key"]: c["new_cluster"] for c in nightly["job_clusters"]}
     train = next(t for t in nightly["tasks"] if t["task_key"] == "train")
     assert "gpu" in _resolve(gpu[train["job_cluster_key"]]["spark_version"], variables)
@@ -62,7 +64,7 @@ def test_every_task_runs_our_entry_point_with_parameters_our_cli_accepts():
     with open(os.path.join(REPO, "pyproject.toml"), "rb") as fh:
         project = tomllib.load(fh)["project"]
     assert "databricks" in packaged_configs()
-    for task in jobs["recsys_nightly"]["tasks"]:
+    for task in [t for job in jobs.values() for t in job["tasks"]]:
         wheel = task["python_wheel_task"]
         assert wheel["package_name"] == "recsys_spark" and wheel["entry_point"] in project["scripts"]
         assert task["libraries"] == [{"whl": "../dist/*.whl"}]
