@@ -42,9 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for n_users in [int(x) for x in args.users.split(",")]:
         with harness.work_dir(args.work and os.path.join(args.work, str(n_users)), "recsys-audience-") as work:
-            overrides = harness.lakehouse(work) + [
-                f"generate.users={n_users}", "generate.items=2000", f"generate.events={10 * n_users}",
-                "generate.cold_users=0", "generate.cold_items=0", "generate.corrupt_fraction=0",
+            overrides = harness.lakehouse(work) + harness.shop_overrides(n_users, 2000, 10) + [
                 "train.epochs=1", "train.loss_negatives=256", "train.valid_users=2000", "tracking.enabled=false",
                 "spark.conf={spark.driver.memory: 8g}"]
             cfg = harness.load_config(args.config, overrides + args.overrides)

@@ -82,6 +82,13 @@ def lakehouse(work: Optional[str], dataset: Optional[str] = None) -> list[str]:
     return out + ([f"ingest.events={os.path.abspath(dataset)}"] if dataset else [])
 
 
+def shop_overrides(users: int, items: int, events_per_user: int) -> list[str]:
+    """Config overrides for a generated shop of that size, without the demo's cold users and
+    items and malformed rows (a benchmark measures the path it names, not ingest's quarantine)."""
+    return [f"generate.users={users}", f"generate.items={items}", f"generate.events={events_per_user * users}",
+            "generate.cold_users=0", "generate.cold_items=0", "generate.corrupt_fraction=0"]
+
+
 def side_overrides(dataset: str, work: str) -> tuple[list[str], dict]:
     """Overrides that ingest the user/item side files found next to a dataset file
     (benchmarks.datasets), and those files by name."""

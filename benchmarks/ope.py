@@ -33,9 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=20)
     args = p.parse_args(argv)
     with harness.work_dir(args.work, "recsys-ope-") as work:
-        overrides = harness.lakehouse(work) + [
-            f"generate.users={args.users}", "generate.items=500", f"generate.events={20 * args.users}",
-            "generate.cold_users=0", "generate.cold_items=0", "generate.corrupt_fraction=0", "tracking.enabled=false",
+        overrides = harness.lakehouse(work) + harness.shop_overrides(args.users, 500, 20) + ["tracking.enabled=false",
             "score.explore_slots=3", "score.explore_pool=20", "score.new_item_slots=0",
             "abtest.sim_variants=[relevance]"]
         cfg = harness.load_config(args.config, overrides + args.overrides)

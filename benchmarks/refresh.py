@@ -38,9 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=int, default=120)
     args = p.parse_args(argv)
     with harness.work_dir(args.work, "recsys-refresh-") as work:
-        overrides = harness.lakehouse(work) + [
-            f"generate.users={args.users}", "generate.items=2000", f"generate.events={10 * args.users}",
-            "generate.cold_users=0", "generate.cold_items=0", "generate.corrupt_fraction=0",
+        overrides = harness.lakehouse(work) + harness.shop_overrides(args.users, 2000, 10) + [
             "train.epochs=2", "tracking.enabled=false"]
         cfg = harness.load_config(args.config, overrides + args.overrides)
         if cfg is None:
