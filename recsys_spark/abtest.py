@@ -239,11 +239,11 @@ class Shop:
         return Shop(ckpt_path, splits.test_users(spark, cfg).persist(), n_items,
                     _item_values(spark, cfg.tables_root, n_items))
 
-    def lists(self, cfg: Config, policy: str, explore: bool = False, seed: int = 0) -> DataFrame:
-        """user_idx, rank, item_idx, score, propensity: what the policy shows each user (with
-        score.explore_slots / explore_pool exploration when explore)."""
+    def lists(self, cfg: Config, policy: str, explore: bool = False, seed: int = 0, k: int = 0) -> DataFrame:
+        """user_idx, rank, item_idx, score, propensity: what the policy shows each user, top score.k
+        (or k) (with score.explore_slots / explore_pool exploration when explore)."""
         sc = cfg.score
-        return policy_topk(policy, self.users, self.ckpt_path, sc.k, sc.batch_users, self.n_items, self.values,
+        return policy_topk(policy, self.users, self.ckpt_path, k or sc.k, sc.batch_users, self.n_items, self.values,
                            sc.explore_slots if explore else 0, sc.explore_pool, seed)
 
     def close(self) -> None:

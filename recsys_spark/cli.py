@@ -9,7 +9,9 @@ users from every table, keep them out of future ingests, purge history; see recs
 audience (the users most likely to engage with each campaign of audience.campaigns; show
 --campaign ID prints one with reasons), ope (off-policy estimates of candidate policies from the
 exposure log with propensities), refresh (a stream over new events that rescores their users into
-gold/recommendations_latest between nightly runs; --once: what is there now, then stop).
+gold/recommendations_latest between nightly runs; --once: what is there now, then stop),
+bandit-simulate (days of a LinUCB re-ranker learning from the shop's rewards, against the greedy
+model and uniform exploration).
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ from recsys_spark import config as config_mod
 logger = logging.getLogger(__name__)
 
 STAGES = ["generate", "ingest", "features", "train", "score", "evaluate", "nightly", "show", "abtest",
-          "abtest-simulate", "ope", "refresh", "report", "forget", "audience"]
+          "abtest-simulate", "ope", "bandit-simulate", "refresh", "report", "forget", "audience"]
 # Evaluate before score: a new model serves only once evaluate has promoted it (recsys_spark.promotion).
 NIGHTLY = ["ingest", "features", "train", "evaluate", "score"]
 
@@ -118,6 +120,10 @@ def run_stage(spark, cfg: config_mod.Config, stage: str, args: argparse.Namespac
         from recsys_spark import ope
 
         return ope.run(spark, cfg)
+    if stage == "bandit-simulate":
+        from recsys_spark import bandit
+
+        return bandit.simulate(spark, cfg)
     if stage == "audience":
         from recsys_spark import audience
 

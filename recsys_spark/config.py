@@ -358,6 +358,20 @@ class OpeConfig:
 
 
 @dataclass(frozen=True)
+class BanditConfig:
+    # The feedback loop (`bandit-simulate`, recsys_spark.bandit): a LinUCB re-ranker of the serving
+    # model's top `pool` candidates per user, learning from the reward of each shown item
+    # (revenue or clicks). alpha scales the optimism bonus; prior is the ridge strength (in
+    # exposures) pulling the reward model toward the model's own order before any feedback.
+    pool: int = 30
+    alpha: float = 1.0
+    prior: float = 1.0
+    reward: str = "revenue"
+    # Simulated days on the synthetic shop's test users (abtest.sim_* behaviour, abtest.seed).
+    days: int = 30
+
+
+@dataclass(frozen=True)
 class TrackingConfig:
     # MLflow tracking of train and evaluate runs (recsys_spark.tracking).
     enabled: bool = True
@@ -403,6 +417,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     abtest: AbtestConfig = field(default_factory=AbtestConfig)
     ope: OpeConfig = field(default_factory=OpeConfig)
+    bandit: BanditConfig = field(default_factory=BanditConfig)
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
@@ -573,6 +588,17 @@ def _check_catalog(catalog: str) -> None:
                           f"got {catalog!r}; leave it empty to keep tables as folders under paths.root")
 
 
+def _check_bandit(bc: BanditConfig, k: int) -> None:
+    if bc.pool <= k:
+        raise ConfigError(f"bandit.pool: the candidates re-ranked into score.k = {k} items must be more than k, "
+                          f"got {bc.pool}")
+    if bc.reward not in ("revenue", "clicks"):
+        raise ConfigError(f"bandit.reward: expected revenue|clicks, got {bc.reward!r}")
+    if bc.alpha < 0 or bc.prior <= 0:
+        raise ConfigError(f"bandit.alpha must be >= 0 and bandit.prior > 0, got {bc.alpha} and {bc.prior}")
+    _at_least("bandit.days", bc.days, 1)
+
+
 def _check_values(cfg: Config) -> None:
     """Checks that go beyond types: ranges and enumerations."""
     _check_finite(cfg)
@@ -593,6 +619,7 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"abtest.sim_variants: one or more of {', '.join(policies)}, got {ab.sim_variants}")
     if not cfg.ope.policies or not set(cfg.ope.policies) <= set(policies):
         raise ConfigError(f"ope.policies: one or more of {', '.join(policies)}, got {cfg.ope.policies}")
+    _check_bandit(cfg.bandit, cfg.score.k)
     if not cfg.refresh.trigger_seconds > 0:
         raise ConfigError(f"refresh.trigger_seconds: must be > 0, got {cfg.refresh.trigger_seconds}")
     if not 0 < cfg.ope.alpha < 1:

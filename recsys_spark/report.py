@@ -3,7 +3,8 @@
 Written to <paths.root>/reports/<eval_id>.html (and latest.html): headline metrics of the attention
 model against the baselines and against the previous evaluation, NDCG@10 by activity bucket, the
 exposure Lorenz curve and popularity-bias bars (by item-popularity decile), training curves, the
-A/B readout with intervals (when gold/ab_log exists), and a few users with their history,
+A/B readout with intervals (when gold/ab_log exists), the simulated feedback loop's cumulative
+revenue (when gold/bandit_days exists), and a few users with their history,
 recommendations and explanations. Plots are PNGs embedded as data URIs: the file has no external
 references.
 """
@@ -122,6 +123,26 @@ def _ab_figure(plt, ab: Optional[dict]) -> Optional[str]:
     return _png(fig)
 
 
+def bandit_figure(plt, days) -> Optional[str]:
+    """The latest bandit-simulate run: cumulative revenue per user by day (drawn), and each day's
+    expected revenue per user (the learning curve, without the luck of the draws)."""
+    if days is None or not len(days):
+        return None
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for policy in ("bandit", "greedy", "uniform"):
+        part = days[days.policy == policy].sort_values("day")
+        if not len(part):
+            continue
+        ax1.plot(part.day + 1, (part.revenue / part.users).cumsum(), marker=".", label=policy)
+        ax2.plot(part.day + 1, part.expected_revenue / part.users, marker=".", label=policy)
+    ax1.set_xlabel("simulated day")
+    ax1.set_ylabel("cumulative revenue per user")
+    ax1.legend(fontsize=8)
+    ax2.set_xlabel("simulated day")
+    ax2.set_ylabel("expected revenue per user that day")
+    return _png(fig)
+
+
 def _reliability_figure(plt, np, slices) -> Optional[str]:
     """Reliability diagram: mean predicted next-item probability against the observed hit rate."""
     cal = slices[slices.kind == "calibration"]
@@ -153,8 +174,9 @@ def _calibration_table(cur, models: list[str]) -> str:
             + _table(["model"] + list(CALIBRATION), rows))
 
 
-def _figures(slices, history: list, ab: Optional[dict]) -> dict[str, str]:
-    """The report's plots as data URIs, by section: activity, exposure, training, ab."""
+def _figures(slices, history: list, ab: Optional[dict], bandit_days=None) -> dict[str, str]:
+    """The report's plots as data URIs, by section: activity, exposure, training, ab, reliability,
+    bandit."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -163,7 +185,7 @@ def _figures(slices, history: list, ab: Optional[dict]) -> dict[str, str]:
 
     figs = {"activity": _activity_figure(plt, np, slices), "exposure": _exposure_figure(plt, np, slices),
             "training": _training_figure(plt, np, history), "ab": _ab_figure(plt, ab),
-            "reliability": _reliability_figure(plt, np, slices)}
+            "reliability": _reliability_figure(plt, np, slices), "bandit": bandit_figure(plt, bandit_days)}
     return {k: v for k, v in figs.items() if v is not None}
 
 
@@ -234,6 +256,30 @@ def _ab(spark: SparkSession, cfg: Config) -> tuple[Optional[dict], str]:
     return ab, format_readout(ab)
 
 
+def _bandit_days(spark: SparkSession, root: str):
+    """gold/bandit_days of the latest bandit-simulate run (pandas), or None."""
+    loc = tables.location(root, schema.BANDIT_DAYS)
+    if not tables.exists(spark, loc):
+        return None
+    days = tables.read(spark, loc)
+    latest = days.orderBy(F.desc("simulated_at")).select("run_id").first()
+    return days.where(F.col("run_id") == latest.run_id).toPandas() if latest else None
+
+
+def _bandit_section(days) -> str:
+    if days is None:
+        return "<p>No simulated feedback loop yet (<code>bandit-simulate</code> writes gold/bandit_days).</p>"
+    per = days.groupby("policy")[["clicks", "revenue", "expected_clicks", "expected_revenue"]].sum()
+    scale = days.groupby("policy").users.max() * days.day.nunique()
+    rows = [[p] + [f"{per.loc[p, m] / scale[p]:.4f}" for m in per.columns] for p in ("bandit", "greedy", "uniform")
+            if p in per.index]
+    return (f"<p>Simulated run {html.escape(str(days.run_id.iloc[0]))}: {days.day.nunique()} days on "
+            f"{int(days.users.max())} test users of the synthetic shop. bandit: a LinUCB re-ranker of the model's "
+            f"candidates, updated each night from the rewards of what it showed; greedy: the model's top list; "
+            f"uniform: candidates drawn at random. Per user and day:</p>"
+            + _table(["policy", "clicks", "revenue", "expected clicks", "expected revenue"], rows))
+
+
 def _training_history(cfg: Config, model_run_id: str) -> list:
     try:
         return checkpoints.manifest(checkpoints.latest(cfg.models_dir, str(model_run_id))).get("history", [])
@@ -267,6 +313,7 @@ def _document(eval_id: str, model_run_id: str, n_users: int, sections: dict, fig
 <h2>Probabilities</h2>{sections["calibration"]}{img("reliability", "reliability diagram")}
 <h2>Exposure</h2>{img("exposure", "exposure Lorenz curve and popularity bias")}
 <h2>Training</h2>{img("training", "training curves")}
+<h2>Feedback loop</h2>{sections["bandit"]}{img("bandit", "cumulative revenue of the feedback loop") if "bandit" in figs else ""}
 <h2>A/B test</h2>{img("ab", "A/B lift with intervals") if ab else "<p>No A/B log (gold/ab_log).</p>"}
 {f"<pre>{html.escape(ab_text)}</pre>" if ab_text else ""}
 <h2>Example users</h2>{sections["examples"]}
@@ -291,12 +338,14 @@ def run(spark: SparkSession, cfg: Config, n_examples: int = 3) -> str:
     models = _by_model(cur.model.unique())
     ab, ab_text = _ab(spark, cfg)
     history = _training_history(cfg, model_run_id)
-    figs = _figures(slices, history, ab) if slices is not None else _figures_empty(history, ab)
+    bandit_days = _bandit_days(spark, root)
+    figs = (_figures(slices, history, ab, bandit_days) if slices is not None
+            else _figures_empty(history, ab, bandit_days))
     sections = {
         "headline": _headline(cur, models), "calibration": _calibration_table(cur, models), "comparison": _comparison(metrics, cur, eval_id, prev_id, model_run_id),
         "gaps": _gaps(slices), "groups": _group_table(slices, models) if slices is not None else "",
         "cold": _cold_section(every[(every.eval_run_id == eval_id) & (every.split != "test") & (every.k == 10)]),
-        "examples": _examples(spark, cfg, n_examples),
+        "examples": _examples(spark, cfg, n_examples), "bandit": _bandit_section(bandit_days),
     }
     doc = _document(eval_id, model_run_id, int(cur.n_users.iloc[0]), sections, figs, ab, ab_text)
     out_dir = cfg.reports_dir
@@ -324,10 +373,10 @@ def _group_table(slices, models: list[str]) -> str:
             + _table(["attribute", "group", "users"] + [f"{m} NDCG@10" for m in cols], rows))
 
 
-def _figures_empty(history, ab):
+def _figures_empty(history, ab, bandit_days=None):
     import pandas as pd
 
-    return _figures(pd.DataFrame(columns=["kind", "metric", "model", "group", "value"]), history, ab)
+    return _figures(pd.DataFrame(columns=["kind", "metric", "model", "group", "value"]), history, ab, bandit_days)
 
 
 def _examples(spark: SparkSession, cfg: Config, n: int) -> str:

@@ -54,6 +54,10 @@ METRIC_SLICES = "gold/metric_slices"
 MODEL_PROMOTIONS = "gold/model_promotions"
 # Off-policy estimates of candidate policies (recsys_spark.ope), appended per run.
 OPE_ESTIMATES = "gold/ope_estimates"
+# The feedback loop's simulation (recsys_spark.bandit): rewards per day and policy, and the
+# re-ranker's state after each day's update; appended per run.
+BANDIT_DAYS = "gold/bandit_days"
+BANDIT_STATE = "gold/bandit_state"
 
 
 # How a user's list was made (the recommendations' served_by column): the model over the user's

@@ -161,3 +161,34 @@ METRIC_SLICES_SCHEMA = T.StructType(
         T.StructField("evaluated_at", T.TimestampType(), False),
     ]
 )
+
+# The feedback loop's simulation (recsys_spark.bandit): one row per run, day and policy.
+BANDIT_DAYS_SCHEMA = T.StructType(
+    [
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("simulated_at", T.TimestampType(), False),
+        T.StructField("day", T.IntegerType(), False),
+        T.StructField("policy", T.StringType(), False),  # greedy | uniform | bandit
+        T.StructField("users", T.LongType(), False),
+        # Totals over the day's users: drawn, then expected under the simulator's behaviour.
+        T.StructField("clicks", T.DoubleType(), False),
+        T.StructField("revenue", T.DoubleType(), False),
+        T.StructField("expected_clicks", T.DoubleType(), False),
+        T.StructField("expected_revenue", T.DoubleType(), False),
+    ]
+)
+
+# The re-ranker's state after each day's update: A (row-major, d x d), b and theta = A^-1 b over
+# the named features.
+BANDIT_STATE_SCHEMA = T.StructType(
+    [
+        T.StructField("run_id", T.StringType(), False),
+        T.StructField("updated_at", T.TimestampType(), False),
+        T.StructField("day", T.IntegerType(), False),
+        T.StructField("n", T.LongType(), False),  # rewards learned from
+        T.StructField("features", T.ArrayType(T.StringType()), False),
+        T.StructField("a", T.ArrayType(T.DoubleType()), False),
+        T.StructField("b", T.ArrayType(T.DoubleType()), False),
+        T.StructField("theta", T.ArrayType(T.DoubleType()), False),
+    ]
+)
