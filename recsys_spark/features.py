@@ -12,6 +12,7 @@ A run records its table versions in gold/feature_sets as its last write; readers
 """
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from dataclasses import dataclass
@@ -40,9 +41,12 @@ def extend_index(spark: SparkSession, ids: DataFrame, location: str, id_col: str
     distinct = ids.select(F.col(id_col).cast("string").alias(id_col)).where(F.col(id_col).isNotNull()).distinct()
 
     def number_new_ids() -> None:
-        if tables.exists(spark, location):
+        created = tables.exists(spark, location)
+        if created:
             current = tables.read(spark, location)
             new = distinct.join(current.select(id_col), id_col, "left_anti")
+            if new.isEmpty():  # most runs: nothing to number, no commit
+                return
             top = current.agg(F.max(idx_col)).first()[0]
             offset = start if top is None else int(top) + 1
         else:
@@ -50,8 +54,7 @@ def extend_index(spark: SparkSession, ids: DataFrame, location: str, id_col: str
         numbered = new.orderBy(id_col).rdd.zipWithIndex().map(lambda r: (r[0][0], int(r[1]) + offset))
         new_index = spark.createDataFrame(numbered, T.StructType([
             T.StructField(id_col, T.StringType(), False), T.StructField(idx_col, T.LongType(), False)]))
-        if not tables.exists(spark, location) or not new_index.isEmpty():
-            tables.insert_missing(spark, new_index, location, id_col)
+        tables.insert_missing(spark, new_index, location, id_col)
 
     tables.retry_on_conflict(number_new_ids, f"numbering {id_col} in {location}")
     return tables.read(spark, location)
@@ -60,19 +63,22 @@ def extend_index(spark: SparkSession, ids: DataFrame, location: str, id_col: str
 def extend_attribute_index(spark: SparkSession, df: DataFrame, columns: list[str], root: str) -> DataFrame:
     """Persistent index of categorical values: (attribute, value, idx), idx from 1 per attribute
     (one table per attribute, gold/attribute_index/<attribute>)."""
+    locations = {col: tables.location(root, f"{schema.ATTRIBUTE_INDEX}/{col}") for col in columns}
+    keys = {col: df.select(F.concat_ws("\u0001", F.lit(col), F.col(col).cast("string")).alias("key"))
+            .where(F.col(col).isNotNull()) for col in columns}
+    known = [tables.read(spark, loc).select("key") for loc in locations.values() if tables.exists(spark, loc)]
+    # One query finds the attributes with values not numbered yet (usually none).
+    every = functools.reduce(DataFrame.unionByName, keys.values())
+    unseen = every.join(functools.reduce(DataFrame.unionByName, known), "key", "left_anti") if known else every
+    fresh = {r.attribute for r in unseen.select(F.split("key", "\u0001").getItem(0).alias("attribute"))
+             .distinct().collect()}
     for col in columns:
-        values = df.select(F.concat_ws("\u0001", F.lit(col), F.col(col).cast("string")).alias("key")).where(
-            F.col(col).isNotNull())
-        extend_index(spark, values, tables.location(root, f"{schema.ATTRIBUTE_INDEX}/{col}"), "key", "idx", 1)
-    parts = []
-    for col in columns:
-        idx = tables.read(spark, tables.location(root, f"{schema.ATTRIBUTE_INDEX}/{col}"))
-        parts.append(idx.select(F.lit(col).alias("attribute"),
-                                F.split("key", "\u0001").getItem(1).alias("value"), "idx"))
-    out = parts[0]
-    for p in parts[1:]:
-        out = out.unionByName(p)
-    return out
+        if col in fresh or not tables.exists(spark, locations[col]):
+            extend_index(spark, keys[col], locations[col], "key", "idx", 1)
+    return functools.reduce(DataFrame.unionByName, [
+        tables.read(spark, locations[col]).select(F.lit(col).alias("attribute"),
+                                                  F.split("key", "\u0001").getItem(1).alias("value"), "idx")
+        for col in columns])
 
 
 def attach_attribute_indexes(df: DataFrame, attr_index: DataFrame, columns: list[str]) -> DataFrame:
@@ -121,7 +127,8 @@ def split(seqs: DataFrame, cfg: FeaturesConfig) -> DataFrame:
     leave_last_out: users with >= 3 items get the last as test target and the one before as
     validation target; shorter histories are training only (targets null).
     time: items before time_cutoff are history; the first item at or after it is the test target,
-    the last before it the validation target.
+    the last before it the validation target. A user with nothing after the cut-off, or fewer than
+    2 items before it, trains on every item before it.
     """
     n = F.size("items")
     if cfg.split == "leave_last_out":
@@ -136,11 +143,12 @@ def split(seqs: DataFrame, cfg: FeaturesConfig) -> DataFrame:
     before = F.transform(F.filter(pairs, lambda p: p["item_ts"] < cutoff), lambda p: p["items"])
     after = F.transform(F.filter(pairs, lambda p: p["item_ts"] >= cutoff), lambda p: p["items"])
     nb = F.size(before)
+    held = (nb >= 2) & (F.size("_a") > 0)  # a validation and a test target exist
     return seqs.select("*", before.alias("_b"), after.alias("_a")).select(
         *seqs.columns,
-        F.when(nb >= 2, F.slice("_b", 1, nb - 1)).otherwise(F.col("_b")).alias("train_items"),
-        F.when((nb >= 2) & (F.size("_a") > 0), F.element_at("_b", -1)).alias("valid_target"),
-        F.when((nb >= 2) & (F.size("_a") > 0), F.element_at("_a", 1)).alias("test_target"),
+        F.when(held, F.slice("_b", 1, nb - 1)).otherwise(F.col("_b")).alias("train_items"),
+        F.when(held, F.element_at("_b", -1)).alias("valid_target"),
+        F.when(held, F.element_at("_a", 1)).alias("test_target"),
     )
 
 

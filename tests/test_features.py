@@ -1,5 +1,6 @@
 """Features contract on a hand-checkable shop, with real Spark and Delta."""
 import math
+import shutil
 
 import pytest
 
@@ -19,17 +20,20 @@ EVENTS = [
 ]
 
 
+FEATURES = {"half_life_days": 1.0, "max_seq_len": 2, "train_files": 2}
+
+
 def _setup(tmp_path, events=EVENTS, **sections):
     d = tmp_path / "raw"
     (d / "events").mkdir(parents=True, exist_ok=True)
     (d / "events" / "a.csv").write_text(HEADER + "\n".join(events) + "\n")
     (d / "items").mkdir(exist_ok=True)
-    (d / "items" / "i.csv").write_text("item_id,title,category,brand,price\n"
-                                       "i1,Phone One,Phone,Acme,100\ni2,Case Two,Case,Acme,10\n"
-                                       "i3,Phone Three,Phone,Globex,200\ni4,New Case,Case,Globex,12\n")
+    (d / "items" / "i.csv").write_text("item_id,title,category,brand,price,tags\n"
+                                       "i1,Phone One,Phone,Acme,100,Drama|Comedy\ni2,Case Two,Case,Acme,10,Comedy\n"
+                                       "i3,Phone Three,Phone,Globex,200,\ni4,New Case,Case,Globex,12,\n")
     (d / "users").mkdir(exist_ok=True)
     (d / "users" / "u.csv").write_text("user_id,age_band,gender,region\nu1,25-34,F,north\nu2,55+,M,south\n")
-    sections.setdefault("features", {"half_life_days": 1.0, "max_seq_len": 2, "train_files": 2})
+    sections.setdefault("features", FEATURES)
     return make_config(tmp_path, **sections)
 
 
@@ -72,16 +76,20 @@ def test_sequences_are_chronological_collapsed_and_split_leave_last_out(spark, b
     assert u2.items == [iidx["i2"], iidx["i1"]] and u2.test_target is None and u2.train_items == u2.items
 
 
-def test_time_split(spark, tmp_path):
-    cfg = _setup(tmp_path, features={"half_life_days": 1.0, "split": "time", "time_cutoff": "2026-01-02 06:00:00",
-                                      "train_files": 2})
-    ingest.run(spark, cfg)
-    features.run(spark, cfg)
-    iidx = {r.item_id: r.item_idx for r in _read(spark, cfg, schema.ITEM_INDEX).collect()}
-    seqs = {r.user_id: r for r in _read(spark, cfg, schema.SEQUENCES).collect()}
-    assert seqs["u1"].train_items == [iidx["i1"]]
-    assert seqs["u1"].valid_target == iidx["i2"] and seqs["u1"].test_target == iidx["i3"]
-    assert seqs["u2"].test_target is None  # one item before the cut-off: nothing to validate on
+def test_time_split(spark):
+    from datetime import datetime
+
+    from recsys_spark.config import FeaturesConfig
+
+    fc = FeaturesConfig(split="time", time_cutoff="2026-01-02 06:00:00")
+    t = [datetime(2026, 1, 1), datetime(2026, 1, 2), datetime(2026, 1, 2, 12), datetime(2026, 1, 3)]
+    seqs = spark.createDataFrame([(1, [1, 2, 3, 4], t), (2, [2, 1], t[1:3]), (3, [5, 6], t[:2])],
+                                 "user_idx long, items array<int>, item_ts array<timestamp>")
+    got = {r.user_idx: (r.train_items, r.valid_target, r.test_target) for r in features.split(seqs, fc).collect()}
+    # Before the cut-off: history then the validation target; the first item after it is the test target.
+    assert got[1] == ([1], 2, 3)
+    assert got[2] == ([2], None, None)  # one item before the cut-off: nothing to validate on
+    assert got[3] == ([5, 6], None, None)  # nothing after the cut-off: training only
 
 
 def test_training_windows_are_padded_next_item_pairs(spark):
@@ -94,14 +102,11 @@ def test_training_windows_are_padded_next_item_pairs(spark):
     ]
 
 
-def test_ids_and_tags_are_indexed_persistently(spark, tmp_path):
+def test_ids_and_tags_are_indexed_persistently(spark, built, tmp_path):
     """Numbers given to user ids, item ids and tag values never change; newcomers are appended."""
-    cfg = _setup(tmp_path)
-    items = tmp_path / "raw" / "items" / "i.csv"
-    items.write_text("item_id,title,category,brand,price,tags\ni1,Phone One,Phone,Acme,100,Drama|Comedy\n"
-                     "i2,Case Two,Case,Acme,10,Comedy\ni3,Phone Three,Phone,Globex,200,\ni4,New Case,Case,Globex,12,\n")
-    ingest.run(spark, cfg)
-    features.run(spark, cfg)
+    shutil.copytree(built.paths.root, tmp_path / "lake")
+    cfg = make_config(tmp_path / "lake", features=FEATURES)
+    items = tmp_path / "lake" / "raw" / "items" / "i.csv"
     before_u = {r.user_id: r.user_idx for r in _read(spark, cfg, schema.USER_INDEX).collect()}
     before_i = {r.item_id: r.item_idx for r in _read(spark, cfg, schema.ITEM_INDEX).collect()}
     assert sorted(before_i.values()) == [1, 2, 3, 4]  # i4 has no events but is in the catalog
@@ -110,7 +115,7 @@ def test_ids_and_tags_are_indexed_persistently(spark, tmp_path):
     comedy = set(tags["i1"]) & set(tags["i2"])
     assert len(tags["i1"]) == 2 and len(comedy) == 1 and tags["i3"] == []
     # New ids that sort before the old ones must still get new numbers after them; a new tag too.
-    (tmp_path / "raw" / "events" / "b.csv").write_text(HEADER + "e8,a0,h0,view,2026-01-03 01:00:00\n")
+    (tmp_path / "lake" / "raw" / "events" / "b.csv").write_text(HEADER + "e8,a0,h0,view,2026-01-03 01:00:00\n")
     items.write_text(items.read_text().replace("i3,Phone Three,Phone,Globex,200,", "i3,Phone Three,Phone,Globex,200,"
                                                                                     "Action|Comedy"))
     ingest.run(spark, cfg)
@@ -181,7 +186,7 @@ def test_feature_stats_are_the_training_profiles_moments_and_the_title_idf(spark
     assert stats["idf"][tf.indexOf("phone")] > 0 and stats["idf"][tf.indexOf("three")] == 0
     content = {r.item_id: r for r in _read(spark, cfg, schema.ITEM_CONTENT).collect()}
     assert tf.indexOf("phone") in content["i3"].text_idx and tf.indexOf("three") in content["i3"].text_idx
-    assert content["i1"].tag_ids == [] and list(content["i1"].item_num) == pytest.approx([math.log1p(100), 0.0])
+    assert content["i3"].tag_ids == [] and list(content["i1"].item_num) == pytest.approx([math.log1p(100), 0.0])
     # Training histories: u1 [i1] (i2, i3 held out), u2 [i2, i1]: the 80th percentile is 2 items.
     assert stats["history_len_p80"] == [2.0]
 
