@@ -31,7 +31,7 @@ def campaigns_file(path: str, n: int, n_items: int, size: int, seed: int = 3) ->
 
 
 def main(argv: list[str] | None = None) -> int:
-    from recsys_spark import audience, cli
+    from recsys_spark import audience
     from recsys_spark.generate import generate
 
     p = harness.parser(__doc__, dataset=False, config="conf/local.yaml")
@@ -50,10 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             generate(cfg.generate, cfg.paths.raw)
             with harness.spark_session(cfg) as spark:
-                for stage in ("ingest", "features", "train"):
-                    t0 = time.time()
-                    trained = cli.run_stage(spark, cfg, stage)
-                    print(f"{n_users} users: {stage} {time.time() - t0:.0f}s", flush=True)
+                trained = harness.run_stages(spark, cfg, label=f"{n_users} users: ")
                 for n_campaigns in [int(x) for x in args.campaigns.split(",")]:
                     path = campaigns_file(os.path.join(work, f"campaigns-{n_campaigns}.yaml"), n_campaigns,
                                           cfg.generate.items, max(1, n_users // 100))

@@ -51,7 +51,7 @@ def write_plot(spark, cfg, run_id: str, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from recsys_spark import bandit, cli
+    from recsys_spark import bandit
     from recsys_spark.generate import generate
 
     p = harness.parser(__doc__, dataset=False, config="conf/local.yaml")
@@ -68,10 +68,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         generate(cfg.generate, cfg.paths.raw)
         with harness.spark_session(cfg) as spark:
-            for stage in ("ingest", "features", "train"):
-                t0 = time.time()
-                trained = cli.run_stage(spark, cfg, stage)
-                print(f"{stage} {time.time() - t0:.0f}s", flush=True)
+            trained = harness.run_stages(spark, cfg)
             base = overrides + args.overrides + [f"score.model_run_id={trained['run_id']}"]
             runs = []
             for seed in range(1, args.repeats + 1):

@@ -139,6 +139,21 @@ def spark_session(cfg: config_mod.Config) -> Iterator:
             spark.stop()
 
 
+def run_stages(spark, cfg: config_mod.Config, stages=("ingest", "features", "train"), label: str = ""):
+    """Run the stages in order with the product's CLI, printing each one's wall time; return the
+    last one's result (train's: the run id the benchmark then pins)."""
+    import time
+
+    from recsys_spark import cli
+
+    out = None
+    for stage in stages:
+        t0 = time.time()
+        out = cli.run_stage(spark, cfg, stage)
+        print(f"{label}{stage} {time.time() - t0:.0f}s", flush=True)
+    return out
+
+
 def parse_variant(spec: str, named: dict) -> tuple[str, dict]:
     """A model variant: 'name' (one of `named`) or 'label:key=value,key=value' (ModelConfig / train
     fields); values are read as JSON (0.2, 128, false)."""

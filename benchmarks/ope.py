@@ -25,7 +25,7 @@ CANDIDATES = ("relevance", "expected_revenue", "popularity")
 
 
 def main(argv: list[str] | None = None) -> int:
-    from recsys_spark import abtest, cli, ope, tables
+    from recsys_spark import abtest, ope, tables
     from recsys_spark.generate import generate
 
     p = harness.parser(__doc__, dataset=False, config="conf/local.yaml")
@@ -41,10 +41,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         generate(cfg.generate, cfg.paths.raw)
         with harness.spark_session(cfg) as spark:
-            for stage in ("ingest", "features", "train"):
-                t0 = time.time()
-                trained = cli.run_stage(spark, cfg, stage)
-                print(f"{stage} {time.time() - t0:.0f}s", flush=True)
+            trained = harness.run_stages(spark, cfg)
             base = overrides + args.overrides + [f"score.model_run_id={trained['run_id']}"]
             cfg = harness.load_config(args.config, base)
             shop = abtest.Shop.open(spark, cfg)

@@ -45,8 +45,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         generate(cfg.generate, cfg.paths.raw)
         with harness.spark_session(cfg) as spark:
-            for stage in ("ingest", "features", "train"):
-                out = cli.run_stage(spark, cfg, stage)
+            out = harness.run_stages(spark, cfg)
             cfg = harness.load_config(args.config, overrides + args.overrides + [f"score.model_run_id={out['run_id']}"])
             cli.run_stage(spark, cfg, "score")
             events = tables.location(cfg.tables_root, schema.EVENTS)
