@@ -44,6 +44,7 @@ from recsys_spark import schema, tables
 from recsys_spark.abtest import Shop, click_chance, lognormal_revenue_mean
 from recsys_spark.baselines import popularity_counts
 from recsys_spark.config import Config
+from recsys_spark.ope import REWARDS
 from recsys_spark.table_schemas import BANDIT_DAYS_SCHEMA, BANDIT_STATE_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -186,9 +187,9 @@ def simulate(spark: SparkSession, cfg: Config) -> dict:
         feats = candidate_features(candidates.join(shop.users.select("user_idx", "target"), "user_idx"), items).persist()
         n_users = feats.select("user_idx").distinct().count()
         state, states, days = LinUCB.prior(bc.prior), [], []
+        reward = REWARDS[bc.reward]  # the outcome column the re-ranker learns from
         for day in range(bc.days):
             played = play(day_lists(feats, state, cfg, day), cfg.abtest, cfg.abtest.seed, day)
-            reward = "revenue" if bc.reward == "revenue" else "clicked"
             rows = {r.policy: r for r in played.groupBy("policy").agg(
                 F.sum("clicked").alias("clicks"), *[F.sum(m).alias(m) for m in METRICS[1:]],
                 *sufficient_sums(played, reward)).collect()}
