@@ -68,7 +68,6 @@ def _cold_users(spark: SparkSession, cfg: Config, ckpt_path: str, v: dict, popul
     read = lambda name: tables.read_pinned(spark, root, name, v)  # noqa: E731
     seqs, prof, content = read(schema.SEQUENCES), read(schema.USER_PROFILE), read(schema.ITEM_CONTENT)
     ev = read(schema.EVENTS).join(read(schema.USER_INDEX), "user_id").join(read(schema.ITEM_INDEX), "item_id")
-    ref_ts = ev.agg(F.max("ts")).first()[0]
     n_categories = int(content.agg(F.max("category_idx")).first()[0] or 0)
     cold = seqs.where(held_out("user_id", fc.holdout_users, fc.holdout_seed))
     out = {}
@@ -77,7 +76,7 @@ def _cold_users(spark: SparkSession, cfg: Config, ckpt_path: str, v: dict, popul
             "user_idx", F.slice("items", 1, n).cast("array<int>").alias("input"),
             F.element_at("items", n + 1).alias("target"), F.element_at("item_ts", n + 1).alias("cut_ts"))
         cut_events = ev.join(u.select("user_idx", "cut_ts"), "user_idx").where(F.col("ts") < F.col("cut_ts"))
-        behaviour = profiles(cut_events.drop("cut_ts"), None, content, n_categories, ref_ts)
+        behaviour = profiles(cut_events.drop("cut_ts"), None, content, n_categories)
         u = (u.join(prof.select("user_idx", "profile_cat"), "user_idx", "left")
              .join(behaviour.select("user_idx", "profile_num"), "user_idx", "left")
              .withColumn("seen", F.col("input"))).persist()

@@ -159,6 +159,11 @@ class FeaturesConfig:
     holdout_users: float = 0.0
     holdout_items: float = 0.0
     holdout_seed: int = 13
+    # full: rebuild every user's rows. incremental: rebuild only the users with new events since the
+    # previous run (Delta Change Data Feed of the events table) and MERGE them into the user-item
+    # matrix, sequences, profiles and training examples; falls back to full, saying why, when the
+    # settings, the users or items table changed, or the feed cannot be read for the range.
+    mode: str = "full"
 
 
 @dataclass(frozen=True)
@@ -484,6 +489,8 @@ def _check_features(f: FeaturesConfig) -> None:
     if any(w < 0 for w in f.event_weights.values()):
         raise ConfigError(f"features.event_weights: weights must be >= 0, got {f.event_weights}")
     _at_least("features.train_files", f.train_files, 1)
+    if f.mode not in ("full", "incremental"):
+        raise ConfigError(f"features.mode: expected 'full' or 'incremental', got {f.mode!r}")
 
 
 def _check_finite(cfg: "Config") -> None:

@@ -12,7 +12,10 @@ A run records its table versions in gold/feature_sets as its last write; readers
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -90,16 +93,20 @@ def attach_attribute_indexes(df: DataFrame, attr_index: DataFrame, columns: list
     return df
 
 
-def user_item_matrix(events: DataFrame, cfg: FeaturesConfig, ref_ts) -> DataFrame:
-    """(user_idx, item_idx, weight): sum over events of type weight x 0.5 ** (age / half-life).
+def user_item_matrix(events: DataFrame, cfg: FeaturesConfig) -> DataFrame:
+    """(user_idx, item_idx, weight, as_of): sum over events of type weight x 0.5 ** (age / half-life).
 
-    ref_ts is the reference time for ages (the newest event), so the result does not depend on
-    when the job runs. Event types missing from event_weights weigh 0.
+    Ages count back from the user's own newest event (as_of), so a user's weights change only with
+    that user's events (incremental features rebuild just those users) and never depend on when the
+    job runs. Weights as of a later time t are weight x 0.5 ** ((t - as_of) / half-life). Event types
+    missing from event_weights weigh 0.
     """
     weights = F.create_map(*[x for k, v in cfg.event_weights.items() for x in (F.lit(k), F.lit(float(v)))])
-    age_days = (F.lit(ref_ts).cast("long") - F.col("ts").cast("long")) / 86400.0
+    as_of = F.max("ts").over(Window.partitionBy("user_idx"))
+    age_days = (as_of.cast("long") - F.col("ts").cast("long")) / 86400.0
     w = F.coalesce(weights[F.col("event_type")], F.lit(0.0)) * F.pow(F.lit(0.5), age_days / cfg.half_life_days)
-    return (events.groupBy("user_idx", "item_idx").agg(F.sum(w).alias("weight"))
+    return (events.select("user_idx", "item_idx", w.alias("w"), as_of.alias("as_of"))
+            .groupBy("user_idx", "item_idx").agg(F.sum("w").alias("weight"), F.first("as_of").alias("as_of"))
             .where(F.col("weight") > 0))
 
 
@@ -174,21 +181,23 @@ def training_windows(seqs: DataFrame, max_len: int) -> DataFrame:
     )
 
 
-def profiles(events: DataFrame, users: DataFrame | None, item_content: DataFrame, n_categories: int,
-             ref_ts) -> DataFrame:
-    """User profile: declared attributes (indexed), activity counts, recency and category shares.
+def profiles(events: DataFrame, users: DataFrame | None, item_content: DataFrame, n_categories: int) -> DataFrame:
+    """User profile: declared attributes (indexed), activity counts, last activity and category shares.
 
     Output columns: user_idx, <attr>_idx for each declared attribute (0 when unknown), n_<type>
-    counts, n_events, n_items, recency_days, active_days, category_shares array<double> of length
-    n_categories + 1 (index = category idx, 0 = unknown category), profile_cat array<int> (the
-    declared attributes) and profile_num array<float> (log1p counts + shares, unscaled: the model
-    standardises them with the statistics in gold/feature_stats, stored in its checkpoint).
-    Users of `users` without events get zero activity.
+    counts, n_events, n_items, last_active_day (days since 1970-01-01 of the newest event),
+    active_days, category_shares array<double> of length n_categories + 1 (index = category idx,
+    0 = unknown category), profile_cat array<int> (the declared attributes) and profile_num
+    array<float> (log1p counts, last_active_day, shares; unscaled: the model standardises them with
+    the statistics in gold/feature_stats, stored in its checkpoint). Every column depends on the
+    user's own rows only, never on the run's time, so a user without new events keeps the same
+    profile. Users of `users` without events get zero activity and last_active_day NaN (unknown: the
+    model reads it as the training mean).
     """
     counts = [F.sum(F.when(F.col("event_type") == t, 1).otherwise(0)).alias(f"n_{t}") for t in schema.EVENT_TYPES]
     act = events.groupBy("user_idx").agg(
         *counts, F.count("*").alias("n_events"), F.countDistinct("item_idx").alias("n_items"),
-        ((F.lit(ref_ts).cast("long") - F.max("ts").cast("long")) / 86400.0).alias("recency_days"),
+        (F.max("ts").cast("long") / 86400.0).alias("last_active_day"),
         F.countDistinct(F.to_date("ts")).alias("active_days"),
     )
     by_cat = (events.join(item_content.select("item_idx", "category_idx"), "item_idx", "left")
@@ -212,7 +221,7 @@ def profiles(events: DataFrame, users: DataFrame | None, item_content: DataFrame
                         + ["n_events", "n_items", "active_days"])
             .withColumn("category_shares", F.coalesce("category_shares", zero_shares)))
     nums = [F.log1p(F.col(f"n_{t}").cast("double")) for t in schema.EVENT_TYPES]
-    nums += [F.log1p("n_events"), F.log1p("n_items"), F.log1p(F.coalesce("recency_days", F.lit(0.0))),
+    nums += [F.log1p("n_events"), F.log1p("n_items"), F.coalesce("last_active_day", F.lit(float("nan"))),
              F.log1p("active_days")]
     return prof.select(
         "*",
@@ -232,10 +241,11 @@ def training_cut_events(events: DataFrame, seqs: DataFrame) -> DataFrame:
 
 
 def array_stats(df: DataFrame, col: str, width: int) -> tuple[list[float], list[float]]:
-    """Per-position mean and standard deviation (population; 1 where 0) of an array<float> column."""
+    """Per-position mean and standard deviation (population; 1 where 0) of an array<float> column,
+    NaN (unknown) entries left out."""
     if width == 0:
         return [], []
-    rows = (df.select(F.posexplode(col).alias("i", "v")).groupBy("i")
+    rows = (df.select(F.posexplode(col).alias("i", "v")).where(~F.isnan("v")).groupBy("i")
             .agg(F.avg("v").alias("m"), F.stddev_pop("v").alias("s")).collect())
     mean, std = [0.0] * width, [1.0] * width
     for r in rows:
@@ -309,10 +319,13 @@ class FeaturesReport:
     n_items: int
     n_train_rows: int
     max_seq_len: int
+    mode: str
+    reason: str
+    users_rebuilt: int
 
     def summary(self) -> str:
-        return (f"features: {self.n_users} users, {self.n_items} items, {self.n_train_rows} training windows "
-                f"of {self.max_seq_len} steps; "
+        return (f"features ({self.mode}: {self.reason}): {self.users_rebuilt} of {self.n_users} users rebuilt, "
+                f"{self.n_items} items, {self.n_train_rows} training windows of {self.max_seq_len} steps; "
                 f"table versions {self.versions}")
 
 
@@ -323,6 +336,7 @@ class Inputs:
     events_version: int
     users: Optional[DataFrame]
     items: Optional[DataFrame]
+    side_versions: dict  # users / items table name -> version, for the tables that exist
 
 
 @dataclass
@@ -339,11 +353,14 @@ def _read_inputs(spark: SparkSession, root: str) -> Inputs:
     events = tables.read(spark, events_path, events_version)
     if events.isEmpty():
         raise RuntimeError(f"events table {events_path} is empty; ingest some events first")
-    side = {}
+    side, side_versions = {}, {}
     for name in (schema.USERS, schema.ITEMS):
         loc = tables.location(root, name)
-        side[name] = tables.read(spark, loc) if tables.exists(spark, loc) else None
-    return Inputs(events, events_version, side[schema.USERS], side[schema.ITEMS])
+        side[name] = None
+        if tables.exists(spark, loc):
+            side_versions[name] = tables.version(spark, loc)
+            side[name] = tables.read(spark, loc, side_versions[name])
+    return Inputs(events, events_version, side[schema.USERS], side[schema.ITEMS], side_versions)
 
 
 def _present(df: Optional[DataFrame], columns: tuple) -> list[str]:
@@ -401,8 +418,107 @@ def _declared_users(inp: Inputs, idx: Indexes) -> Optional[DataFrame]:
     return attach_attribute_indexes(u, idx.attribute, list(schema.USER_ATTRIBUTE_COLUMNS))
 
 
+FULL, INCREMENTAL = "full", "incremental"
+# The tables an incremental run merges the changed users into (the others it rewrites).
+INCREMENTAL_TABLES = (schema.USER_ITEM, schema.SEQUENCES, schema.USER_PROFILE, schema.TRAIN_EXAMPLES)
+
+
+@dataclass
+class Plan:
+    """What a run rebuilds: every user (full) or, incrementally, the users with new events since
+    the feature set it builds on (`changed`: their user_idx; `previous`: that set's table versions)."""
+    mode: str
+    reason: str
+    changed: Optional[DataFrame] = None
+    previous: Optional[dict] = None
+
+    def scope(self, df: DataFrame) -> DataFrame:
+        """df's rows of the users this run rebuilds."""
+        return df if self.changed is None else df.join(F.broadcast(self.changed), "user_idx", "left_semi")
+
+
+def settings_digest(fc: FeaturesConfig) -> str:
+    """A digest of the settings that shape the feature tables (all but mode): rows built under other
+    settings cannot be mixed with new ones."""
+    settings = {k: v for k, v in dataclasses.asdict(fc).items() if k != "mode"}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def changed_users(spark: SparkSession, root: str, from_version: int, to_version: int) -> DataFrame:
+    """user_id of every user with an event added in events versions (from_version, to_version]."""
+    if to_version <= from_version:
+        return spark.createDataFrame([], "user_id string")
+    return tables.changes(spark, tables.location(root, schema.EVENTS), from_version + 1, to_version
+                          ).select("user_id").distinct()
+
+
+def rebuild_reason(fc: FeaturesConfig, built: dict, events_version: int) -> Optional[str]:
+    """Why an incremental run must rebuild everything instead (None when it need not), from the
+    metadata of the previous set's sequences commit (its events version and settings digest)."""
+    if "events_version" not in built or "settings" not in built:
+        return "the previous feature tables do not record their events version and settings"
+    if built["settings"] != settings_digest(fc):
+        return "the features settings changed since the previous run"
+    if events_version < built["events_version"]:
+        return f"the events version went back ({built['events_version']} -> {events_version})"
+    return None
+
+
+def _side_table_changes(spark: SparkSession, root: str, previous: dict, inp: Inputs) -> tuple[Optional[str], DataFrame]:
+    """(why everything must be rebuilt, or None; user_id of the users whose users-table row is new or
+    changed). Ingest rewrites the users and items tables from full feeds, so their versions move every
+    night: what counts is whether rows changed. An item that changed category, or a new category
+    (every user's category shares change shape), needs a full rebuild; other item changes (title,
+    price, tags) only touch item content, which every run rewrites."""
+    def at(name):
+        return None if previous.get(name) is None else tables.read(spark, tables.location(root, name), previous[name])
+
+    old_items, old_users = at(schema.ITEMS), at(schema.USERS)
+    for name, old, now in ((schema.ITEMS, old_items, inp.items), (schema.USERS, old_users, inp.users)):
+        if (old is None) != (now is None) or (old is not None and set(old.columns) != set(now.columns)):
+            return f"the {name} table appeared, disappeared or changed columns since the previous run", None
+    if old_items is not None and "category" in old_items.columns:
+        pairs = ("item_id", "category")
+        moved = old_items.select(*pairs).exceptAll(inp.items.select(*pairs))
+        grown = inp.items.select("category").join(old_items.select("category"), "category", "left_anti")
+        if not moved.isEmpty() or not grown.isEmpty():
+            return "an item changed or left its category, or a new category appeared", None
+    if old_users is None:
+        return None, spark.createDataFrame([], "user_id string")
+    return None, inp.users.exceptAll(old_users.select(*inp.users.columns)).select("user_id").distinct()
+
+
+def _plan(spark: SparkSession, cfg: Config, inp: Inputs, user_index: DataFrame) -> Plan:
+    root = cfg.tables_root
+    if cfg.features.mode == FULL:
+        return Plan(FULL, "features.mode is full")
+    last = tables.newest_feature_set(spark, root)
+    if last is None or schema.SEQUENCES not in last.versions:
+        return Plan(FULL, "no previous features run")
+    previous = dict(last.versions)
+    built = tables.commit_metadata(spark, tables.location(root, schema.SEQUENCES), previous[schema.SEQUENCES])
+    reason = rebuild_reason(cfg.features, built, inp.events_version)
+    if reason:
+        return Plan(FULL, reason)
+    moved = [n for n in INCREMENTAL_TABLES if tables.version(spark, tables.location(root, n)) != previous.get(n)]
+    if moved:  # a run killed before recording its set: its partial writes are not the base to merge into
+        return Plan(FULL, f"{', '.join(moved)} changed after the previous complete features run")
+    reason, declared = _side_table_changes(spark, root, previous, inp)
+    if reason:
+        return Plan(FULL, reason)
+    since = int(built["events_version"])
+    try:
+        ids = changed_users(spark, root, since, inp.events_version).unionByName(declared).distinct()
+        changed = ids.join(user_index, "user_id").select("user_idx").persist()
+        n = changed.count()
+    except Exception as exc:  # the feed does not cover the range (enabled later, or vacuumed)
+        return Plan(FULL, f"the events change feed cannot be read from version {since + 1}: {str(exc).splitlines()[0]}")
+    return Plan(INCREMENTAL, f"{n} users with new events (events versions {since + 1}..{inp.events_version}) "
+                             f"or changed attributes", changed, previous)
+
+
 class Writer:
-    """Overwrites gold tables and records the version each write made."""
+    """Writes gold tables and records the version each write made."""
 
     def __init__(self, spark: SparkSession, root: str):
         self.spark, self.root, self.versions = spark, root, {}
@@ -413,16 +529,30 @@ class Writer:
         # A concurrent features run overwriting the same table makes Delta refuse one commit; it
         # is rewritten after the other's (each run's feature set pins its own versions).
         tables.retry_on_conflict(lambda: tables.overwrite(df, loc, metadata=metadata), f"features: writing {name}")
+        return self._written(name, loc)
+
+    def put(self, name: str, df: DataFrame, plan: Plan, keys: list[str], metadata: Optional[dict] = None) -> DataFrame:
+        """Per the plan: overwrite table `name` with df, or replace just the changed users' rows
+        with df's (a MERGE: the rows of those users that df lacks are deleted)."""
+        if plan.mode == FULL:
+            return self.write(name, df, metadata)
+        loc = tables.location(self.root, name)
+        tables.retry_on_conflict(
+            lambda: tables.replace_groups(self.spark, df, loc, "user_idx", keys, plan.changed, metadata),
+            f"features: merging the changed users into {name}")
+        return self._written(name, loc)
+
+    def _written(self, name: str, loc: str) -> DataFrame:
         self.versions[name] = tables.version(self.spark, loc)
         return tables.read(self.spark, loc, self.versions[name])
 
 
 def _profiles(ev: DataFrame, users: Optional[DataFrame], content: DataFrame, seqs: DataFrame,
-              n_categories: int, ref_ts) -> DataFrame:
+              n_categories: int) -> DataFrame:
     """Serving profile from every event; training/evaluation profile (train_profile_num) from the
     events before each user's held-out targets (no leak of the items the model is evaluated on)."""
-    serving = profiles(ev, users, content, n_categories, ref_ts)
-    cut = profiles(training_cut_events(ev, seqs), None, content, n_categories, ref_ts)
+    serving = profiles(ev, users, content, n_categories)
+    cut = profiles(training_cut_events(ev, seqs), None, content, n_categories)
     prof = serving.join(cut.select("user_idx", F.col("profile_num").alias("train_profile_num")), "user_idx", "left")
     return prof.withColumn("train_profile_num", F.coalesce("train_profile_num", "profile_num"))
 
@@ -458,37 +588,58 @@ def _training_examples(seqs: DataFrame, prof: DataFrame, content: DataFrame, fc:
             .repartition(fc.train_files, "user_idx").sortWithinPartitions("user_idx", "window"))
 
 
+def _put_training_examples(spark: SparkSession, out: Writer, plan: Plan, seqs: DataFrame, prof: DataFrame,
+                           content: DataFrame, fc: FeaturesConfig, max_len: int) -> DataFrame:
+    """Training examples of the plan's users, or of every user when the window length moved (the
+    data-sized one, max_seq_len 0) since the previous run, as every window then changes."""
+    if plan.mode == INCREMENTAL:
+        built = tables.commit_metadata(spark, tables.location(out.root, schema.TRAIN_EXAMPLES),
+                                       plan.previous[schema.TRAIN_EXAMPLES]).get("max_len")
+        if built != max_len:
+            plan = Plan(FULL, f"the training window length moved ({built} -> {max_len})")
+            logger.info(f"features: rebuilding every training example: {plan.reason}")
+    return out.put(schema.TRAIN_EXAMPLES, _training_examples(plan.scope(seqs), prof, content, fc, max_len), plan,
+                   ["user_idx", "window"], metadata={"max_len": max_len})
+
+
 def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
-    """indexes -> item content -> user-item matrix -> sequences and split -> profiles -> feature
-    statistics -> training examples, each a gold table."""
+    """indexes -> item content -> plan (every user, or those with new events) -> user-item matrix ->
+    sequences and split -> profiles -> feature statistics -> training examples, each a gold table."""
     root, fc = cfg.tables_root, cfg.features
     run_id = "features-" + uuid.uuid4().hex[:12]
     inp = _read_inputs(spark, root)
     idx = _indexes(spark, root, inp)
+    plan = _plan(spark, cfg, inp, idx.user)
+    logger.info(f"features: {plan.mode} ({plan.reason})")
     content, content_stats = _content(spark, cfg, inp, idx)
     n_categories = int(idx.attribute.where(F.col("attribute") == "category").agg(F.max("idx")).first()[0] or 0)
-    ev = inp.events.join(idx.user, "user_id").join(idx.item, "item_id").persist()
-    ref_ts = ev.agg(F.max("ts")).first()[0]
+    ev = plan.scope(inp.events.join(idx.user, "user_id").join(idx.item, "item_id")).persist()
     users = _declared_users(inp, idx)
+    users = None if users is None else plan.scope(users)
     out = Writer(spark, root)
     written_content = out.write(schema.ITEM_CONTENT, content)
     content.unpersist()
-    out.write(schema.USER_ITEM, user_item_matrix(ev, fc, ref_ts))
-    # The events version is recorded in the commit: incremental scoring reads the events' change
-    # feed from the version the previous scoring run's sequences were built from.
-    seqs = out.write(schema.SEQUENCES, split(sequences(ev, fc), fc).join(idx.user, "user_idx"),
-                     metadata={"events_version": inp.events_version})
-    prof = out.write(schema.USER_PROFILE, _profiles(ev, users, written_content, seqs, n_categories, ref_ts))
+    out.put(schema.USER_ITEM, user_item_matrix(ev, fc), plan, ["user_idx", "item_idx"])
+    # The sequences commit records the events version and settings the tables were built from:
+    # incremental scoring and the next incremental features run read the change feed from there.
+    seqs = out.put(schema.SEQUENCES, split(sequences(ev, fc), fc).join(idx.user, "user_idx"), plan, ["user_idx"],
+                   metadata={"events_version": inp.events_version, "settings": settings_digest(fc)})
+    prof = out.put(schema.USER_PROFILE, _profiles(ev, users, written_content, seqs, n_categories),
+                   plan, ["user_idx"])
     ev.unpersist()
     stats, p80 = _feature_stats(spark, content_stats, prof, seqs, fc)
     out.write(schema.FEATURE_STATS, stats)
     max_len = fc.max_seq_len or auto_max_len(p80)
-    train = out.write(schema.TRAIN_EXAMPLES, _training_examples(seqs, prof, written_content, fc, max_len))
-    written = {**out.versions, schema.EVENTS: inp.events_version}
+    train = _put_training_examples(spark, out, plan, seqs, prof, written_content, fc, max_len)
+    written = {**out.versions, **inp.side_versions, schema.EVENTS: inp.events_version}
     for name in (schema.USER_INDEX, schema.ITEM_INDEX):
         written[name] = tables.version(spark, tables.location(root, name))
     tables.record_feature_set(spark, root, run_id, written)
-    report = FeaturesReport(written, idx.user.count(), idx.item.count(), train.count(), max_len)
+    rebuilt = plan.changed.count() if plan.changed is not None else idx.user.count()
+    report = FeaturesReport(written, idx.user.count(), idx.item.count(), train.count(), max_len, plan.mode,
+                            plan.reason, rebuilt)
+    if plan.changed is not None:
+        plan.changed.unpersist()
     logger.info(report.summary())
     return report
 

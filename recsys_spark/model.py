@@ -80,7 +80,8 @@ class ModelConfig:
 
 
 def _std(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    return (x - mean) / std.clamp_min(1e-6)
+    """Standardised features; an unknown value (NaN) reads as the mean."""
+    return torch.nan_to_num((x - mean) / std.clamp_min(1e-6), nan=0.0)
 
 
 def _statistic(stats: dict, name: str, size: int) -> torch.Tensor:

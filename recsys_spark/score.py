@@ -27,10 +27,9 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import checkpoints, promotion, schema, splits, tables
+from recsys_spark import checkpoints, features, promotion, schema, splits, tables
 from recsys_spark.baselines import fallback_lists
 from recsys_spark.config import Config
-from recsys_spark.features import item_feature_arrays
 from recsys_spark.ranking import ScoringSpec, item_catalog, score_users
 from recsys_spark.table_schemas import RECOMMENDATIONS_SCHEMA, SCORE_RUNS_SCHEMA
 
@@ -62,14 +61,6 @@ def _last_run(spark: SparkSession, root: str) -> Optional[dict]:
         return None
     row = tables.read(spark, loc).orderBy(F.desc("finished_at")).first()
     return row.asDict() if row else None
-
-
-def _changed_users(spark: SparkSession, root: str, from_version: int, to_version: int) -> DataFrame:
-    """user_id of every user with an event added in events versions (from_version, to_version]."""
-    loc = tables.location(root, schema.EVENTS)
-    if to_version <= from_version:
-        return spark.createDataFrame([], "user_id string")
-    return tables.changes(spark, loc, from_version + 1, to_version).select("user_id").distinct()
 
 
 def _choose_mode(cfg: Config, last: Optional[dict], model_run_id: str, rules: str,
@@ -145,7 +136,7 @@ def current_catalog(spark: SparkSession, cfg: Config, model, versions: dict, use
         raise ValueError(f"score.objective is {cfg.score.objective} but no item has a positive {value_col}: add a "
                          f"{value_col} column to the items input (then rerun ingest and features), or set "
                          f"score.objective: relevance")
-    feats = {k: torch.as_tensor(v) for k, v in item_feature_arrays(content, n_items).items()}
+    feats = {k: torch.as_tensor(v) for k, v in features.item_feature_arrays(content, n_items).items()}
     with torch.no_grad():
         vectors = model.item_vectors(feats).numpy()
     ineligible, elig_version = _eligibility(spark, cfg, item_index, n_items)
@@ -195,7 +186,7 @@ def _scope(spark: SparkSession, root: str, users: DataFrame, last: Optional[dict
     if mode != "incremental":
         return Scope(mode, reason, users)
     try:
-        changed = _changed_users(spark, root, last["events_version"], events_version).persist()
+        changed = features.changed_users(spark, root, last["events_version"], events_version).persist()
         changed.count()
     except Exception as exc:  # the feed does not cover the range (e.g. enabled later, or vacuumed)
         return Scope("full", f"the events change feed cannot be read from version {last['events_version'] + 1}: "

@@ -324,6 +324,18 @@ def replace_rows(spark: SparkSession, df: DataFrame, location: str, keys: list[s
             spark.conf.unset(conf_key)
 
 
+def replace_groups(spark: SparkSession, df: DataFrame, location: str, group: str, keys: list[str],
+                   groups: DataFrame, metadata: Optional[dict] = None) -> None:
+    """Make the rows of every group listed in `groups` (a one-column DataFrame of `group` values, a
+    user for instance) exactly df's rows of that group, in one MERGE by keys: rows of those groups
+    that df no longer has are deleted, the others updated or inserted; other groups are untouched."""
+    current = read(spark, location).join(groups, group, "left_semi").select(*keys)
+    gone = current.join(df.select(*keys), keys, "left_anti")
+    keep = "_keep_row"
+    source = df.withColumn(keep, F.lit(True)).unionByName(gone.withColumn(keep, F.lit(False)), allowMissingColumns=True)
+    replace_rows(spark, source, location, keys, keep, metadata)
+
+
 def insert_missing(spark: SparkSession, df: DataFrame, location: str, key: str) -> None:
     """Insert the rows of df whose key the table does not hold yet (an insert-only MERGE; creates
     the table when it is missing). Unlike a blind append, two writers inserting the same key at

@@ -8,7 +8,7 @@ from conftest import make_config
 from recsys_spark import features, ingest, schema, tables
 
 HEADER = "event_id,user_id,item_id,event_type,timestamp\n"
-# ref time (newest event) is 2026-01-03 00:00:00
+# u1's newest event is at 2026-01-03 00:00:00, u2's at 2026-01-02 06:00:00
 EVENTS = [
     "e1,u1,i1,view,2026-01-01 00:00:00",
     "e2,u1,i1,add_to_cart,2026-01-01 00:01:00",
@@ -37,6 +37,12 @@ def _setup(tmp_path, events=EVENTS, **sections):
     return make_config(tmp_path, **sections)
 
 
+def _days_since_1970(when: str) -> float:
+    from datetime import datetime, timezone
+
+    return datetime.fromisoformat(when).replace(tzinfo=timezone.utc).timestamp() / 86400
+
+
 def _read(spark, cfg, name):
     return tables.read(spark, tables.location(cfg.tables_root, name))
 
@@ -55,12 +61,16 @@ def test_user_item_weights_combine_event_types_and_decay(spark, built):
     ui = _read(spark, cfg, schema.USER_ITEM)
     uidx = {r.user_id: r.user_idx for r in _read(spark, cfg, schema.USER_INDEX).collect()}
     iidx = {r.item_id: r.item_idx for r in _read(spark, cfg, schema.ITEM_INDEX).collect()}
-    w = {(r.user_idx, r.item_idx): r.weight for r in ui.collect()}
+    rows = ui.collect()
+    w = {(r.user_idx, r.item_idx): r.weight for r in rows}
+    # Ages count from the user's own newest event.
     # u1/i1: view (2 days old: 1 * 0.25) + cart 1 minute later (3 * 0.5 ** (2 - 1/1440))
     assert w[(uidx["u1"], iidx["i1"])] == pytest.approx(0.25 + 3 * 0.5 ** (2 - 1 / 1440))
-    # u1/i3: view 12h old (0.5 ** 0.5) + purchase at ref time (5)
+    # u1/i3: view 12h old (0.5 ** 0.5) + purchase at u1's newest event (5)
     assert w[(uidx["u1"], iidx["i3"])] == pytest.approx(0.5 ** 0.5 + 5)
-    assert w[(uidx["u2"], iidx["i2"])] == pytest.approx(0.5)
+    # u2/i2: a view 6 hours before u2's newest event, however long ago u2 was active
+    assert w[(uidx["u2"], iidx["i2"])] == pytest.approx(0.5 ** 0.25)
+    assert {str(r.as_of) for r in rows if r.user_idx == uidx["u2"]} == {"2026-01-02 06:00:00"}
     assert len(w) == 5
 
 
@@ -138,7 +148,8 @@ def test_profiles_and_item_content(spark, built):
     prof = {r.user_idx: r for r in _read(spark, cfg, schema.USER_PROFILE).collect()}
     p1 = prof[uidx["u1"]]
     assert (p1.n_view, p1.n_add_to_cart, p1.n_purchase, p1.n_events, p1.n_items) == (3, 1, 1, 5, 3)
-    assert p1.recency_days == pytest.approx(0.0)
+    assert p1.last_active_day == pytest.approx(_days_since_1970("2026-01-03 00:00:00"))
+    assert prof[uidx["u2"]].last_active_day == pytest.approx(_days_since_1970("2026-01-02 06:00:00"))
     phone = content["i1"].category_idx
     assert p1.category_shares[phone] == pytest.approx(4 / 5)  # 4 of 5 events on phones
     assert sum(p1.category_shares) == pytest.approx(1.0)
@@ -203,3 +214,48 @@ def test_concurrent_runs_never_give_two_ids_one_number(spark, tmp_path):
     rows = tables.read(spark, loc).collect()
     assert len(rows) == 102 and len({r.id for r in rows}) == 102
     assert sorted(r.idx for r in rows) == list(range(102))
+
+
+def _same(a, b) -> bool:
+    """Rows equal, floats to 1e-9 relative (a sum over a user's events may add in another order)."""
+    if isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) or (math.isnan(a) and math.isnan(b))
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a == b
+
+
+def test_an_incremental_run_rebuilds_only_changed_users_and_equals_a_full_rebuild(spark, built, tmp_path):
+    shutil.copytree(built.paths.root, tmp_path / "lake")
+    cfg = make_config(tmp_path / "lake", features={**FEATURES, "mode": "incremental"})
+    u1_before = _read(spark, cfg, schema.SEQUENCES).where("user_id = 'u1'").collect()
+    # u2 gets a third item (so now has held-out targets), n1 is a new user; u1 has nothing new.
+    (tmp_path / "lake" / "raw" / "events" / "b.csv").write_text(HEADER + "\n".join([
+        "e9,u2,i3,view,2026-01-04 00:00:00", "e10,n1,i2,view,2026-01-04 01:00:00",
+        "e11,n1,i1,purchase,2026-01-04 02:00:00"]) + "\n")
+    ingest.run(spark, cfg)
+    incremental = features.run(spark, cfg)
+    assert (incremental.mode, incremental.users_rebuilt, incremental.n_users) == ("incremental", 2, 3)
+    assert _read(spark, cfg, schema.SEQUENCES).where("user_id = 'u1'").collect() == u1_before
+    full = features.run(spark, make_config(tmp_path / "lake", features=FEATURES))
+    assert full.mode == "full"
+    for name in (schema.USER_ITEM, schema.SEQUENCES, schema.USER_PROFILE, schema.TRAIN_EXAMPLES, schema.FEATURE_STATS):
+        loc = tables.location(cfg.tables_root, name)
+        got, want = (sorted(tuple(r) for r in tables.read(spark, loc, report.versions[name]).collect())
+                     for report in (incremental, full))
+        assert len(got) == len(want) and _same(got, want), name
+    # The next incremental run builds on the full one, and with no new events rebuilds nobody.
+    again = features.run(spark, cfg)
+    assert (again.mode, again.users_rebuilt) == ("incremental", 0)
+
+
+def test_an_incremental_run_rebuilds_everything_when_its_settings_or_events_went_elsewhere():
+    from recsys_spark.config import FeaturesConfig
+
+    fc = FeaturesConfig(mode="incremental")
+    built = {"events_version": 4, "settings": features.settings_digest(fc)}
+    assert features.rebuild_reason(fc, built, 6) is None
+    assert features.rebuild_reason(FeaturesConfig(mode="full"), built, 6) is None  # mode is not a setting
+    assert "settings changed" in features.rebuild_reason(FeaturesConfig(mode="incremental", half_life_days=7), built, 6)
+    assert "went back" in features.rebuild_reason(fc, built, 3)
+    assert "do not record" in features.rebuild_reason(fc, {"events_version": 4}, 6)
