@@ -1,12 +1,15 @@
-"""Incremental vs full nightly scoring when a small share of users has new events.
+"""Incremental vs full nights (features and scoring) when a small share of users has new events.
 
     python -m benchmarks.incremental --out RESULT.json [--users 100000] [--items 5000]
         [--events 2000000] [--changed 0.01] [--repeats 3] [--work DIR] [--set key=value ...]
 
 Builds a synthetic shop with the nightly code (generate, ingest, features, a 1-epoch train: the
 model's quality does not matter here), scores it once in full, then `repeats` times: appends new
-events for `changed` of the users (+ a few new users), runs ingest and features, and times the
-score stage in incremental mode, then in full mode, on the same tables. It checks that both give the same lists for the changed users and reports medians.
+events for `changed` of the users (+ a few new users), runs ingest, times the features stage in
+incremental mode then in full mode, and the score stage in incremental mode then in full mode, on
+the same tables. It checks that both feature builds give the same sequences and profiles and both
+scorings the same lists for the changed users, and reports medians and the incremental night's
+share of a full night (features + score).
 """
 from __future__ import annotations
 
@@ -68,9 +71,12 @@ def _night(spark, cfg, work: str, base: list, new: pd.DataFrame, rep: int, confi
     new.to_parquet(os.path.join(new_dir, "events.parquet"))
     t = time.time()
     cli.run_stage(spark, _cfg(work, base + [f"ingest.events={new_dir}"], config), "ingest")
-    ingest_s, t = time.time() - t, time.time()
-    cli.run_stage(spark, cfg, "features")
-    features_s = time.time() - t
+    ingest_s = time.time() - t
+    built = {}
+    for mode in ("incremental", "full"):
+        t = time.time()
+        report = cli.run_stage(spark, _cfg(work, base + [f"features.mode={mode}"], config), "features")
+        built[mode] = (time.time() - t, report)
     days = {"incremental": f"2026-08-{10 + 2 * rep:02d}", "full": f"2026-08-{11 + 2 * rep:02d}"}
     # Incremental first: a full run records the current events version, after which an
     # incremental run has nothing left to do.
@@ -89,10 +95,27 @@ def _night(spark, cfg, work: str, base: list, new: pd.DataFrame, rep: int, confi
                       .select("user_id", "rank", "item_id").collect())
 
     return {"rep": rep, "changed_users": len(pick), "incremental_s": walls["incremental"],
-            "full_s": walls["full"], "ingest_s": ingest_s, "features_s": features_s,
+            "full_s": walls["full"], "ingest_s": ingest_s,
+            "features_incremental_s": built["incremental"][0], "features_full_s": built["full"][0],
+            "features_mode": built["incremental"][1].mode, "features_users_rebuilt": built["incremental"][1].users_rebuilt,
+            "same_features": _same_features(spark, cfg, built["incremental"][1].versions, built["full"][1].versions),
             "incremental_mode": outs["incremental"]["mode"], "users_scored": outs["incremental"]["users_scored"],
             "users_carried": outs["incremental"]["users_carried"],
             "same_lists_for_changed_users": lists(days["incremental"]) == lists(days["full"])}
+
+
+def _same_features(spark, cfg, incremental: dict, full: dict) -> bool:
+    """Whether the incremental and the full build hold the same sequences and profile counts."""
+    from recsys_spark import schema, tables
+
+    columns = {schema.SEQUENCES: ["user_idx", "items", "train_items", "valid_target", "test_target"],
+               schema.USER_PROFILE: ["user_idx", "n_events", "n_items", "active_days", "last_active_day", "profile_cat"]}
+    for name, cols in columns.items():
+        loc = tables.location(cfg.tables_root, name)
+        a, b = (tables.read(spark, loc, v[name]).select(*cols) for v in (incremental, full))
+        if not (a.exceptAll(b).isEmpty() and b.exceptAll(a).isEmpty()):
+            return False
+    return True
 
 
 def main(argv=None) -> int:
@@ -122,15 +145,22 @@ def main(argv=None) -> int:
                 new = _new_events(rng, all_users, items, args.changed, rep)
                 reps.append(_night(spark, cfg, work, base, new, rep, args.config))
                 print(json.dumps(reps[-1]), flush=True)
-    inc = statistics.median(r["incremental_s"] for r in reps)
-    full = statistics.median(r["full_s"] for r in reps)
+    med = {key: statistics.median(r[key] for r in reps)
+           for key in ("incremental_s", "full_s", "features_incremental_s", "features_full_s")}
+    night_full = med["features_full_s"] + med["full_s"]
+    night_incremental = med["features_incremental_s"] + med["incremental_s"]
     result = {"benchmark": "incremental", "users": len(all_users), "items": args.items, "events": args.events,
               "changed_share": args.changed, "setup_stage_s": stages, "reps": reps,
-              "median_incremental_s": inc, "median_full_s": full, "speedup": full / inc,
-              "median_features_s": statistics.median(r["features_s"] for r in reps)}
-    print(f"score stage, {args.changed:.0%} of {len(all_users)} users changed: full {full:.1f}s, incremental "
-          f"{inc:.1f}s (median of {len(reps)}), {full / inc:.1f}x; features (full rebuild) "
-          f"{result['median_features_s']:.1f}s; same lists for changed users: "
+              "median_incremental_s": med["incremental_s"], "median_full_s": med["full_s"],
+              "speedup": med["full_s"] / med["incremental_s"],
+              "median_features_incremental_s": med["features_incremental_s"],
+              "median_features_full_s": med["features_full_s"],
+              "night_share": night_incremental / night_full}
+    print(f"{args.changed:.0%} of {len(all_users)} users changed (median of {len(reps)}): score full "
+          f"{med['full_s']:.1f}s, incremental {med['incremental_s']:.1f}s; features full {med['features_full_s']:.1f}s, "
+          f"incremental {med['features_incremental_s']:.1f}s; incremental night (features + score) "
+          f"{night_incremental:.1f}s = {result['night_share']:.0%} of a full night ({night_full:.1f}s); "
+          f"same features: {all(r['same_features'] for r in reps)}; same lists for changed users: "
           f"{all(r['same_lists_for_changed_users'] for r in reps)}")
     harness.write_result(args.out, result)
     return 0
