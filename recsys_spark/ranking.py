@@ -364,24 +364,46 @@ def _servable(part: pd.DataFrame, model, histories: list) -> np.ndarray:
                      for h, pc in zip(histories, pcs)], dtype=bool)
 
 
-class _CampaignTop:
-    """A partition's running best candidates per campaign (the `keep` largest probabilities)."""
+class CampaignTop:
+    """A partition's running best candidates per campaign (the `keep` largest probabilities).
 
-    def __init__(self, keep: np.ndarray):
+    Batches wait in a buffer that is merged into the kept candidates once it holds as many rows as
+    are kept (at most budget_mb of them), so each user goes through about two selections instead of
+    one per batch: with audiences of thousands of users, re-selecting the kept rows for every batch
+    of users cost far more than scoring them."""
+
+    def __init__(self, keep: np.ndarray, budget_mb: float = 256.0):
         self.keep = keep
         width = int(keep.max()) if len(keep) and keep.max() > 0 else 0
         self.vals = torch.full((width, len(keep)), float("-inf"), dtype=torch.float64)
         self.users = torch.full((width, len(keep)), -1, dtype=torch.long)
+        # A buffered row costs 8 bytes per campaign (its values; users are a range per batch).
+        self.flush_rows = max(1, min(width, int(budget_mb * 2 ** 20 / (8 * max(1, len(keep))))))
+        self.pending: list[tuple[torch.Tensor, int]] = []
+        self.n_pending = 0
 
     def add(self, probs: np.ndarray, first_user: int) -> None:
         if not self.vals.shape[0]:
             return
-        vals = torch.as_tensor(probs)
-        users = torch.arange(first_user, first_user + len(probs)).unsqueeze(1).expand_as(vals)
-        vals = torch.cat([self.vals, vals])
-        users = torch.cat([self.users, users])
-        top = torch.topk(vals, min(self.vals.shape[0], vals.shape[0]), dim=0)
+        self.pending.append((torch.as_tensor(probs, dtype=torch.float64), first_user))
+        self.n_pending += len(probs)
+        if self.n_pending >= self.flush_rows:
+            self._merge()
+
+    def best(self) -> tuple[np.ndarray, np.ndarray]:
+        """(values, user positions), each (width, campaigns), best first; -inf / -1 where empty."""
+        self._merge()
+        return self.vals.numpy(), self.users.numpy()
+
+    def _merge(self) -> None:
+        if not self.pending:
+            return
+        vals = torch.cat([self.vals] + [v for v, _ in self.pending])
+        users = torch.cat([self.users] + [torch.arange(first, first + len(v)).unsqueeze(1).expand_as(v)
+                                          for v, first in self.pending])
+        top = torch.topk(vals, self.vals.shape[0], dim=0)
         self.vals, self.users = top.values, users.gather(0, top.indices)
+        self.pending, self.n_pending = [], 0
 
 
 def _campaign_partition(batches: Iterator[pd.DataFrame], spec: CampaignSpec, catalog_bc) -> Iterator[pd.DataFrame]:
@@ -392,7 +414,7 @@ def _campaign_partition(batches: Iterator[pd.DataFrame], spec: CampaignSpec, cat
     members = torch.as_tensor(catalog["members"], device=device)
     model = checkpoints.cached_model(spec.ckpt_path).to(device)
     keep, floor = np.asarray(spec.keep, dtype=np.int64), np.asarray(spec.min_probability, dtype=np.float64)
-    best = _CampaignTop(keep)
+    best = CampaignTop(keep)
     user_ids: list = []
     sums, count, over = np.zeros(len(keep)), 0, []
     with torch.no_grad():
@@ -418,7 +440,7 @@ def _campaign_partition(batches: Iterator[pd.DataFrame], spec: CampaignSpec, cat
                 user_ids.extend(part["user_id"].tolist())
                 count += len(part)
     ids = np.asarray(user_ids, dtype=object)
-    vals, who = best.vals.numpy(), best.users.numpy()
+    vals, who = best.best()
     rank = np.arange(vals.shape[0])[:, None]
     r, c = np.nonzero(np.isfinite(vals) & (rank < keep[None, :]))
     over.append(pd.DataFrame({"campaign": c.astype(np.int64), "user_id": ids[who[r, c]] if len(r) else [],

@@ -29,3 +29,22 @@ def test_fallback_lists_rank_by_segment_with_global_backoff(spark):
     assert fallback_list(cat, [1, 1], np.array([5]), 3) == ([6], schema.SERVED_SEGMENT)
     cat["ineligible"][7] = True
     assert fallback_list(cat, [2, 2], np.array([], dtype=np.int64), 3) == ([5, 6, 8], schema.SERVED_POPULAR)
+
+
+def test_campaign_top_keeps_each_campaigns_best_users_across_batches():
+    """The running candidates equal an exact top-`keep` per campaign over all users, whatever the
+    batching and however often the buffer is merged (here with a small memory budget too)."""
+    from recsys_spark.ranking import CampaignTop
+
+    rng = np.random.default_rng(3)
+    probs = rng.random((1000, 4))
+    keep = np.array([50, 0, 7, 300])
+    for budget_mb in (256.0, 0.002):  # 0.002 MB: a merge after every ~65 users
+        top = CampaignTop(np.where(keep > 0, keep, 0), budget_mb=budget_mb)
+        for lo in range(0, 1000, 97):
+            top.add(np.where(keep > 0, probs[lo: lo + 97], -np.inf), lo)
+        vals, who = top.best()
+        for c, k in enumerate(keep):
+            if k:
+                assert sorted(who[:k, c]) == sorted(np.argsort(-probs[:, c])[:k])
+                assert np.allclose(vals[:k, c], np.sort(probs[:, c])[::-1][:k])
