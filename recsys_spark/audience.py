@@ -209,6 +209,17 @@ def _spec(cfg: Config, ckpt_path: str, ckpt: dict, campaigns: list[Campaign]) ->
                         tuple(c.min_probability for c in campaigns), sc.batch_users, sc.device, sc.block_mb)
 
 
+def _purchase_share(ckpt: dict):
+    """Of the model's next new items, the share that were bought (a column; null without purchases).
+    A campaign's purchase probability is its probability times this share: a set's isotonic map is
+    not fitted, as for the set probability itself."""
+    fitted = checkpoints.calibration(ckpt)
+    purchase = fitted.get("purchase")
+    if not purchase:
+        return F.lit(None).cast("double")
+    return F.lit(purchase["new_share"] / max(fitted["new_share"], 1e-12))
+
+
 def _campaign_frames(spark: SparkSession, campaigns: list[Campaign], catalog: dict) -> tuple[DataFrame, DataFrame]:
     """(campaign, campaign_id, size, min_probability) and (item_id, campaign_id) of the campaigns."""
     table = spark.createDataFrame([(i, c.campaign_id, c.size, c.min_probability) for i, c in enumerate(campaigns)],
@@ -256,7 +267,8 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     table, pairs = _campaign_frames(spark, campaigns, catalog)
     audiences = select_audiences(candidates, table, _recent_buyers(spark, cfg, pairs, run_date),
                                  _opted_out(spark, cfg), cfg.audience.max_per_user)
-    out = (audiences.withColumn("model_run_id", F.lit(ckpt["run_id"])).withColumn("run_date", F.lit(run_date))
+    out = (audiences.withColumn("purchase_probability", _purchase_share(ckpt) * F.col("probability"))
+           .withColumn("model_run_id", F.lit(ckpt["run_id"])).withColumn("run_date", F.lit(run_date))
            .select(*[F.col(f.name).cast(f.dataType) for f in AUDIENCES_SCHEMA.fields]))
     meta = {"model_run_id": ckpt["run_id"], "versions": versions, "campaigns": [c.campaign_id for c in campaigns]}
     version = _publish(spark, cfg, out, run_date, meta)

@@ -22,7 +22,9 @@ user's top-k. It keeps every list's order. Set probabilities (audiences) are sum
 and use the temperature-scaled distribution.
 
 A calibration is a plain dict, stored in the checkpoint's manifest: method, temperature,
-new_share, isotonic {x, y} (knots; absent when not fitted).
+new_share, isotonic {x, y} (knots; absent when not fitted), and, where the data has purchases,
+purchase: the same fields for "the user's next step buys this item" (same temperature; its own
+new_share, the share of next steps that bought a new item, and isotonic map).
 
 Any model with user and item vectors is calibrated the same way; popularity is the model whose
 user vector is [1] and item vector [log count] (`popularity_vectors`).
@@ -115,13 +117,15 @@ def top_probabilities(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Se
 
 
 def fit(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, targets: np.ndarray,
-        ineligible: Optional[torch.Tensor] = None, max_cells: int = 64_000_000, k: int = 10) -> dict:
+        ineligible: Optional[torch.Tensor] = None, max_cells: int = 64_000_000, k: int = 10,
+        temperature: Optional[float] = None) -> dict:
     """The calibration of a model on held-out targets (the item each user interacted with next):
     new_share, the share of targets the user had not seen, and the temperature minimising the mean
     log loss of those targets over the items the user could be shown. Users are subsampled (evenly)
     so that users x items stays under max_cells. Then the isotonic correction of shown items, on
     every user's top-k. Returns the calibration with log_loss at T = 1 and at the fit (of the new
-    targets) and users."""
+    targets) and users. A target 0 means "no item of this kind" and counts as one that could not be
+    shown (purchase_targets); a given temperature is kept instead of fitted."""
     targets = np.asarray(targets, dtype=np.int64)
     step = max(1, math.ceil(len(targets) * item_vecs.shape[0] / max_cells))
     rows = np.arange(0, len(targets), step)
@@ -142,7 +146,7 @@ def fit(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, target
     g = (math.sqrt(5) - 1) / 2
     a, b = hi - g * (hi - lo), lo + g * (hi - lo)
     fa, fb = log_loss(a), log_loss(b)
-    for _ in range(40):
+    for _ in range(40 if temperature is None else 0):
         if fa < fb:
             hi, b, fb = b, a, fa
             a = hi - g * (hi - lo)
@@ -151,7 +155,7 @@ def fit(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, target
             lo, a, fa = a, b, fb
             b = lo + g * (hi - lo)
             fb = log_loss(b)
-    best = (lo + hi) / 2
+    best = (lo + hi) / 2 if temperature is None else math.log(temperature)
     temperature = round(math.exp(best), 6)
     top, p, _ = top_probabilities(user_vecs, item_vecs, seen, k, temperature, new_share, ineligible)
     shown = top >= 0
@@ -159,6 +163,35 @@ def fit(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, target
     return {"method": "temperature+isotonic", "temperature": temperature, "new_share": round(new_share, 6),
             "isotonic": isotonic, "log_loss": log_loss(best), "log_loss_uncalibrated": log_loss(0.0),
             "users": int(len(ok))}
+
+
+def purchase_targets(targets: np.ndarray, bought: np.ndarray) -> np.ndarray:
+    """The targets of "the user's next step is buying this item": the next item where the user
+    bought it, else 0 (no item: the next step was not a purchase)."""
+    return np.where(np.asarray(bought, dtype=bool), np.asarray(targets, dtype=np.int64), 0)
+
+
+def fit_purchase(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, targets: np.ndarray,
+                 bought: np.ndarray, temperature: float, **kwargs) -> Optional[dict]:
+    """The calibration of the probability that the user's next step buys the item, or None when no
+    target was bought (data without purchases). It keeps the interaction calibration's temperature,
+    so that scoring computes one distribution: its new_share is the share of users whose next step
+    bought an item new to them, and its isotonic map is fitted on "bought next" over the top-k."""
+    if not np.any(bought):
+        return None
+    try:
+        return fit(user_vecs, item_vecs, seen, purchase_targets(targets, bought), temperature=temperature, **kwargs)
+    except ValueError:  # every bought target was a repeat of a seen item
+        return None
+
+
+def purchase_probability(p: np.ndarray, calibration: dict) -> Optional[np.ndarray]:
+    """The purchase probability of shown items from their temperature-scaled interaction probability
+    p (which includes the interaction new_share), or None without a purchase calibration."""
+    purchase = calibration.get("purchase")
+    if not purchase:
+        return None
+    return shown_probability(p * purchase["new_share"] / max(calibration["new_share"], 1e-12), purchase)
 
 
 def figures(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, targets: np.ndarray,
@@ -180,6 +213,7 @@ def figures(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, ta
                             for t, s in zip(targets, seen)], dtype=bool)
     if ineligible is not None:
         seen_target |= ineligible.cpu().numpy()[targets]
+    seen_target |= targets == 0  # no item of this kind next (purchase_targets)
     keep = ~seen_target & np.isfinite(log_z)
     log_p = np.where(keep, target_score / temperature - log_z, math.log(max(1.0 - new_share, 1e-12)))
     p = shown_probability(p, calibration)

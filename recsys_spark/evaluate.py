@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 ACCURACY = ("recall", "ndcg", "mrr", "hitrate", "map")
 CALIBRATION = ("log_loss", "brier", "ece", "auc")
+# The purchase probability's figures: metrics PURCHASE_PREFIX + CALIBRATION, reliability rows of this kind.
+PURCHASE_PREFIX, PURCHASE_CALIBRATION = "purchase_", "calibration_purchase"
 # Calibration is measured on a seeded sample of at most this many test users, ranked on the driver.
 CALIBRATION_USERS = 5000
 
@@ -46,6 +48,7 @@ def _sample(users: DataFrame, n: int, seed: int) -> dict:
     as_int = lambda v: np.asarray(v if v is not None else (), dtype=np.int64)  # noqa: E731
     return {"seen": [as_int(r.seen) for r in rows], "input": [as_int(r.input) for r in rows],
             "target": np.array([r.target for r in rows], dtype=np.int64),
+            "bought": np.array([bool(r.target_bought) for r in rows], dtype=bool),
             "profile_cat": [r.profile_cat for r in rows], "profile_num": [r.profile_num for r in rows]}
 
 
@@ -147,6 +150,7 @@ class Evaluation:
         self.categories = self._categories()
         self.metrics, self.beyond, self.sliced, self.train_s, self.score_s, self.params = {}, {}, {}, {}, {}, {}
         self.calibration: dict[str, dict] = {}
+        self.purchase_calibration: dict[str, dict] = {}  # the same figures for "buys this item next"
 
     def _categories(self) -> np.ndarray:
         content = tables.read_pinned(self.spark, self.cfg.tables_root, schema.ITEM_CONTENT, self.versions)
@@ -210,9 +214,18 @@ class Evaluation:
         valid = _sample(valid_users, CALIBRATION_USERS, seed)
         one, counts = calibration.popularity_vectors(baselines.popularity_counts(valid_users, self.n_items))
         fitted = calibration.fit(one.expand(len(valid["target"]), 1), counts, valid["seen"], valid["target"])
+        popularity_purchase = calibration.fit_purchase(one.expand(len(valid["target"]), 1), counts, valid["seen"],
+                                                       valid["target"], valid["bought"], fitted["temperature"])
         one, counts = calibration.popularity_vectors(self.popularity)
         self.calibration["popularity"] = calibration.figures(one.expand(len(test["target"]), 1), counts, test["seen"],
                                                              test["target"], fitted)
+        # The probability that the next step buys the item, where the model was calibrated for it.
+        attention_purchase = checkpoints.calibration(self.ckpt).get("purchase")
+        bought = calibration.purchase_targets(test["target"], test["bought"])
+        for name, fitted_purchase, (u, i) in (("attention", attention_purchase, (users, items)),
+                                              ("popularity", popularity_purchase, (one.expand(len(bought), 1), counts))):
+            if fitted_purchase is not None and bought.any():
+                self.purchase_calibration[name] = calibration.figures(u, i, test["seen"], bought, fitted_purchase)
 
     def judge(self) -> Optional[promotion.Decision]:
         """The promotion decision on this model: its NDCG@10 against the champion's on the same
@@ -246,7 +259,9 @@ class Evaluation:
         metrics_loc = tables.location(self.cfg.tables_root, schema.METRICS)
         tables.append(self.spark.createDataFrame(self._metric_rows(eval_id, now), METRICS_SCHEMA), metrics_loc)
         tables.append(self.spark.createDataFrame(_slice_rows(self.sliced, eval_id, model_run_id, now)
-                                                 + _reliability_rows(self.calibration, eval_id, model_run_id, now),
+                                                 + _reliability_rows(self.calibration, eval_id, model_run_id, now)
+                                                 + _reliability_rows(self.purchase_calibration, eval_id, model_run_id,
+                                                                     now, PURCHASE_CALIBRATION),
                                                  METRIC_SLICES_SCHEMA),
                       tables.location(self.cfg.tables_root, schema.METRIC_SLICES))
         logger.info(self.summary(eval_id))
@@ -271,6 +286,8 @@ class Evaluation:
                  for name, by_k in self.beyond.items() for k, b in by_k.items() for metric, v in b.items()]
         rows += [(eval_id, run_id, name, metric, c["k"], float(c[metric]), c["users"], "test", now)
                  for name, c in self.calibration.items() for metric in CALIBRATION]
+        rows += [(eval_id, run_id, name, PURCHASE_PREFIX + metric, c["k"], float(c[metric]), c["users"], "test", now)
+                 for name, c in self.purchase_calibration.items() for metric in CALIBRATION]
         return rows
 
     def summary(self, eval_id: str) -> str:
@@ -294,6 +311,9 @@ class Evaluation:
             lines.append(f"{'model':<12}{'temp':>8}" + "".join(f"{c:>11}" for c in CALIBRATION))
             for name, c in self.calibration.items():
                 lines.append(f"{name:<12}{c['temperature']:>8.3f}" + "".join(f"{c[m]:>11.4f}" for m in CALIBRATION))
+        for name, c in self.purchase_calibration.items():
+            lines.append(f"{name + ' (buys it next)':<12}{c['temperature']:>8.3f}"
+                         + "".join(f"{c[m]:>11.4f}" for m in CALIBRATION))
         table, gaps, _ = self.sliced["attention"]
         lines.append("attention NDCG@10 by slice (fairness gap = largest difference between groups of >= 30 users, "
                      "95% bootstrap CI):")
@@ -305,10 +325,12 @@ class Evaluation:
         return "\n".join(lines)
 
 
-def _reliability_rows(calibrated: dict, eval_id: str, model_run_id: str, now: datetime) -> list[tuple]:
-    """METRIC_SLICES_SCHEMA rows of each model's reliability diagram: kind calibration, group the
-    bin (0 = lowest probabilities), metrics p (mean predicted) and hit_rate, n_users = pairs."""
-    return [(eval_id, model_run_id, name, "calibration", str(i), metric, c["k"], float(b[key]), int(b["pairs"]), now)
+def _reliability_rows(calibrated: dict, eval_id: str, model_run_id: str, now: datetime,
+                      kind: str = "calibration") -> list[tuple]:
+    """METRIC_SLICES_SCHEMA rows of each model's reliability diagram: kind calibration (or
+    calibration_purchase), group the bin (0 = lowest probabilities), metrics p (mean predicted) and
+    hit_rate, n_users = pairs."""
+    return [(eval_id, model_run_id, name, kind, str(i), metric, c["k"], float(b[key]), int(b["pairs"]), now)
             for name, c in calibrated.items() for i, b in enumerate(c["reliability"])
             for metric, key in (("p", "p"), ("hit_rate", "hit_rate"))]
 

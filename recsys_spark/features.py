@@ -114,18 +114,24 @@ def sequences(events: DataFrame, cfg: FeaturesConfig, key: str = "user_idx") -> 
     """Per user (the `key` column), the chronological item sequence with consecutive repeats collapsed.
 
     Ties on timestamp are ordered by event type (view, cart, purchase, rating), then event id.
-    Output: key, items array<int>, item_ts array<timestamp>.
+    Output: key, items array<int>, item_ts array<timestamp> (each step's first event),
+    item_bought array<boolean> (whether the step, a run of events on one item, holds a purchase).
     """
     type_order = F.create_map(*[x for i, k in enumerate(schema.EVENT_TYPES) for x in (F.lit(k), F.lit(i))])
     ev = events.where(F.col("event_type").isin(*cfg.sequence_event_types)).select(
-        key, "item_idx", "ts", "event_id", F.coalesce(type_order[F.col("event_type")], F.lit(9)).alias("t_ord"))
+        key, "item_idx", "ts", "event_id", F.coalesce(type_order[F.col("event_type")], F.lit(9)).alias("t_ord"),
+        (F.col("event_type") == schema.PURCHASE).alias("bought"))
     grouped = ev.groupBy(key).agg(F.array_sort(F.collect_list(
-        F.struct("ts", "t_ord", "event_id", F.col("item_idx").cast("int").alias("item"))
+        F.struct("ts", "t_ord", "event_id", F.col("item_idx").cast("int").alias("item"), "bought")
     )).alias("evs"))
-    keep = F.expr("filter(transform(sequence(1, size(evs)), i -> "
-                  "if(i = 1 OR evs[i - 1].item != evs[i - 2].item, evs[i - 1], null)), x -> x IS NOT NULL)")
-    return grouped.select(key, keep.alias("evs")).select(
-        key, F.col("evs.item").alias("items"), F.col("evs.ts").alias("item_ts"))
+    # 1-based positions of each run's first event; a run ends where the next one starts.
+    starts = F.expr("filter(sequence(1, size(evs)), i -> i = 1 OR evs[i - 1].item != evs[i - 2].item)")
+    steps = F.expr("transform(starts, (i, p) -> struct(evs[i - 1].item AS item, evs[i - 1].ts AS ts, "
+                   "exists(slice(evs, i, coalesce(try_element_at(starts, p + 2), size(evs) + 1) - i), "
+                   "e -> e.bought) AS bought))")
+    return grouped.select(key, "evs", starts.alias("starts")).select(key, steps.alias("steps")).select(
+        key, F.col("steps.item").alias("items"), F.col("steps.ts").alias("item_ts"),
+        F.col("steps.bought").alias("item_bought"))
 
 
 def split(seqs: DataFrame, cfg: FeaturesConfig) -> DataFrame:
@@ -367,9 +373,10 @@ def _present(df: Optional[DataFrame], columns: tuple) -> list[str]:
     return [c for c in columns if df is not None and c in df.columns]
 
 
-def _indexes(spark: SparkSession, root: str, inp: Inputs) -> Indexes:
-    """Extend the persistent user, item and attribute-value indexes with new values."""
-    user_ids, item_ids = inp.events.select("user_id"), inp.events.select("item_id")
+def _indexes(spark: SparkSession, root: str, inp: Inputs, events: DataFrame) -> Indexes:
+    """Extend the persistent user, item and attribute-value indexes with the new values of events
+    (all of them, or those added since the previous run) and the users and items tables."""
+    user_ids, item_ids = events.select("user_id"), events.select("item_id")
     if inp.users is not None:
         user_ids = user_ids.unionByName(inp.users.select("user_id"))
     if inp.items is not None:
@@ -419,6 +426,8 @@ def _declared_users(inp: Inputs, idx: Indexes) -> Optional[DataFrame]:
 
 
 FULL, INCREMENTAL = "full", "incremental"
+# The feature statistics item_content computes (the others come from the user tables).
+CONTENT_STATISTICS = ("idf", "item_num_mean", "item_num_std")
 # The tables an incremental run merges the changed users into (the others it rewrites).
 INCREMENTAL_TABLES = (schema.USER_ITEM, schema.SEQUENCES, schema.USER_PROFILE, schema.TRAIN_EXAMPLES)
 
@@ -426,30 +435,60 @@ INCREMENTAL_TABLES = (schema.USER_ITEM, schema.SEQUENCES, schema.USER_PROFILE, s
 @dataclass
 class Plan:
     """What a run rebuilds: every user (full) or, incrementally, the users with new events since
-    the feature set it builds on (`changed`: their user_idx; `previous`: that set's table versions)."""
+    the feature set it builds on. Incremental: `changed_ids` (user_id), `new_events` (the events
+    added since), `previous` (that set's table versions), `items_unchanged` (no item row changed:
+    item content can be kept), and once the index is extended, `changed` (user_idx)."""
     mode: str
     reason: str
-    changed: Optional[DataFrame] = None
+    changed_ids: Optional[DataFrame] = None
+    new_events: Optional[DataFrame] = None
     previous: Optional[dict] = None
+    items_unchanged: bool = False
+    changed: Optional[DataFrame] = None
+
+    def resolve(self, user_index: DataFrame) -> None:
+        """Number the changed users (after the index took in the new ones)."""
+        if self.changed_ids is not None:
+            self.changed = self.changed_ids.join(user_index, "user_id").select("user_idx").persist()
+
+    def events(self, events: DataFrame) -> DataFrame:
+        """The events of the users this run rebuilds (all of them when full)."""
+        return events if self.changed_ids is None else events.join(F.broadcast(self.changed_ids), "user_id", "left_semi")
 
     def scope(self, df: DataFrame) -> DataFrame:
         """df's rows of the users this run rebuilds."""
         return df if self.changed is None else df.join(F.broadcast(self.changed), "user_idx", "left_semi")
 
+    def release(self) -> None:
+        for df in (self.changed_ids, self.changed):
+            if df is not None:
+                df.unpersist()
+
+
+# Raised whenever the feature tables' columns or meaning change, so that an incremental run never
+# merges rows of the new layout into tables of the old one.
+TABLES_LAYOUT = 2
+
 
 def settings_digest(fc: FeaturesConfig) -> str:
-    """A digest of the settings that shape the feature tables (all but mode): rows built under other
-    settings cannot be mixed with new ones."""
+    """A digest of the settings that shape the feature tables (all but mode) and of their layout:
+    rows built under other settings cannot be mixed with new ones."""
     settings = {k: v for k, v in dataclasses.asdict(fc).items() if k != "mode"}
+    settings["tables_layout"] = TABLES_LAYOUT
     return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def new_rows(spark: SparkSession, location: str, from_version: int, to_version: int, columns: list) -> DataFrame:
+    """The rows added to a table in versions (from_version, to_version] (its change feed), with its
+    own columns."""
+    if to_version <= from_version:
+        return spark.createDataFrame([], tables.read(spark, location).select(*columns).schema)
+    return tables.changes(spark, location, from_version + 1, to_version).select(*columns)
 
 
 def changed_users(spark: SparkSession, root: str, from_version: int, to_version: int) -> DataFrame:
     """user_id of every user with an event added in events versions (from_version, to_version]."""
-    if to_version <= from_version:
-        return spark.createDataFrame([], "user_id string")
-    return tables.changes(spark, tables.location(root, schema.EVENTS), from_version + 1, to_version
-                          ).select("user_id").distinct()
+    return new_rows(spark, tables.location(root, schema.EVENTS), from_version, to_version, ["user_id"]).distinct()
 
 
 def rebuild_reason(fc: FeaturesConfig, built: dict, events_version: int) -> Optional[str]:
@@ -464,31 +503,37 @@ def rebuild_reason(fc: FeaturesConfig, built: dict, events_version: int) -> Opti
     return None
 
 
-def _side_table_changes(spark: SparkSession, root: str, previous: dict, inp: Inputs) -> tuple[Optional[str], DataFrame]:
+def _side_table_changes(spark: SparkSession, root: str, previous: dict, inp: Inputs
+                        ) -> tuple[Optional[str], Optional[DataFrame], bool]:
     """(why everything must be rebuilt, or None; user_id of the users whose users-table row is new or
-    changed). Ingest rewrites the users and items tables from full feeds, so their versions move every
-    night: what counts is whether rows changed. An item that changed category, or a new category
-    (every user's category shares change shape), needs a full rebuild; other item changes (title,
-    price, tags) only touch item content, which every run rewrites."""
+    changed; whether no item row changed). Ingest rewrites the users and items tables from full
+    feeds, so their versions move every night: what counts is whether rows changed. An item that
+    changed category, or a new category (every user's category shares change shape), needs a full
+    rebuild; other item changes (title, price, tags) only touch item content."""
     def at(name):
         return None if previous.get(name) is None else tables.read(spark, tables.location(root, name), previous[name])
 
     old_items, old_users = at(schema.ITEMS), at(schema.USERS)
     for name, old, now in ((schema.ITEMS, old_items, inp.items), (schema.USERS, old_users, inp.users)):
         if (old is None) != (now is None) or (old is not None and set(old.columns) != set(now.columns)):
-            return f"the {name} table appeared, disappeared or changed columns since the previous run", None
-    if old_items is not None and "category" in old_items.columns:
-        pairs = ("item_id", "category")
-        moved = old_items.select(*pairs).exceptAll(inp.items.select(*pairs))
-        grown = inp.items.select("category").join(old_items.select("category"), "category", "left_anti")
-        if not moved.isEmpty() or not grown.isEmpty():
-            return "an item changed or left its category, or a new category appeared", None
+            return f"the {name} table appeared, disappeared or changed columns since the previous run", None, False
+    items_unchanged = True
+    if old_items is not None:
+        if "category" in old_items.columns:
+            pairs = ("item_id", "category")
+            moved = old_items.select(*pairs).exceptAll(inp.items.select(*pairs))
+            grown = inp.items.select("category").join(old_items.select("category"), "category", "left_anti")
+            if not moved.isEmpty() or not grown.isEmpty():
+                return "an item changed or left its category, or a new category appeared", None, False
+        now_items = inp.items.select(*old_items.columns)
+        items_unchanged = old_items.exceptAll(now_items).isEmpty() and now_items.exceptAll(old_items).isEmpty()
     if old_users is None:
-        return None, spark.createDataFrame([], "user_id string")
-    return None, inp.users.exceptAll(old_users.select(*inp.users.columns)).select("user_id").distinct()
+        return None, spark.createDataFrame([], "user_id string"), items_unchanged
+    declared = inp.users.exceptAll(old_users.select(*inp.users.columns)).select("user_id").distinct()
+    return None, declared, items_unchanged
 
 
-def _plan(spark: SparkSession, cfg: Config, inp: Inputs, user_index: DataFrame) -> Plan:
+def _plan(spark: SparkSession, cfg: Config, inp: Inputs) -> Plan:
     root = cfg.tables_root
     if cfg.features.mode == FULL:
         return Plan(FULL, "features.mode is full")
@@ -503,18 +548,19 @@ def _plan(spark: SparkSession, cfg: Config, inp: Inputs, user_index: DataFrame) 
     moved = [n for n in INCREMENTAL_TABLES if tables.version(spark, tables.location(root, n)) != previous.get(n)]
     if moved:  # a run killed before recording its set: its partial writes are not the base to merge into
         return Plan(FULL, f"{', '.join(moved)} changed after the previous complete features run")
-    reason, declared = _side_table_changes(spark, root, previous, inp)
+    reason, declared, items_unchanged = _side_table_changes(spark, root, previous, inp)
     if reason:
         return Plan(FULL, reason)
     since = int(built["events_version"])
     try:
-        ids = changed_users(spark, root, since, inp.events_version).unionByName(declared).distinct()
-        changed = ids.join(user_index, "user_id").select("user_idx").persist()
-        n = changed.count()
+        new_events = new_rows(spark, tables.location(root, schema.EVENTS), since, inp.events_version,
+                              inp.events.schema.names)
+        ids = new_events.select("user_id").unionByName(declared).distinct().persist()
+        n = ids.count()
     except Exception as exc:  # the feed does not cover the range (enabled later, or vacuumed)
         return Plan(FULL, f"the events change feed cannot be read from version {since + 1}: {str(exc).splitlines()[0]}")
     return Plan(INCREMENTAL, f"{n} users with new events (events versions {since + 1}..{inp.events_version}) "
-                             f"or changed attributes", changed, previous)
+                             f"or changed attributes", ids, new_events, previous, items_unchanged)
 
 
 class Writer:
@@ -541,6 +587,11 @@ class Writer:
             lambda: tables.replace_groups(self.spark, df, loc, "user_idx", keys, plan.changed, metadata),
             f"features: merging the changed users into {name}")
         return self._written(name, loc)
+
+    def keep(self, name: str, version: int) -> DataFrame:
+        """Table `name` as the previous run wrote it (its version is recorded again)."""
+        self.versions[name] = version
+        return tables.read(self.spark, tables.location(self.root, name), version)
 
     def _written(self, name: str, loc: str) -> DataFrame:
         self.versions[name] = tables.version(self.spark, loc)
@@ -602,35 +653,50 @@ def _put_training_examples(spark: SparkSession, out: Writer, plan: Plan, seqs: D
                    ["user_idx", "window"], metadata={"max_len": max_len})
 
 
+def _item_content(spark: SparkSession, cfg: Config, inp: Inputs, idx: Indexes, plan: Plan,
+                  out: Writer) -> tuple[DataFrame, dict]:
+    """(item content as written, its statistics): rebuilt, or kept from the previous run when no
+    item row changed and no item was numbered since (an incremental run's usual case)."""
+    previous = plan.previous or {}
+    loc = tables.location(cfg.tables_root, schema.ITEM_INDEX)
+    if (plan.mode == INCREMENTAL and plan.items_unchanged and schema.ITEM_CONTENT in previous
+            and previous.get(schema.ITEM_INDEX) == tables.version(spark, loc)):
+        stats = read_stats(spark, tables.location(cfg.tables_root, schema.FEATURE_STATS), previous[schema.FEATURE_STATS])
+        return out.keep(schema.ITEM_CONTENT, previous[schema.ITEM_CONTENT]), {
+            k: v for k, v in stats.items() if k in CONTENT_STATISTICS}
+    content, stats = _content(spark, cfg, inp, idx)
+    written = out.write(schema.ITEM_CONTENT, content)
+    content.unpersist()
+    return written, stats
+
+
 def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
-    """indexes -> item content -> plan (every user, or those with new events) -> user-item matrix ->
+    """plan (every user, or those with new events) -> indexes -> item content -> user-item matrix ->
     sequences and split -> profiles -> feature statistics -> training examples, each a gold table."""
     root, fc = cfg.tables_root, cfg.features
     run_id = "features-" + uuid.uuid4().hex[:12]
     inp = _read_inputs(spark, root)
-    idx = _indexes(spark, root, inp)
-    plan = _plan(spark, cfg, inp, idx.user)
+    plan = _plan(spark, cfg, inp)
     logger.info(f"features: {plan.mode} ({plan.reason})")
-    content, content_stats = _content(spark, cfg, inp, idx)
+    idx = _indexes(spark, root, inp, plan.new_events if plan.mode == INCREMENTAL else inp.events)
+    plan.resolve(idx.user)
+    out = Writer(spark, root)
+    content, content_stats = _item_content(spark, cfg, inp, idx, plan, out)
     n_categories = int(idx.attribute.where(F.col("attribute") == "category").agg(F.max("idx")).first()[0] or 0)
-    ev = plan.scope(inp.events.join(idx.user, "user_id").join(idx.item, "item_id")).persist()
+    ev = plan.events(inp.events).join(idx.user, "user_id").join(idx.item, "item_id").persist()
     users = _declared_users(inp, idx)
     users = None if users is None else plan.scope(users)
-    out = Writer(spark, root)
-    written_content = out.write(schema.ITEM_CONTENT, content)
-    content.unpersist()
     out.put(schema.USER_ITEM, user_item_matrix(ev, fc), plan, ["user_idx", "item_idx"])
     # The sequences commit records the events version and settings the tables were built from:
     # incremental scoring and the next incremental features run read the change feed from there.
     seqs = out.put(schema.SEQUENCES, split(sequences(ev, fc), fc).join(idx.user, "user_idx"), plan, ["user_idx"],
                    metadata={"events_version": inp.events_version, "settings": settings_digest(fc)})
-    prof = out.put(schema.USER_PROFILE, _profiles(ev, users, written_content, seqs, n_categories),
-                   plan, ["user_idx"])
+    prof = out.put(schema.USER_PROFILE, _profiles(ev, users, content, seqs, n_categories), plan, ["user_idx"])
     ev.unpersist()
     stats, p80 = _feature_stats(spark, content_stats, prof, seqs, fc)
     out.write(schema.FEATURE_STATS, stats)
     max_len = fc.max_seq_len or auto_max_len(p80)
-    train = _put_training_examples(spark, out, plan, seqs, prof, written_content, fc, max_len)
+    train = _put_training_examples(spark, out, plan, seqs, prof, content, fc, max_len)
     written = {**out.versions, **inp.side_versions, schema.EVENTS: inp.events_version}
     for name in (schema.USER_INDEX, schema.ITEM_INDEX):
         written[name] = tables.version(spark, tables.location(root, name))
@@ -638,8 +704,7 @@ def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
     rebuilt = plan.changed.count() if plan.changed is not None else idx.user.count()
     report = FeaturesReport(written, idx.user.count(), idx.item.count(), train.count(), max_len, plan.mode,
                             plan.reason, rebuilt)
-    if plan.changed is not None:
-        plan.changed.unpersist()
+    plan.release()
     logger.info(report.summary())
     return report
 

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from recsys_spark import checkpoints, devices, schema
-from recsys_spark.calibration import shown_probability
+from recsys_spark.calibration import purchase_probability, shown_probability
 from recsys_spark.model import pad_left, pad_right
 from recsys_spark.topk import (DEFAULT_BLOCK_MB, explain, explore, first_unseen, recommend, reserve_fresh,
                                set_probabilities, topk_excluding)
@@ -31,7 +31,7 @@ TOPK_SCHEMA = "user_idx long, rank int, item_idx long, score double"
 # With exploration slots: and the probability that the policy shows the item (topk.explore).
 EXPLORED_TOPK_SCHEMA = TOPK_SCHEMA + ", propensity double"
 RECOMMENDATION_ROWS = ("user_id string, rank int, item_id string, score float, probability float, "
-                       "propensity float, because_item_ids array<string>, served_by string")
+                       "purchase_probability float, propensity float, because_item_ids array<string>, served_by string")
 
 
 
@@ -175,8 +175,10 @@ def topk_rows(user_idx: np.ndarray, top: np.ndarray, scores: np.ndarray,
 def recommendation_rows(user_id: np.ndarray, top: np.ndarray, scores: np.ndarray, ids: np.ndarray,
                         because: Optional[list], served: np.ndarray,
                         probability: Optional[np.ndarray] = None,
-                        propensity: Optional[np.ndarray] = None) -> pd.DataFrame:
-    """RECOMMENDATION_ROWS of (users, k) item indexes: item ids, probabilities (NaN: none),
+                        propensity: Optional[np.ndarray] = None,
+                        purchase: Optional[np.ndarray] = None) -> pd.DataFrame:
+    """RECOMMENDATION_ROWS of (users, k) item indexes: item ids, probabilities (NaN: none) of a next
+    interaction and of a purchase,
     propensities (None: every item is shown for sure), explanations as ids, served_by."""
     k = top.shape[1]
     ok = (top >= 0).ravel()
@@ -192,6 +194,7 @@ def recommendation_rows(user_id: np.ndarray, top: np.ndarray, scores: np.ndarray
         "item_id": ids[flat],
         "score": scores.ravel()[ok].astype(np.float32),
         "probability": (np.full(top.shape, np.nan) if probability is None else probability).ravel()[ok].astype(np.float32),
+        "purchase_probability": (np.full(top.shape, np.nan) if purchase is None else purchase).ravel()[ok].astype(np.float32),
         "propensity": (np.ones(top.shape) if propensity is None else propensity).ravel()[ok].astype(np.float32),
         "because_item_ids": expl,
         "served_by": np.repeat(served, k)[ok],
@@ -243,22 +246,26 @@ def _rank_batch(part: pd.DataFrame, spec: ScoringSpec, model, catalog: dict, ite
                                     spec.new_item_slots, ineligible=ineligible, budget_mb=spec.block_mb, item_bias=bias)
     if not spec.with_ids:
         return topk_rows(part["user_idx"].to_numpy(), top, scores, propensity)
-    probability, scores, top, propensity = _probabilities(users, items, seen, top, scores, propensity, catalog, spec)
+    probability, purchase, scores, top, propensity = _probabilities(users, items, seen, top, scores, propensity,
+                                                                    catalog, spec)
     histories = [h[-model.cfg.max_len:] for h in histories]
     because = explain(top, histories, items, spec.explain) if spec.explain else None
     served = _serve_without_model(part, model, catalog, histories, seen, top, scores, spec.k)
     popular = (served == schema.SERVED_SEGMENT) | (served == schema.SERVED_POPULAR)
     probability[popular] = np.nan  # popularity lists: no model probability, and no exploration
+    if purchase is not None:
+        purchase[popular] = np.nan
     if propensity is not None:
         propensity[popular] = np.where(top[popular] >= 0, 1.0, np.nan)
     return recommendation_rows(part["user_id"].to_numpy(), top, scores, catalog["ids"], because, served, probability,
-                               propensity)
+                               propensity, purchase)
 
 
 def _probabilities(users, items, seen, top: np.ndarray, ranked_by: np.ndarray, propensity: Optional[np.ndarray],
                    catalog: dict, spec: ScoringSpec) -> tuple:
     """(calibrated probability that each listed item is the user's next (the shown-item
-    correction included), the score column, the items, their propensities): the model's score for
+    correction included), that the user's next step buys it (None when the model was not
+    calibrated for purchases), the score column, the items, their propensities): the model's score for
     relevance; for an expected-value objective the expected value probability x value, the list
     re-ordered by it (the kernel chose the items by the temperature-scaled probability x value; the
     isotonic map is monotone but not linear, so it may swap neighbours)."""
@@ -268,14 +275,16 @@ def _probabilities(users, items, seen, top: np.ndarray, ranked_by: np.ndarray, p
     log_z, _ = set_probabilities(users, items, seen, temperature, budget_mb=spec.block_mb)
     bias = value_bias(catalog, spec.objective, temperature)
     model_scores = ranked_by - (bias[np.maximum(top, 0)] if bias is not None else 0.0)
-    probability = shown_probability(new_share * np.exp(model_scores / temperature - log_z[:, None]), spec.calibration)
-    probability = np.where(top >= 0, probability, np.nan)
+    scaled = new_share * np.exp(model_scores / temperature - log_z[:, None])
+    probability = np.where(top >= 0, shown_probability(scaled, spec.calibration), np.nan)
+    purchase = purchase_probability(scaled, spec.calibration)
+    purchase = None if purchase is None else np.where(top >= 0, purchase, np.nan)
     if spec.objective == "relevance":
-        return probability, ranked_by, top, propensity
+        return probability, purchase, ranked_by, top, propensity
     expected = np.where(top >= 0, probability * catalog["value"][np.maximum(top, 0)], -np.inf)
     order = np.lexsort((top, -expected), axis=1) if top.size else np.zeros_like(top)
     take = lambda a: None if a is None else np.take_along_axis(a, order, 1)  # noqa: E731
-    return take(probability), take(expected), take(top), take(propensity)
+    return take(probability), take(purchase), take(expected), take(top), take(propensity)
 
 
 def _score_partition(batches: Iterator[pd.DataFrame], spec: ScoringSpec, catalog_bc) -> Iterator[pd.DataFrame]:

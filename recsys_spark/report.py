@@ -24,7 +24,7 @@ from pyspark.sql import functions as F
 from recsys_spark import checkpoints, schema, tables
 from recsys_spark.abtest import format_readout, readout, variant_stats
 from recsys_spark.config import Config
-from recsys_spark.evaluate import CALIBRATION
+from recsys_spark.evaluate import CALIBRATION, PURCHASE_PREFIX
 
 logger = logging.getLogger(__name__)
 
@@ -163,15 +163,24 @@ def _reliability_figure(plt, np, slices) -> Optional[str]:
 
 
 def _calibration_table(cur, models: list[str]) -> str:
-    rows = [[m] + [f"{v:.4f}" if (v := _value(cur, m, metric, 10)) is not None else "" for metric in CALIBRATION]
-            for m in models if _value(cur, m, "log_loss", 10) is not None]
-    if not rows:
+    def rows(prefix: str) -> list:
+        return [[m] + [f"{v:.4f}" if (v := _value(cur, m, prefix + metric, 10)) is not None else ""
+                       for metric in CALIBRATION]
+                for m in models if _value(cur, m, prefix + "log_loss", 10) is not None]
+
+    interaction, purchase = rows(""), rows(PURCHASE_PREFIX)
+    if not interaction:
         return "<p>No calibration figures in this evaluation.</p>"
-    return ("<p>How far the calibrated next-item probabilities (in the recommendations and audiences tables) can be "
+    html = ("<p>How far the calibrated next-item probabilities (in the recommendations and audiences tables) can be "
             "taken at their word, on the test users: log loss of the item each user picked next (lower is better), "
             "Brier score and expected calibration error over each top-10 (lower is better), AUC of the next item "
             "against every other item the user could be shown.</p>"
-            + _table(["model"] + list(CALIBRATION), rows))
+            + _table(["model"] + list(CALIBRATION), interaction))
+    if purchase:
+        html += ("<p>The purchase probabilities (<code>purchase_probability</code>): the same figures for \"the "
+                 "user's next step buys this item\" (a next step that bought nothing counts against every item).</p>"
+                 + _table(["model"] + list(CALIBRATION), purchase))
+    return html
 
 
 def _figures(slices, history: list, ab: Optional[dict], bandit_days=None) -> dict[str, str]:

@@ -11,6 +11,7 @@ OPTIONAL_EVENT_COLUMNS = ("event_id", "rating")
 # Event types the product knows, in the order that breaks timestamp ties in a sequence (a view
 # before the cart, before the purchase) and that lays out the profile's activity counts.
 EVENT_TYPES = ("view", "add_to_cart", "purchase", "rating")
+PURCHASE = "purchase"  # the event type a purchase probability is about
 # Declared user attributes (any subset may be present in the users input; missing = unknown).
 USER_ATTRIBUTE_COLUMNS = ("age_band", "gender", "region", "occupation")
 # Categorical item attributes; `tags` holds several values separated by "|" (genres, attribute ids).

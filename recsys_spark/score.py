@@ -195,8 +195,9 @@ def _scope(spark: SparkSession, root: str, users: DataFrame, last: Optional[dict
                 .where(F.col("run_date") == F.lit(last["run_date"])))
     if "served_by" not in previous.columns:  # written before the column existed
         previous = previous.withColumn("served_by", F.lit(schema.SERVED_HISTORY))
-    if "probability" not in previous.columns:
-        previous = previous.withColumn("probability", F.lit(None).cast("float"))
+    for column in ("probability", "purchase_probability"):
+        if column not in previous.columns:
+            previous = previous.withColumn(column, F.lit(None).cast("float"))
     # Lists written before propensities were recorded never explored: each item was shown for sure.
     previous = previous.withColumn("propensity", F.coalesce(
         F.col("propensity") if "propensity" in previous.columns else F.lit(None), F.lit(1.0)).cast("float"))

@@ -8,7 +8,8 @@
   profile (the nightly scoring run).
 
 Every function returns the columns the ranking seam reads: user_idx, input (history), seen (items
-never to recommend), profile_cat, profile_num; evaluation adds target.
+never to recommend), profile_cat, profile_num; evaluation adds target and target_bought (whether the
+user bought it).
 """
 from __future__ import annotations
 
@@ -33,8 +34,12 @@ def _history_users(spark: SparkSession, cfg: Config, history: Column, target: st
     fc = cfg.features
     seqs = tables.read_pinned(spark, cfg.tables_root, schema.SEQUENCES, versions)
     prof = tables.read_pinned(spark, cfg.tables_root, schema.USER_PROFILE, versions)
+    # The target is the step right after the history; tables built before steps recorded purchases: unknown.
+    bought = (F.element_at("item_bought", F.size(history) + 1) if "item_bought" in seqs.columns
+              else F.lit(None).cast("boolean"))
     return (seqs.where(F.col(target).isNotNull() & ~held_out("user_id", fc.holdout_users, fc.holdout_seed))
-            .select("user_idx", history.alias("input"), history.alias("seen"), F.col(target).alias("target"))
+            .select("user_idx", history.alias("input"), history.alias("seen"), F.col(target).alias("target"),
+                    bought.alias("target_bought"))
             .join(prof.select("user_idx", "profile_cat", F.col("train_profile_num").alias("profile_num")),
                   "user_idx", "left"))
 

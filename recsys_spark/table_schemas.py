@@ -43,6 +43,9 @@ RECOMMENDATIONS_SCHEMA = T.StructType(
         T.StructField("score", T.FloatType(), False),
         # Calibrated chance that this is the user's next item (null for popularity lists).
         T.StructField("probability", T.FloatType(), True),
+        # Calibrated chance that the user's next step buys this item (null for popularity lists, and
+        # where the data has no purchases).
+        T.StructField("purchase_probability", T.FloatType(), True),
         # Chance that the serving policy showed this item to this user: 1 unless the item filled an
         # exploration slot (score.explore_slots); what off-policy evaluation weighs feedback by.
         T.StructField("propensity", T.FloatType(), True),
@@ -61,6 +64,9 @@ AUDIENCES_SCHEMA = T.StructType(
         T.StructField("rank", T.IntegerType(), False),
         # Calibrated chance that the user's next new item is one of the campaign's.
         T.StructField("probability", T.DoubleType(), False),
+        # Chance that the user's next step buys one of the campaign's items (the probability scaled by
+        # the share of next steps that bought a new item); null where the data has no purchases.
+        T.StructField("purchase_probability", T.DoubleType(), True),
         # probability / the campaign's mean probability over every scored user (how audiences of
         # different campaigns compare, e.g. for the frequency cap).
         T.StructField("score", T.DoubleType(), False),

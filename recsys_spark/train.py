@@ -111,6 +111,7 @@ def _validation_sample(spark: SparkSession, cfg: Config, versions: dict, n_num: 
         return None
     return {
         "target": np.array([r.target for r in rows], dtype=np.int64),
+        "bought": np.array([bool(r.target_bought) for r in rows], dtype=bool),
         "seen": [np.asarray(r.input, dtype=np.int64) for r in rows],
         "profile_cat": pad_right([r.profile_cat for r in rows], max([len(r.profile_cat or []) for r in rows] + [1])),
         "profile_num": np.array([r.profile_num if r.profile_num and len(r.profile_num) == n_num

@@ -415,7 +415,14 @@ def calibrate(model, valid: Optional[dict], batch: int = 512) -> dict:
         users = torch.cat([encode_users(model, valid["seen"][lo: lo + batch], valid["profile_cat"][lo: lo + batch],
                                         valid["profile_num"][lo: lo + batch], items, str(device))
                            for lo in range(0, len(valid["target"]), batch)])
-        return calibration.fit(users.float().cpu(), items.float().cpu(), valid["seen"], valid["target"])
+        users, items = users.float().cpu(), items.float().cpu()
+        fitted = calibration.fit(users, items, valid["seen"], valid["target"])
+        if "bought" in valid:
+            purchase = calibration.fit_purchase(users, items, valid["seen"], valid["target"], valid["bought"],
+                                                fitted["temperature"])
+            if purchase is not None:
+                fitted["purchase"] = purchase
+        return fitted
 
 
 def _save_model(job: TrainJob, model, state: RunState) -> None:
@@ -429,6 +436,9 @@ def _save_model(job: TrainJob, model, state: RunState) -> None:
               f"next items new to the user, {len(fitted['isotonic']['x'])} isotonic knots for shown items "
               f"(validation log loss "
               f"{fitted['log_loss_uncalibrated']:.4f} -> {fitted['log_loss']:.4f}, {fitted['users']} users)", flush=True)
+        if "purchase" in fitted:
+            print(f"[train {job.run_id}] purchase calibration: {fitted['purchase']['new_share']:.1%} of next steps "
+                  f"bought a new item", flush=True)
     checkpoints.save(job.checkpoint_dir, job.run_id, model, {
         "model_config": job.model_config.to_dict(), "train_config": asdict(job.train_config),
         "data_versions": job.data_versions, "history": state.history,

@@ -82,3 +82,27 @@ def test_the_isotonic_correction_fixes_what_one_temperature_cannot():
                                   temperature_only)
     assert with_iso["ece"] < 0.6 * without["ece"], (with_iso["ece"], without["ece"])
     assert with_iso["brier"] <= without["brier"]
+
+
+def test_purchase_probability_is_the_interaction_probability_times_the_buying_share():
+    """Each next item is bought with a known chance (0.25), whatever the item: the purchase
+    calibration keeps the temperature, finds the share of next steps that bought a new item, and
+    its shown-item probabilities are a quarter of the interaction ones, as the figures confirm."""
+    users, items, seen, targets, p = _world(n_users=6000, true_t=2.0, repeat_share=0.2, seed=1)
+    bought = np.random.default_rng(7).random(len(targets)) < 0.25
+    fit = calibration.fit(users, items, seen, targets)
+    fit["purchase"] = calibration.fit_purchase(users, items, seen, targets, bought, fit["temperature"])
+    purchase = fit["purchase"]
+    assert purchase["temperature"] == fit["temperature"]
+    assert abs(purchase["new_share"] - 0.8 * 0.25) < 0.02, purchase
+    top, scaled, _ = calibration.top_probabilities(users, items, seen, 10, fit["temperature"], fit["new_share"])
+    ratio = calibration.purchase_probability(scaled, fit)[top >= 0].sum() / calibration.shown_probability(
+        scaled, fit)[top >= 0].sum()
+    assert abs(ratio - 0.25) < 0.04, ratio
+    figures = calibration.figures(users, items, seen, calibration.purchase_targets(targets, bought), purchase)
+    interaction = calibration.figures(users, items, seen, calibration.purchase_targets(targets, bought),
+                                      {**fit, "purchase": None})  # read as if every next step were a purchase
+    assert figures["ece"] < 0.01 and figures["log_loss"] < interaction["log_loss"], (figures, interaction)
+    # Data without purchases: no purchase calibration, no purchase probability.
+    assert calibration.fit_purchase(users, items, seen, targets, np.zeros(len(targets), bool), 2.0) is None
+    assert calibration.purchase_probability(scaled, {k: v for k, v in fit.items() if k != "purchase"}) is None

@@ -28,6 +28,13 @@ def test_evaluation_records_beyond_accuracy_metrics(spark, shop):
     assert shares.agg(F.sum("value")).first()[0] == pytest.approx(1.0)
     gap = {r.metric: r.value for r in sl.where((F.col("kind") == "gender") & (F.col("group") == "<gap>")).collect()}
     assert gap["ndcg_gap"] >= 0 and 0 <= gap["ndcg_gap_ci_low"] < gap["ndcg_gap_ci_high"] < 1
+    # The shop has purchases: the purchase probabilities are measured too, for both models, and the
+    # model's beat popularity's at ranking what the user buys next.
+    for model in ("attention", "popularity"):
+        for metric in ("log_loss", "brier", "ece", "auc"):
+            assert (model, "purchase_" + metric) in got
+    assert got[("attention", "purchase_auc")] > got[("popularity", "purchase_auc")]
+    assert sl.where(F.col("kind") == "calibration_purchase").count() > 0
 
 
 @pytest.mark.slow

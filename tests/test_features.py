@@ -82,6 +82,7 @@ def test_sequences_are_chronological_collapsed_and_split_leave_last_out(spark, b
     # view i1, cart i1 (collapsed), view i2, view i3, purchase i3 (collapsed)
     assert u1.items == [iidx["i1"], iidx["i2"], iidx["i3"]]
     assert u1.train_items == [iidx["i1"]] and u1.valid_target == iidx["i2"] and u1.test_target == iidx["i3"]
+    assert u1.item_bought == [False, False, True]  # the purchase of i3 follows its view: one step
     u2 = seqs["u2"]  # two items: training only
     assert u2.items == [iidx["i2"], iidx["i1"]] and u2.test_target is None and u2.train_items == u2.items
 

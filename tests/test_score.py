@@ -43,6 +43,14 @@ def test_recommendations_contract(spark, shop):
                                         & (F.col("b.rank") == F.col("a.rank") + 1))
              .where(F.col("b.probability") > F.col("a.probability") * (1 + 1e-5)))
     assert worse.count() == 0
+    # Purchase probabilities (the shop has purchases): for model lists only, in (0, 1], at most 1 per
+    # list and on average below the chance of a next interaction.
+    assert model_rows.where(F.col("purchase_probability").isNull() | (F.col("purchase_probability") <= 0)
+                            | (F.col("purchase_probability") > 1)).count() == 0
+    assert recs.where(F.col("served_by").isin("segment_popularity", "popularity")
+                      & F.col("purchase_probability").isNotNull()).count() == 0
+    means = model_rows.agg(F.avg("probability").alias("p"), F.avg("purchase_probability").alias("buy")).first()
+    assert means.buy < means.p
 
 
 @pytest.mark.slow
