@@ -24,7 +24,8 @@ and use the temperature-scaled distribution.
 A calibration is a plain dict, stored in the checkpoint's manifest: method, temperature,
 new_share, isotonic {x, y} (knots; absent when not fitted), and, where the data has purchases,
 purchase: the same fields for "the user's next step buys this item" (same temperature; its own
-new_share, the share of next steps that bought a new item, and isotonic map).
+new_share, the share of next steps that bought a new item; the interaction isotonic map scaled by
+the ratio of the new_shares).
 
 Any model with user and item vectors is calibrated the same way; popularity is the model whose
 user vector is [1] and item vector [log count] (`popularity_vectors`).
@@ -172,17 +173,25 @@ def purchase_targets(targets: np.ndarray, bought: np.ndarray) -> np.ndarray:
 
 
 def fit_purchase(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, targets: np.ndarray,
-                 bought: np.ndarray, temperature: float, **kwargs) -> Optional[dict]:
+                 bought: np.ndarray, interaction: dict, **kwargs) -> Optional[dict]:
     """The calibration of the probability that the user's next step buys the item, or None when no
     target was bought (data without purchases). It keeps the interaction calibration's temperature,
-    so that scoring computes one distribution: its new_share is the share of users whose next step
-    bought an item new to them, and its isotonic map is fitted on "bought next" over the top-k."""
+    so that scoring computes one distribution, and its new_share is the share of users whose next
+    step bought an item new to them. Its shown-item map is the interaction's isotonic map scaled by
+    the ratio r of the two new_shares (a purchase probability is r x the interaction one): purchases
+    are too few to fit a map of their own (one fitted on them put most listed items at 0)."""
     if not np.any(bought):
         return None
     try:
-        return fit(user_vecs, item_vecs, seen, purchase_targets(targets, bought), temperature=temperature, **kwargs)
+        fitted = fit(user_vecs, item_vecs, seen, purchase_targets(targets, bought),
+                     temperature=interaction["temperature"], **kwargs)
     except ValueError:  # every bought target was a repeat of a seen item
         return None
+    ratio = fitted["new_share"] / max(interaction["new_share"], 1e-12)
+    iso = interaction.get("isotonic")
+    fitted["isotonic"] = {"x": [x * ratio for x in iso["x"]], "y": [y * ratio for y in iso["y"]]} if iso else None
+    fitted["method"] = "temperature+share"
+    return fitted
 
 
 def purchase_probability(p: np.ndarray, calibration: dict) -> Optional[np.ndarray]:

@@ -215,7 +215,7 @@ class Evaluation:
         one, counts = calibration.popularity_vectors(baselines.popularity_counts(valid_users, self.n_items))
         fitted = calibration.fit(one.expand(len(valid["target"]), 1), counts, valid["seen"], valid["target"])
         popularity_purchase = calibration.fit_purchase(one.expand(len(valid["target"]), 1), counts, valid["seen"],
-                                                       valid["target"], valid["bought"], fitted["temperature"])
+                                                       valid["target"], valid["bought"], fitted)
         one, counts = calibration.popularity_vectors(self.popularity)
         self.calibration["popularity"] = calibration.figures(one.expand(len(test["target"]), 1), counts, test["seen"],
                                                              test["target"], fitted)

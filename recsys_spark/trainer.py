@@ -418,8 +418,7 @@ def calibrate(model, valid: Optional[dict], batch: int = 512) -> dict:
         users, items = users.float().cpu(), items.float().cpu()
         fitted = calibration.fit(users, items, valid["seen"], valid["target"])
         if "bought" in valid:
-            purchase = calibration.fit_purchase(users, items, valid["seen"], valid["target"], valid["bought"],
-                                                fitted["temperature"])
+            purchase = calibration.fit_purchase(users, items, valid["seen"], valid["target"], valid["bought"], fitted)
             if purchase is not None:
                 fitted["purchase"] = purchase
         return fitted

@@ -91,7 +91,7 @@ def test_purchase_probability_is_the_interaction_probability_times_the_buying_sh
     users, items, seen, targets, p = _world(n_users=6000, true_t=2.0, repeat_share=0.2, seed=1)
     bought = np.random.default_rng(7).random(len(targets)) < 0.25
     fit = calibration.fit(users, items, seen, targets)
-    fit["purchase"] = calibration.fit_purchase(users, items, seen, targets, bought, fit["temperature"])
+    fit["purchase"] = calibration.fit_purchase(users, items, seen, targets, bought, fit)
     purchase = fit["purchase"]
     assert purchase["temperature"] == fit["temperature"]
     assert abs(purchase["new_share"] - 0.8 * 0.25) < 0.02, purchase
@@ -104,5 +104,5 @@ def test_purchase_probability_is_the_interaction_probability_times_the_buying_sh
                                       {**fit, "purchase": None})  # read as if every next step were a purchase
     assert figures["ece"] < 0.01 and figures["log_loss"] < interaction["log_loss"], (figures, interaction)
     # Data without purchases: no purchase calibration, no purchase probability.
-    assert calibration.fit_purchase(users, items, seen, targets, np.zeros(len(targets), bool), 2.0) is None
+    assert calibration.fit_purchase(users, items, seen, targets, np.zeros(len(targets), bool), fit) is None
     assert calibration.purchase_probability(scaled, {k: v for k, v in fit.items() if k != "purchase"}) is None
