@@ -28,7 +28,7 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
-from recsys_spark import checkpoints, promotion, schema, splits, tables
+from recsys_spark import calibration, checkpoints, promotion, schema, splits, tables
 from recsys_spark.config import Config
 from recsys_spark.ranking import CampaignSpec, campaign_candidates
 from recsys_spark.score import current_catalog, pin_inputs
@@ -213,11 +213,8 @@ def _purchase_share(ckpt: dict):
     """Of the model's next new items, the share that were bought (a column; null without purchases).
     A campaign's purchase probability is its probability times this share: a set's isotonic map is
     not fitted, as for the set probability itself."""
-    fitted = checkpoints.calibration(ckpt)
-    purchase = fitted.get("purchase")
-    if not purchase:
-        return F.lit(None).cast("double")
-    return F.lit(purchase["new_share"] / max(fitted["new_share"], 1e-12))
+    ratio = calibration.purchase_ratio(checkpoints.calibration(ckpt))
+    return F.lit(ratio).cast("double")
 
 
 def _campaign_frames(spark: SparkSession, campaigns: list[Campaign], catalog: dict) -> tuple[DataFrame, DataFrame]:

@@ -117,6 +117,24 @@ def top_probabilities(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Se
     return top, p, log_z
 
 
+def _minimising_log_temperature(log_loss) -> float:
+    """Golden-section search on log T over T_RANGE (the log loss is convex in 1/T)."""
+    lo, hi = math.log(T_RANGE[0]), math.log(T_RANGE[1])
+    g = (math.sqrt(5) - 1) / 2
+    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+    fa, fb = log_loss(a), log_loss(b)
+    for _ in range(40):
+        if fa < fb:
+            hi, b, fb = b, a, fa
+            a = hi - g * (hi - lo)
+            fa = log_loss(a)
+        else:
+            lo, a, fa = a, b, fb
+            b = lo + g * (hi - lo)
+            fb = log_loss(b)
+    return (lo + hi) / 2
+
+
 def fit(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, targets: np.ndarray,
         ineligible: Optional[torch.Tensor] = None, max_cells: int = 64_000_000, k: int = 10,
         temperature: Optional[float] = None) -> dict:
@@ -142,21 +160,7 @@ def fit(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, target
         t = math.exp(log_t)
         return float((torch.logsumexp(logits / t, 1) - target / t).mean())
 
-    # Golden-section search on log T (the log loss is convex in 1/T).
-    lo, hi = math.log(T_RANGE[0]), math.log(T_RANGE[1])
-    g = (math.sqrt(5) - 1) / 2
-    a, b = hi - g * (hi - lo), lo + g * (hi - lo)
-    fa, fb = log_loss(a), log_loss(b)
-    for _ in range(40 if temperature is None else 0):
-        if fa < fb:
-            hi, b, fb = b, a, fa
-            a = hi - g * (hi - lo)
-            fa = log_loss(a)
-        else:
-            lo, a, fa = a, b, fb
-            b = lo + g * (hi - lo)
-            fb = log_loss(b)
-    best = (lo + hi) / 2 if temperature is None else math.log(temperature)
+    best = _minimising_log_temperature(log_loss) if temperature is None else math.log(temperature)
     temperature = round(math.exp(best), 6)
     top, p, _ = top_probabilities(user_vecs, item_vecs, seen, k, temperature, new_share, ineligible)
     shown = top >= 0
@@ -187,20 +191,27 @@ def fit_purchase(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequenc
                      temperature=interaction["temperature"], **kwargs)
     except ValueError:  # every bought target was a repeat of a seen item
         return None
-    ratio = fitted["new_share"] / max(interaction["new_share"], 1e-12)
+    ratio = purchase_ratio({**interaction, "purchase": fitted})
     iso = interaction.get("isotonic")
     fitted["isotonic"] = {"x": [x * ratio for x in iso["x"]], "y": [y * ratio for y in iso["y"]]} if iso else None
     fitted["method"] = "temperature+share"
     return fitted
 
 
-def purchase_probability(p: np.ndarray, calibration: dict) -> Optional[np.ndarray]:
-    """The purchase probability of shown items from their temperature-scaled interaction probability
-    p (which includes the interaction new_share), or None without a purchase calibration."""
+def purchase_ratio(calibration: dict) -> Optional[float]:
+    """Purchase over interaction probability: the share of the next new items that were bought (the
+    ratio of the two new_shares), or None without a purchase calibration."""
     purchase = calibration.get("purchase")
     if not purchase:
         return None
-    return shown_probability(p * purchase["new_share"] / max(calibration["new_share"], 1e-12), purchase)
+    return purchase["new_share"] / max(calibration["new_share"], 1e-12)
+
+
+def purchase_probability(p: np.ndarray, calibration: dict) -> Optional[np.ndarray]:
+    """The purchase probability of shown items from their temperature-scaled interaction probability
+    p (which includes the interaction new_share), or None without a purchase calibration."""
+    ratio = purchase_ratio(calibration)
+    return None if ratio is None else shown_probability(p * ratio, calibration["purchase"])
 
 
 def figures(user_vecs: torch.Tensor, item_vecs: torch.Tensor, seen: Sequence, targets: np.ndarray,
