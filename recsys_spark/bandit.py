@@ -27,6 +27,11 @@ over the same candidates:
 Each run appends its days to gold/bandit_days (per policy: users, the clicks and revenue drawn, and
 their expectations under the simulator, which carry no luck) and each state to gold/bandit_state;
 the report plots cumulative revenue per user by day.
+
+Serving (bandit.serve): the nightly `score` shows each model-made list's k best candidates by the
+newest learned state's bound (`Reranker`) and logs them with their features to
+gold/bandit_exposures. Before ranking it learns, night by night, from the logged nights whose reward
+window has closed (`learn_closed_nights`): rewards are the events that followed in bronze/events.
 """
 from __future__ import annotations
 
@@ -34,7 +39,8 @@ import logging
 import math
 import uuid
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import date, datetime, time, timedelta, timezone
+from typing import Optional
 
 import numpy as np
 from pyspark.sql import Column, DataFrame, SparkSession, Window
@@ -45,15 +51,19 @@ from recsys_spark.abtest import Shop, click_chance, lognormal_revenue_mean
 from recsys_spark.baselines import popularity_counts
 from recsys_spark.config import Config
 from recsys_spark.ope import REWARDS
-from recsys_spark.table_schemas import BANDIT_DAYS_SCHEMA, BANDIT_STATE_SCHEMA
+from recsys_spark.table_schemas import BANDIT_DAYS_SCHEMA, BANDIT_EXPOSURES_SCHEMA, BANDIT_STATE_SCHEMA
 
 logger = logging.getLogger(__name__)
 
-FEATURES = ("constant", "relevance", "popularity", "price", "value")
+FEATURES = schema.BANDIT_FEATURES
 POLICIES = ("greedy", "uniform", "bandit")
 # Per day and policy, totals over the users: drawn outcomes, then their expectations.
 METRICS = ("clicks", "revenue", "expected_clicks", "expected_revenue")
 X = [f"x_{f}" for f in FEATURES]
+# The run_id of the serving re-ranker's states in gold/bandit_state (simulations have their own).
+SERVING_RUN_ID = "serving"
+# Lists the re-ranker orders: the model's (popularity fallbacks have no relevance to weigh).
+MODEL_MADE = (schema.SERVED_HISTORY, schema.SERVED_PROFILE)
 
 
 @dataclass(frozen=True)
@@ -105,31 +115,35 @@ def learn(state: LinUCB, sums) -> LinUCB:
     return state.updated(xtx, xtr, int(sums["n"] or 0))
 
 
-def item_context(spark: SparkSession, popularity: np.ndarray, price: np.ndarray) -> DataFrame:
+def item_context(spark: SparkSession, popularity: np.ndarray, price: np.ndarray,
+                 value_without_price: Optional[float] = None) -> DataFrame:
     """item_idx, x_popularity, x_price, and reward_value: what a conversion of the item earns (its
-    price; the simulator's mean lognormal revenue in a catalog without prices)."""
+    price; in a catalog without prices, value_without_price, by default the simulator's mean
+    lognormal revenue)."""
     top_pop, top_price = math.log1p(float(popularity.max(initial=0.0))), float(price.max(initial=0.0))
+    fallback = lognormal_revenue_mean() if value_without_price is None else value_without_price
     rows = [(i, math.log1p(float(popularity[i])) / top_pop if top_pop > 0 else 0.0,
              float(price[i]) / top_price if top_price > 0 else 0.0,
-             float(price[i]) if top_price > 0 else lognormal_revenue_mean()) for i in range(1, len(price))]
+             float(price[i]) if top_price > 0 else fallback) for i in range(1, len(price))]
     return spark.createDataFrame(rows, "item_idx long, x_popularity double, x_price double, reward_value double")
 
 
-def candidate_features(candidates: DataFrame, items: DataFrame) -> DataFrame:
-    """candidates (user_idx, rank, item_idx, score: the model's top pool) with the x_<feature> columns."""
-    per_user = Window.partitionBy("user_idx")
-    ok = candidates.where((F.col("item_idx") > 0) & ~F.col("score").isin(float("-inf")))
+def candidate_features(candidates: DataFrame, items: DataFrame, user: str = "user_idx", item: str = "item_idx") -> DataFrame:
+    """candidates (user, rank, item, score: the model's top pool) with the x_<feature> columns, the
+    items' context (item_context) joined on `item`."""
+    per_user = Window.partitionBy(user)
+    ok = candidates.where(~F.col("score").isin(float("-inf")))
     out = (ok.withColumn("_e", F.exp(F.col("score") - F.max("score").over(per_user)))
            .withColumn("x_relevance", F.col("_e") / F.sum("_e").over(per_user)).drop("_e")
-           .join(F.broadcast(items), "item_idx", "left")
+           .join(F.broadcast(items), item, "left")
            .fillna(0.0, subset=["x_popularity", "x_price", "reward_value"]))
     return (out.withColumn("x_constant", F.lit(1.0))
             .withColumn("x_value", F.col("x_relevance") * F.col("x_price")))
 
 
-def top_by(feats: DataFrame, key: Column, k: int) -> DataFrame:
-    """Each user's k candidates with the highest key (ties to the smaller item_idx), ranked from 1."""
-    order = Window.partitionBy("user_idx").orderBy(key.desc(), F.col("item_idx"))
+def top_by(feats: DataFrame, key: Column, k: int, user: str = "user_idx", item: str = "item_idx") -> DataFrame:
+    """Each user's k candidates with the highest key (ties to the smaller item), ranked from 1."""
+    order = Window.partitionBy(user).orderBy(key.desc(), F.col(item))
     return feats.withColumn("rank", F.row_number().over(order)).where(F.col("rank") <= k)
 
 
@@ -166,15 +180,18 @@ def day_lists(feats: DataFrame, state: LinUCB, cfg: Config, day: int) -> DataFra
     return out
 
 
+def _state_row(run_id: str, now: datetime, day: int, s: LinUCB, learned_through: Optional[date] = None) -> tuple:
+    return (run_id, now, day, s.n, list(FEATURES), [float(v) for v in s.a.ravel()], [float(v) for v in s.b],
+            [float(v) for v in s.theta], learned_through)
+
+
 def _record(spark: SparkSession, root: str, run_id: str, days: list[dict], states: list[tuple[int, LinUCB]]) -> None:
     now = datetime.now(timezone.utc).replace(tzinfo=None)
     tables.append(spark.createDataFrame(
         [(run_id, now, d["day"], d["policy"], d["users"], *(d[m] for m in METRICS)) for d in days],
         BANDIT_DAYS_SCHEMA), tables.location(root, schema.BANDIT_DAYS))
-    tables.append(spark.createDataFrame(
-        [(run_id, now, day, s.n, list(FEATURES), [float(v) for v in s.a.ravel()], [float(v) for v in s.b],
-          [float(v) for v in s.theta]) for day, s in states], BANDIT_STATE_SCHEMA),
-        tables.location(root, schema.BANDIT_STATE))
+    tables.append(spark.createDataFrame([_state_row(run_id, now, day, s) for day, s in states], BANDIT_STATE_SCHEMA),
+                  tables.location(root, schema.BANDIT_STATE))
 
 
 def simulate(spark: SparkSession, cfg: Config) -> dict:
@@ -183,7 +200,7 @@ def simulate(spark: SparkSession, cfg: Config) -> dict:
     shop = Shop.open(spark, cfg)
     try:
         items = item_context(spark, popularity_counts(shop.users, shop.n_items), shop.values["price"])
-        candidates = shop.lists(cfg, "relevance", k=bc.pool)
+        candidates = shop.lists(cfg, "relevance", k=bc.pool).where(F.col("item_idx") > 0)
         feats = candidate_features(candidates.join(shop.users.select("user_idx", "target"), "user_idx"), items).persist()
         n_users = feats.select("user_idx").distinct().count()
         state, states, days = LinUCB.prior(bc.prior), [], []
@@ -210,3 +227,123 @@ def simulate(spark: SparkSession, cfg: Config) -> dict:
                 + f"; learned theta over {', '.join(FEATURES)}: {np.round(state.theta, 3).tolist()}")
     return {"run_id": run_id, "users": n_users, "days": days, "per_user_day": totals,
             "theta": dict(zip(FEATURES, state.theta.tolist()))}
+
+
+# Serving (bandit.serve): the nightly `score` re-ranks with the learned state and logs what it
+# showed; before ranking, it learns from the logged nights whose reward window has closed.
+
+@dataclass(frozen=True)
+class Learned:
+    """The serving state, the newest run_date whose exposures it learned from (None: the prior
+    alone) and how many nights it has learned."""
+    state: LinUCB
+    through: Optional[date] = None
+    nights: int = 0
+
+
+def serving_state(spark: SparkSession, cfg: Config) -> Learned:
+    """The newest serving state in gold/bandit_state, or the prior when nothing was learned yet."""
+    loc = tables.location(cfg.tables_root, schema.BANDIT_STATE)
+    prior = Learned(LinUCB.prior(cfg.bandit.prior))
+    if not tables.exists(spark, loc) or "learned_through" not in tables.read(spark, loc).columns:
+        return prior
+    row = (tables.read(spark, loc).where(F.col("run_id") == SERVING_RUN_ID)
+           .orderBy(F.desc("learned_through")).first())
+    if row is None:
+        return prior
+    if tuple(row.features) != FEATURES:
+        raise ValueError(f"{loc}: the serving state was learned over the features {list(row.features)}, but this "
+                         f"version ranks by {list(FEATURES)}; delete its rows with run_id '{SERVING_RUN_ID}' to "
+                         f"start again from the prior")
+    d = len(FEATURES)
+    return Learned(LinUCB(np.array(row.a).reshape(d, d), np.array(row.b), int(row.n)), row.learned_through, row.day)
+
+
+def rewarded(shown: DataFrame, events: DataFrame, night: date, days: int) -> DataFrame:
+    """The items shown on `night` with their rewards: clicked (1 when the user had any event on the
+    item within `days` days from the night) and revenue (the item's reward_value when one of those
+    events was a purchase)."""
+    start = datetime.combine(night, time.min)
+    window = (events.where((F.col("ts") >= F.lit(start)) & (F.col("ts") < F.lit(start + timedelta(days=days))))
+              .groupBy("user_id", "item_id")
+              .agg(F.max((F.col("event_type") == F.lit(schema.PURCHASE)).cast("int")).alias("_bought")))
+    out = shown.join(window, ["user_id", "item_id"], "left")
+    return (out.withColumn("clicked", F.col("_bought").isNotNull().cast("double"))
+            .withColumn("revenue", F.when(F.col("_bought") == 1, F.col("reward_value")).otherwise(F.lit(0.0)))
+            .drop("_bought"))
+
+
+def learn_closed_nights(spark: SparkSession, cfg: Config, today: date) -> Learned:
+    """The serving state after learning, in date order, from every logged night (gold/bandit_exposures)
+    after the one it last learned whose reward window has closed by `today`; each night's state is
+    appended to gold/bandit_state as it is learned, so a rerun learns no night twice."""
+    bc, root = cfg.bandit, cfg.tables_root
+    learned = serving_state(spark, cfg)
+    loc = tables.location(root, schema.BANDIT_EXPOSURES)
+    if not tables.exists(spark, loc):
+        return learned
+    exposures = tables.read(spark, loc)
+    closed = sorted(r.run_date for r in exposures.select("run_date").distinct().collect()
+                    if r.run_date + timedelta(days=bc.reward_days) <= today
+                    and (learned.through is None or r.run_date > learned.through))
+    events = tables.read(spark, tables.location(root, schema.EVENTS)).select("user_id", "item_id", "event_type", "ts")
+    for night in closed:
+        played = rewarded(exposures.where(F.col("run_date") == F.lit(night)), events, night, bc.reward_days)
+        sums = played.agg(*sufficient_sums(played, REWARDS[bc.reward]), F.sum("clicked").alias("clicks"),
+                          F.sum("revenue").alias("revenue")).first()
+        learned = Learned(learn(learned.state, sums), night, learned.nights + 1)
+        now = datetime.now(timezone.utc).replace(tzinfo=None)
+        tables.append(spark.createDataFrame([_state_row(SERVING_RUN_ID, now, learned.nights, learned.state, night)],
+                                            BANDIT_STATE_SCHEMA), tables.location(root, schema.BANDIT_STATE))
+        logger.info(f"bandit: learned from the {sums['n']} items shown on {night} ({sums['clicks']:.0f} clicked, "
+                    f"revenue {sums['revenue']:.2f}); theta over {', '.join(FEATURES)}: "
+                    f"{np.round(learned.state.theta, 3).tolist()}")
+    return learned
+
+
+@dataclass(frozen=True)
+class Reranker:
+    """What the serving re-ranker needs per run: the learned state, the items' context by item_id."""
+    learned: Learned
+    items: DataFrame
+    k: int
+    alpha: float
+
+    @staticmethod
+    def open(spark: SparkSession, cfg: Config, learned: Learned, item_ids: np.ndarray, users: DataFrame,
+             content: DataFrame) -> "Reranker":
+        """item_ids: the catalog's ids by item_idx; users: histories (input) the popularity is counted
+        over; content: gold/item_content (its price column, where the items have one)."""
+        price = np.zeros(len(item_ids))
+        if "price" in content.columns:
+            for r in content.select("item_idx", "price").collect():
+                if r.item_idx < len(price) and r.price:
+                    price[r.item_idx] = float(r.price)
+        if cfg.bandit.reward == "revenue" and not (price > 0).any():
+            raise ValueError("bandit.reward is revenue but no item has a price to earn: add a price column to the "
+                             "items input (then rerun ingest and features), or set bandit.reward: clicks")
+        ctx = item_context(spark, popularity_counts(users, len(item_ids)), price, value_without_price=0.0)
+        ids = spark.createDataFrame([(i, str(x)) for i, x in enumerate(item_ids) if x], "item_idx long, item_id string")
+        return Reranker(learned, ctx.join(ids, "item_idx").drop("item_idx"), cfg.score.k, cfg.bandit.alpha)
+
+    def rerank(self, pools: DataFrame) -> DataFrame:
+        """Recommendation rows of each user's pool of candidates -> the top k: model-made lists
+        ordered by the learned bound (with the x_<feature> and reward_value columns they were chosen
+        by), the others (popularity fallbacks) cut to k with those columns null."""
+        model_made = F.col("served_by").isin(*MODEL_MADE)
+        feats = candidate_features(pools.where(model_made), self.items, "user_id", "item_id")
+        ranked = top_by(feats.drop("rank"), self.learned.state.ucb(self.alpha), self.k, "user_id", "item_id")
+        return ranked.unionByName(pools.where(~model_made & (F.col("rank") <= self.k)), allowMissingColumns=True)
+
+
+def log_exposures(ranked: DataFrame, location: str, run_date: date, model_run_id: str) -> None:
+    """Write the re-ranked lists' items with their features to the run_date partition of `location`
+    (gold/bandit_exposures), replacing a rerun's."""
+    shown = ranked.where(F.col("x_constant").isNotNull()).select(
+        *[F.col(f.name).cast(f.dataType) for f in BANDIT_EXPOSURES_SCHEMA.fields if f.name not in ("model_run_id", "run_date")],
+        F.lit(model_run_id).alias("model_run_id"), F.lit(run_date).alias("run_date"))
+    if tables.exists(ranked.sparkSession, location):
+        tables.retry_on_conflict(lambda: tables.replace_partition(shown, location, f"run_date = '{run_date.isoformat()}'",
+                                                                  ["run_date"]), f"bandit: logging {run_date}")
+    else:
+        tables.overwrite(shown, location, partition_by=["run_date"])

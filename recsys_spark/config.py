@@ -374,6 +374,13 @@ class BanditConfig:
     reward: str = "revenue"
     # Simulated days on the synthetic shop's test users (abtest.sim_* behaviour, abtest.seed).
     days: int = 30
+    # Serve with the re-ranker: the nightly `score` ranks each model-made list's `pool` candidates by
+    # the learned bound, logs what it showed with its features to gold/bandit_exposures, and first
+    # learns from every logged night whose reward window has closed: a shown item's reward is the
+    # user's events on it (any event: a click; a purchase: its price as revenue) in the
+    # `reward_days` days from its run_date.
+    serve: bool = False
+    reward_days: int = 1
 
 
 @dataclass(frozen=True)
@@ -595,7 +602,8 @@ def _check_catalog(catalog: str) -> None:
                           f"got {catalog!r}; leave it empty to keep tables as folders under paths.root")
 
 
-def _check_bandit(bc: BanditConfig, k: int) -> None:
+def _check_bandit(bc: BanditConfig, sc: ScoreConfig) -> None:
+    k = sc.k
     if bc.pool <= k:
         raise ConfigError(f"bandit.pool: the candidates re-ranked into score.k = {k} items must be more than k, "
                           f"got {bc.pool}")
@@ -604,6 +612,16 @@ def _check_bandit(bc: BanditConfig, k: int) -> None:
     if bc.alpha < 0 or bc.prior <= 0:
         raise ConfigError(f"bandit.alpha must be >= 0 and bandit.prior > 0, got {bc.alpha} and {bc.prior}")
     _at_least("bandit.days", bc.days, 1)
+    _at_least("bandit.reward_days", bc.reward_days, 1)
+    if bc.serve:
+        # The re-ranker orders the pool itself and learns the value trade-off (its value feature);
+        # slots filled by other rules, or lists carried from an earlier night, would not be its own.
+        clashes = {"score.mode: full": sc.mode == "full", "score.objective: relevance": sc.objective == "relevance",
+                   "score.explore_slots: 0": sc.explore_slots == 0, "score.new_item_slots: 0": sc.new_item_slots == 0}
+        wrong = [need for need, ok in clashes.items() if not ok]
+        if wrong:
+            raise ConfigError(f"bandit.serve re-ranks every model-made list each night and learns the value of "
+                              f"price itself, so it needs {', '.join(wrong)}; change those or set bandit.serve: false")
 
 
 def _check_values(cfg: Config) -> None:
@@ -626,7 +644,7 @@ def _check_values(cfg: Config) -> None:
         raise ConfigError(f"abtest.sim_variants: one or more of {', '.join(policies)}, got {ab.sim_variants}")
     if not cfg.ope.policies or not set(cfg.ope.policies) <= set(policies):
         raise ConfigError(f"ope.policies: one or more of {', '.join(policies)}, got {cfg.ope.policies}")
-    _check_bandit(cfg.bandit, cfg.score.k)
+    _check_bandit(cfg.bandit, cfg.score)
     if not cfg.refresh.trigger_seconds > 0:
         raise ConfigError(f"refresh.trigger_seconds: must be > 0, got {cfg.refresh.trigger_seconds}")
     if not 0 < cfg.ope.alpha < 1:

@@ -8,7 +8,8 @@ the nightly's features did not see. Every micro-batch:
    as features does (`features.sequences`); items the nightly's catalog lacks are left out until
    the next features run, and a user the nightly did not know is served from these events alone;
 3. ranks with the serving model and the nightly's rules (`score.scoring_spec`: business rules,
-   objective, exploration, explanations), each user's profile as the nightly built it;
+   objective, exploration, explanations; with bandit.serve, the re-ranker's newest state), each
+   user's profile as the nightly built it;
 4. replaces their rows of gold/recommendations_latest in one MERGE keyed by (user_id, rank), so
    nobody else's rows change.
 
@@ -33,7 +34,7 @@ from typing import Optional
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import checkpoints, features, promotion, schema, score, splits, tables
+from recsys_spark import bandit, checkpoints, features, promotion, schema, score, splits, tables
 from recsys_spark.config import Config
 from recsys_spark.ranking import ScoringSpec, score_users
 from recsys_spark.table_schemas import RECOMMENDATIONS_SCHEMA
@@ -52,6 +53,9 @@ class Refresher:
     events_version: int
     run_id: str
     latest_version: int  # of gold/recommendations_latest when the inputs were pinned
+    # bandit.serve: the nightly's re-ranker. Refreshed lists are not logged as exposures: the
+    # re-ranker learns from the nightly's lists only.
+    reranker: Optional[bandit.Reranker] = None
     applied: list = field(default_factory=list)  # (batch_id, users, events version, seconds)
     superseded: Optional[str] = None  # why the job stopped: another job rewrote the latest lists
 
@@ -67,10 +71,15 @@ class Refresher:
         latest = tables.location(root, schema.RECOMMENDATIONS_LATEST)
         tables.require(spark, latest, "score (refresh keeps the nightly's lists fresh)")
         # The catalog as the nightly built it (its popularity fallbacks come from every user's history).
-        catalog, _ = score.current_catalog(spark, cfg, model, versions, splits.scoring_input(spark, cfg, versions))
+        users = splits.scoring_input(spark, cfg, versions)
+        catalog, _ = score.current_catalog(spark, cfg, model, versions, users)
+        reranker = None
+        if cfg.bandit.serve:
+            content = tables.read_pinned(spark, root, schema.ITEM_CONTENT, versions)
+            reranker = bandit.Reranker.open(spark, cfg, bandit.serving_state(spark, cfg), catalog["ids"], users, content)
         return Refresher(spark, cfg, score.scoring_spec(cfg, ckpt_path, ckpt, datetime.now(timezone.utc).date()),
                          spark.sparkContext.broadcast(catalog), versions, events_version, ckpt["run_id"],
-                         tables.version(spark, latest))
+                         tables.version(spark, latest), reranker=reranker)
 
     def rewritten_since_pinned(self) -> Optional[str]:
         """How another job (a nightly's score, forget) rewrote the latest lists after this job
@@ -115,7 +124,9 @@ class Refresher:
         users = batch.select("user_id").distinct().persist()
         n = users.count()
         lists = score_users(self.histories(users, upto), self.spec, self.catalog_bc)
-        ranks = self.spark.range(1, self.spec.k + 1).select(F.col("id").cast("int").alias("rank"))
+        if self.reranker is not None:
+            lists = self.reranker.rerank(lists)
+        ranks = self.spark.range(1, self.cfg.score.k + 1).select(F.col("id").cast("int").alias("rank"))
         today = datetime.now(timezone.utc).date()
         rows = (users.crossJoin(ranks).join(lists, ["user_id", "rank"], "left")
                 .select(*[F.col(f.name) if f.name == "because_item_ids" else F.col(f.name).cast(f.dataType).alias(f.name)

@@ -59,6 +59,11 @@ OPE_ESTIMATES = "gold/ope_estimates"
 # re-ranker's state after each day's update; appended per run.
 BANDIT_DAYS = "gold/bandit_days"
 BANDIT_STATE = "gold/bandit_state"
+# What the serving re-ranker showed each night, with the features it chose by (bandit.serve):
+# partitioned by run_date; the rewards it learns from are the events that followed.
+BANDIT_EXPOSURES = "gold/bandit_exposures"
+# The re-ranker's context features of a (user, item) pair (recsys_spark.bandit), each in [0, 1].
+BANDIT_FEATURES = ("constant", "relevance", "popularity", "price", "value")
 
 
 # How a user's list was made (the recommendations' served_by column): the model over the user's

@@ -11,6 +11,9 @@ How a run works (ranking itself is recsys_spark.ranking)
   to gold/recommendations_latest; every run appends what produced it to gold/score_runs.
 - Exploration (score.explore_slots) fills the last slots of model-made lists with a repeatable
   random draw among the next candidates, and every row carries its propensity (ranking.ScoringSpec).
+- With bandit.serve, the model ranks bandit.pool candidates and the bandit's re-ranker (LinUCB,
+  recsys_spark.bandit) chooses the k shown, after learning from the logged nights whose rewards are
+  in; what it showed, with its features, goes to gold/bandit_exposures.
 - Incremental mode rescores only users with new events since the last successful run (read from the
   events table's Change Data Feed) and copies the other users' rows from that run's partition.
 """
@@ -27,7 +30,7 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import checkpoints, features, promotion, schema, splits, tables
+from recsys_spark import bandit, checkpoints, features, promotion, schema, splits, tables
 from recsys_spark.baselines import fallback_lists
 from recsys_spark.config import Config
 from recsys_spark.ranking import ScoringSpec, item_catalog, score_users
@@ -161,7 +164,8 @@ def current_catalog(spark: SparkSession, cfg: Config, model, versions: dict, use
 def scoring_spec(cfg: Config, ckpt_path: str, ckpt: dict, run_date: date) -> ScoringSpec:
     """How the nightly ranks (score.*: business rules, objective, exploration), for this checkpoint."""
     sc = cfg.score
-    return ScoringSpec(k=sc.k, ckpt_path=ckpt_path, batch_users=sc.batch_users, max_per_category=sc.max_per_category,
+    # The re-ranker chooses the k shown among the model's pool (bandit.serve).
+    return ScoringSpec(k=cfg.bandit.pool if cfg.bandit.serve else sc.k, ckpt_path=ckpt_path, batch_users=sc.batch_users, max_per_category=sc.max_per_category,
                        mmr_lambda=sc.mmr_lambda, explain=sc.explain, device=sc.device, block_mb=sc.block_mb,
                        new_item_slots=sc.new_item_slots, with_ids=True,
                        calibration=checkpoints.calibration(ckpt), objective=sc.objective,
@@ -169,14 +173,24 @@ def scoring_spec(cfg: Config, ckpt_path: str, ckpt: dict, run_date: date) -> Sco
                        explore_seed=run_date.toordinal())
 
 
-def _rules(sc) -> str:
+def _rules(cfg: Config) -> str:
+    sc, bc = cfg.score, cfg.bandit
     return json.dumps({"k": sc.k, "max_per_category": sc.max_per_category, "mmr_lambda": sc.mmr_lambda,
                        "explain": sc.explain, **({"new_item_slots": sc.new_item_slots} if sc.new_item_slots else {}),
                        **({"objective": sc.objective} if sc.objective != "relevance" else {}),
                        **({"explore_slots": sc.explore_slots, "explore_pool": sc.explore_pool}
                           if sc.explore_slots else {}),
-                       **({"item_kinds": sorted(sc.item_kinds)} if sc.item_kinds else {})},
+                       **({"item_kinds": sorted(sc.item_kinds)} if sc.item_kinds else {}),
+                       **({"bandit": {"pool": bc.pool, "alpha": bc.alpha, "reward": bc.reward}} if bc.serve else {})},
                       sort_keys=True)
+
+
+def serving_reranker(spark: SparkSession, cfg: Config, run_date: date, catalog: dict, users: DataFrame,
+                     versions: dict) -> bandit.Reranker:
+    """The bandit's re-ranker for this run, after it learned from the nights whose rewards are in."""
+    learned = bandit.learn_closed_nights(spark, cfg, run_date)
+    content = tables.read_pinned(spark, cfg.tables_root, schema.ITEM_CONTENT, versions)
+    return bandit.Reranker.open(spark, cfg, learned, catalog["ids"], users, content)
 
 
 def _scope(spark: SparkSession, root: str, users: DataFrame, last: Optional[dict], mode: str, reason: str,
@@ -278,17 +292,23 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     versions, events_version = pin_inputs(spark, root)
     users = splits.scoring_input(spark, cfg, versions).persist()
     catalog, elig_version = current_catalog(spark, cfg, model, versions, users)
-    rules = _rules(sc)
+    rules = _rules(cfg)
     last = _last_run(spark, root)
     scope = _scope(spark, root, users, last, *_choose_mode(cfg, last, run_id, rules, elig_version, events_version),
                    events_version)
     spec = scoring_spec(cfg, ckpt_path, ckpt, run_date)
-    staged = _staged(score_users(scope.users, spec, spark.sparkContext.broadcast(catalog)), scope.carried,
-                     run_id, run_date)
+    lists = score_users(scope.users, spec, spark.sparkContext.broadcast(catalog))
+    reranker = serving_reranker(spark, cfg, run_date, catalog, users, versions) if cfg.bandit.serve else None
+    if reranker is not None:
+        lists = reranker.rerank(lists).persist()
+    staged = _staged(lists, scope.carried, run_id, run_date)
     counts = RunCounts.of(staged)
     meta = {"model_run_id": run_id, "mode": scope.mode, "events_version": events_version,
             "versions": versions, "eligibility_version": elig_version}
     version = _publish(spark, cfg, staged.drop("_scored"), run_date, meta)
+    if reranker is not None:  # logged once the lists are published: only what users can see is learned from
+        bandit.log_exposures(lists, tables.location(root, schema.BANDIT_EXPOSURES), run_date, run_id)
+        lists.unpersist()
     staged.unpersist()
     users.unpersist()
     elapsed = time.time() - t0

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from pyspark.sql import types as T
 
+from recsys_spark.schema import BANDIT_FEATURES
+
 EVENTS_SCHEMA = T.StructType(
     [
         T.StructField("event_id", T.StringType(), False),
@@ -196,5 +198,22 @@ BANDIT_STATE_SCHEMA = T.StructType(
         T.StructField("a", T.ArrayType(T.DoubleType()), False),
         T.StructField("b", T.ArrayType(T.DoubleType()), False),
         T.StructField("theta", T.ArrayType(T.DoubleType()), False),
+        # Serving states (run_id "serving"): the newest run_date whose exposures it has learned.
+        T.StructField("learned_through", T.DateType(), True),
+    ]
+)
+
+
+BANDIT_EXPOSURES_SCHEMA = T.StructType(
+    [
+        T.StructField("user_id", T.StringType(), False),
+        T.StructField("item_id", T.StringType(), False),
+        T.StructField("rank", T.IntegerType(), False),
+        # The features the re-ranker chose by (bandit.FEATURES, as x_<feature>).
+        *[T.StructField(f"x_{f}", T.DoubleType(), False) for f in BANDIT_FEATURES],
+        # What a purchase of the item earned when it was shown (its price).
+        T.StructField("reward_value", T.DoubleType(), False),
+        T.StructField("model_run_id", T.StringType(), False),
+        T.StructField("run_date", T.DateType(), False),
     ]
 )

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
+from conftest import make_config
 from recsys_spark import bandit, cli, schema, tables
 
 
@@ -68,3 +69,61 @@ def test_the_simulated_loop_learns_to_weigh_price_and_the_report_plots_it(spark,
     np.testing.assert_allclose(states[-1].theta, list(theta.values()))
     doc = open(cli.run_stage(spark, cfg, "report")).read()
     assert "Feedback loop" in doc and 'alt="cumulative revenue of the feedback loop" src="data:image/png' in doc
+
+
+def _bound(state, alpha, x):
+    return x @ state.theta + alpha * np.sqrt(np.einsum("ni,ij,nj->n", x, np.linalg.inv(state.a), x))
+
+
+def _follows(shown, state, alpha):
+    """Whether every user's ranks order their shown items by the state's bound (ties aside)."""
+    shown = shown.assign(u=_bound(state, alpha, shown[bandit.X].to_numpy()))
+    return all((np.diff(g.sort_values("rank").u.to_numpy()) <= 1e-9).all() for _, g in shown.groupby("user_id"))
+
+
+@pytest.mark.slow
+def test_the_serving_reranker_shows_what_it_logs_and_learns_each_night_from_the_rewards_that_followed(
+        spark, shop_copy, tmp_path):
+    import pandas as pd
+
+    root, alpha = shop_copy.paths.root, 0.5
+    night = lambda d: make_config(root, score={"k": 10, "run_date": d}, bandit={"serve": True, "pool": 20, "alpha": alpha})  # noqa: E731
+    exposures = lambda: tables.read(spark, tables.location(shop_copy.tables_root, schema.BANDIT_EXPOSURES)).toPandas()  # noqa: E731
+    cli.run_stage(spark, night("2026-07-10"), "score")
+    shown = exposures()
+    recs = tables.read(spark, tables.location(shop_copy.tables_root, schema.RECOMMENDATIONS)).where(
+        F.col("run_date") == "2026-07-10").toPandas()
+    model_made = recs[recs.served_by.isin(bandit.MODEL_MADE)]
+    # The log is exactly what model-made lists showed; every list has k items, ordered by the
+    # prior's bound, which looks beyond the model's own top k.
+    assert sorted(zip(shown.user_id, shown.item_id, shown["rank"])) == sorted(
+        zip(model_made.user_id, model_made.item_id, model_made["rank"]))
+    assert (recs.groupby("user_id").size() == 10).all() and len(shown) > 5000
+    prior = bandit.LinUCB.prior(1.0)
+    assert _follows(shown, prior, alpha)
+    by_relevance = shown.groupby("user_id").x_relevance.rank(ascending=False, method="first")
+    assert (by_relevance != shown["rank"]).any()
+
+    # Rewards: each logged user buys their 10th item on the night; a view of a shown item two days
+    # later is outside the one-day window and earns nothing.
+    tenth = shown[shown["rank"] == 10]
+    ninth = shown[shown["rank"] == 9]
+    new = pd.DataFrame({"user_id": list(tenth.user_id) + list(ninth.user_id),
+                        "item_id": list(tenth.item_id) + list(ninth.item_id),
+                        "event_type": ["purchase"] * len(tenth) + ["view"] * len(ninth),
+                        "timestamp": pd.to_datetime(["2026-07-10 12:00:00"] * len(tenth) + ["2026-07-12 09:00:00"] * len(ninth))})
+    (tmp_path / "new").mkdir()
+    new.to_parquet(tmp_path / "new" / "events.parquet")
+    cli.run_stage(spark, make_config(root, ingest={"events": str(tmp_path / "new")}), "ingest")
+    for _ in range(2):  # a rerun of the night learns nothing twice
+        cli.run_stage(spark, night("2026-07-11"), "score")
+    states = tables.read(spark, tables.location(shop_copy.tables_root, schema.BANDIT_STATE)).toPandas()
+    assert len(states) == 1 and str(states.learned_through[0]) == "2026-07-10" and states.n[0] == len(shown)
+    x = shown[bandit.X].to_numpy()
+    reward = np.where(shown["rank"] == 10, shown.reward_value, 0.0)
+    want = bandit.LinUCB(prior.a + x.T @ x, prior.b + x.T @ reward, len(x))
+    np.testing.assert_allclose(states.theta[0], want.theta, rtol=1e-6, atol=1e-9)
+    # The next night ranks by what was learned (the prior's order would differ).
+    learned = exposures()
+    learned = learned[learned.run_date.astype(str) == "2026-07-11"]
+    assert _follows(learned, want, alpha) and not _follows(learned, prior, alpha)

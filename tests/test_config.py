@@ -105,6 +105,14 @@ def test_exploration_needs_a_pool_larger_than_its_slots_and_no_new_item_slots():
     assert config.load(None, ["score.explore_slots=3", "score.explore_pool=4"]).score.explore_pool == 4
 
 
+def test_serving_with_the_bandit_refuses_rules_that_would_fill_its_lists_for_it():
+    with pytest.raises(config.ConfigError, match="bandit.serve .* needs score.mode: full, score.explore_slots: 0; "):
+        config.load(None, ["bandit.serve=true", "score.mode=incremental", "score.explore_slots=2"])
+    with pytest.raises(config.ConfigError, match="bandit.reward_days: must be >= 1"):
+        config.load(None, ["bandit.serve=true", "bandit.reward_days=0"])
+    assert config.load(None, ["bandit.serve=true", "score.max_per_category=2"]).bandit.serve
+
+
 def test_yaml_on_and_off_reach_string_settings_as_written():
     # YAML 1.1 reads `off` as false; string settings that offer off/on get the word back.
     cfg = config.load(None, ["train.resume=off", "spark.progress=on"])
