@@ -8,7 +8,8 @@ of the exposure/outcome log), abtest-simulate (writes such a log for the synthet
 users from every table, keep them out of future ingests, purge history; see recsys_spark.forget),
 audience (the users most likely to engage with each campaign of audience.campaigns; show
 --campaign ID prints one with reasons), ope (off-policy estimates of candidate policies from the
-exposure log with propensities), refresh (a stream over new events that rescores their users into
+exposure log with propensities), ingest --stream (load new events files as they arrive; --once:
+the files there now), refresh (a stream over new events that rescores their users into
 gold/recommendations_latest between nightly runs; --once: what is there now, then stop),
 bandit-simulate (days of a LinUCB re-ranker learning from the shop's rewards, against the greedy
 model and uniform exploration).
@@ -46,7 +47,9 @@ def parse_args(argv: list[str] | None = None, stage: str | None = None) -> tuple
     p.add_argument("--verbose", action="store_true",
                    help="everything on the console: Spark's Ivy resolution and start-up notes, library INFO logs")
     p.add_argument("--once", action="store_true",
-                   help="refresh: process the events there now, then stop (default: run until stopped)")
+                   help="refresh, ingest --stream: process what is there now, then stop (default: run until stopped)")
+    p.add_argument("--stream", action="store_true",
+                   help="ingest: watch the events folder and load each new file once (a Structured Streaming job)")
     p.add_argument("--campaign", default=None,
                    help="show: print this campaign's latest audience (its first --users users) with reasons")
     args = p.parse_args(argv)
@@ -112,6 +115,8 @@ def run_stage(spark, cfg: config_mod.Config, stage: str, args: argparse.Namespac
         return (abtest.run if stage == "abtest" else abtest.simulate)(spark, cfg)
     if stage == "show":
         return show.run(spark, cfg, getattr(args, "users", 5), getattr(args, "campaign", None))
+    if stage == "ingest" and getattr(args, "stream", False):
+        return ingest.stream(spark, cfg, once=getattr(args, "once", False))
     if stage == "refresh":
         from recsys_spark import refresh
 

@@ -128,6 +128,11 @@ class IngestConfig:
     # reads each file whole in one task; false splits large files across tasks).
     csv_encoding: str = "UTF-8"
     csv_multiline: bool = True
+    # `ingest --stream`: the events folder is watched and each new file loaded once (csv, parquet
+    # or json). A micro-batch every stream_trigger_seconds; the stream's checkpoint folder (empty:
+    # <paths.root>/streams/ingest) records which files were loaded.
+    stream_trigger_seconds: float = 5.0
+    stream_checkpoint: str = ""
 
 
 @dataclass(frozen=True)
@@ -584,6 +589,8 @@ def _check_ingest(i: IngestConfig) -> None:
         raise ConfigError("ingest.event_types: must name at least one event type (rows of other types are quarantined)")
     if i.max_clock_skew_hours < 0:
         raise ConfigError(f"ingest.max_clock_skew_hours: must be >= 0, got {i.max_clock_skew_hours}")
+    if i.stream_trigger_seconds <= 0:
+        raise ConfigError(f"ingest.stream_trigger_seconds: must be > 0, got {i.stream_trigger_seconds}")
     try:
         datetime.fromisoformat(i.min_timestamp)
     except ValueError:

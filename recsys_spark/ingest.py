@@ -50,6 +50,14 @@ class IngestError(RuntimeError):
     """Raw input cannot be ingested; the message says what was wrong and what to do."""
 
 
+class AllRowsQuarantined(IngestError):
+    """Every row of the input was malformed: all are in the quarantine table, nothing else written."""
+
+
+class EmptyInput(IngestError):
+    """The events input has no rows: nothing was written."""
+
+
 @dataclass
 class IngestReport:
     run_id: str
@@ -99,11 +107,13 @@ def _detect_format(path: str, configured: str) -> str:
     return known.pop()
 
 
-def read_raw(spark: SparkSession, path: str, cfg: IngestConfig, required: tuple = ()) -> tuple[DataFrame, str]:
-    """Read raw files as they are, with a source_file column; returns (rows, format). CSV columns
+def read_raw(spark: SparkSession, path, cfg: IngestConfig, required: tuple = (),
+             fmt: Optional[str] = None) -> tuple[DataFrame, str]:
+    """Read raw files as they are, with a source_file column; returns (rows, format). path: a file,
+    directory or glob, or a list of files of the format fmt (csv, parquet or json). CSV columns
     stay strings, matched by name per file; a line Spark cannot split into its file's fields keeps
     its text in the _corrupt_record column."""
-    fmt = _detect_format(path, cfg.format)
+    fmt = fmt or _detect_format(path, cfg.format)
     if fmt == "sasrec":
         return read_sasrec(spark, path), fmt
     if fmt == "movielens":
@@ -113,7 +123,7 @@ def read_raw(spark: SparkSession, path: str, cfg: IngestConfig, required: tuple 
     reader = spark.read.format(fmt)
     if fmt == "json":
         reader = reader.option("columnNameOfCorruptRecord", CORRUPT)
-    if os.path.isdir(path):
+    if isinstance(path, str) and os.path.isdir(path):
         reader = reader.option("recursiveFileLookup", "true")
     return reader.load(path).withColumn("source_file", F.input_file_name()), fmt
 
@@ -157,13 +167,13 @@ def _missing_columns_error(columns: list[str], where: str) -> IngestError:
     )
 
 
-def read_csv(spark: SparkSession, path: str, cfg: IngestConfig, required: tuple = ()) -> DataFrame:
+def read_csv(spark: SparkSession, path, cfg: IngestConfig, required: tuple = ()) -> DataFrame:
     """CSV files read by name: files are grouped by their own header, each group read with that
     header's columns (all strings) and the groups unioned by name. A row whose field count differs
     from its header keeps its line in _corrupt_record; a file whose header lacks a required column or
     repeats one gets a _file_problem on all its rows. Raises when no file has the required columns."""
     groups: dict[tuple, list[str]] = {}
-    for f in _input_files(spark, path):
+    for f in (path if isinstance(path, list) else _input_files(spark, path)):
         header = tuple(_csv_header(spark, f, cfg.csv_encoding))
         if header:  # an empty file has no header and no rows
             groups.setdefault(header, []).append(f)
@@ -186,7 +196,7 @@ def read_csv(spark: SparkSession, path: str, cfg: IngestConfig, required: tuple 
                       .withColumn("_file_problem", F.lit("; ".join(problems) or None).cast("string")))
     if required and not usable:
         header = next(iter(groups))
-        raise _missing_columns_error(list(header), "events input" if len(groups) == 1 else f"every file of {path}")
+        raise _missing_columns_error(list(header), "events input" if len(groups) == 1 else "every events input file")
     return reduce(lambda x, y: x.unionByName(y, allowMissingColumns=True), frames)
 
 
@@ -413,7 +423,7 @@ def _store_events(spark: SparkSession, root: str, rows: DataFrame, raw_rows: int
         if n_quarantined:
             tables.insert_missing(spark, quarantine_rows(flagged), tables.location(root, schema.QUARANTINE), "quarantine_id")
         if n_valid == 0:
-            raise IngestError(f"all {raw_rows} rows of the events input are malformed and were quarantined "
+            raise AllRowsQuarantined(f"all {raw_rows} rows of the events input are malformed and were quarantined "
                               f"(table {tables.location(root, schema.QUARANTINE)}); nothing else was written.")
         valid = flagged.where(F.col("_reason").isNull()).drop("_raw", "_reason")
         new = deduplicate(valid, existing).persist()
@@ -482,24 +492,32 @@ def _side_path(configured: str, raw_root: str, name: str) -> str:
     return configured or (default if os.path.isdir(default) else "")
 
 
-def run(spark: SparkSession, cfg: Config) -> IngestReport:
-    """Validate and load raw events (+ users/items when configured) into the bronze/silver tables."""
-    run_id = "ingest-" + uuid.uuid4().hex[:12]
-    root = cfg.tables_root
+def load_events(spark: SparkSession, cfg: Config, source, run_id: str, fmt: Optional[str] = None) -> tuple[int, int, int, int, int]:
+    """Validate and insert the events of source (a path, or a list of files of format fmt):
+    (rows read, rows after privacy, valid, quarantined, inserted)."""
     # Under Spark's default parser policy a date the old parser read differently (2026-1-5) fails
     # the whole job; CORRECTED makes an unreadable date null, so its row is quarantined instead.
     with tables.temporary_conf(spark, {"spark.sql.legacy.timeParserPolicy": "CORRECTED"}):
-        raw, fmt = read_raw(spark, cfg.ingest.events, cfg.ingest, schema.REQUIRED_EVENT_COLUMNS)
+        raw, fmt = read_raw(spark, source, cfg.ingest, schema.REQUIRED_EVENT_COLUMNS, fmt)
         read_rows = raw.count()
         if read_rows == 0:
-            raise IngestError(f"events input {cfg.ingest.events} has no rows; nothing was written. "
+            raise EmptyInput(f"events input {cfg.ingest.events} has no rows; nothing was written. "
                               f"Check the upstream export before re-running.")
         raw = protect_users(spark, cfg, raw)
         raw_rows = raw.count()
         rows = parse_events(raw, cfg.ingest, run_id, real_time=fmt != "sasrec")
         n_valid, n_quarantined, n_new = tables.retry_on_conflict(
-            lambda: _store_events(spark, root, rows, raw_rows), "ingest events")
-        side = {}
+            lambda: _store_events(spark, cfg.tables_root, rows, raw_rows), "ingest events")
+    return read_rows, raw_rows, n_valid, n_quarantined, n_new
+
+
+def run(spark: SparkSession, cfg: Config) -> IngestReport:
+    """Validate and load raw events (+ users/items when configured) into the bronze/silver tables."""
+    run_id = "ingest-" + uuid.uuid4().hex[:12]
+    root = cfg.tables_root
+    read_rows, raw_rows, n_valid, n_quarantined, n_new = load_events(spark, cfg, cfg.ingest.events, run_id)
+    side = {}
+    with tables.temporary_conf(spark, {"spark.sql.legacy.timeParserPolicy": "CORRECTED"}):
         for key, name, configured in (("user_id", "users", cfg.ingest.users), ("item_id", "items", cfg.ingest.items)):
             path = _side_path(configured, cfg.paths.raw, name)
             side[key] = _ingest_side_table(spark, cfg, path, key, tables.location(root, getattr(schema, name.upper())),
@@ -509,3 +527,58 @@ def run(spark: SparkSession, cfg: Config) -> IngestReport:
                           read_rows - raw_rows)
     logger.info(report.summary())
     return report
+
+
+# What Spark's binaryFile source lists; the stream reads the paths only, never the bytes.
+LISTED_FILES = "path string, modificationTime timestamp, length long, content binary"
+
+
+def stream_checkpoint(cfg: Config) -> str:
+    return cfg.ingest.stream_checkpoint or os.path.join(cfg.paths.root, "streams", "ingest")
+
+
+def stream(spark: SparkSession, cfg: Config, once: bool = False) -> dict:
+    """`ingest --stream`: watch the events folder and load every new file once, as `run` loads
+    events (validation, quarantine, deduplication, privacy), a micro-batch of new files at a time:
+    until stopped, or with once, the files there now. The checkpoint records the files loaded, so a
+    restarted stream neither skips nor reloads one (and a reload would insert nothing: inserts are
+    keyed by event_id). Users and items files are loaded by the batch `ingest`.
+
+    A batch whose rows are all malformed is quarantined (an empty one skipped) and the stream goes
+    on; input it cannot
+    read (no file with the required columns) stops it before the batch is recorded, so the files
+    are tried again on restart once fixed. Producers should write each file whole, then move it in."""
+    folder = cfg.ingest.events
+    fmt = cfg.ingest.format if cfg.ingest.format != "auto" else _detect_format(folder, "auto")
+    if fmt not in ("csv", "parquet", "json"):
+        raise IngestError(f"ingest --stream reads csv, parquet or json files; {folder} holds {fmt} "
+                          f"(set ingest.format, or load it with the batch ingest)")
+    loaded: list[dict] = []
+
+    def load_batch(batch: DataFrame, batch_id: int) -> None:
+        files = sorted(r.path for r in batch.collect())
+        if not files:
+            return
+        run_id = f"ingest-stream-{batch_id}-" + uuid.uuid4().hex[:8]
+        try:
+            counts = dict(zip(("rows", "protected_rows", "valid", "quarantined", "inserted"),
+                              load_events(spark, cfg, files, run_id, fmt)))
+        except (AllRowsQuarantined, EmptyInput) as exc:  # nothing to lose: later files still load
+            logger.error(f"ingest stream: batch {batch_id} ({', '.join(files)}): {exc}")
+            counts = {"inserted": 0, "error": str(exc)}
+        loaded.append({"batch": int(batch_id), "files": len(files), **counts})
+        logger.info(f"ingest stream: batch {batch_id}: {len(files)} file(s), {counts['inserted']} new events")
+
+    files = (spark.readStream.format("binaryFile").schema(LISTED_FILES).option("recursiveFileLookup", "true")
+             .load(folder).select("path"))
+    writer = files.writeStream.foreachBatch(load_batch).option("checkpointLocation", stream_checkpoint(cfg))
+    writer = writer.trigger(availableNow=True) if once else writer.trigger(
+        processingTime=f"{cfg.ingest.stream_trigger_seconds} seconds")
+    logger.info(f"ingest stream: new {fmt} files in {folder} -> {tables.location(cfg.tables_root, schema.EVENTS)} "
+                f"(checkpoint {stream_checkpoint(cfg)}; {'the files there now' if once else 'until stopped'})")
+    query = writer.start()
+    try:
+        query.awaitTermination()
+    except KeyboardInterrupt:
+        query.stop()
+    return {"batches": loaded, "files": sum(b["files"] for b in loaded), "inserted": sum(b["inserted"] for b in loaded)}

@@ -252,3 +252,30 @@ def test_concurrent_ingests_insert_each_event_once(spark, tmp_path):
     assert sorted(r.inserted_rows for r in reports) == [0, 200]
     ev = _events(spark, cfg)
     assert ev.count() == 400 and ev.select("event_id").distinct().count() == 400
+
+
+def test_the_stream_loads_each_new_file_of_the_folder_once_and_goes_on_past_a_bad_one(spark, tmp_path):
+    folder = tmp_path / "incoming"
+    cfg = make_config(tmp_path / "lake", ingest={"events": str(folder), "format": "csv"})
+    _write(folder / "a.csv", HEADER + "e1,u1,i1,view,2026-01-01 00:00:00\ne2,u1,i2,purchase,2026-01-01 00:01:00\n"
+                                      "e3,u2,i1,teleport,2026-01-01 00:02:00\n")
+    first = ingest.stream(spark, cfg, once=True)
+    assert [(b["files"], b["valid"], b["quarantined"], b["inserted"]) for b in first["batches"]] == [(1, 2, 1, 2)]
+    # Nothing new: nothing loaded again.
+    assert ingest.stream(spark, cfg, once=True)["batches"] == []
+    # A malformed row is quarantined and a repeated event kept once; a file of malformed rows only,
+    # or of no rows, loads nothing and the stream goes on.
+    _write(folder / "b.csv", HEADER + "e4,u3,i3,view,2026-01-02 00:00:00\ne1,u1,i1,view,2026-01-01 00:00:00\n")
+    _write(folder / "c.csv", HEADER + "e5,,i3,view,2026-01-02 00:00:00\n")
+    second = ingest.stream(spark, cfg, once=True)
+    assert second["files"] == 2 and second["inserted"] == 1
+    _write(folder / "late" / "e.csv", HEADER + "e6,,i3,view,2026-01-03 00:00:00\n")
+    third = ingest.stream(spark, cfg, once=True)
+    assert third["inserted"] == 0 and "quarantined" in third["batches"][0]["error"]
+    _write(folder / "g.csv", HEADER)
+    assert "no rows" in ingest.stream(spark, cfg, once=True)["batches"][0]["error"]
+    _write(folder / "f.csv", HEADER + "e7,u4,i4,add_to_cart,2026-01-04 00:00:00\n")
+    assert ingest.stream(spark, cfg, once=True)["inserted"] == 1
+    assert sorted(r.event_id for r in _events(spark, cfg).collect()) == ["e1", "e2", "e4", "e7"]
+    quarantined = tables.read(spark, tables.location(cfg.tables_root, schema.QUARANTINE))
+    assert quarantined.count() == 3
