@@ -53,6 +53,9 @@ def test_the_bundle_matches_the_job_schema_and_declares_its_targets():
         assert task["max_retries"] >= 1 and task["timeout_seconds"] > 0, task["task_key"]
     # The refresh stream is a continuous job (restarted when it stops, e.g. after each nightly).
     assert jobs["recsys_refresh"]["continuous"]["pause_status"] in ("PAUSED", "UNPAUSED")
+    # So is the ingest stream that feeds it.
+    assert jobs["recsys_ingest_stream"]["continuous"]["pause_status"] in ("PAUSED", "UNPAUSED")
+    assert jobs["recsys_ingest_stream"]["tasks"][0]["python_wheel_task"]["parameters"][:2] == ["ingest", "--stream"]
     gpu = {c["job_cluster_key"]: c["new_cluster"] for c in nightly["job_clusters"]}
     train = next(t for t in nightly["tasks"] if t["task_key"] == "train")
     assert "gpu" in _resolve(gpu[train["job_cluster_key"]]["spark_version"], variables)
