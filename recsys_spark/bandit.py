@@ -311,9 +311,10 @@ class Reranker:
 
     @staticmethod
     def open(spark: SparkSession, cfg: Config, learned: Learned, item_ids: np.ndarray, users: DataFrame,
-             content: DataFrame) -> "Reranker":
+             versions: dict) -> "Reranker":
         """item_ids: the catalog's ids by item_idx; users: histories (input) the popularity is counted
-        over; content: gold/item_content (its price column, where the items have one)."""
+        over; versions: the run's pinned tables (prices from gold/item_content, where items have one)."""
+        content = tables.read_pinned(spark, cfg.tables_root, schema.ITEM_CONTENT, versions)
         price = np.zeros(len(item_ids))
         if "price" in content.columns:
             for r in content.select("item_idx", "price").collect():

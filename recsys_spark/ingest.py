@@ -571,14 +571,7 @@ def stream(spark: SparkSession, cfg: Config, once: bool = False) -> dict:
 
     files = (spark.readStream.format("binaryFile").schema(LISTED_FILES).option("recursiveFileLookup", "true")
              .load(folder).select("path"))
-    writer = files.writeStream.foreachBatch(load_batch).option("checkpointLocation", stream_checkpoint(cfg))
-    writer = writer.trigger(availableNow=True) if once else writer.trigger(
-        processingTime=f"{cfg.ingest.stream_trigger_seconds} seconds")
     logger.info(f"ingest stream: new {fmt} files in {folder} -> {tables.location(cfg.tables_root, schema.EVENTS)} "
                 f"(checkpoint {stream_checkpoint(cfg)}; {'the files there now' if once else 'until stopped'})")
-    query = writer.start()
-    try:
-        query.awaitTermination()
-    except KeyboardInterrupt:
-        query.stop()
+    tables.run_micro_batches(files, load_batch, stream_checkpoint(cfg), once, cfg.ingest.stream_trigger_seconds)
     return {"batches": loaded, "files": sum(b["files"] for b in loaded), "inserted": sum(b["inserted"] for b in loaded)}

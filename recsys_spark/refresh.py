@@ -75,8 +75,7 @@ class Refresher:
         catalog, _ = score.current_catalog(spark, cfg, model, versions, users)
         reranker = None
         if cfg.bandit.serve:
-            content = tables.read_pinned(spark, root, schema.ITEM_CONTENT, versions)
-            reranker = bandit.Reranker.open(spark, cfg, bandit.serving_state(spark, cfg), catalog["ids"], users, content)
+            reranker = bandit.Reranker.open(spark, cfg, bandit.serving_state(spark, cfg), catalog["ids"], users, versions)
         return Refresher(spark, cfg, score.scoring_spec(cfg, ckpt_path, ckpt, datetime.now(timezone.utc).date()),
                          spark.sparkContext.broadcast(catalog), versions, events_version, ckpt["run_id"],
                          tables.version(spark, latest), reranker=reranker)
@@ -160,18 +159,12 @@ def run(spark: SparkSession, cfg: Config, once: bool = False) -> dict:
     refresher = Refresher.pin(spark, cfg)
     location = checkpoint_location(cfg, refresher.events_version)
     stream = tables.change_stream(spark, tables.location(root, schema.EVENTS), refresher.events_version + 1)
-    writer = (stream.select("user_id", "_commit_version").writeStream.foreachBatch(refresher.apply)
-              .option("checkpointLocation", location))
-    writer = writer.trigger(availableNow=True) if once else writer.trigger(
-        processingTime=f"{cfg.refresh.trigger_seconds} seconds")
     logger.info(f"refresh: model {refresher.run_id}, events after version {refresher.events_version} -> "
                 f"{tables.location(root, schema.RECOMMENDATIONS_LATEST)} "
                 f"(checkpoint {location}; {'what is there now' if once else 'until stopped'})")
-    query = writer.start()
     try:
-        query.awaitTermination()
-    except KeyboardInterrupt:
-        query.stop()
+        tables.run_micro_batches(stream.select("user_id", "_commit_version"), refresher.apply, location, once,
+                                 cfg.refresh.trigger_seconds)
     except Exception:
         if refresher.superseded:
             raise SupersededError(

@@ -165,8 +165,8 @@ def scoring_spec(cfg: Config, ckpt_path: str, ckpt: dict, run_date: date) -> Sco
     """How the nightly ranks (score.*: business rules, objective, exploration), for this checkpoint."""
     sc = cfg.score
     # The re-ranker chooses the k shown among the model's pool (bandit.serve).
-    return ScoringSpec(k=cfg.bandit.pool if cfg.bandit.serve else sc.k, ckpt_path=ckpt_path, batch_users=sc.batch_users, max_per_category=sc.max_per_category,
-                       mmr_lambda=sc.mmr_lambda, explain=sc.explain, device=sc.device, block_mb=sc.block_mb,
+    return ScoringSpec(k=cfg.bandit.pool if cfg.bandit.serve else sc.k, ckpt_path=ckpt_path, batch_users=sc.batch_users,
+                       max_per_category=sc.max_per_category, mmr_lambda=sc.mmr_lambda, explain=sc.explain, device=sc.device, block_mb=sc.block_mb,
                        new_item_slots=sc.new_item_slots, with_ids=True,
                        calibration=checkpoints.calibration(ckpt), objective=sc.objective,
                        explore_slots=sc.explore_slots, explore_pool=sc.explore_pool,
@@ -188,9 +188,8 @@ def _rules(cfg: Config) -> str:
 def serving_reranker(spark: SparkSession, cfg: Config, run_date: date, catalog: dict, users: DataFrame,
                      versions: dict) -> bandit.Reranker:
     """The bandit's re-ranker for this run, after it learned from the nights whose rewards are in."""
-    learned = bandit.learn_closed_nights(spark, cfg, run_date)
-    content = tables.read_pinned(spark, cfg.tables_root, schema.ITEM_CONTENT, versions)
-    return bandit.Reranker.open(spark, cfg, learned, catalog["ids"], users, content)
+    return bandit.Reranker.open(spark, cfg, bandit.learn_closed_nights(spark, cfg, run_date), catalog["ids"], users,
+                                versions)
 
 
 def _scope(spark: SparkSession, root: str, users: DataFrame, last: Optional[dict], mode: str, reason: str,

@@ -293,6 +293,20 @@ def change_stream(spark: SparkSession, location: str, start_version: int) -> Dat
             .where("_change_type IN ('insert', 'update_postimage')"))
 
 
+def run_micro_batches(stream: DataFrame, apply: Callable[[DataFrame, int], None], checkpoint: str, once: bool,
+                      trigger_seconds: float) -> None:
+    """Run apply(batch, batch_id) on every micro-batch of a streaming DataFrame, recording progress
+    in checkpoint: with once, what is there now, then return; else a batch every trigger_seconds
+    until stopped (Ctrl-C stops it cleanly). A batch that raises stops the stream unrecorded."""
+    writer = stream.writeStream.foreachBatch(apply).option("checkpointLocation", checkpoint)
+    writer = writer.trigger(availableNow=True) if once else writer.trigger(processingTime=f"{trigger_seconds} seconds")
+    query = writer.start()
+    try:
+        query.awaitTermination()
+    except KeyboardInterrupt:
+        query.stop()
+
+
 def upsert(spark: SparkSession, df: DataFrame, location: str, keys: list[str]) -> None:
     """Update rows whose keys exist and insert the rest; create the table if it is missing."""
     if not exists(spark, location):
