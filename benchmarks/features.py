@@ -2,6 +2,10 @@
 
     python -m benchmarks.features DATASET_FILE --out RESULT.json [--config conf/bench.yaml]
         [--variants all,no_profile,label:use_text=false,...] [--set key=value ...] [--work DIR]
+    python -m benchmarks.features shop --config conf/local.yaml --out RESULT.json ...
+
+DATASET_FILE `shop` is the synthetic shop the config's `generate` section describes (users,
+items with upstream vectors, events), generated into the work folder.
 
 One lakehouse, ingest + features once (with the side files next to the dataset, and 10% of users
 and 10% of items held out for cold start), then for each variant: train (the nightly Horovod
@@ -16,13 +20,14 @@ import time
 
 from benchmarks import harness
 
-GROUPS = ("use_profile", "use_behaviour", "use_content", "use_text")
+GROUPS = ("use_profile", "use_behaviour", "use_content", "use_text", "use_vectors")
 VARIANTS = {
     "all": {},  # the defaults: declared profile, item content, titles (behaviour profile off)
     "with_behaviour": {"use_behaviour": True},
     "no_profile": {"use_profile": False},
     "no_content": {"use_content": False},
     "no_text": {"use_text": False},
+    "no_vectors": {"use_vectors": False},
     "id_only": {g: False for g in GROUPS},
 }
 COLD_START = ["features.holdout_users=0.1", "features.holdout_items=0.1", "evaluate.baselines=[popularity]"]
@@ -74,23 +79,26 @@ def main(argv: list[str] | None = None) -> int:
     p = harness.parser(__doc__)
     p.add_argument("--variants", default=",".join(VARIANTS), help="names, or label:key=value,... (train.* keys)")
     args = p.parse_args(argv)
-    variants = [harness.parse_variant(v.strip(), VARIANTS) for v in args.variants.split(",") if v.strip()]
-    if not os.path.isfile(args.dataset):
+    variants = [harness.parse_variant(v, VARIANTS) for v in harness.split_variants(args.variants)]
+    shop = args.dataset == "shop"
+    if not shop and not os.path.isfile(args.dataset):
         print(f"error: dataset file {args.dataset} not found", file=sys.stderr)
         return 2
-    from recsys_spark import evaluate, features, ingest, train
+    from recsys_spark import evaluate, features, generate, ingest, train
     from benchmarks.datasets import side_files
 
     with harness.work_dir(args.work, "recsys-features-") as work:
-        side = side_files(args.dataset, os.path.join(work, "side"))
-        base = (harness.lakehouse(work, args.dataset) + COLD_START + [f"ingest.{k}={v}" for k, v in side.items()]
-                + args.overrides)
+        side = {} if shop else side_files(args.dataset, os.path.join(work, "side"))
+        base = (harness.lakehouse(work, None if shop else args.dataset) + COLD_START
+                + [f"ingest.{k}={v}" for k, v in side.items()] + args.overrides)
         cfg = harness.load_config(args.config, base)
         if cfg is None:
             return 2
         rows, cold = [], {}
         with harness.spark_session(cfg) as spark:
             t0 = time.time()
+            if shop:
+                generate.generate(cfg.generate, cfg.paths.raw)
             ingest.run(spark, cfg)
             features.run(spark, cfg)
             prep_s = time.time() - t0
@@ -105,12 +113,13 @@ def main(argv: list[str] | None = None) -> int:
                 cold[name] = ev["cold"] or {}
                 if "popularity" not in {r["variant"] for r in rows}:
                     rows.append(popularity_row(ev))
-    result = {"dataset": os.path.basename(args.dataset), "side_files": sorted(side), "prep_s": round(prep_s, 1),
+    result = {"dataset": "shop" if shop else os.path.basename(args.dataset),
+              "side_files": ["users", "items"] if shop else sorted(side), "prep_s": round(prep_s, 1),
               "protocol": "warm: leave-last-out, full ranking, history removed, held-out users excluded; "
                           "cold users: 10% of users never trained on, profile + first n events -> next item; "
                           "cold items: 10% of items cut from training sequences, warm test targets among them",
               "rows": rows, "cold": cold,
-              "config": {k: v for k, v in cfg.to_dict().items() if k in ("features", "train")}}
+              "config": {k: v for k, v in cfg.to_dict().items() if k in ("features", "train") + (("generate",) if shop else ())}}
     print_table(result)
     harness.write_result(args.out, result)
     return 0

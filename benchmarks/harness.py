@@ -169,6 +169,18 @@ def parse_variant(spec: str, named: dict) -> tuple[str, dict]:
     return label, out
 
 
+def split_variants(specs: str) -> list[str]:
+    """A comma-separated list of variants; a `key=value` after a `label:key=value` belongs to it
+    (`all,b:use_text=false,seed=43` is two variants)."""
+    out: list[str] = []
+    for part in (p.strip() for p in specs.split(",")):
+        if part and "=" in part and ":" not in part and out and ":" in out[-1]:
+            out[-1] += "," + part
+        elif part:
+            out.append(part)
+    return out
+
+
 def write_result(path: str, result: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as fh:

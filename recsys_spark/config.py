@@ -103,6 +103,8 @@ class GenerateConfig:
     actions: bool = False
     start_date: str = "2026-01-01"
     days: int = 180
+    # Width of the items' `embedding` vectors (what an image encoder would emit; 0 = none).
+    item_vector_dim: int = 16
 
 
 @dataclass(frozen=True)
@@ -196,7 +198,8 @@ class TrainConfig:
     dropout: float | str = 0.2
     # Feature groups (each can be switched off, e.g. for an ablation): declared user attributes
     # (profile token), behaviour profile (gate), item content (category, brand, tags, price),
-    # title text (TF-IDF). With all off the model is a pure id-based SASRec.
+    # title text (TF-IDF), the items' upstream vectors (the items' `embedding` column: image or text
+    # embeddings, multimodal fusion). With all off the model is a pure id-based SASRec.
     use_profile: bool = True
     # Off by default: the behaviour profile is computed over a user's whole training history, so
     # early positions of a training sequence see a profile of events still to come; with 1-3 events
@@ -204,6 +207,7 @@ class TrainConfig:
     use_behaviour: bool = False
     use_content: bool = True
     use_text: bool = True
+    use_vectors: bool = True
     # Probability that an item's id embedding is dropped in a training step (content stands alone).
     item_id_dropout: float = 0.1
     # 0: full-catalog cross-entropy. N > 0: sampled cross-entropy against N uniform negatives per

@@ -262,11 +262,13 @@ def array_stats(df: DataFrame, col: str, width: int) -> tuple[list[float], list[
 
 
 def item_content(spark: SparkSession, content: DataFrame, root: str, fc: FeaturesConfig) -> tuple[DataFrame, dict]:
-    """Add tag_ids (persistently indexed tags), text_idx/text_tf (hashed title term counts) and
-    item_num (log1p price, price-missing flag). Returns (content, statistics): the statistics are
-    the title IDF (fitted on the catalog with Spark ML) and the item_num means/stds."""
+    """Add tag_ids (persistently indexed tags), text_idx/text_tf (hashed title term counts),
+    item_num (log1p price, price-missing flag) and item_vec (see item_vectors). Returns (content,
+    statistics): the statistics are the title IDF (fitted on the catalog with Spark ML) and the
+    item_num and item_vec means/stds."""
     from pyspark.ml.feature import IDF, HashingTF, RegexTokenizer
 
+    content, vec_width = item_vectors(content)
     tags = F.col(schema.ITEM_TAGS_COLUMN)
     tag_arr = F.filter(F.transform(F.split(F.coalesce(tags.cast("string"), F.lit("")), r"\|"), lambda t: F.trim(t)),
                        lambda t: t != "")
@@ -302,7 +304,26 @@ def item_content(spark: SparkSession, content: DataFrame, root: str, fc: Feature
         F.when(price.isNull(), 1.0).otherwise(0.0)).cast("array<float>"))
     content = content.persist()
     stats["item_num_mean"], stats["item_num_std"] = array_stats(content, "item_num", 2)
+    if vec_width:
+        stats["item_vec_mean"], stats["item_vec_std"] = array_stats(content, "item_vec", vec_width)
     return content, stats
+
+
+def item_vectors(content: DataFrame) -> tuple[DataFrame, int]:
+    """(content with item_vec in place of the items' upstream vector, the vectors' width). The width
+    is the catalog's most common one; a vector of another width (another encoder's) is left out, so
+    its item is represented by its other content, and the log names a few such items."""
+    vec = F.col(schema.ITEM_VECTOR_COLUMN)
+    widths = (content.where(vec.isNotNull()).groupBy(F.size(vec).alias("width")).count()
+              .orderBy(F.desc("count"), "width").collect())
+    width = widths[0].width if widths else 0
+    others = sum(r["count"] for r in widths[1:])
+    if others:
+        odd = content.where(vec.isNotNull() & (F.size(vec) != width)).select("item_id").limit(5).collect()
+        logger.warning(f"features: {others} item(s) have a {schema.ITEM_VECTOR_COLUMN} of another length than the "
+                       f"catalog's {width} (e.g. {', '.join(r.item_id for r in odd)}); they are represented without "
+                       f"it. Send every item's vector from the same encoder.")
+    return content.withColumn("item_vec", F.when(F.size(vec) == width, vec)).drop(schema.ITEM_VECTOR_COLUMN), width
 
 
 def history_p80(seqs: DataFrame) -> int:
@@ -405,12 +426,15 @@ def _content(spark: SparkSession, cfg: Config, inp: Inputs, idx: Indexes) -> tup
     for c in schema.ITEM_VALUE_COLUMNS:
         if c not in content.columns:
             content = content.withColumn(c, F.lit(None).cast("double"))
+    if schema.ITEM_VECTOR_COLUMN not in content.columns:
+        content = content.withColumn(schema.ITEM_VECTOR_COLUMN, F.lit(None).cast("array<float>"))
     kind = F.col(schema.ITEM_KIND_COLUMN).cast("string") if schema.ITEM_KIND_COLUMN in content.columns else F.lit(None)
     content = content.withColumn(schema.ITEM_KIND_COLUMN, F.coalesce(kind, F.lit(schema.DEFAULT_ITEM_KIND)))
     content = attach_attribute_indexes(content, idx.attribute, list(schema.ITEM_ATTRIBUTE_COLUMNS))
     content = content.select("item_idx", "item_id", "title", "category", "brand", schema.ITEM_TAGS_COLUMN,
                              *[F.col(c).cast("double").alias(c) for c in schema.ITEM_VALUE_COLUMNS],
-                             schema.ITEM_KIND_COLUMN, "category_idx", "brand_idx")
+                             schema.ITEM_KIND_COLUMN, "category_idx", "brand_idx",
+                             F.col(schema.ITEM_VECTOR_COLUMN).cast("array<float>").alias(schema.ITEM_VECTOR_COLUMN))
     return item_content(spark, content, cfg.tables_root, cfg.features)
 
 
@@ -426,8 +450,6 @@ def _declared_users(inp: Inputs, idx: Indexes) -> Optional[DataFrame]:
 
 
 FULL, INCREMENTAL = "full", "incremental"
-# The feature statistics item_content computes (the others come from the user tables).
-CONTENT_STATISTICS = ("idf", "item_num_mean", "item_num_std")
 # The tables an incremental run merges the changed users into (the others it rewrites).
 INCREMENTAL_TABLES = (schema.USER_ITEM, schema.SEQUENCES, schema.USER_PROFILE, schema.TRAIN_EXAMPLES)
 
@@ -663,7 +685,7 @@ def _item_content(spark: SparkSession, cfg: Config, inp: Inputs, idx: Indexes, p
             and previous.get(schema.ITEM_INDEX) == tables.version(spark, loc)):
         stats = read_stats(spark, tables.location(cfg.tables_root, schema.FEATURE_STATS), previous[schema.FEATURE_STATS])
         return out.keep(schema.ITEM_CONTENT, previous[schema.ITEM_CONTENT]), {
-            k: v for k, v in stats.items() if k in CONTENT_STATISTICS}
+            k: v for k, v in stats.items() if k in schema.ITEM_STATISTICS}
     content, stats = _content(spark, cfg, inp, idx)
     written = out.write(schema.ITEM_CONTENT, content)
     content.unpersist()
@@ -717,7 +739,9 @@ def item_feature_arrays(content: DataFrame, n_rows: int | None = None) -> dict:
 
     from recsys_spark.model import pad_right
 
-    rows = content.select("item_idx", "category_idx", "brand_idx", "tag_ids", "text_idx", "text_tf", "item_num").collect()
+    has_vec = "item_vec" in content.columns  # item content written before item vectors existed has none
+    rows = content.select("item_idx", "category_idx", "brand_idx", "tag_ids", "text_idx", "text_tf", "item_num",
+                          F.col("item_vec") if has_vec else F.lit(None).cast("array<float>").alias("item_vec")).collect()
     n = max([r.item_idx for r in rows] + [0]) + 1 if n_rows is None else n_rows
     rows = [r for r in rows if r.item_idx < n]
     at = np.array([r.item_idx for r in rows], dtype=np.int64)
@@ -733,12 +757,18 @@ def item_feature_arrays(content: DataFrame, n_rows: int | None = None) -> dict:
     cat[at] = [int(r.category_idx or 0) for r in rows]
     brand[at] = [int(r.brand_idx or 0) for r in rows]
     n_num = max([len(r.item_num or []) for r in rows] + [0])
+    n_vec = max([len(r.item_vec or []) for r in rows] + [0])
+    vec = np.full((n, n_vec), np.nan, dtype=np.float32)  # NaN: no vector (the model reads it as the mean)
+    for r in rows:
+        if r.item_vec:
+            vec[r.item_idx] = r.item_vec
     return {
         "category": cat, "brand": brand,
         "tags": spread([r.tag_ids for r in rows]),
         "text_idx": spread([r.text_idx for r in rows]),
         "text_tf": spread([r.text_tf for r in rows], dtype=np.float32),
         "num": spread([r.item_num for r in rows], n_num, np.float32) if n_num else np.zeros((n, 0), np.float32),
+        "vec": vec,
         "has_id": np.ones(n, dtype=bool),
     }
 

@@ -105,7 +105,27 @@ def make_catalog(cfg: GenerateConfig, rng: np.random.Generator) -> Catalog:
         "price": price,
         "margin": margin,
     })
+    appeal = np.zeros(n_items)
+    for idx in members:  # the item's popularity in its category, standardised
+        lw = np.log(weight[idx])
+        appeal[idx] = (lw - lw.mean()) / (lw.std() or 1.0)
+    if cfg.item_vector_dim:
+        items[schema.ITEM_VECTOR_COLUMN] = item_vectors(cfg, item_category, appeal).tolist()
     return Catalog(names, item_category, successor, cdf, order, items)
+
+
+def item_vectors(cfg: GenerateConfig, category: np.ndarray, appeal: np.ndarray) -> np.ndarray:
+    """What an upstream image encoder would emit per item: a per-category centroid, plus a shared
+    "appeal" direction scaled by how popular the item is in its category (what a picture may show
+    that the catalog columns do not), plus noise. Seeded from a stream of its own, so the events do
+    not depend on it."""
+    rng = np.random.default_rng([cfg.seed, 404])
+    d = cfg.item_vector_dim
+    centroids = rng.normal(0.0, 1.0, (cfg.categories, d))
+    direction = rng.normal(0.0, 1.0, d)
+    direction /= np.linalg.norm(direction)
+    noise = np.random.default_rng([cfg.seed, 405, len(category)]).normal(0.0, 0.5, (len(category), d))
+    return np.round(centroids[category] + appeal[:, None] * direction + noise, 4)
 
 
 def make_users(cfg: GenerateConfig, rng: np.random.Generator) -> pd.DataFrame:
@@ -143,7 +163,7 @@ def cold_items(cfg: GenerateConfig, cat: Catalog) -> pd.DataFrame:
     ref = cat.items.groupby("category")["price"].median()
     names = [cat.category_names[x] for x in c]
     price = np.round(ref.reindex(names).to_numpy() * np.exp(rng.normal(0, 0.3, n)), 2)
-    return pd.DataFrame({
+    items = pd.DataFrame({
         "item_id": [f"n9{i:05d}" for i in range(n)],
         "title": [f"{brands[i]} {names[i]} New {i}" for i in range(n)],
         "category": names,
@@ -151,6 +171,10 @@ def cold_items(cfg: GenerateConfig, cat: Catalog) -> pd.DataFrame:
         "price": price,
         "margin": np.round(price * (0.1 + 0.4 * ((c * 37) % 10) / 10), 2),
     })
+    if cfg.item_vector_dim:  # a new arrival's appeal is unknown to the catalog, not to its picture
+        appeal = np.random.default_rng([cfg.seed, 406]).normal(0.0, 1.0, n)
+        items[schema.ITEM_VECTOR_COLUMN] = item_vectors(cfg, c, appeal).tolist()
+    return items
 
 
 # Next-best-action example: after a purchase, the buyer views one of the category's actions with
@@ -278,14 +302,18 @@ def _corrupt(frame: pd.DataFrame, fraction: float, rng: np.random.Generator) -> 
 
 
 def _write(frame: pd.DataFrame, directory: str, name: str, formats: list[str]) -> None:
+    vectors = schema.ITEM_VECTOR_COLUMN
+    if vectors in frame.columns:  # rows without a vector (other kinds of items) hold None, not NaN
+        frame = frame.assign(**{vectors: [v if isinstance(v, list) else None for v in frame[vectors]]})
     for fmt in formats:
         target = os.path.join(directory, fmt) if len(formats) > 1 else directory
         os.makedirs(target, exist_ok=True)
         if fmt == "parquet":
             table = pa.Table.from_pandas(frame, preserve_index=False)
             pq.write_table(table, os.path.join(target, f"{name}.parquet"))
-        elif fmt == "csv":
-            frame.to_csv(os.path.join(target, f"{name}.csv"), index=False)
+        elif fmt == "csv":  # a vector as its numbers separated by spaces
+            as_text = {vectors: [" ".join(map(str, v)) if v else "" for v in frame[vectors]]} if vectors in frame.columns else {}
+            frame.assign(**as_text).to_csv(os.path.join(target, f"{name}.csv"), index=False)
         elif fmt == "json":
             frame.to_json(os.path.join(target, f"{name}.json"), orient="records", lines=True)
 
@@ -297,6 +325,8 @@ def generate(cfg: GenerateConfig, out_dir: str) -> dict:
     """
     if cfg.users < 1 or cfg.events < cfg.users:
         raise ValueError(f"generate: need users >= 1 and events >= users (got {cfg.users} users, {cfg.events} events)")
+    if cfg.item_vector_dim < 0:
+        raise ValueError(f"generate: item_vector_dim must be >= 0 (0 = no item vectors), got {cfg.item_vector_dim}")
     rng = np.random.default_rng(cfg.seed)
     cat = make_catalog(cfg, rng)
     users = make_users(cfg, rng)

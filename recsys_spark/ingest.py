@@ -471,8 +471,12 @@ def _ingest_side_table(spark: SparkSession, cfg: Config, path: str, key: str, ta
     if key == "user_id":
         raw = _allowed_user_columns(protect_users(spark, cfg, raw), cfg)
     df = raw.withColumn(key, F.trim(F.col(key).cast("string"))).withColumn("_raw", _raw_json(raw))
+    vector_reason = F.lit(None).cast("string")
+    if key == "item_id" and schema.ITEM_VECTOR_COLUMN in raw.columns:
+        df = df.withColumn(schema.ITEM_VECTOR_COLUMN, item_vector(raw, schema.ITEM_VECTOR_COLUMN))
+        vector_reason = _vector_reason(schema.ITEM_VECTOR_COLUMN)
     df = df.withColumn("_reason", F.coalesce(_file_reason(raw), F.when(
-        F.col(key).isNull() | (F.col(key) == ""), F.lit(f"null or empty {key}"))))
+        F.col(key).isNull() | (F.col(key) == ""), F.lit(f"null or empty {key}")), vector_reason))
     df = df.withColumn("ingest_run_id", F.lit(run_id)).persist()
     if df.where(F.col("_reason").isNotNull()).count():
         tables.retry_on_conflict(lambda: tables.insert_missing(spark, quarantine_rows(df), quarantine_path, "quarantine_id"),
@@ -484,6 +488,23 @@ def _ingest_side_table(spark: SparkSession, cfg: Config, path: str, key: str, ta
         tables.retry_on_conflict(lambda: tables.upsert(spark, good, target, [key]), f"ingest {key}s")
     df.unpersist()
     return n
+
+
+def item_vector(raw: DataFrame, column: str):
+    """The items' upstream vector as array<float>, null when the row has none: an array column as
+    it is, a string as its numbers (`0.1 -0.2 ...`, `[0.1, -0.2, ...]`; separated by spaces, commas,
+    semicolons or |). A value that is not a number becomes a null element (see _vector_reason)."""
+    if dict(raw.dtypes)[column].startswith("array"):
+        vec = F.col(column).cast("array<float>")
+    else:
+        text = F.regexp_replace(F.trim(F.col(column).cast("string")), r"^\[|\]$", "")
+        vec = F.filter(F.split(F.trim(text), r"[\s,;|]+"), lambda x: x != "").cast("array<float>")
+    return F.when(F.size(vec) > 0, vec)
+
+
+def _vector_reason(column: str):
+    bad = F.exists(column, lambda x: x.isNull() | F.isnan(x) | (F.abs(x) == float("inf")))
+    return F.when(bad, F.lit(f"{column}: not a list of finite numbers"))
 
 
 def _side_path(configured: str, raw_root: str, name: str) -> str:

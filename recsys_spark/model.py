@@ -5,8 +5,9 @@ sequence, trained with cross-entropy on every next-item position ("SASRec+"). It
 named parts, each feature group behind a switch (ModelConfig.use_*):
 
 - `items` (ItemEncoder): item vector = id embedding (for items seen in training; else a learned
-  "unknown id" vector) + content vector from category, brand, tags and scaled numbers (use_content)
-  and the hashed TF-IDF of the title (use_text). One table serves the input and the output layer.
+  "unknown id" vector) + content vector from category, brand, tags and scaled numbers (use_content),
+  the hashed TF-IDF of the title (use_text) and an upstream encoder's dense vector, standardised and
+  projected (use_vectors: multimodal fusion of image or text embeddings). One table serves the input and the output layer.
   An item nobody has touched has no trained id embedding, so its vector is its content alone;
   training drops each id embedding with probability item_id_dropout so content learns to stand alone.
 - `profile` (ProfileEncoder, use_profile): declared attributes (age band, gender, ...) as a token put
@@ -36,9 +37,9 @@ from recsys_spark.config import TrainConfig
 
 # Item feature tensors (n = catalog rows incl. padding row 0):
 #   category, brand (n,) long; tags (n, T) long, 0 = none; text_idx (n, W) long (hashed title
-#   terms), text_tf (n, W) float, 0 = none; num (n, P) float (raw numbers); has_id (n,) bool.
-ITEM_FEATURES = ("category", "brand", "tags", "text_idx", "text_tf", "num", "has_id")
-ITEM_STATISTICS = ("item_num_mean", "item_num_std", "idf")
+#   terms), text_tf (n, W) float, 0 = none; num (n, P) float (raw numbers); vec (n, E) float (the
+#   upstream encoder's vector, NaN rows = none); has_id (n,) bool.
+ITEM_FEATURES = ("category", "brand", "tags", "text_idx", "text_tf", "num", "vec", "has_id")
 PROFILE_STATISTICS = ("profile_num_mean", "profile_num_std")
 
 
@@ -46,7 +47,7 @@ def empty_item_features(n_items: int) -> dict:
     return {
         "category": torch.zeros(n_items, dtype=torch.long), "brand": torch.zeros(n_items, dtype=torch.long),
         "tags": torch.zeros(n_items, 1, dtype=torch.long), "text_idx": torch.zeros(n_items, 1, dtype=torch.long),
-        "text_tf": torch.zeros(n_items, 1), "num": torch.zeros(n_items, 0),
+        "text_tf": torch.zeros(n_items, 1), "num": torch.zeros(n_items, 0), "vec": torch.zeros(n_items, 0),
         "has_id": torch.ones(n_items, dtype=torch.bool),
     }
 
@@ -66,12 +67,14 @@ class ModelConfig:
     n_tags: int = 1
     text_dim: int = 0  # hashed title features (0 = no text)
     n_item_num: int = 0
+    n_item_vec: int = 0  # width of the items' upstream vectors (0 = none)
     attr_cardinalities: list[int] = field(default_factory=list)  # rows per declared user attribute
     n_profile_num: int = 0
     use_profile: bool = TrainConfig.use_profile
     use_behaviour: bool = TrainConfig.use_behaviour
     use_content: bool = TrainConfig.use_content
     use_text: bool = TrainConfig.use_text
+    use_vectors: bool = TrainConfig.use_vectors
     item_id_dropout: float = TrainConfig.item_id_dropout
     loss_negatives: int = TrainConfig.loss_negatives
 
@@ -110,8 +113,9 @@ class ItemEncoder(nn.Module):
             if t.shape[0] != n:
                 raise ValueError(f"item feature {name} has {t.shape[0]} rows, the model has {n} items")
             self.register_buffer(f"feat_{name}", t.bool() if name == "has_id" else
-                                 (t.float() if name in ("text_tf", "num") else t.long()))
-        for name, size in (("item_num_mean", cfg.n_item_num), ("item_num_std", cfg.n_item_num), ("idf", cfg.text_dim)):
+                                 (t.float() if name in ("text_tf", "num", "vec") else t.long()))
+        for name, size in (("item_num_mean", cfg.n_item_num), ("item_num_std", cfg.n_item_num), ("idf", cfg.text_dim),
+                           ("item_vec_mean", cfg.n_item_vec), ("item_vec_std", cfg.n_item_vec)):
             self.register_buffer(f"stat_{name}", _statistic(stats, name, size))
         self.id_emb = nn.Embedding(n, d, padding_idx=0)
         self.unk_id = nn.Parameter(torch.zeros(d))
@@ -121,13 +125,14 @@ class ItemEncoder(nn.Module):
             self.tag_emb = nn.Embedding(cfg.n_tags, d, padding_idx=0)
             self.num_proj = nn.Linear(cfg.n_item_num, d) if cfg.n_item_num else None
         self.text_emb = nn.Embedding(cfg.text_dim, d) if cfg.use_text and cfg.text_dim else None
+        self.vec_proj = nn.Linear(cfg.n_item_vec, d) if cfg.use_vectors and cfg.n_item_vec else None
 
     def features(self) -> dict:
         """The training catalog's item features (the buffers)."""
         return {name: getattr(self, f"feat_{name}") for name in ITEM_FEATURES}
 
     def content_vectors(self, feats: dict) -> Optional[torch.Tensor]:
-        """(n, d) content vectors from item features; None when content and text are both off."""
+        """(n, d) content vectors from item features; None when content, text and vectors are all off."""
         cfg, out = self.cfg, None
         if cfg.use_content:
             out = (self.cat_emb(feats["category"].clamp(0, cfg.n_categories - 1))
@@ -144,6 +149,12 @@ class ItemEncoder(nn.Module):
             w = w / w.norm(dim=1, keepdim=True).clamp_min(1e-6)
             t = (self.text_emb(idx) * w.unsqueeze(-1)).sum(1)
             out = t if out is None else out + t
+        if self.vec_proj is not None:
+            if feats["vec"].shape[1] != cfg.n_item_vec:
+                raise ValueError(f"the items' vectors have {feats['vec'].shape[1]} numbers, the model was trained on "
+                                 f"{cfg.n_item_vec}: the upstream encoder changed; retrain the model")
+            v = self.vec_proj(_std(feats["vec"], self.stat_item_vec_mean, self.stat_item_vec_std))
+            out = v if out is None else out + v
         return out
 
     def forward(self, feats: Optional[dict] = None, id_keep: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -309,7 +320,8 @@ class AttentionRecommender(nn.Module):
             if emb.padding_idx is not None:
                 with torch.no_grad():
                     emb.weight[emb.padding_idx].zero_()
-        for lin in (getattr(it, "num_proj", None), self.behaviour.num_proj if self.behaviour is not None else None):
+        for lin in (getattr(it, "num_proj", None), it.vec_proj,
+                    self.behaviour.num_proj if self.behaviour is not None else None):
             if lin is not None:
                 nn.init.normal_(lin.weight, std=0.02)
                 nn.init.zeros_(lin.bias)
@@ -323,6 +335,10 @@ class AttentionRecommender(nn.Module):
                 value = state_dict.pop(key)
                 if self.behaviour is not None or not renamed.startswith(prefix + "behaviour."):
                     state_dict[renamed] = value
+        # Checkpoints from before item vectors existed hold none: an empty vector table is theirs.
+        if self.cfg.n_item_vec == 0:
+            for name in ("feat_vec", "stat_item_vec_mean", "stat_item_vec_std"):
+                state_dict.setdefault(f"{prefix}items.{name}", getattr(self.items, name))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
@@ -381,6 +397,11 @@ class AttentionRecommender(nn.Module):
         items = self.item_vectors(id_keep=id_keep)
         if seq.shape[1] > self.cfg.max_len:
             seq, target = seq[:, -self.cfg.max_len:], target[:, -self.cfg.max_len:]
+        return self.next_item_loss(items, seq, target, profile_cat, profile_num)
+
+    def next_item_loss(self, items: torch.Tensor, seq: torch.Tensor, target: torch.Tensor,
+                       profile_cat: Optional[torch.Tensor], profile_num: Optional[torch.Tensor]):
+        """(logits, loss) of the targets (B, L; 0 = none) given these item vectors."""
         h = self.encode(seq, profile_cat, profile_num, items)
         if h.shape[1] > seq.shape[1]:  # profile token: predict the first item of the window
             first = torch.where((seq > 0).any(1), seq.gather(1, (seq > 0).long().argmax(1, keepdim=True)).squeeze(1), 0)

@@ -25,6 +25,11 @@ ITEM_VALUE_COLUMNS = ("price", "margin")
 # The items' column each expected-value objective multiplies the probability by.
 OBJECTIVE_VALUE = {"expected_revenue": "price", "expected_margin": "margin"}
 TAG_ATTRIBUTE = "tag"
+# A dense vector per item from an upstream encoder (image or text embeddings): an array of numbers
+# (or, in CSV, a string of numbers); every item should have the same length, a missing one is fine.
+ITEM_VECTOR_COLUMN = "embedding"
+# The item scaling statistics features computes and the model keeps (gold/feature_stats names).
+ITEM_STATISTICS = ("idf", "item_num_mean", "item_num_std", "item_vec_mean", "item_vec_std")
 
 # Delta tables, relative to <paths.root>/tables.
 EVENTS = "bronze/events"

@@ -308,13 +308,14 @@ def run_micro_batches(stream: DataFrame, apply: Callable[[DataFrame, int], None]
 
 
 def upsert(spark: SparkSession, df: DataFrame, location: str, keys: list[str]) -> None:
-    """Update rows whose keys exist and insert the rest; create the table if it is missing."""
+    """Update rows whose keys exist and insert the rest; create the table if it is missing. A column
+    df brings that the table lacks is added to it (a feed that gained a column)."""
     if not exists(spark, location):
         _save(spark, df.write.format("delta"), location)
         return
     cond = " AND ".join(f"t.{k} = s.{k}" for k in keys)
     (
-        delta_table(spark, location).alias("t").merge(df.alias("s"), cond)
+        delta_table(spark, location).alias("t").merge(df.alias("s"), cond).withSchemaEvolution()
         .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
     )
 

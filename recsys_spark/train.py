@@ -32,7 +32,6 @@ logger = logging.getLogger(__name__)
 # The tables a training run reads, pinned at the newest complete feature set (recorded in the checkpoint).
 PINNED_TABLES = (schema.TRAIN_EXAMPLES, schema.ITEM_CONTENT, schema.ITEM_INDEX, schema.USER_PROFILE,
                  schema.SEQUENCES, schema.EVENTS, schema.FEATURE_STATS)
-MODEL_STATISTICS = ("idf", "item_num_mean", "item_num_std")
 
 
 def _pin_versions(spark: SparkSession, root: str) -> dict:
@@ -95,8 +94,10 @@ def _model_config(spark: SparkSession, cfg: Config, versions: dict, train_df: Da
         d_model=tc.d_model, n_heads=tc.n_heads, n_layers=tc.n_layers, dropout=resolve_dropout(tc.dropout, stats),
         n_categories=int(feats["category"].max()) + 1, n_brands=int(feats["brand"].max()) + 1,
         n_tags=int(feats["tags"].max()) + 1, text_dim=len(stats.get("idf", [])), n_item_num=int(feats["num"].shape[1]),
+        n_item_vec=int(feats["vec"].shape[1]),
         attr_cardinalities=[int(sizes[f"c{i}"] or 0) + 1 for i in range(n_attr)], n_profile_num=int(sizes["n_num"] or 0),
         use_profile=tc.use_profile, use_behaviour=tc.use_behaviour, use_content=tc.use_content, use_text=tc.use_text,
+        use_vectors=tc.use_vectors,
         item_id_dropout=tc.item_id_dropout, loss_negatives=tc.loss_negatives)
 
 
@@ -166,7 +167,7 @@ def prepare(spark: SparkSession, cfg: Config) -> TrainJob:
     feats = _item_features(spark, cfg.tables_root, versions, train_df)
     stats = read_stats(spark, tables.location(cfg.tables_root, schema.FEATURE_STATS), versions.get(schema.FEATURE_STATS))
     model_config = _model_config(spark, cfg, versions, train_df, feats, stats)
-    model_stats = {k: v for k, v in stats.items() if k in MODEL_STATISTICS}
+    model_stats = {k: v for k, v in stats.items() if k in schema.ITEM_STATISTICS}
     if len(stats.get("profile_num_mean", [])) == model_config.n_profile_num:
         model_stats.update({k: stats[k] for k in ("profile_num_mean", "profile_num_std")})
     job = TrainJob(

@@ -59,10 +59,12 @@ def test_latest_is_the_newest_complete_checkpoint(tmp_path):
 
 
 def test_a_state_dict_with_the_flat_parameter_names_loads(tmp_path):
-    m, _, _ = _content_model()
+    m, _, _ = _content_model(vectors=False)  # the flat layout predates item vectors
     m.eval()
     flat = {}
     for key, value in m.state_dict().items():
+        if "_vec" in key:  # nor did it hold the item-vector tables
+            continue
         for old, new in _FLAT_NAMES.items():
             if key.startswith(new):
                 key = old + key[len(new):]

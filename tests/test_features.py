@@ -28,9 +28,11 @@ def _setup(tmp_path, events=EVENTS, **sections):
     (d / "events").mkdir(parents=True, exist_ok=True)
     (d / "events" / "a.csv").write_text(HEADER + "\n".join(events) + "\n")
     (d / "items").mkdir(exist_ok=True)
-    (d / "items" / "i.csv").write_text("item_id,title,category,brand,price,tags\n"
-                                       "i1,Phone One,Phone,Acme,100,Drama|Comedy\ni2,Case Two,Case,Acme,10,Comedy\n"
-                                       "i3,Phone Three,Phone,Globex,200,\ni4,New Case,Case,Globex,12,\n")
+    # Upstream vectors: i1 and i2 of width 3 (two spellings), i3 none, i4 another encoder's width.
+    (d / "items" / "i.csv").write_text("item_id,title,category,brand,price,tags,embedding\n"
+                                       "i1,Phone One,Phone,Acme,100,Drama|Comedy,1 0 2\n"
+                                       "i2,Case Two,Case,Acme,10,Comedy,\"[0.5, 1, 0]\"\n"
+                                       "i3,Phone Three,Phone,Globex,200,,\ni4,New Case,Case,Globex,12,,3 1\n")
     (d / "users").mkdir(exist_ok=True)
     (d / "users" / "u.csv").write_text("user_id,age_band,gender,region\nu1,25-34,F,north\nu2,55+,M,south\n")
     sections.setdefault("features", FEATURES)
@@ -199,6 +201,13 @@ def test_feature_stats_are_the_training_profiles_moments_and_the_title_idf(spark
     content = {r.item_id: r for r in _read(spark, cfg, schema.ITEM_CONTENT).collect()}
     assert tf.indexOf("phone") in content["i3"].text_idx and tf.indexOf("three") in content["i3"].text_idx
     assert content["i3"].tag_ids == [] and list(content["i1"].item_num) == pytest.approx([math.log1p(100), 0.0])
+    # Upstream vectors: the catalog's width is 3; i4's vector of width 2 is left out, like i3's missing one.
+    assert content["i1"].item_vec == [1.0, 0.0, 2.0] and content["i2"].item_vec == [0.5, 1.0, 0.0]
+    assert content["i3"].item_vec is None and content["i4"].item_vec is None
+    assert stats["item_vec_mean"] == pytest.approx([0.75, 0.5, 1.0]) and stats["item_vec_std"] == pytest.approx([0.25, 0.5, 1.0])
+    vec = features.item_feature_arrays(_read(spark, cfg, schema.ITEM_CONTENT))["vec"]
+    assert vec.shape[1] == 3 and list(vec[content["i2"].item_idx]) == [0.5, 1.0, 0.0]
+    assert np.isnan(vec[content["i4"].item_idx]).all()
     # Training histories: u1 [i1] (i2, i3 held out), u2 [i2, i1]: the 80th percentile is 2 items.
     assert stats["history_len_p80"] == [2.0]
 

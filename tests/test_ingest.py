@@ -110,12 +110,21 @@ def test_users_and_items_files_are_upserted(spark, tmp_path):
     cfg = make_config(tmp_path)
     report = ingest.run(spark, cfg)
     assert (report.users_upserted, report.items_upserted) == (1, 1)
+    # The items feed gains upstream vectors: the column is added; a vector that is not all numbers
+    # is quarantined with its row, the previous row of that item kept.
+    _write(tmp_path / "raw" / "items" / "i.csv", "item_id,title,embedding\ni1,Acme Phone 1,0.5 -1 2e-1\n"
+                                                 "i2,Acme Case,0.1 oops 3\ni3,Acme Cable,\n")
+    assert ingest.run(spark, cfg).items_upserted == 2
+    items = {r.item_id: r for r in tables.read(spark, tables.location(cfg.tables_root, schema.ITEMS)).collect()}
+    assert set(items) == {"i1", "i3"} and items["i3"].embedding is None
+    assert items["i1"].embedding == pytest.approx([0.5, -1.0, 0.2]) and items["i1"].category == "Phone"
     _write(tmp_path / "raw" / "users" / "u.csv", "user_id,age_band,gender,region\nu1,35-44,F,north\n")
     ingest.run(spark, cfg)
     users = tables.read(spark, tables.location(cfg.tables_root, schema.USERS)).collect()
     assert [(u.user_id, u.age_band) for u in users] == [("u1", "35-44")]
     q = tables.read(spark, tables.location(cfg.tables_root, schema.QUARANTINE))
     assert q.where(F.col("reason") == "null or empty user_id").count() == 1
+    assert q.where(F.col("reason") == "embedding: not a list of finite numbers").count() == 1
 
 
 def test_parquet_and_json_inputs(spark, tmp_path):

@@ -110,8 +110,9 @@ def test_metrics_on_a_hand_computed_example():
     assert ndcg_at_k(ranked, targets, 1) == 0.0
 
 
-def _content_model(**kw):
-    """Items 1..12 in 4 categories (item % 4), each with one tag and a two-term title."""
+def _content_model(vectors: bool = True, **kw):
+    """Items 1..12 in 4 categories (item % 4), each with one tag and a two-term title, and (vectors)
+    an upstream vector of 3 numbers, except items 0-1."""
     kw = {"use_behaviour": True, "item_id_dropout": 0.0, **kw}
     torch.manual_seed(0)
     n = 13
@@ -122,12 +123,17 @@ def _content_model(**kw):
         "text_idx": torch.tensor([[0, 0]] + [[i % 4, 4 + i % 3] for i in range(1, n)]),
         "text_tf": torch.tensor([[0.0, 0.0]] + [[1.0, 1.0]] * (n - 1)),
         "num": torch.rand(n, 2) * 10,
+        "vec": torch.cat([torch.full((2, 3), float("nan")), torch.randn(n - 2, 3)]),  # items 0-1: no vector
         "has_id": torch.ones(n, dtype=torch.bool),
     }
     stats = {"idf": torch.rand(8) + 0.5, "item_num_mean": torch.tensor([5.0, 5.0]), "item_num_std": torch.tensor([2.0, 3.0]),
+             "item_vec_mean": torch.tensor([0.1, 0.0, -0.1]), "item_vec_std": torch.tensor([1.0, 2.0, 0.5]),
              "profile_num_mean": torch.tensor([1.0, 2.0, 3.0]), "profile_num_std": torch.tensor([0.5, 1.0, 2.0])}
+    if not vectors:
+        del feats["vec"], stats["item_vec_mean"], stats["item_vec_std"]
     cfg = ModelConfig(n_items=n, max_len=6, d_model=16, n_heads=2, n_layers=1, dropout=0.0, n_categories=5,
-                      n_brands=1, n_tags=5, text_dim=8, n_item_num=2, attr_cardinalities=[4, 3], n_profile_num=3, **kw)
+                      n_brands=1, n_tags=5, text_dim=8, n_item_num=2, n_item_vec=3 if vectors else 0,
+                      attr_cardinalities=[4, 3], n_profile_num=3, **kw)
     return AttentionRecommender(cfg, feats, stats), feats, stats
 
 
@@ -152,6 +158,61 @@ def test_new_and_untrained_items_are_represented_by_content():
     assert vec.shape[0] == 15
     assert torch.allclose(vec[:13], m.item_vectors())
     assert torch.allclose(vec[13], m.content_vectors(grown)[13] + 0.5) and torch.isfinite(vec).all()
+
+
+def _styled_catalog(use_vectors: bool):
+    """Items 1-12 (trained) and 13-14 (never seen in training), all of one category with no other
+    content; the upstream vectors say each item's style (odd items A, even items B; 13 is A, 14 B)."""
+    n = 15
+    style = torch.tensor([0] + [i % 2 for i in range(1, 13)] + [1, 0])
+    vec = torch.nn.functional.one_hot(style, 2).float() + 0.05 * torch.randn(n, 2)
+    feats = {"category": torch.ones(n, dtype=torch.long), "vec": vec,
+             "has_id": torch.tensor([True] * 13 + [False, False])}
+    cfg = ModelConfig(n_items=n, max_len=6, d_model=16, n_heads=2, n_layers=1, dropout=0.0, n_categories=2,
+                      n_item_vec=2, use_vectors=use_vectors, use_profile=False, item_id_dropout=0.5)
+    return AttentionRecommender(cfg, feats, {"item_vec_mean": vec.mean(0), "item_vec_std": vec.std(0)}), style
+
+
+def test_upstream_item_vectors_carry_what_the_encoder_knows_to_items_nobody_has_touched():
+    # Users stay within a style. After training, an item the model never saw is ranked after a
+    # style-A history above an unseen style-B item by its vector alone; without the vectors the two
+    # are the same item to the model.
+    scores = {}
+    for use_vectors in (True, False):
+        torch.manual_seed(0)
+        m, style = _styled_catalog(use_vectors)
+        opt = torch.optim.Adam(m.parameters(), lr=0.01)
+        for _ in range(300):
+            s = torch.randint(0, 2, (32, 1))
+            seq = 1 + 2 * torch.randint(0, 6, (32, 7)) + (1 - s)  # s = 1: odd ids, style A
+            _, loss = m(seq[:, :-1], seq[:, 1:])
+            opt.zero_grad(); loss.backward(); opt.step()
+        m.eval()
+        history = torch.tensor([[1, 3, 5, 7, 9, 11]])  # style A
+        scores[use_vectors] = m(history)[0][0]
+    assert scores[True][13] > scores[True][14] + 0.5
+    assert torch.isclose(scores[False][13], scores[False][14])
+
+
+def test_an_item_without_an_upstream_vector_reads_as_the_average_one_and_a_new_width_is_refused():
+    m, feats, stats = _content_model()
+    m.eval()
+    as_mean = dict(feats, vec=feats["vec"].clone())
+    as_mean["vec"][0:2] = stats["item_vec_mean"]
+    assert torch.allclose(m.content_vectors(feats)[:2], m.content_vectors(as_mean)[:2])
+    with pytest.raises(ValueError, match="retrain"):
+        m.content_vectors(dict(feats, vec=torch.randn(13, 4)))
+
+
+def test_a_model_saved_before_item_vectors_existed_loads():
+    old = _model()
+    with torch.no_grad():
+        old.items.id_emb.weight.add_(1.0)
+    state = {k: v for k, v in old.state_dict().items() if "vec" not in k}
+    assert len(state) < len(old.state_dict())
+    fresh = _model()
+    fresh.load_state_dict(state)
+    assert torch.allclose(fresh.item_vectors(), old.item_vectors())
 
 
 def test_profile_token_serves_users_without_history_and_learns_their_first_item():
