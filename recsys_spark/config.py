@@ -213,6 +213,9 @@ class TrainConfig:
     # 0: full-catalog cross-entropy. N > 0: sampled cross-entropy against N uniform negatives per
     # step (cheaper per step for large catalogs; see docs/benchmarks.md for what it costs in quality).
     loss_negatives: int = 0
+    # Adversarial training (APR-style): each step also takes the loss with every item vector moved
+    # by this share of its own length in its worst direction. 0 = off (docs/benchmarks.md).
+    adversarial_eps: float = 0.0
     seed: int = 42
     # Torch intra-op threads per rank (ranks share the executor's cores).
     threads_per_rank: int = 1
@@ -544,6 +547,9 @@ def _check_train(t: TrainConfig) -> None:
     if t.min_steps < 0:
         raise ConfigError(f"train.min_steps: must be >= 0 (0 = early stopping may end training at any epoch), "
                           f"got {t.min_steps}")
+    if not 0 <= t.adversarial_eps <= 1:
+        raise ConfigError(f"train.adversarial_eps: must be between 0 (off) and 1 (a move as long as the item vector "
+                          f"itself), got {t.adversarial_eps}")
     if t.loss_negatives < 0:
         raise ConfigError(f"train.loss_negatives: must be 0 (full catalog) or a number of sampled items, "
                           f"got {t.loss_negatives}")

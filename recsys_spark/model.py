@@ -16,7 +16,8 @@ named parts, each feature group behind a switch (ModelConfig.use_*):
 - `sequence` (SequenceEncoder): positions, the causal transformer and its final norm.
 - `behaviour` (BehaviourGate, use_behaviour): the standardised activity numbers mixed into every
   item position through a learned gate.
-- losses: `full_softmax_loss` over the catalog, or `sampled_softmax_loss` (loss_negatives > 0).
+- losses: `full_softmax_loss` over the catalog, or `sampled_softmax_loss` (loss_negatives > 0);
+  with adversarial_eps > 0 the same loss is added under `adversarial_items` (adversarial training).
 
 Scaling statistics (numeric means/standard deviations, the title IDF) and the item features are
 buffers of the model, saved in the checkpoint: scoring applies exactly the transform training saw,
@@ -77,6 +78,7 @@ class ModelConfig:
     use_vectors: bool = TrainConfig.use_vectors
     item_id_dropout: float = TrainConfig.item_id_dropout
     loss_negatives: int = TrainConfig.loss_negatives
+    adversarial_eps: float = TrainConfig.adversarial_eps
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -248,6 +250,14 @@ def full_softmax_loss(h: torch.Tensor, target: torch.Tensor, items: torch.Tensor
     return logits, F.cross_entropy(logits, target)
 
 
+def adversarial_items(items: torch.Tensor, loss: torch.Tensor, eps: float) -> torch.Tensor:
+    """The item vectors, each moved by eps times its own length in the direction that raises the
+    loss fastest (APR-style adversarial training on the embeddings; a relative size, so one eps
+    fits models of any width and scale). The move is a constant: gradients flow through items."""
+    grad, = torch.autograd.grad(loss, items, retain_graph=True)
+    return items + eps * items.detach().norm(dim=1, keepdim=True) * F.normalize(grad, dim=1)
+
+
 def sampled_softmax_loss(h: torch.Tensor, target: torch.Tensor, items: torch.Tensor, n_negatives: int):
     """(logits (N, 1 + S): the target, then S items drawn uniformly and shared by the batch, with
     draws equal to the target removed; their cross-entropy)."""
@@ -384,7 +394,8 @@ class AttentionRecommender(nn.Module):
         Without target: scores (B, n_items) for the next item after the sequence, loss None.
         With target (B, L; 0 = no target): scores of the supervised positions and the loss
         (full_softmax_loss, or sampled_softmax_loss with loss_negatives). With the profile token,
-        its position is supervised with the window's first item.
+        its position is supervised with the window's first item. With adversarial_eps > 0, training
+        adds the same loss under the worst small move of the item vectors (adversarial_items).
         """
         if target is None:
             items = self.item_vectors()
@@ -397,7 +408,12 @@ class AttentionRecommender(nn.Module):
         items = self.item_vectors(id_keep=id_keep)
         if seq.shape[1] > self.cfg.max_len:
             seq, target = seq[:, -self.cfg.max_len:], target[:, -self.cfg.max_len:]
-        return self.next_item_loss(items, seq, target, profile_cat, profile_num)
+        logits, loss = self.next_item_loss(items, seq, target, profile_cat, profile_num)
+        eps = self.cfg.adversarial_eps
+        if eps > 0 and self.training and torch.is_grad_enabled():
+            moved = adversarial_items(items, loss, eps)
+            loss = loss + self.next_item_loss(moved, seq, target, profile_cat, profile_num)[1]
+        return logits, loss
 
     def next_item_loss(self, items: torch.Tensor, seq: torch.Tensor, target: torch.Tensor,
                        profile_cat: Optional[torch.Tensor], profile_num: Optional[torch.Tensor]):

@@ -52,6 +52,33 @@ def test_forward_returns_scores_and_loss_and_learns_a_transition():
     assert (scores.argmax(1) == tgt[:, -1]).float().mean() > 0.9
 
 
+def test_adversarial_training_moves_each_item_vector_its_share_against_the_model_and_still_learns():
+    from recsys_spark.model import adversarial_items
+
+    torch.manual_seed(0)
+    m = _model(use_profile=False)
+    starts = torch.randint(1, 29, (64,))
+    seq = ((starts[:, None] + torch.arange(9)) % 29) + 1
+    inp, tgt = seq[:, :-1], seq[:, 1:]
+    items = m.item_vectors()
+    _, loss = m.next_item_loss(items, inp, tgt, None, None)
+    moved = adversarial_items(items, loss, 0.2)
+    shift = (moved - items).norm(dim=1)
+    assert torch.allclose(shift[1:], 0.2 * items[1:].norm(dim=1), rtol=1e-4) and float(shift[0]) == 0.0
+    assert float(m.next_item_loss(moved, inp, tgt, None, None)[1]) > float(loss) + 0.01
+    # The option's loss adds the moved one in training only, and the rule is still learned.
+    adv = _model(use_profile=False, adversarial_eps=0.2)
+    adv.eval()
+    assert float(adv(inp, tgt)[1]) == pytest.approx(float(_model(use_profile=False).eval()(inp, tgt)[1]))
+    adv.train()
+    opt = torch.optim.Adam(adv.parameters(), lr=0.01)
+    for _ in range(150):
+        _, loss = adv(inp, tgt)
+        opt.zero_grad(); loss.backward(); opt.step()
+    adv.eval()
+    assert (adv(inp)[0].argmax(1) == tgt[:, -1]).float().mean() > 0.9
+
+
 def test_sampled_cross_entropy_scores_the_target_against_the_drawn_items():
     m = _model(use_profile=False, loss_negatives=8).eval()
     seq = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8], [0, 0, 0, 0, 0, 9, 10, 11]])
