@@ -7,7 +7,8 @@ named parts, each feature group behind a switch (ModelConfig.use_*):
 - `items` (ItemEncoder): item vector = id embedding (for items seen in training; else a learned
   "unknown id" vector) + content vector from category, brand, tags and scaled numbers (use_content),
   the hashed TF-IDF of the title (use_text) and an upstream encoder's dense vector, standardised and
-  projected (use_vectors: multimodal fusion of image or text embeddings). One table serves the input and the output layer.
+  projected (use_vectors: multimodal fusion of image or text embeddings). One table serves the
+  input and the output layer.
   An item nobody has touched has no trained id embedding, so its vector is its content alone;
   training drops each id embedding with probability item_id_dropout so content learns to stand alone.
 - `profile` (ProfileEncoder, use_profile): declared attributes (age band, gender, ...) as a token put

@@ -88,3 +88,20 @@ def test_actions_follow_purchases_of_their_category_and_leave_the_products_uncha
     ok = (merged.item_id.map(category) == merged.item_id_buy.map(category)) & (delay > pd.Timedelta(0)) \
         & (delay <= pd.Timedelta(days=1))
     assert set(merged[ok].event_id) == set(acts.event_id)
+
+
+def test_item_vectors_follow_category_and_appeal_and_leave_the_events_alone(tmp_path):
+    cfg = GenerateConfig(users=300, items=60, events=6000, formats=["parquet"], cold_items=3)
+    generate(cfg, str(tmp_path / "v"))
+    generate(GenerateConfig(users=300, items=60, events=6000, formats=["parquet"], cold_items=3, item_vector_dim=0),
+             str(tmp_path / "none"))
+    assert _digest(tmp_path / "v" / "events") == _digest(tmp_path / "none" / "events")
+    items = pd.read_parquet(tmp_path / "v" / "items" / "items.parquet")
+    assert "embedding" not in pd.read_parquet(tmp_path / "none" / "items" / "items.parquet").columns
+    vec = np.stack(items["embedding"].to_numpy())
+    assert vec.shape == (63, 16)
+    # Items of one category lie closer together than items of different categories.
+    same = items["category"].to_numpy()[:, None] == items["category"].to_numpy()[None, :]
+    dist = np.linalg.norm(vec[:, None] - vec[None, :], axis=-1)
+    off_diagonal = ~np.eye(len(vec), dtype=bool)
+    assert dist[same & off_diagonal].mean() < 0.6 * dist[~same].mean()
