@@ -9,11 +9,15 @@ def recall_at_k(ranked: np.ndarray, targets: np.ndarray, k: int) -> float:
     return float(np.mean((ranked[:, :k] == targets[:, None]).any(axis=1)))
 
 
-def ndcg_at_k(ranked: np.ndarray, targets: np.ndarray, k: int) -> float:
-    """With one relevant item the ideal DCG is 1, so NDCG = 1 / log2(rank + 1) if rank <= k else 0."""
+def ndcg_per_user(ranked: np.ndarray, targets: np.ndarray, k: int) -> np.ndarray:
+    """Each user's NDCG@k. With one relevant item the ideal DCG is 1, so NDCG = 1 / log2(rank + 1)
+    if rank <= k else 0."""
     hits = ranked[:, :k] == targets[:, None]
-    gains = hits / np.log2(np.arange(2, k + 2))[None, :]
-    return float(np.mean(gains.sum(axis=1)))
+    return (hits / np.log2(np.arange(2, k + 2))[None, :]).sum(axis=1)
+
+
+def ndcg_at_k(ranked: np.ndarray, targets: np.ndarray, k: int) -> float:
+    return float(np.mean(ndcg_per_user(ranked, targets, k)))
 
 
 def mrr_at_k(ranked: np.ndarray, targets: np.ndarray, k: int) -> float:

@@ -23,7 +23,7 @@ import torch
 
 from recsys_spark import calibration, checkpoints, devices
 from recsys_spark.ranks import connect
-from recsys_spark.metrics import ndcg_at_k
+from recsys_spark.metrics import ndcg_per_user
 from recsys_spark.model import AttentionRecommender
 from recsys_spark.ranking import encode_users
 from recsys_spark.topk import topk_excluding
@@ -224,6 +224,11 @@ def linear_lr(peak: float, step: int, total_steps: int, floor: float = 0.01) -> 
 
 def validate(model, valid: dict, k: int = 10, batch: int = 512, device: str = "cpu") -> float:
     """NDCG@k of the validation targets, full ranking with each user's history removed."""
+    return float(validation_ndcgs(model, valid, k, batch, device).mean())
+
+
+def validation_ndcgs(model, valid: dict, k: int = 10, batch: int = 512, device: str = "cpu") -> np.ndarray:
+    """Each validation user's NDCG@k (see validate)."""
     model.eval()
     tops = []
     with torch.no_grad():
@@ -234,7 +239,27 @@ def validate(model, valid: dict, k: int = 10, batch: int = 512, device: str = "c
                                  device)
             tops.append(topk_excluding(users, items, valid["seen"][sl], k)[0])
     model.train()
-    return ndcg_at_k(np.concatenate(tops), valid["target"], k)
+    return ndcg_per_user(np.concatenate(tops), valid["target"], k)
+
+
+def interval_halfwidth(values: np.ndarray) -> Optional[float]:
+    """Half the width of the 95% normal interval of the mean of values (None for fewer than 2)."""
+    return float(1.96 * np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+
+
+def selection(history: list, best_epoch: int, n_users: int) -> dict:
+    """What early stopping kept and how sure the validation sample can be of it: the kept epoch's
+    NDCG@10 with its 95% interval over the sample's users, and the evaluated epochs whose NDCG@10
+    lies inside that interval (the sample cannot tell them from the kept one). Empty without
+    validation."""
+    evaluated = [h for h in history if h.get("valid_ndcg@10") is not None]
+    kept = next((h for h in evaluated if h["epoch"] == best_epoch), None)
+    if kept is None:
+        return {}
+    half = kept.get("valid_ndcg@10_halfwidth")
+    return {"valid_users": n_users, "epoch": best_epoch, "valid_ndcg@10": kept["valid_ndcg@10"], "halfwidth": half,
+            "indistinguishable_epochs": [h["epoch"] for h in evaluated
+                                         if half is not None and abs(h["valid_ndcg@10"] - kept["valid_ndcg@10"]) <= half]}
 
 
 class EarlyStopping:
@@ -333,7 +358,8 @@ def _root_decision(job: TrainJob, model, entry: dict, state: RunState, started: 
     tc, epoch = job.train_config, entry["epoch"]
     stop = 0
     if job.valid is not None and epoch % tc.eval_every == 0:
-        entry["valid_ndcg@10"] = validate(model, job.valid, device=device)
+        per_user = validation_ndcgs(model, job.valid, device=device)
+        entry["valid_ndcg@10"], entry["valid_ndcg@10_halfwidth"] = float(per_user.mean()), interval_halfwidth(per_user)
         stop = int(state.stopper.update(model, entry["valid_ndcg@10"], epoch, epoch * job.steps_per_epoch))
     if tc.time_budget_s:
         if time.time() - started > tc.time_budget_s:
@@ -344,6 +370,8 @@ def _root_decision(job: TrainJob, model, entry: dict, state: RunState, started: 
 
 def _log_epoch(job: TrainJob, entry: dict, ranks: int) -> None:
     extra = f", valid NDCG@10 {entry['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in entry else ""
+    if entry.get("valid_ndcg@10_halfwidth") is not None:
+        extra += f" ± {entry['valid_ndcg@10_halfwidth']:.4f}"
     print(f"[train {job.run_id}] epoch {entry['epoch']}/{job.train_config.epochs} loss {entry['loss']:.4f}{extra} "
           f"({entry['seconds']:.1f}s, {job.steps_per_epoch} steps x {ranks} ranks)", flush=True)
 
@@ -429,6 +457,12 @@ def _save_model(job: TrainJob, model, state: RunState) -> None:
     longer needed."""
     if state.stopper.best_state is not None:
         model.load_state_dict(state.stopper.best_state)
+    best_epoch = state.stopper.best_epoch or len(state.history)
+    chosen = selection(state.history, best_epoch, len(job.valid["target"])) if job.valid is not None else {}
+    if chosen.get("halfwidth") is not None:
+        print(f"[train {job.run_id}] kept epoch {best_epoch}: validation NDCG@10 {chosen['valid_ndcg@10']:.4f} ± "
+              f"{chosen['halfwidth']:.4f} (95% interval, {chosen['valid_users']} users); epochs within it, which this "
+              f"sample cannot tell apart: {', '.join(map(str, chosen['indistinguishable_epochs']))}", flush=True)
     fitted = calibrate(model, job.valid)
     if fitted["method"] != "none":
         print(f"[train {job.run_id}] calibration: temperature {fitted['temperature']:.3f}, {fitted['new_share']:.1%} of "
@@ -441,5 +475,5 @@ def _save_model(job: TrainJob, model, state: RunState) -> None:
     checkpoints.save(job.checkpoint_dir, job.run_id, model, {
         "model_config": job.model_config.to_dict(), "train_config": asdict(job.train_config),
         "data_versions": job.data_versions, "history": state.history,
-        "best_epoch": state.stopper.best_epoch or len(state.history), "calibration": fitted}, job.full_config)
+        "best_epoch": best_epoch, "selection": chosen, "calibration": fitted}, job.full_config)
     checkpoints.drop_resume(job.checkpoint_dir, job.run_id)

@@ -101,6 +101,24 @@ def test_early_stopping_waits_for_patience_and_min_steps():
     assert patience_spent(bad_evals=5, patience=5, steps_done=1000, min_steps=1000)
 
 
+def test_the_kept_epoch_is_reported_with_its_interval_and_the_epochs_the_sample_cannot_tell_from_it():
+    import numpy as np
+
+    from recsys_spark.trainer import interval_halfwidth, selection
+
+    values = np.array([0.0, 1.0] * 50)  # mean 0.5, sample std 0.5025
+    assert interval_halfwidth(values) == pytest.approx(1.96 * 0.50252 / 10, rel=1e-4)
+    assert interval_halfwidth(np.array([0.3])) is None
+    history = [{"epoch": 1, "valid_ndcg@10": 0.20, "valid_ndcg@10_halfwidth": 0.01},
+               {"epoch": 2, "valid_ndcg@10": 0.28, "valid_ndcg@10_halfwidth": 0.01},
+               {"epoch": 3, "loss": 1.0},  # not evaluated
+               {"epoch": 4, "valid_ndcg@10": 0.30, "valid_ndcg@10_halfwidth": 0.025},
+               {"epoch": 5, "valid_ndcg@10": 0.31, "valid_ndcg@10_halfwidth": 0.02}]
+    assert selection(history, 4, 2000) == {"valid_users": 2000, "epoch": 4, "valid_ndcg@10": 0.30, "halfwidth": 0.025,
+                                           "indistinguishable_epochs": [2, 4, 5]}
+    assert selection(history, 3, 2000) == {}
+
+
 def test_budget_aware_linear_schedule():
     from recsys_spark.trainer import linear_lr, planned_epochs
 
@@ -232,4 +250,10 @@ def test_both_launchers_reach_the_same_validation_ndcg_on_the_shop(spark, shop, 
             for name, history in (("horovod", horovod["history"]), ("ddp", ddp["history"]))}
     print(f"best validation NDCG@10: {best}")
     assert best["ddp"] > 0.05 and abs(best["ddp"] - best["horovod"]) <= 0.03, best
+    # The kept epoch comes with its interval over the validation sample, in the manifest.
+    chosen = horovod["selection"]
+    kept = next(h for h in horovod["history"] if h["epoch"] == horovod["best_epoch"])
+    assert chosen["epoch"] == horovod["best_epoch"] and chosen["valid_ndcg@10"] == kept["valid_ndcg@10"]
+    assert 0 < chosen["halfwidth"] < 0.1 and chosen["valid_users"] > 100
+    assert horovod["best_epoch"] in chosen["indistinguishable_epochs"]
     assert ddp["result"]["ranks"] == 2 and ddp["result"]["checksums"][0] == ddp["result"]["checksums"][1]
