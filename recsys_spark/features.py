@@ -263,12 +263,12 @@ def array_stats(df: DataFrame, col: str, width: int) -> tuple[list[float], list[
 
 def item_content(spark: SparkSession, content: DataFrame, root: str, fc: FeaturesConfig) -> tuple[DataFrame, dict]:
     """Add tag_ids (persistently indexed tags), text_idx/text_tf (hashed title term counts),
-    item_num (log1p price, price-missing flag) and item_vec (see item_vectors). Returns (content,
+    item_num (log1p price, price-missing flag) and item_vec (see catalog_width_vectors). Returns (content,
     statistics): the statistics are the title IDF (fitted on the catalog with Spark ML) and the
     item_num and item_vec means/stds."""
     from pyspark.ml.feature import IDF, HashingTF, RegexTokenizer
 
-    content, vec_width = item_vectors(content)
+    content, vec_width = catalog_width_vectors(content)
     tags = F.col(schema.ITEM_TAGS_COLUMN)
     tag_arr = F.filter(F.transform(F.split(F.coalesce(tags.cast("string"), F.lit("")), r"\|"), lambda t: F.trim(t)),
                        lambda t: t != "")
@@ -309,7 +309,7 @@ def item_content(spark: SparkSession, content: DataFrame, root: str, fc: Feature
     return content, stats
 
 
-def item_vectors(content: DataFrame) -> tuple[DataFrame, int]:
+def catalog_width_vectors(content: DataFrame) -> tuple[DataFrame, int]:
     """(content with item_vec in place of the items' upstream vector, the vectors' width). The width
     is the catalog's most common one; a vector of another width (another encoder's) is left out, so
     its item is represented by its other content, and the log names a few such items."""
