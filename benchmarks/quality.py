@@ -22,7 +22,7 @@ import sys
 import time
 from typing import Optional
 
-from benchmarks import harness
+from benchmarks import convergence, harness
 
 METRIC_KEYS = ["recall@1", "recall@10", "recall@20", "ndcg@10", "ndcg@20"]
 
@@ -77,6 +77,10 @@ def print_table(result: dict) -> None:
     for r in result["rows"]:
         print(f"{r['model']:<11}" + "".join(f"{r[k]:>10.4f}" for k in METRIC_KEYS)
               + f"{r['train_s']:>9.1f}{r['score_s']:>9.1f}{r['peak_rss_mb']:>9}")
+    c = result.get("convergence")
+    if c:
+        print(f"attention: kept epoch {c['kept_epoch']} (validation NDCG@10 {c['kept_ndcg']}, {c['kept_s']}s of epochs); "
+              f"{c['share']:.0%} of it first at epoch {c['epoch']} ({c['ndcg']}, {c['seconds']}s of epochs)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": result_rows(trained, ev, monitor),
         "stage_seconds": stage_s,
         "attention_history": trained["history"],
+        "convergence": convergence.time_to_share(trained["history"]),
         "model_run_id": trained["run_id"],
         "model_config": model_config,
         "als": ev["params"].get("als"),

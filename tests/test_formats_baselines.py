@@ -176,6 +176,25 @@ def test_quality_benchmark_writes_the_result_table(spark, tmp_path, capsys):
     # The successor structure is learnable by sequence models and item-kNN, not by popularity.
     assert by["attention"]["ndcg@10"] > 1.5 * by["popularity"]["ndcg@10"]
     assert "attention" in stdout and "item_knn" in stdout
+    # How fast it got there, from its own history.
+    kept = max(result["attention_history"], key=lambda e: e["valid_ndcg@10"])
+    assert result["convergence"]["kept_epoch"] == kept["epoch"]
+    assert result["convergence"]["epoch"] <= kept["epoch"]
+
+
+def test_time_to_95_percent_is_the_first_epoch_within_the_share_of_the_kept_one():
+    from benchmarks.convergence import time_to_share
+
+    history = [{"epoch": 1, "seconds": 10.0, "valid_ndcg@10": 0.10},
+               {"epoch": 2, "seconds": 12.0, "valid_ndcg@10": 0.19},
+               {"epoch": 3, "seconds": 11.0, "valid_ndcg@10": 0.18},
+               {"epoch": 4, "seconds": 13.0},  # not validated
+               {"epoch": 5, "seconds": 9.0, "valid_ndcg@10": 0.20}]
+    c = time_to_share(history, 0.95)
+    assert (c["kept_epoch"], c["kept_s"]) == (5, 55.0)
+    assert (c["epoch"], c["seconds"], c["ndcg"]) == (2, 22.0, 0.19)  # 0.19 >= 0.95 * 0.20
+    assert time_to_share(history, 0.96)["epoch"] == 5
+    assert time_to_share([{"epoch": 1, "seconds": 3.0}]) == {}
 
 
 def test_ml1m_user_codes_become_names_and_join_to_the_sasrec_ids(tmp_path):
