@@ -52,7 +52,9 @@ class Refresher:
     versions: dict
     events_version: int
     run_id: str
-    latest_version: int  # of gold/recommendations_latest when the inputs were pinned
+    # gold/recommendations_latest's newest version known to hold no other job's rewrite (at first:
+    # when the inputs were pinned)
+    latest_version: int
     # bandit.serve: the nightly's re-ranker. Refreshed lists are not logged as exposures: the
     # re-ranker learns from the nightly's lists only.
     reranker: Optional[bandit.Reranker] = None
@@ -82,12 +84,14 @@ class Refresher:
 
     def rewritten_since_pinned(self) -> Optional[str]:
         """How another job (a nightly's score, forget) rewrote the latest lists after this job
-        pinned its inputs, or None: its pinned model and features are then out of date."""
+        pinned its inputs, or None: its pinned model and features are then out of date. Only the
+        commits after the last one checked are read, so the check does not grow through the day."""
         latest = tables.location(self.cfg.tables_root, schema.RECOMMENDATIONS_LATEST)
         for r in (tables.delta_table(self.spark, latest).history().where(f"version > {self.latest_version}")
                   .select("version", "operation", "userMetadata").orderBy("version").collect()):
             if "refresh_events_version" not in json.loads(r.userMetadata or "{}"):
                 return f"version {r.version} ({r.operation})"
+            self.latest_version = r.version
         return None
 
     def histories(self, users: DataFrame, upto: int) -> DataFrame:
@@ -114,14 +118,16 @@ class Refresher:
     def apply(self, batch: DataFrame, batch_id: int) -> None:
         """Rescore the batch's users and replace their rows in gold/recommendations_latest."""
         t0 = time.time()
-        upto = batch.agg(F.max("_commit_version")).first()[0]
+        # One pass over the batch: its users, and the newest events version it covers.
+        by_user = batch.groupBy("user_id").agg(F.max("_commit_version").alias("v")).persist()
+        n, upto = by_user.agg(F.count("*"), F.max("v")).first()
         if upto is None:
+            by_user.unpersist()
             return
         self.superseded = self.rewritten_since_pinned()
         if self.superseded:
             raise RuntimeError(f"refresh: gold/recommendations_latest was rewritten at {self.superseded}")
-        users = batch.select("user_id").distinct().persist()
-        n = users.count()
+        users = by_user.select("user_id")
         lists = score_users(self.histories(users, upto), self.spec, self.catalog_bc)
         if self.reranker is not None:
             lists = self.reranker.rerank(lists)
@@ -137,7 +143,7 @@ class Refresher:
         tables.retry_on_conflict(
             lambda: tables.replace_rows(self.spark, rows, latest, ["user_id", "rank"], "_keep", metadata=meta),
             f"refresh: batch {batch_id} into {latest}")
-        users.unpersist()
+        by_user.unpersist()
         self.applied.append((int(batch_id), n, int(upto), time.time() - t0))
         logger.info(f"refresh: batch {batch_id}: {n} users rescored up to events version {upto} "
                     f"({time.time() - t0:.1f}s)")

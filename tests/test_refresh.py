@@ -94,3 +94,32 @@ def test_new_events_refresh_their_users_lists_only_and_a_stopped_stream_ends_lik
     monkeypatch.setattr(refresh.Refresher, "pin", staticmethod(lambda spark, cfg: pinned))
     with pytest.raises(refresh.SupersededError, match=r"rewritten at version \d+ \(WRITE\).*start refresh again"):
         cli.run_stage(spark, straight, "refresh", ONCE)
+
+
+def test_the_latency_benchmark_feeds_its_rate_in_whole_files_however_slow_a_write(tmp_path, monkeypatch):
+    """benchmarks.refresh's feeder: each second it adds the events due since the start, so a slow
+    write is caught up by the next file, and each file appears in the watched folder whole."""
+    import pyarrow.parquet as pq
+
+    from benchmarks import refresh as bench
+
+    live, staging = tmp_path / "live", tmp_path / "staging"
+    live.mkdir()
+    feeder = bench.Feeder(["u1", "u2"], ["i1", "i2", "i3"], rate=200)
+    real_write, writes = pq.write_table, []
+
+    def slow_first_write(table, path):
+        writes.append(path)
+        if len(writes) == 1:
+            import time
+            time.sleep(1.5)  # longer than the feeder's second
+        real_write(table, path)
+
+    monkeypatch.setattr(pq, "write_table", slow_first_write)
+    fed = bench.feed_files(feeder, 4, str(staging), str(live))
+    assert sorted(p.name for p in live.iterdir()) == sorted(name for name, _ in fed)
+    sizes = [pq.read_table(live / name).num_rows for name, _ in fed]  # in the order fed
+    assert all(n > 0 for n in sizes)
+    assert sizes[1] >= 1.4 * 200  # the file after the slow write carries the second it missed
+    assert sum(sizes) == feeder.fed and 200 * 3.5 <= feeder.fed <= 200 * 4.5
+    assert not list(staging.iterdir())
