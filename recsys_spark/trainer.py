@@ -247,19 +247,36 @@ def interval_halfwidth(values: np.ndarray) -> Optional[float]:
     return float(1.96 * np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
 
 
-def selection(history: list, best_epoch: int, n_users: int) -> dict:
+def selection(history: list, best_epoch: int, n_users: int, per_user: Optional[dict] = None) -> dict:
     """What early stopping kept and how sure the validation sample can be of it: the kept epoch's
     NDCG@10 with its 95% interval over the sample's users, and the evaluated epochs whose NDCG@10
     lies inside that interval (the sample cannot tell them from the kept one). Empty without
-    validation."""
+    validation.
+
+    per_user ({epoch: each validation user's NDCG@10}) adds the paired comparison: for every
+    evaluated epoch, the mean difference to the kept epoch over the same users with its 95%
+    interval (`paired`), and the epochs whose interval holds 0 (`paired_indistinguishable_epochs`).
+    The users' own spread cancels out of a difference, so this separates epochs the unpaired
+    intervals cannot."""
     evaluated = [h for h in history if h.get("valid_ndcg@10") is not None]
     kept = next((h for h in evaluated if h["epoch"] == best_epoch), None)
     if kept is None:
         return {}
     half = kept.get("valid_ndcg@10_halfwidth")
-    return {"valid_users": n_users, "epoch": best_epoch, "valid_ndcg@10": kept["valid_ndcg@10"], "halfwidth": half,
-            "indistinguishable_epochs": [h["epoch"] for h in evaluated
-                                         if half is not None and abs(h["valid_ndcg@10"] - kept["valid_ndcg@10"]) <= half]}
+    out = {"valid_users": n_users, "epoch": best_epoch, "valid_ndcg@10": kept["valid_ndcg@10"], "halfwidth": half,
+           "indistinguishable_epochs": [h["epoch"] for h in evaluated
+                                        if half is not None and abs(h["valid_ndcg@10"] - kept["valid_ndcg@10"]) <= half]}
+    if per_user and best_epoch in per_user:
+        paired = {}
+        for h in evaluated:
+            if h["epoch"] in per_user and h["epoch"] != best_epoch:
+                diff = np.asarray(per_user[h["epoch"]], dtype=np.float64) - np.asarray(per_user[best_epoch], dtype=np.float64)
+                paired[h["epoch"]] = {"difference": float(diff.mean()), "halfwidth": interval_halfwidth(diff)}
+        out["paired"] = paired
+        out["paired_indistinguishable_epochs"] = sorted(
+            [best_epoch] + [e for e, p in paired.items()
+                            if p["halfwidth"] is not None and abs(p["difference"]) <= p["halfwidth"]])
+    return out
 
 
 class EarlyStopping:
@@ -307,6 +324,8 @@ class RunState:
     stopper: EarlyStopping
     history: list = field(default_factory=list)
     elapsed_s: float = 0.0
+    # Each evaluated epoch's per-user validation NDCG@10 (rank 0), for the paired comparison.
+    valid_ndcgs: dict = field(default_factory=dict)
 
 
 def _resume(job: TrainJob, ranks, model, state: RunState) -> Optional[dict]:
@@ -319,6 +338,7 @@ def _resume(job: TrainJob, ranks, model, state: RunState) -> Optional[dict]:
     state.epoch, state.plan, state.history, state.elapsed_s = (saved["epoch"], saved["plan"], saved["history"],
                                                                saved["elapsed_s"])
     state.stopper.restore(saved["stopper"])
+    state.valid_ndcgs = {int(e): v.numpy() for e, v in saved.get("valid_ndcgs", {}).items()}
     torch.set_rng_state(saved["rng"][ranks.rank]["cpu"])
     if "cuda" in saved["rng"][ranks.rank] and ranks.device != "cpu":
         torch.cuda.set_rng_state(saved["rng"][ranks.rank]["cuda"], ranks.device)
@@ -338,6 +358,7 @@ def _save_resume(job: TrainJob, ranks, model, opt, state: RunState) -> None:
         checkpoints.save_resume(job.checkpoint_dir, job.run_id, {
             "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rngs, "epoch": state.epoch,
             "plan": state.plan, "history": state.history, "elapsed_s": state.elapsed_s,
+            "valid_ndcgs": {e: torch.from_numpy(v) for e, v in state.valid_ndcgs.items()},
             "stopper": state.stopper.state()}, job.fingerprint(ranks.size))
 
 
@@ -360,6 +381,7 @@ def _root_decision(job: TrainJob, model, entry: dict, state: RunState, started: 
     if job.valid is not None and epoch % tc.eval_every == 0:
         per_user = validation_ndcgs(model, job.valid, device=device)
         entry["valid_ndcg@10"], entry["valid_ndcg@10_halfwidth"] = float(per_user.mean()), interval_halfwidth(per_user)
+        state.valid_ndcgs[epoch] = per_user.astype(np.float32)
         stop = int(state.stopper.update(model, entry["valid_ndcg@10"], epoch, epoch * job.steps_per_epoch))
     if tc.time_budget_s:
         if time.time() - started > tc.time_budget_s:
@@ -458,11 +480,14 @@ def _save_model(job: TrainJob, model, state: RunState) -> None:
     if state.stopper.best_state is not None:
         model.load_state_dict(state.stopper.best_state)
     best_epoch = state.stopper.best_epoch or len(state.history)
-    chosen = selection(state.history, best_epoch, len(job.valid["target"])) if job.valid is not None else {}
+    chosen = (selection(state.history, best_epoch, len(job.valid["target"]), state.valid_ndcgs)
+              if job.valid is not None else {})
     if chosen.get("halfwidth") is not None:
         print(f"[train {job.run_id}] kept epoch {best_epoch}: validation NDCG@10 {chosen['valid_ndcg@10']:.4f} ± "
               f"{chosen['halfwidth']:.4f} (95% interval, {chosen['valid_users']} users); epochs within it, which this "
-              f"sample cannot tell apart: {', '.join(map(str, chosen['indistinguishable_epochs']))}", flush=True)
+              f"sample cannot tell apart: {', '.join(map(str, chosen['indistinguishable_epochs']))}; compared on the "
+              f"same users (paired): {', '.join(map(str, chosen.get('paired_indistinguishable_epochs', [])))}",
+              flush=True)
     fitted = calibrate(model, job.valid)
     if fitted["method"] != "none":
         print(f"[train {job.run_id}] calibration: temperature {fitted['temperature']:.3f}, {fitted['new_share']:.1%} of "

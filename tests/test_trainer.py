@@ -119,6 +119,28 @@ def test_the_kept_epoch_is_reported_with_its_interval_and_the_epochs_the_sample_
     assert selection(history, 3, 2000) == {}
 
 
+def test_the_paired_comparison_separates_epochs_that_the_unpaired_intervals_cannot():
+    """Users differ far more from each other than an epoch from the next: compared on the same
+    users, a small but consistent gain is told apart; a change that is noise is not."""
+    import numpy as np
+
+    from recsys_spark.trainer import interval_halfwidth, selection
+
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.0, 1.0, 400)  # wide spread between users
+    per_user = {1: base, 2: base + 0.02, 3: base + rng.normal(0.0, 0.05, 400) + 0.022}
+    history = [{"epoch": e, "valid_ndcg@10": float(v.mean()), "valid_ndcg@10_halfwidth": interval_halfwidth(v)}
+               for e, v in per_user.items()]
+    kept = max(history, key=lambda h: h["valid_ndcg@10"])["epoch"]
+    assert kept == 3
+    chosen = selection(history, kept, 400, per_user)
+    assert chosen["indistinguishable_epochs"] == [1, 2, 3]  # unpaired: the users' spread hides everything
+    assert chosen["paired_indistinguishable_epochs"] == [2, 3]  # epoch 1 is 0.02 worse for every user
+    assert chosen["paired"][1]["difference"] == pytest.approx(-(per_user[3] - base).mean())
+    assert chosen["paired"][1]["halfwidth"] < 0.01 < chosen["halfwidth"]
+    assert "paired" not in selection(history, kept, 400)
+
+
 def test_budget_aware_linear_schedule():
     from recsys_spark.trainer import linear_lr, planned_epochs
 
@@ -256,4 +278,9 @@ def test_both_launchers_reach_the_same_validation_ndcg_on_the_shop(spark, shop, 
     assert chosen["epoch"] == horovod["best_epoch"] and chosen["valid_ndcg@10"] == kept["valid_ndcg@10"]
     assert 0 < chosen["halfwidth"] < 0.1 and chosen["valid_users"] > 100
     assert horovod["best_epoch"] in chosen["indistinguishable_epochs"]
+    # ... and with every other evaluated epoch compared with it on the same users.
+    evaluated = {h["epoch"] for h in horovod["history"] if "valid_ndcg@10" in h}
+    assert {int(e) for e in chosen["paired"]} == evaluated - {horovod["best_epoch"]}
+    assert all(p["halfwidth"] > 0 for p in chosen["paired"].values())
+    assert horovod["best_epoch"] in chosen["paired_indistinguishable_epochs"]
     assert ddp["result"]["ranks"] == 2 and ddp["result"]["checksums"][0] == ddp["result"]["checksums"][1]
