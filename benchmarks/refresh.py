@@ -58,13 +58,14 @@ class Feeder:
                 "event_type": ["view"] * n, "timestamp": [now] * n}
 
     def every_second(self, seconds: int, add) -> list:
-        """Call add(events) once a second for `seconds`; return what the calls returned."""
+        """Call add(events) once a second (at once again when a call took longer) until `seconds`
+        have passed; return what the calls returned."""
         self.start()
-        out, tick = [], self.started
-        while tick < self.started + seconds:
-            tick += 1.0
+        out, tick = [], self.started + 1.0
+        while tick <= self.started + seconds:
             time.sleep(max(0.0, tick - time.time()))
             out.append(add(self.due()))
+            tick = max(tick + 1.0, time.time())
         return out
 
 
@@ -183,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
             fed_seconds = time.time() - t_feed
             row = measure(spark, args, fed, start_version, events, latest, result, jobs)
     row.update({"users": args.users, "rate_per_s": args.rate, "seconds": args.seconds,
-                "fed_events": feeder.fed, "fed_per_s": round(feeder.fed / fed_seconds),
+                "fed_events": feeder.fed, "fed_seconds": round(fed_seconds, 1),
+                "fed_per_s": round(feeder.fed / fed_seconds),
                 "refresh_trigger_seconds": cfg.refresh.trigger_seconds,
                 "ingest_trigger_seconds": cfg.ingest.stream_trigger_seconds, "cores": os.cpu_count()})
     print(f"\n{args.feed} fed at {row['fed_per_s']} events/s for {args.seconds}s over {args.users} users -> refreshed "
@@ -220,7 +222,10 @@ def measure(spark, args, fed: list, start_version: int, events: str, latest: str
     latencies = [min(t for v, t in merges if v >= version) - at for version, at in arrivals
                  if any(v >= version for v, _ in merges)]
     batches = result.get("applied", [])
+    half = len(latencies) // 2  # does the latency settle, or grow with the run?
     row = {"feed": args.feed, "fed": len(fed), "applied": len(latencies), **percentiles(latencies),
+           "p50_first_half_s": percentiles(latencies[:half])["p50_s"],
+           "p50_second_half_s": percentiles(latencies[half:])["p50_s"],
            "batches": len(batches), "median_batch_users": statistics.median([b[1] for b in batches]) if batches else 0,
            "median_batch_s": round(statistics.median([b[3] for b in batches]), 2) if batches else 0}
     if args.feed == "files":
