@@ -109,6 +109,14 @@ def refreshed_versions(spark, latest: str) -> list:
     return sorted((m["refresh_events_version"], t.timestamp()) for m, t in metas if "refresh_events_version" in m)
 
 
+def commit_times(spark, events: str, after: int) -> dict:
+    """{events version: its commit time} for the versions after `after`."""
+    from recsys_spark import tables
+
+    return {r.version: r.timestamp.timestamp() for r in tables.delta_table(spark, events).history()
+            .where(f"version > {after}").select("version", "timestamp").collect()}
+
+
 def wait_until_refreshed(spark, latest: str, version: int, seconds: float = 300) -> None:
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -200,8 +208,6 @@ def main(argv: list[str] | None = None) -> int:
 def measure(spark, args, fed: list, start_version: int, events: str, latest: str, result: dict, jobs: list) -> dict:
     """Wait until the refresh covered everything fed (5 minutes at most), stop the streams, and
     compute the latencies from the Delta logs."""
-    from recsys_spark import tables
-
     if args.feed == "files":
         t_wait = time.time() + 300
         loaded: dict = {}
@@ -210,9 +216,8 @@ def measure(spark, args, fed: list, start_version: int, events: str, latest: str
             loaded = file_versions(spark, events, start_version, [name for name, _ in fed])
         arrivals = [(loaded[name], at) for name, at in fed if name in loaded]
     else:
-        commit_times = {r.version: r.timestamp.timestamp() for r in tables.delta_table(spark, events).history()
-                        .where(f"version > {start_version}").select("version", "timestamp").collect()}
-        arrivals = [(v, commit_times[v]) for v in fed]
+        committed = commit_times(spark, events, start_version)
+        arrivals = [(v, committed[v]) for v in fed]
     wait_until_refreshed(spark, latest, max([v for v, _ in arrivals] + [start_version]))
     for q in spark.streams.active:
         q.stop()
@@ -229,9 +234,8 @@ def measure(spark, args, fed: list, start_version: int, events: str, latest: str
            "batches": len(batches), "median_batch_users": statistics.median([b[1] for b in batches]) if batches else 0,
            "median_batch_s": round(statistics.median([b[3] for b in batches]), 2) if batches else 0}
     if args.feed == "files":
-        commit_times = {r.version: r.timestamp.timestamp() for r in tables.delta_table(spark, events).history()
-                        .where(f"version > {start_version}").select("version", "timestamp").collect()}
-        row["ingest_lag"] = percentiles([commit_times[v] - at for v, at in arrivals])
+        committed = commit_times(spark, events, start_version)
+        row["ingest_lag"] = percentiles([committed[v] - at for v, at in arrivals])
         row["ingest_batches"] = len(result.get("ingested", {}).get("batches", []))
     return row
 
