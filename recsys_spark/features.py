@@ -596,7 +596,9 @@ class Writer:
         loc = tables.location(self.root, name)
         # A concurrent features run overwriting the same table makes Delta refuse one commit; it
         # is rewritten after the other's (each run's feature set pins its own versions).
-        tables.retry_on_conflict(lambda: tables.overwrite(df, loc, metadata=metadata), f"features: writing {name}")
+        tables.retry_on_conflict(
+            lambda: tables.overwrite(df, loc, metadata=metadata, deletion_vectors=name in schema.DELETION_VECTOR_TABLES),
+            f"features: writing {name}")
         return self._written(name, loc)
 
     def put(self, name: str, df: DataFrame, plan: Plan, keys: list[str], metadata: Optional[dict] = None) -> DataFrame:

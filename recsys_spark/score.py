@@ -248,8 +248,9 @@ def _publish(spark: SparkSession, cfg: Config, final: DataFrame, run_date: date,
     version = tables.retry_on_conflict(write_list, f"score: writing {run_date} to {loc}")
     if cfg.score.write_latest:
         latest = tables.read(spark, loc, version).where(F.col("run_date") == F.lit(run_date))
-        tables.retry_on_conflict(lambda: tables.overwrite(latest, tables.location(cfg.tables_root, schema.RECOMMENDATIONS_LATEST),
-                                                          metadata=meta), "score: writing the latest lists")
+        latest_loc = tables.location(cfg.tables_root, schema.RECOMMENDATIONS_LATEST)
+        tables.retry_on_conflict(lambda: tables.overwrite(latest, latest_loc, metadata=meta, deletion_vectors=True),
+                                 "score: writing the latest lists")
     return version
 
 

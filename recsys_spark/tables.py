@@ -227,16 +227,23 @@ def _save(spark: SparkSession, writer, location: str) -> None:
 
 
 def overwrite(df: DataFrame, location: str, partition_by: Optional[list[str]] = None,
-              metadata: Optional[dict] = None) -> None:
+              metadata: Optional[dict] = None, deletion_vectors: bool = False) -> None:
     """Replace a table's contents atomically (a new Delta version; readers of the old one are safe).
 
-    metadata, if given, is stored as JSON in the commit (read back with commit_metadata)."""
+    metadata, if given, is stored as JSON in the commit (read back with commit_metadata).
+    deletion_vectors: the table keeps them on (see enable_deletion_vectors), set before the write so
+    that the write stays the table's newest commit."""
+    spark = df.sparkSession
     writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
     if metadata is not None:
         writer = writer.option("userMetadata", json.dumps(metadata, sort_keys=True))
     if partition_by:
         writer = writer.partitionBy(*partition_by)
-    _save(df.sparkSession, writer, location)
+    if deletion_vectors and exists(spark, location):
+        enable_deletion_vectors(spark, location)
+    new_tables = {"spark.databricks.delta.properties.defaults.enableDeletionVectors": "true"} if deletion_vectors else {}
+    with temporary_conf(spark, new_tables):
+        _save(spark, writer, location)
 
 
 def append(df: DataFrame, location: str) -> None:
@@ -265,11 +272,23 @@ def commit_metadata(spark: SparkSession, location: str, at_version: int) -> dict
         return {}
 
 
+def _enable(spark: SparkSession, location: str, prop: str) -> None:
+    """Set a boolean Delta table property to true (a no-op when it already is)."""
+    props = delta_table(spark, location).detail().select("properties").first()[0] or {}
+    if props.get(prop, "false").lower() != "true":
+        spark.sql(f"ALTER TABLE {sql_name(location)} SET TBLPROPERTIES ({prop} = true)")
+
+
 def enable_change_feed(spark: SparkSession, location: str) -> None:
     """Turn on Delta Change Data Feed for a table (a no-op when it is already on)."""
-    props = delta_table(spark, location).detail().select("properties").first()[0] or {}
-    if props.get("delta.enableChangeDataFeed", "false").lower() != "true":
-        spark.sql(f"ALTER TABLE {sql_name(location)} SET TBLPROPERTIES (delta.enableChangeDataFeed = true)")
+    _enable(spark, location, "delta.enableChangeDataFeed")
+
+
+def enable_deletion_vectors(spark: SparkSession, location: str) -> None:
+    """Let DELETE, UPDATE and MERGE mark replaced rows in a deletion vector instead of rewriting
+    every file that holds one: a MERGE of a few keys then writes only their new rows. Only for
+    tables that nothing reads by file list (see active_files)."""
+    _enable(spark, location, "delta.enableDeletionVectors")
 
 
 def changes(spark: SparkSession, location: str, start_version: int, end_version: int) -> DataFrame:
@@ -314,8 +333,14 @@ def upsert(spark: SparkSession, df: DataFrame, location: str, keys: list[str]) -
         _save(spark, df.write.format("delta"), location)
         return
     cond = " AND ".join(f"t.{k} = s.{k}" for k in keys)
+    target = delta_table(spark, location)
+    stored = target.toDF()
+    # Rows that arrive unchanged (a full feed resent nightly) are left out, so the files holding
+    # them are not rewritten; when the feed brings a new column every row takes it.
+    if not set(df.columns) - set(stored.columns):
+        df = df.join(stored, [df[c].eqNullSafe(stored[c]) for c in df.columns], "left_anti")
     (
-        delta_table(spark, location).alias("t").merge(df.alias("s"), cond).withSchemaEvolution()
+        target.alias("t").merge(df.alias("s"), cond).withSchemaEvolution()
         .whenMatchedUpdateAll().whenNotMatchedInsertAll().execute()
     )
 

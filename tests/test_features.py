@@ -247,6 +247,14 @@ def test_an_incremental_run_rebuilds_only_changed_users_and_equals_a_full_rebuil
     incremental = features.run(spark, cfg)
     assert (incremental.mode, incremental.users_rebuilt, incremental.n_users) == ("incremental", 2, 3)
     assert _read(spark, cfg, schema.SEQUENCES).where("user_id = 'u1'").collect() == u1_before
+    # Only the changed users' rows were written: u1's rows stayed in their files (deletion vectors
+    # mark the replaced ones), except in the training table, whose files Petastorm reads as they are.
+    for name in (schema.USER_ITEM, schema.SEQUENCES, schema.USER_PROFILE):
+        loc = tables.location(cfg.tables_root, name)
+        merge = tables.delta_table(spark, loc).history().where(f"version = {incremental.versions[name]}").first()
+        assert merge.operationMetrics["numTargetRowsCopied"] == "0", name
+    loc = tables.location(cfg.tables_root, schema.TRAIN_EXAMPLES)
+    assert tables.active_files(spark, loc, incremental.versions[schema.TRAIN_EXAMPLES])
     full = features.run(spark, make_config(tmp_path / "lake", features=FEATURES))
     assert full.mode == "full"
     for name in (schema.USER_ITEM, schema.SEQUENCES, schema.USER_PROFILE, schema.TRAIN_EXAMPLES, schema.FEATURE_STATS):

@@ -122,6 +122,11 @@ def test_users_and_items_files_are_upserted(spark, tmp_path):
     ingest.run(spark, cfg)
     users = tables.read(spark, tables.location(cfg.tables_root, schema.USERS)).collect()
     assert [(u.user_id, u.age_band) for u in users] == [("u1", "35-44")]
+    # The same full feed again: no row changed, so nothing is written.
+    users_loc = tables.location(cfg.tables_root, schema.USERS)
+    before = tables.version(spark, users_loc)
+    assert ingest.run(spark, cfg).users_upserted == 1
+    assert tables.version(spark, users_loc) == before
     q = tables.read(spark, tables.location(cfg.tables_root, schema.QUARANTINE))
     assert q.where(F.col("reason") == "null or empty user_id").count() == 1
     assert q.where(F.col("reason") == "embedding: not a list of finite numbers").count() == 1
