@@ -187,7 +187,8 @@ def training_windows(seqs: DataFrame, max_len: int) -> DataFrame:
     )
 
 
-def profiles(events: DataFrame, users: DataFrame | None, item_content: DataFrame, n_categories: int) -> DataFrame:
+def profiles(events: DataFrame, users: DataFrame | None, item_content: DataFrame, n_categories: int,
+             training_cut: DataFrame | None = None) -> DataFrame:
     """User profile: declared attributes (indexed), activity counts, last activity and category shares.
 
     Output columns: user_idx, <attr>_idx for each declared attribute (0 when unknown), n_<type>
@@ -199,22 +200,29 @@ def profiles(events: DataFrame, users: DataFrame | None, item_content: DataFrame
     user's own rows only, never on the run's time, so a user without new events keeps the same
     profile. Users of `users` without events get zero activity and last_active_day NaN (unknown: the
     model reads it as the training mean).
+
+    training_cut (user_idx, cut_ts) adds train_profile_num: profile_num of the user's events before
+    cut_ts (all of them without a cut_ts; profile_num when none is before it), from the same pass
+    over the events.
     """
-    counts = [F.sum(F.when(F.col("event_type") == t, 1).otherwise(0)).alias(f"n_{t}") for t in schema.EVENT_TYPES]
-    act = events.groupBy("user_idx").agg(
-        *counts, F.count("*").alias("n_events"), F.countDistinct("item_idx").alias("n_items"),
-        (F.max("ts").cast("long") / 86400.0).alias("last_active_day"),
-        F.countDistinct(F.to_date("ts")).alias("active_days"),
-    )
-    by_cat = (events.join(item_content.select("item_idx", "category_idx"), "item_idx", "left")
-              .fillna(0, subset=["category_idx"])
-              .groupBy("user_idx", "category_idx").count())
+    ev = (events.join(item_content.select("item_idx", "category_idx"), "item_idx", "left")
+          .fillna(0, subset=["category_idx"]))
+    counted = {"": F.lit(True)}  # column prefix -> which events that profile counts
+    if training_cut is not None:
+        ev = ev.join(training_cut, "user_idx", "left")
+        counted["train_"] = F.col("cut_ts").isNull() | (F.col("ts") < F.col("cut_ts"))
+    act = ev.groupBy("user_idx").agg(*[c for p, keep in counted.items() for c in _activity(p, keep)])
     tot = Window.partitionBy("user_idx")
-    by_cat = by_cat.withColumn("share", F.col("count") / F.sum("count").over(tot))
-    shares = by_cat.groupBy("user_idx").agg(F.map_from_entries(F.collect_list(
-        F.struct(F.col("category_idx").cast("int"), F.col("share")))).alias("m"))
-    shares = shares.select("user_idx", F.expr(
-        f"transform(sequence(0, {n_categories}), i -> coalesce(m[i], 0D))").alias("category_shares"))
+    by_cat = ev.groupBy("user_idx", "category_idx").agg(
+        *[F.count(F.when(keep, 1)).alias(f"{p}count") for p, keep in counted.items()])
+    share = lambda p: F.col(f"{p}count") / F.sum(f"{p}count").over(tot)  # noqa: E731
+    by_cat = by_cat.select("user_idx", F.col("category_idx").cast("int").alias("category_idx"), *[
+        F.when(F.col(f"{p}count") > 0, share(p)).otherwise(0.0).alias(f"{p}share") for p in counted])
+    shares = by_cat.groupBy("user_idx").agg(*[
+        F.map_from_entries(F.collect_list(F.struct("category_idx", f"{p}share"))).alias(f"{p}m") for p in counted])
+    shares = shares.select("user_idx", *[F.expr(
+        f"transform(sequence(0, {n_categories}), i -> coalesce({p}m[i], 0D))").alias(f"{p}category_shares")
+        for p in counted])
     prof = act.join(shares, "user_idx", "left")
     attr_cols = [f"{c}_idx" for c in schema.USER_ATTRIBUTE_COLUMNS]
     if users is not None:
@@ -226,24 +234,44 @@ def profiles(events: DataFrame, users: DataFrame | None, item_content: DataFrame
     prof = (prof.fillna(0, subset=attr_cols + [f"n_{t}" for t in schema.EVENT_TYPES]
                         + ["n_events", "n_items", "active_days"])
             .withColumn("category_shares", F.coalesce("category_shares", zero_shares)))
-    nums = [F.log1p(F.col(f"n_{t}").cast("double")) for t in schema.EVENT_TYPES]
-    nums += [F.log1p("n_events"), F.log1p("n_items"), F.coalesce("last_active_day", F.lit(float("nan"))),
-             F.log1p("active_days")]
-    return prof.select(
-        "*",
-        F.array(*[F.col(c).cast("int") for c in attr_cols]).alias("profile_cat"),
-        F.concat(F.array(*nums), F.col("category_shares")).cast("array<float>").alias("profile_num"),
-    )
+    out = [F.array(*[F.col(c).cast("int") for c in attr_cols]).alias("profile_cat"),
+           _profile_num("").alias("profile_num")]
+    if training_cut is not None:
+        out.append(F.when(F.col("train_n_events") > 0, _profile_num("train_"))
+                   .otherwise(_profile_num("")).alias("train_profile_num"))
+    extra = [f"{p}{c}" for p in counted if p for c in _ACTIVITY + ("category_shares",)]
+    return prof.select("*", *out).drop(*extra)
 
 
-def training_cut_events(events: DataFrame, seqs: DataFrame) -> DataFrame:
-    """The events a user's profile may see in training and evaluation: those before the user's
-    validation target (all events for users without held-out targets). Profiles built from all
-    events would leak the validation and test items into the features of the model under test."""
-    cut = seqs.where(F.col("valid_target").isNotNull()).select(
+_ACTIVITY = tuple(f"n_{t}" for t in schema.EVENT_TYPES) + ("n_events", "n_items", "last_active_day", "active_days")
+
+
+def _activity(prefix: str, keep) -> list:
+    """The activity aggregates (_ACTIVITY, prefixed) over a user's events where `keep` holds."""
+    only = lambda c: F.when(keep, c)  # noqa: E731 (null rows are left out of every aggregate)
+    return ([F.count(only(F.when(F.col("event_type") == t, 1))).alias(f"{prefix}n_{t}") for t in schema.EVENT_TYPES]
+            + [F.count(only(F.lit(1))).alias(f"{prefix}n_events"),
+               F.size(F.collect_set(only(F.col("item_idx")))).cast("long").alias(f"{prefix}n_items"),
+               (F.max(only(F.col("ts"))).cast("long") / 86400.0).alias(f"{prefix}last_active_day"),
+               F.size(F.collect_set(only(F.to_date("ts")))).cast("long").alias(f"{prefix}active_days")])
+
+
+def _profile_num(prefix: str):
+    """profile_num: log1p counts, last active day (NaN when unknown) and category shares."""
+    col = lambda c: F.col(prefix + c)  # noqa: E731
+    nums = [F.log1p(col(f"n_{t}").cast("double")) for t in schema.EVENT_TYPES]
+    nums += [F.log1p(col("n_events")), F.log1p(col("n_items")), F.coalesce(col("last_active_day"), F.lit(float("nan"))),
+             F.log1p(col("active_days"))]
+    return F.concat(F.array(*nums), col("category_shares")).cast("array<float>")
+
+
+def training_cut(seqs: DataFrame) -> DataFrame:
+    """(user_idx, cut_ts): the time of each user's validation target. A user's profile in training
+    and evaluation sees only the events before it (all events for users without held-out targets):
+    profiles built from all events would leak the validation and test items into the features of
+    the model under test."""
+    return seqs.where(F.col("valid_target").isNotNull()).select(
         "user_idx", F.element_at("item_ts", F.size("train_items") + 1).alias("cut_ts"))
-    return (events.join(cut, "user_idx", "left")
-            .where(F.col("cut_ts").isNull() | (F.col("ts") < F.col("cut_ts"))).drop("cut_ts"))
 
 
 def array_stats(df: DataFrame, col: str, width: int) -> tuple[list[float], list[float]]:
@@ -628,10 +656,7 @@ def _profiles(ev: DataFrame, users: Optional[DataFrame], content: DataFrame, seq
               n_categories: int) -> DataFrame:
     """Serving profile from every event; training/evaluation profile (train_profile_num) from the
     events before each user's held-out targets (no leak of the items the model is evaluated on)."""
-    serving = profiles(ev, users, content, n_categories)
-    cut = profiles(training_cut_events(ev, seqs), None, content, n_categories)
-    prof = serving.join(cut.select("user_idx", F.col("profile_num").alias("train_profile_num")), "user_idx", "left")
-    return prof.withColumn("train_profile_num", F.coalesce("train_profile_num", "profile_num"))
+    return profiles(ev, users, content, n_categories, training_cut(seqs))
 
 
 def _feature_stats(spark: SparkSession, content_stats: dict, prof: DataFrame, seqs: DataFrame,

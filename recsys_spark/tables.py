@@ -274,7 +274,8 @@ def commit_metadata(spark: SparkSession, location: str, at_version: int) -> dict
 
 def _enable(spark: SparkSession, location: str, prop: str) -> None:
     """Set a boolean Delta table property to true (a no-op when it already is)."""
-    props = delta_table(spark, location).detail().select("properties").first()[0] or {}
+    # SHOW TBLPROPERTIES reads the table's metadata only; DESCRIBE DETAIL also sizes its files.
+    props = {r.key: r.value for r in spark.sql(f"SHOW TBLPROPERTIES {sql_name(location)}").collect()}
     if props.get(prop, "false").lower() != "true":
         spark.sql(f"ALTER TABLE {sql_name(location)} SET TBLPROPERTIES ({prop} = true)")
 
