@@ -67,11 +67,13 @@ def extend_attribute_index(spark: SparkSession, df: DataFrame, columns: list[str
     """Persistent index of categorical values: (attribute, value, idx), idx from 1 per attribute
     (one table per attribute, gold/attribute_index/<attribute>)."""
     locations = {col: tables.location(root, f"{schema.ATTRIBUTE_INDEX}/{col}") for col in columns}
-    keys = {col: df.select(F.concat_ws("\u0001", F.lit(col), F.col(col).cast("string")).alias("key"))
-            .where(F.col(col).isNotNull()) for col in columns}
+    # Every (attribute, value) as one key column, from one scan of df.
+    every = df.select(F.explode(F.array(*[
+        F.when(F.col(col).isNotNull(), F.concat_ws("\u0001", F.lit(col), F.col(col).cast("string")))
+        for col in columns])).alias("key")).where(F.col("key").isNotNull())
+    keys = {col: every.where(F.col("key").startswith(col + "\u0001")) for col in columns}
     known = [tables.read(spark, loc).select("key") for loc in locations.values() if tables.exists(spark, loc)]
     # One query finds the attributes with values not numbered yet (usually none).
-    every = functools.reduce(DataFrame.unionByName, keys.values())
     unseen = every.join(functools.reduce(DataFrame.unionByName, known), "key", "left_anti") if known else every
     fresh = {r.attribute for r in unseen.select(F.split("key", "\u0001").getItem(0).alias("attribute"))
              .distinct().collect()}
