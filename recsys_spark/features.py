@@ -754,8 +754,9 @@ def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
     for name in (schema.USER_INDEX, schema.ITEM_INDEX):
         written[name] = tables.version(spark, tables.location(root, name))
     tables.record_feature_set(spark, root, run_id, written)
-    rebuilt = plan.changed.count() if plan.changed is not None else idx.user.count()
-    report = FeaturesReport(written, idx.user.count(), idx.item.count(), train.count(), max_len, plan.mode,
+    n_users = idx.user.count()
+    rebuilt = plan.changed.count() if plan.changed is not None else n_users
+    report = FeaturesReport(written, n_users, idx.item.count(), train.count(), max_len, plan.mode,
                             plan.reason, rebuilt)
     plan.release()
     logger.info(report.summary())
