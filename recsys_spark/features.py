@@ -251,7 +251,7 @@ _ACTIVITY = tuple(f"n_{t}" for t in schema.EVENT_TYPES) + ("n_events", "n_items"
 def _activity(prefix: str, keep) -> list:
     """The activity aggregates (_ACTIVITY, prefixed) over a user's events where `keep` holds."""
     only = lambda c: F.when(keep, c)  # noqa: E731 (null rows are left out of every aggregate)
-    return ([F.count(only(F.when(F.col("event_type") == t, 1))).alias(f"{prefix}n_{t}") for t in schema.EVENT_TYPES]
+    return ([F.count(F.when(keep & (F.col("event_type") == t), 1)).alias(f"{prefix}n_{t}") for t in schema.EVENT_TYPES]
             + [F.count(only(F.lit(1))).alias(f"{prefix}n_events"),
                F.size(F.collect_set(only(F.col("item_idx")))).cast("long").alias(f"{prefix}n_items"),
                (F.max(only(F.col("ts"))).cast("long") / 86400.0).alias(f"{prefix}last_active_day"),
@@ -654,13 +654,6 @@ class Writer:
         return tables.read(self.spark, loc, self.versions[name])
 
 
-def _profiles(ev: DataFrame, users: Optional[DataFrame], content: DataFrame, seqs: DataFrame,
-              n_categories: int) -> DataFrame:
-    """Serving profile from every event; training/evaluation profile (train_profile_num) from the
-    events before each user's held-out targets (no leak of the items the model is evaluated on)."""
-    return profiles(ev, users, content, n_categories, training_cut(seqs))
-
-
 def _feature_stats(spark: SparkSession, content_stats: dict, prof: DataFrame, seqs: DataFrame,
                    fc: FeaturesConfig) -> tuple[DataFrame, int]:
     """gold/feature_stats rows (content statistics, the training profiles' moments, the history
@@ -744,7 +737,9 @@ def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
     # incremental scoring and the next incremental features run read the change feed from there.
     seqs = out.put(schema.SEQUENCES, split(sequences(ev, fc), fc).join(idx.user, "user_idx"), plan, ["user_idx"],
                    metadata={"events_version": inp.events_version, "settings": settings_digest(fc)})
-    prof = out.put(schema.USER_PROFILE, _profiles(ev, users, content, seqs, n_categories), plan, ["user_idx"])
+    # Serving profiles from every event; training ones from the events before the held-out targets.
+    prof = out.put(schema.USER_PROFILE, profiles(ev, users, content, n_categories, training_cut(seqs)), plan,
+                   ["user_idx"])
     ev.unpersist()
     stats, p80 = _feature_stats(spark, content_stats, prof, seqs, fc)
     out.write(schema.FEATURE_STATS, stats)
