@@ -219,10 +219,18 @@ class TrainConfig:
     seed: int = 42
     # Torch intra-op threads per rank (ranks share the executor's cores).
     threads_per_rank: int = 1
-    # Early stopping: rank 0 ranks a sample of validation users (training history -> validation
-    # item, full ranking, history removed) every eval_every epochs and keeps the best weights;
-    # training stops after `patience` evaluations without improvement. valid_users 0 disables it.
-    valid_users: int = 2000
+    # A CPU rank asks glibc to keep freed memory for reuse: a step allocates and frees logits of
+    # hundreds of MB, which glibc otherwise maps afresh each time for the kernel to zero-fill page by
+    # page. Beauty's epochs ran 1.28x faster, and each rank's peak resident memory rose from 2.6 GB
+    # to 3.3-4.2 GB (docs/benchmarks.md, "Memory the ranks keep").
+    keep_freed_memory: bool = True
+    # Early stopping: the ranks together rank up to valid_users validation users (training history
+    # -> validation item, full ranking, history removed) every eval_every epochs and keep the best
+    # weights; training stops after `patience` evaluations without improvement. valid_users 0
+    # disables it. The cap bounds what the driver collects and each rank holds; below it every
+    # validation user counts, because on 2,000 users a noise spike could end training early
+    # (docs/benchmarks.md, "Which epoch is kept").
+    valid_users: int = 20000
     eval_every: int = 1
     patience: int = 3
     # ... but never before this many optimizer steps: on a small dataset an epoch is a handful of

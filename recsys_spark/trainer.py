@@ -11,6 +11,7 @@ budget for every rank, saves the resume state after every epoch and writes the c
 """
 from __future__ import annotations
 
+import ctypes
 import itertools
 import json
 import math
@@ -36,7 +37,7 @@ TRAIN_COLUMNS = ["user_idx", "window", "input", "target", "profile_cat", "profil
 
 
 # Train settings that do not change what a run computes: a rerun that differs only in them resumes.
-RESUME_NEUTRAL = ("resume", "progress_every_s", "retrain_every")
+RESUME_NEUTRAL = ("resume", "progress_every_s", "retrain_every", "keep_freed_memory")
 
 
 @dataclass
@@ -229,6 +230,8 @@ def validate(model, valid: dict, k: int = 10, batch: int = 512, device: str = "c
 
 def validation_ndcgs(model, valid: dict, k: int = 10, batch: int = 512, device: str = "cpu") -> np.ndarray:
     """Each validation user's NDCG@k (see validate)."""
+    if not len(valid["target"]):
+        return np.zeros(0)
     model.eval()
     tops = []
     with torch.no_grad():
@@ -240,6 +243,17 @@ def validation_ndcgs(model, valid: dict, k: int = 10, batch: int = 512, device: 
             tops.append(topk_excluding(users, items, valid["seen"][sl], k)[0])
     model.train()
     return ndcg_per_user(np.concatenate(tops), valid["target"], k)
+
+
+def sharded_validation_ndcgs(model, valid: dict, ranks, device: str = "cpu") -> np.ndarray:
+    """validation_ndcgs with the users split across the ranks (user i on rank i % size), every
+    user's figure gathered on every rank in the sample's order: all ranks wait for the decision
+    anyway, so together they rank a sample `size` times as large in the same time."""
+    part = validation_ndcgs(model, {key: rows[ranks.rank::ranks.size] for key, rows in valid.items()}, device=device)
+    out = np.empty(len(valid["target"]))
+    for rank, ndcgs in enumerate(ranks.gather(part)):
+        out[rank::ranks.size] = ndcgs
+    return out
 
 
 def interval_halfwidth(values: np.ndarray) -> Optional[float]:
@@ -304,9 +318,23 @@ class EarlyStopping:
         self.best_state, self.bad_evals = state["best_state"], state["bad_evals"]
 
 
+def keep_freed_memory() -> bool:
+    """Have glibc serve every allocation from its heap and never hand freed memory back, so the
+    next step reuses pages already touched (TrainConfig.keep_freed_memory says why). False where
+    the C library is not glibc: nothing changes there."""
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
+    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2 ** 31 - 1))
+
+
 def _rank_setup(job: TrainJob, size: int, device: str):
     """(model on the device, optimizer, peak lr): the seeded initial state, identical on every rank."""
     tc = job.train_config
+    if tc.keep_freed_memory and device == "cpu":
+        keep_freed_memory()
     torch.set_num_threads(tc.threads_per_rank)
     torch.manual_seed(tc.seed)
     np.random.seed(tc.seed)
@@ -374,12 +402,13 @@ def _epoch_schedule(job: TrainJob, epoch: int, plan: int, peak_lr: float, is_roo
     return progress, lr_at
 
 
-def _root_decision(job: TrainJob, model, entry: dict, state: RunState, started: float, device: str) -> int:
-    """Rank 0: validate when due, re-plan under a time budget; 0 go on, 1 no validation gain, 2 time budget."""
+def _root_decision(job: TrainJob, model, entry: dict, state: RunState, started: float,
+                   per_user: Optional[np.ndarray]) -> int:
+    """Rank 0: record the validation (each validation user's NDCG@10, None when not due), re-plan
+    under a time budget; 0 go on, 1 no validation gain, 2 time budget."""
     tc, epoch = job.train_config, entry["epoch"]
     stop = 0
-    if job.valid is not None and epoch % tc.eval_every == 0:
-        per_user = validation_ndcgs(model, job.valid, device=device)
+    if per_user is not None:
         entry["valid_ndcg@10"], entry["valid_ndcg@10_halfwidth"] = float(per_user.mean()), interval_halfwidth(per_user)
         state.valid_ndcgs[epoch] = per_user.astype(np.float32)
         stop = int(state.stopper.update(model, entry["valid_ndcg@10"], epoch, epoch * job.steps_per_epoch))
@@ -423,8 +452,10 @@ def worker(job: TrainJob) -> dict:
         entry = {"epoch": state.epoch, "loss": ranks.mean(loss, name="epoch_loss"),
                  "seconds": round(time.time() - t0, 3),
                  "lr": round(float(opt.param_groups[0]["lr"]), 7)}  # of the epoch's last step
+        per_user = (sharded_validation_ndcgs(model, job.valid, ranks, ranks.device)
+                    if job.valid is not None and state.epoch % tc.eval_every == 0 else None)
         if is_root:
-            stop = _root_decision(job, model, entry, state, started, ranks.device)
+            stop = _root_decision(job, model, entry, state, started, per_user)
         # One broadcast carries rank 0's decisions, so every rank follows the same schedule.
         stop, state.plan = ranks.broadcast_ints([stop, state.plan], name=f"stop_{state.epoch}")
         state.history.append(entry)

@@ -91,6 +91,72 @@ def test_ranks_read_disjoint_shards_covering_the_table(spark, train_files, launc
     assert sorted(a | b) == [(u, 0) for u in range(300)]
 
 
+def _validation_case():
+    """A seeded small model and 37 validation users (an odd count: the ranks get unequal shares)."""
+    import torch
+
+    from recsys_spark.model import AttentionRecommender
+
+    torch.manual_seed(0)
+    model = AttentionRecommender(ModelConfig(n_items=60, max_len=10, d_model=16, n_heads=2, n_layers=1))
+    rng = np.random.default_rng(0)
+    n = 37
+    valid = {"target": rng.integers(1, 60, n), "seen": [rng.integers(1, 60, rng.integers(1, 12)) for _ in range(n)],
+             "profile_cat": np.zeros((n, 1), dtype=np.int64), "profile_num": np.zeros((n, 0), dtype=np.float32)}
+    return model, valid
+
+
+def sharded_ndcgs(launcher):
+    """Rank function: the validation users ranked by all ranks together, as every rank sees them."""
+    from recsys_spark import ranks as ranks_mod
+    from recsys_spark.trainer import sharded_validation_ndcgs
+
+    ranks = ranks_mod.connect(launcher)
+    model, valid = _validation_case()
+    ndcgs = sharded_validation_ndcgs(model, valid, ranks)
+    by_rank, rank = ranks.gather(ndcgs.tolist()), ranks.rank
+    ranks.close()
+    return {"rank": rank, "ndcgs_by_rank": by_rank}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_ranks_share_the_validation_users_and_each_gets_every_users_figure_in_order(spark, launcher):
+    from recsys_spark.trainer import validation_ndcgs
+
+    model, valid = _validation_case()
+    alone = validation_ndcgs(model, valid)
+    assert 0 < alone.mean() < 1  # some users are found, some are not: the order matters
+    for ndcgs in launch(launcher, 2, sharded_ndcgs, launcher)["ndcgs_by_rank"]:
+        np.testing.assert_allclose(ndcgs, alone, rtol=0, atol=1e-12)
+
+
+_REUSE_PROBE = """
+import resource, sys
+import torch
+from recsys_spark.trainer import keep_freed_memory
+kept = keep_freed_memory() if sys.argv[1] == "keep" else None
+for step in range(4):  # a 200 MB tensor allocated, every page touched, freed: as a step's logits
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    torch.ones(50_000_000).sum()
+print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+def test_a_cpu_rank_reuses_freed_memory_instead_of_faulting_in_fresh_pages():
+    """A step-sized allocation after a few steps: fresh pages every time by default (about 49,000
+    page faults for 200 MB), the pages of earlier steps when the rank keeps freed memory."""
+    import subprocess
+
+    def last_step_faults(mode):
+        out = subprocess.run([sys.executable, "-c", _REUSE_PROBE, mode], capture_output=True, text=True, check=True)
+        kept, n = out.stdout.split()
+        return kept, int(n)
+
+    assert last_step_faults("default")[1] > 40_000
+    kept, n = last_step_faults("keep")
+    assert kept == "True" and n < 1_000
+
+
 def test_early_stopping_waits_for_patience_and_min_steps():
     from recsys_spark.trainer import patience_spent
 
