@@ -229,7 +229,7 @@ class TrainConfig:
     # weights; training stops after `patience` evaluations without improvement. valid_users 0
     # disables it. The cap bounds what the driver collects and each rank holds; below it every
     # validation user counts, because on 2,000 users a noise spike could end training early
-    # (docs/benchmarks.md, "Which epoch is kept").
+    # (docs/benchmarks.md, "Model selection on (nearly) every validation user").
     valid_users: int = 20000
     eval_every: int = 1
     patience: int = 3
