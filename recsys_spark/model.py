@@ -199,7 +199,9 @@ class SequenceEncoder(nn.Module):
         """(length, d) embeddings of the last `length` positions (sequences are left-padded)."""
         return self.pos_emb(torch.arange(self.max_len - length, self.max_len, device=device))
 
-    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pad: torch.Tensor, rows: Optional[list] = None) -> torch.Tensor:
+        """(B, T, d) states, or with `rows` (positions) only those (B, len(rows), d): the last layer
+        is then computed at those positions alone, as no other position's output feeds anything."""
         B, T = pad.shape
         x = self.drop(x) * (~pad).unsqueeze(-1)
         # Causal attention that also ignores padded keys; a padded position attends to itself only,
@@ -208,7 +210,22 @@ class SequenceEncoder(nn.Module):
         allowed = causal.unsqueeze(0) & ~pad.unsqueeze(1)
         allowed = allowed | torch.eye(T, dtype=torch.bool, device=x.device).unsqueeze(0)
         mask = torch.zeros(B, T, T, device=x.device).masked_fill(~allowed, float("-inf"))
-        return self.norm(self.encoder(x, mask=mask.repeat_interleave(self.n_heads, dim=0)))
+        mask = mask.repeat_interleave(self.n_heads, dim=0)
+        if rows is None:
+            return self.norm(self.encoder(x, mask=mask))
+        *below, last = self.encoder.layers
+        for layer in below:
+            x = layer(x, src_mask=mask)
+        return self.norm(_layer_at_rows(last, x, mask, rows))
+
+
+def _layer_at_rows(layer: nn.TransformerEncoderLayer, x: torch.Tensor, mask: torch.Tensor, rows: list) -> torch.Tensor:
+    """A pre-norm encoder layer's output at `rows` only: those positions query every key."""
+    q = x[:, rows]
+    kv = layer.norm1(x)
+    attended = layer.self_attn(layer.norm1(q), kv, kv, attn_mask=mask[:, rows], need_weights=False)[0]
+    q = q + layer.dropout1(attended)
+    return q + layer.dropout2(layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(q))))))
 
 
 class ProfileEncoder(nn.Module):
@@ -368,9 +385,11 @@ class AttentionRecommender(nn.Module):
         return self.items(feats, id_keep)
 
     def encode(self, seq: torch.Tensor, profile_cat: Optional[torch.Tensor] = None,
-               profile_num: Optional[torch.Tensor] = None, items: Optional[torch.Tensor] = None) -> torch.Tensor:
+               profile_num: Optional[torch.Tensor] = None, items: Optional[torch.Tensor] = None,
+               ends_only: bool = False) -> torch.Tensor:
         """seq (B, L) left-padded item ids -> hidden states (B, L + t, d), t = 1 when the profile
-        token is used (it comes first), else 0. Position t + j sees items <= j (and the token)."""
+        token is used (it comes first), else 0. Position t + j sees items <= j (and the token).
+        ends_only: just the first and the last state (B, 2, d), computed for less."""
         B, L = seq.shape
         if L > self.cfg.max_len:
             seq = seq[:, -self.cfg.max_len:]
@@ -379,12 +398,16 @@ class AttentionRecommender(nn.Module):
         items = self.item_vectors() if items is None else items
         scale = self.cfg.d_model ** 0.5
         x = F.embedding(seq, items) * scale + self.sequence.positions(L, seq.device)
-        if self.profile is not None and profile_cat is not None:
+        token = self.profile is not None and profile_cat is not None
+        if token:
             x = torch.cat([self.profile(profile_cat).unsqueeze(1) * scale, x], dim=1)
             pad = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=seq.device), pad], dim=1)
-        h = self.sequence(x, pad)
+        rows = [0, x.shape[1] - 1] if ends_only else None
+        h = self.sequence(x, pad, rows)
+        if rows is not None:
+            pad = pad[:, rows]
         if self.behaviour is not None and profile_num is not None:
-            t = h.shape[1] - L
+            t = int(token)  # the gate acts on item positions, not on the profile token
             h = torch.cat([h[:, :t], self.behaviour(h[:, t:], profile_num)], dim=1)
         return h * (~pad).unsqueeze(-1)
 
@@ -434,9 +457,9 @@ class AttentionRecommender(nn.Module):
                      items: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, d): the representation at the last item position; for an empty history, the profile
         token's output (zeros when the model has no profile token)."""
-        h = self.encode(seq, profile_cat, profile_num, items)
+        h = self.encode(seq, profile_cat, profile_num, items, ends_only=True)
         last = h[:, -1]
-        if h.shape[1] > seq.shape[1]:
+        if self.profile is not None and profile_cat is not None:
             last = torch.where((seq[:, -1] > 0).unsqueeze(1), last, h[:, 0])
         return last
 

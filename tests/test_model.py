@@ -8,9 +8,9 @@ from recsys_spark.model import AttentionRecommender, ModelConfig, pad_left
 
 
 def _model(**kw):
-    kw = {"use_behaviour": True, "item_id_dropout": 0.0, **kw}
+    kw = {"use_behaviour": True, "item_id_dropout": 0.0, "n_layers": 2, **kw}
     torch.manual_seed(0)
-    cfg = ModelConfig(n_items=30, max_len=8, d_model=16, n_heads=2, n_layers=2, dropout=0.0,
+    cfg = ModelConfig(n_items=30, max_len=8, d_model=16, n_heads=2, dropout=0.0,
                       n_categories=4, attr_cardinalities=[3, 3, 3], n_profile_num=5, **kw)
     return AttentionRecommender(cfg, torch.arange(30) % 4)
 
@@ -120,6 +120,22 @@ def test_dropping_all_padding_columns_leaves_user_vectors_unchanged():
     pc, pn = torch.tensor([[1, 2, 1], [2, 1, 1]]), torch.rand(2, 5)
     full = m.user_vectors(seq, pc, pn)
     assert torch.allclose(m.user_vectors(seq[:, 5:], pc, pn), full, atol=1e-6)
+
+
+@pytest.mark.parametrize("kw", [{}, {"use_profile": False}, {"use_behaviour": False, "n_layers": 1},
+                                {"n_layers": 3}])
+def test_user_vectors_equal_the_full_encoders_state_at_the_newest_item(kw):
+    # user_vectors computes the last layer at the two ends only; every state it returns must be the
+    # one the whole encoder computes there (the profile token's for an empty history).
+    m = _model(**kw).eval()
+    seq = torch.tensor([[0, 0, 0, 3, 4, 5, 6, 7], [0, 0, 0, 0, 0, 0, 9, 2], [0] * 8, [1, 2, 3, 4, 5, 6, 7, 8]])
+    pc, pn = torch.tensor([[1, 2, 1], [2, 1, 1], [1, 1, 2], [0, 0, 0]]), torch.rand(4, 5)
+    with torch.no_grad():
+        h = m.encode(seq, pc, pn)
+    expected = h[:, -1].clone()
+    if m.profile is not None:
+        expected[2] = h[2, 0]
+    assert torch.allclose(m.user_vectors(seq, pc, pn), expected, atol=1e-5)
 
 
 def test_pad_left_keeps_newest_items():
