@@ -55,19 +55,23 @@ def popularity_topk(users: DataFrame, popularity: np.ndarray, k: int) -> DataFra
 
 def fallback_lists(users: DataFrame, depth: int = FALLBACK_DEPTH, min_users: int = 20) -> tuple[np.ndarray, dict]:
     """(global, {segment: items}) popularity rankings, most popular first (ties by item index), from
-    users' histories (user_idx, input, profile_cat). A segment (one combination of declared
-    attributes, keyed as ranking.segment_key) needs min_users users with history, else its users
-    get the global list."""
+    users' histories (user_idx, input, profile_cat; one row per user). An item's popularity is the
+    number of users who have it. A segment (one combination of declared attributes, keyed as
+    ranking.segment_key) needs min_users users with history, else its users get the global list."""
     w = Window.partitionBy("seg").orderBy(F.desc("n"), "item")
     seg = F.concat_ws(",", F.transform("profile_cat", lambda x: x.cast("string")))
-    ex = users.where(F.size("input") > 0).select(seg.alias("seg"), "user_idx", F.explode("input").alias("item"))
-    sizes = ex.groupBy("seg").agg(F.countDistinct("user_idx").alias("u")).where(F.col("u") >= min_users)
-    counts = ex.groupBy("seg", "item").agg(F.countDistinct("user_idx").alias("n"))
+    active = users.where(F.size("input") > 0).select(seg.alias("seg"), "input")
+    # An item once per user: the counts are numbers of users, in one pass over the histories. Each
+    # user is in one segment, so an item's global count is the sum of its segment counts.
+    counts = (active.select("seg", F.explode(F.array_distinct("input")).alias("item"))
+              .groupBy("seg", "item").agg(F.count("*").alias("n")).persist())
+    sizes = active.groupBy("seg").count().where(F.col("count") >= min_users)
     top = (counts.join(sizes, "seg", "left_semi").withColumn("r", F.row_number().over(w)).where(F.col("r") <= depth)
            .groupBy("seg").agg(F.array_sort(F.collect_list(F.struct("r", "item"))).alias("l")).collect())
     segments = {r.seg: np.array([x.item for x in r.l], dtype=np.int64) for r in top}
-    glob = (ex.groupBy("item").agg(F.countDistinct("user_idx").alias("n")).orderBy(F.desc("n"), "item")
+    glob = (counts.groupBy("item").agg(F.sum("n").alias("n")).orderBy(F.desc("n"), "item")
             .limit(depth).collect())
+    counts.unpersist()
     return np.array([r.item for r in glob], dtype=np.int64), segments
 
 

@@ -92,6 +92,11 @@ class Scope:
     reason: str
     users: DataFrame
     carried: Optional[DataFrame] = None
+    cached: tuple = ()
+
+    def release(self) -> None:
+        for df in self.cached:
+            df.unpersist()
 
 
 def pin_inputs(spark: SparkSession, root: str) -> tuple[dict, Optional[int]]:
@@ -215,9 +220,12 @@ def _scope(spark: SparkSession, root: str, users: DataFrame, last: Optional[dict
     previous = previous.withColumn("propensity", F.coalesce(
         F.col("propensity") if "propensity" in previous.columns else F.lit(None), F.lit(1.0)).cast("float"))
     unserved = users.select("user_id").join(previous.select("user_id"), "user_id", "left_anti")
-    rescore = changed.unionByName(unserved).distinct()
+    # Materialised, so the planner knows its size and broadcasts it when small (the usual night)
+    # instead of shuffling the last run's million rows to join them.
+    rescore = changed.unionByName(unserved).distinct().persist()
+    rescore.count()
     return Scope(mode, reason, users.join(rescore, "user_id", "left_semi"),
-                 previous.join(rescore, "user_id", "left_anti").drop("model_run_id", "run_date"))
+                 previous.join(rescore, "user_id", "left_anti").drop("model_run_id", "run_date"), (changed, rescore))
 
 
 def _staged(scored: DataFrame, carried: Optional[DataFrame], run_id: str, run_date: date) -> DataFrame:
@@ -310,6 +318,7 @@ def run(spark: SparkSession, cfg: Config) -> dict:
         bandit.log_exposures(lists, tables.location(root, schema.BANDIT_EXPOSURES), run_date, run_id)
         lists.unpersist()
     staged.unpersist()
+    scope.release()
     users.unpersist()
     elapsed = time.time() - t0
     _record_run(spark, root, run_date, run_id, scope, rules, events_version, versions, elig_version, version,

@@ -19,8 +19,10 @@ def test_encode_users_drops_shared_padding_and_reads_missing_profiles_as_unknown
 
 def test_fallback_lists_rank_by_segment_with_global_backoff(spark):
     # Segment "1,1": 20 users who all have item 5, some item 6; segment "2,2" has too few users.
+    # Popularity counts users: 3 users have item 7, 2 users item 8 (three times each).
     rows = [(u, [5, 6] if u % 2 else [5], [1, 1]) for u in range(20)]
-    rows += [(100 + u, [7, 8], [2, 2]) for u in range(3)] + [(200, [], [1, 1])]
+    rows += [(100 + u, [7], [2, 2]) for u in range(3)] + [(110 + u, [8, 8, 8], [2, 2]) for u in range(2)]
+    rows += [(200, [], [1, 1])]
     users = spark.createDataFrame(rows, "user_idx long, input array<int>, profile_cat array<int>")
     popular, segments = fallback_lists(users, depth=10, min_users=20)
     assert list(segments) == ["1,1"] and segments["1,1"].tolist() == [5, 6]
