@@ -87,7 +87,8 @@ def _choose_mode(cfg: Config, last: Optional[dict], model_run_id: str, rules: st
 
 @dataclass
 class Scope:
-    """Which users this run scores, and the rows it carries forward from the last run."""
+    """Which users this run scores, the rows it carries forward from the last run, and what it
+    cached to find them (`release` frees it once the run is written)."""
     mode: str
     reason: str
     users: DataFrame
