@@ -695,8 +695,8 @@ def _put_training_examples(spark: SparkSession, out: Writer, plan: Plan, seqs: D
         if built != max_len:
             plan = Plan(FULL, f"the training window length moved ({built} -> {max_len})")
             logger.info(f"features: rebuilding every training example: {plan.reason}")
-    return out.put(schema.TRAIN_EXAMPLES, _training_examples(plan.scope(seqs), prof, content, fc, max_len), plan,
-                   ["user_idx", "window"], metadata={"max_len": max_len})
+    return out.put(schema.TRAIN_EXAMPLES, _training_examples(plan.scope(seqs), plan.scope(prof), content, fc, max_len),
+                   plan, ["user_idx", "window"], metadata={"max_len": max_len})
 
 
 def _item_content(spark: SparkSession, cfg: Config, inp: Inputs, idx: Indexes, plan: Plan,
@@ -738,8 +738,8 @@ def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
     seqs = out.put(schema.SEQUENCES, split(sequences(ev, fc), fc).join(idx.user, "user_idx"), plan, ["user_idx"],
                    metadata={"events_version": inp.events_version, "settings": settings_digest(fc)})
     # Serving profiles from every event; training ones from the events before the held-out targets.
-    prof = out.put(schema.USER_PROFILE, profiles(ev, users, content, n_categories, training_cut(seqs)), plan,
-                   ["user_idx"])
+    prof = out.put(schema.USER_PROFILE, profiles(ev, users, content, n_categories, training_cut(plan.scope(seqs))),
+                   plan, ["user_idx"])
     ev.unpersist()
     stats, p80 = _feature_stats(spark, content_stats, prof, seqs, fc)
     out.write(schema.FEATURE_STATS, stats)

@@ -365,11 +365,31 @@ def replace_rows(spark: SparkSession, df: DataFrame, location: str, keys: list[s
             spark.conf.unset(conf_key)
 
 
+# replace_groups names up to this many groups in its predicate. Delta stores the predicate in the
+# commit, so a longer list would bloat the table's log; more groups go through a MERGE.
+MAX_LISTED_GROUPS = 20_000
+
+
 def replace_groups(spark: SparkSession, df: DataFrame, location: str, group: str, keys: list[str],
-                   groups: DataFrame, metadata: Optional[dict] = None) -> None:
-    """Make the rows of every group listed in `groups` (a one-column DataFrame of `group` values, a
-    user for instance) exactly df's rows of that group, in one MERGE by keys: rows of those groups
-    that df no longer has are deleted, the others updated or inserted; other groups are untouched."""
+                   groups: DataFrame, metadata: Optional[dict] = None, max_listed: int = MAX_LISTED_GROUPS) -> None:
+    """Make the rows of every group listed in `groups` (a one-column DataFrame of integer `group`
+    values, users for instance) exactly df's rows, atomically; other groups are untouched. df holds
+    rows of those groups only.
+
+    Up to max_listed groups: one overwrite whose replaceWhere predicate lists them (deleting their
+    rows, with deletion vectors where the table has them, and appending df's): cheaper than a
+    MERGE, which joins df with the whole table to find the rows to change. More groups: one MERGE
+    by keys."""
+    listed = [int(r[0]) for r in groups.limit(max_listed + 1).collect()]
+    if not listed:  # nothing to replace; Delta would not commit an empty write either
+        return
+    if len(listed) <= max_listed:
+        predicate = f"`{group}` IN ({', '.join(map(str, sorted(listed)))})"
+        writer = df.write.format("delta").mode("overwrite").option("replaceWhere", predicate)
+        if metadata is not None:
+            writer = writer.option("userMetadata", json.dumps(metadata, sort_keys=True))
+        _save(spark, writer, location)
+        return
     current = read(spark, location).join(groups, group, "left_semi").select(*keys)
     gone = current.join(df.select(*keys), keys, "left_anti")
     keep = "_keep_row"
