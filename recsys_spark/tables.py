@@ -365,9 +365,10 @@ def replace_rows(spark: SparkSession, df: DataFrame, location: str, keys: list[s
             spark.conf.unset(conf_key)
 
 
-# replace_groups names up to this many groups in its predicate. Delta stores the predicate in the
-# commit, so a longer list would bloat the table's log; more groups go through a MERGE.
-MAX_LISTED_GROUPS = 20_000
+# replace_groups names up to this many groups in its predicate; more go through a MERGE. A long
+# list costs more than the MERGE's join (even at about 4,000 users; 2x the MERGE's time at 19,000:
+# docs/scoring.md), and Delta stores the predicate in each commit.
+MAX_LISTED_GROUPS = 2_000
 
 
 def replace_groups(spark: SparkSession, df: DataFrame, location: str, group: str, keys: list[str],
