@@ -366,8 +366,8 @@ def replace_rows(spark: SparkSession, df: DataFrame, location: str, keys: list[s
 
 
 # replace_groups names up to this many groups in its predicate; more go through a MERGE. A long
-# list costs more than the MERGE's join (even at about 4,000 users; 2x the MERGE's time at 19,000:
-# docs/scoring.md), and Delta stores the predicate in each commit.
+# list costs as much as the MERGE's join at about 4,000 users and twice as much at 19,000
+# (docs/scoring.md), and Delta stores the predicate in each commit.
 MAX_LISTED_GROUPS = 2_000
 
 
