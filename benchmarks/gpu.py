@@ -459,7 +459,8 @@ def ranks(argv: list[str]) -> int:
         stats={k[5:]: v for k, v in d.items() if k.startswith("stat_")},
         train_config=TrainConfig(launcher="torch_distributor", epochs=a.epochs, batch_size=a.batch_size,
                                  d_model=a.d_model, resume="off", progress_every_s=0, threads_per_rank=4),
-        full_config={}, data_versions={"npz": os.path.basename(a.npz)}, steps_per_epoch=a.steps_per_epoch,
+        full_config={}, data_versions={"npz": os.path.basename(a.npz)}, batch_size=a.batch_size,
+        steps_per_epoch=a.steps_per_epoch,
         checkpoint_dir=a.models or os.path.join(os.path.dirname(os.path.abspath(a.out)), "models"),
         run_id=f"gpu-ranks-{int(time.time())}", valid=valid)
     result = worker(job)

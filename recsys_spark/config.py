@@ -38,6 +38,18 @@ def auto_dropout(history_p80: float) -> float:
     return round((0.4 - 0.3 * x) * 20) / 20
 
 
+# The smallest batch train.min_steps_per_epoch may shrink to: below it a step's gradient is mostly noise.
+MIN_BATCH = 8
+
+
+def epoch_batch_size(n_rows: int, tc: "TrainConfig") -> int:
+    """Training windows per rank and step: train.batch_size, or fewer so that an epoch of n_rows
+    windows over the ranks has at least train.min_steps_per_epoch steps (never below MIN_BATCH)."""
+    if tc.min_steps_per_epoch <= 0:
+        return tc.batch_size
+    return max(MIN_BATCH, min(tc.batch_size, n_rows // (tc.num_proc * tc.min_steps_per_epoch)))
+
+
 # Spark's name for the session catalog: "spark_catalog.recsys" and "recsys" are the same schema
 # (Delta's DeltaTable.forName accepts only the second).
 SESSION_CATALOG = "spark_catalog"
@@ -182,7 +194,12 @@ class TrainConfig:
     # Ranks (one Spark task slot each; on a GPU cluster one GPU each).
     num_proc: int = 2
     epochs: int = 20
+    # Training windows per rank and optimizer step, at most: see min_steps_per_epoch.
     batch_size: int = 128
+    # With N > 0 the batch shrinks (to no fewer than 8 windows) so that an epoch has at least N
+    # optimizer steps: on a small dataset a full batch leaves a handful of steps an epoch, and the
+    # model learns per step, not per epoch (ml-latest-small: 4 steps an epoch at 128; docs/benchmarks.md).
+    min_steps_per_epoch: int = 0
     lr: float = 0.002
     # constant: lr throughout. linear: lr decays linearly from lr to 0 over the planned training,
     # i.e. `epochs`, or with a time budget the epochs that fit it (re-estimated after every epoch
@@ -541,7 +558,7 @@ def _check_train(t: TrainConfig) -> None:
         _at_least(f"train.{key}", getattr(t, key), 1)
     if t.lr <= 0:
         raise ConfigError(f"train.lr: must be > 0, got {t.lr}")
-    for key in ("weight_decay", "patience", "valid_users", "time_budget_s", "progress_every_s"):
+    for key in ("weight_decay", "patience", "valid_users", "time_budget_s", "progress_every_s", "min_steps_per_epoch"):
         _at_least(f"train.{key}", getattr(t, key), 0)
     if t.lr_schedule not in LR_SCHEDULES:
         raise ConfigError(f"train.lr_schedule: must be one of {', '.join(LR_SCHEDULES)}, got {t.lr_schedule!r}")

@@ -22,7 +22,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_spark import checkpoints, privacy, schema, splits, tables
-from recsys_spark.config import Config, ConfigError, auto_dropout
+from recsys_spark.config import Config, ConfigError, auto_dropout, epoch_batch_size
 from recsys_spark.features import item_feature_arrays, read_stats
 from recsys_spark.model import ModelConfig, pad_right
 from recsys_spark.trainer import PetastormShards, TrainJob, worker
@@ -170,10 +170,14 @@ def prepare(spark: SparkSession, cfg: Config) -> TrainJob:
     model_stats = {k: v for k, v in stats.items() if k in schema.ITEM_STATISTICS}
     if len(stats.get("profile_num_mean", [])) == model_config.n_profile_num:
         model_stats.update({k: stats[k] for k in ("profile_num_mean", "profile_num_std")})
+    batch = epoch_batch_size(n_rows, cfg.train)
+    if batch < cfg.train.batch_size:
+        logger.info(f"train: batches of {batch} windows per rank instead of {cfg.train.batch_size}, so that an epoch "
+                    f"of {n_rows} windows has at least {cfg.train.min_steps_per_epoch} steps (train.min_steps_per_epoch)")
     job = TrainJob(
         batches=PetastormShards(files), model_config=model_config, item_features=feats, stats=model_stats,
         train_config=cfg.train, full_config=privacy.redacted(cfg.to_dict()),
-        data_versions=versions, steps_per_epoch=max(1, math.ceil(n_rows / (cfg.train.batch_size * cfg.train.num_proc))),
+        data_versions=versions, batch_size=batch, steps_per_epoch=max(1, math.ceil(n_rows / (batch * cfg.train.num_proc))),
         checkpoint_dir=cfg.models_dir,
         run_id="attn-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6],
         valid=_validation_sample(spark, cfg, versions, model_config.n_profile_num),

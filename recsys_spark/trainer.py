@@ -83,6 +83,7 @@ class TrainJob:
     train_config: "TrainConfig"
     full_config: dict
     data_versions: dict
+    batch_size: int  # windows per rank and step (train.epoch_batch_size)
     steps_per_epoch: int
     checkpoint_dir: str
     run_id: str
@@ -95,7 +96,8 @@ class TrainJob:
         another fingerprint cannot continue this run."""
         tc = {k: v for k, v in asdict(self.train_config).items() if k not in RESUME_NEUTRAL}
         return json.loads(json.dumps({"data_versions": self.data_versions, "model_config": self.model_config.to_dict(),
-                                      "train_config": tc, "ranks": ranks, "steps_per_epoch": self.steps_per_epoch},
+                                      "train_config": tc, "ranks": ranks, "batch_size": self.batch_size,
+                                      "steps_per_epoch": self.steps_per_epoch},
                                      sort_keys=True, default=str))
 
 
@@ -439,7 +441,7 @@ def worker(job: TrainJob) -> dict:
     net, opt = ranks.setup(model, opt)
     if saved is not None:
         opt.load_state_dict(saved["optimizer"])
-    batches = job.batches.open(ranks.rank, ranks.size, tc.batch_size, tc.seed)
+    batches = job.batches.open(ranks.rank, ranks.size, job.batch_size, tc.seed)
     # The data position of the resumed epoch: the batches the finished epochs drew, drawn again.
     next(itertools.islice(batches, state.epoch * job.steps_per_epoch, state.epoch * job.steps_per_epoch), None)
     started = time.time() - state.elapsed_s

@@ -128,6 +128,20 @@ def test_auto_dropout_follows_the_training_history_length():
     assert [config.auto_dropout(n) for n in (0, 10, 20, 63, 100, 200, 1000)] == [0.4, 0.4, 0.4, 0.25, 0.2, 0.1, 0.1]
 
 
+def test_small_data_gets_smaller_batches_so_an_epoch_has_the_steps_asked_for():
+    tc = config.load(None, ["train.batch_size=128", "train.num_proc=2", "train.min_steps_per_epoch=16"]).train
+    steps = lambda n_rows: -(-n_rows // (config.epoch_batch_size(n_rows, tc) * tc.num_proc))
+    # ml-latest-small's 931 windows: 4 steps an epoch at 128, 17 at 29.
+    assert config.epoch_batch_size(931, tc) == 29 and steps(931) == 17
+    # ml-1m's 8,700 windows already make 34 steps: the batch stays.
+    assert config.epoch_batch_size(8700, tc) == 128 and steps(8700) == 34
+    assert config.epoch_batch_size(100, tc) == config.MIN_BATCH  # never below a useful batch
+    off = config.load(None, ["train.batch_size=128"]).train
+    assert off.min_steps_per_epoch == 0 and config.epoch_batch_size(931, off) == 128
+    with pytest.raises(config.ConfigError, match="train.min_steps_per_epoch: must be >= 0"):
+        config.load(None, ["train.min_steps_per_epoch=-1"])
+
+
 def test_missing_file_says_what_to_do():
     with pytest.raises(config.ConfigError, match="not found"):
         config.load("conf/nope.yaml")

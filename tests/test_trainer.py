@@ -221,15 +221,15 @@ def test_budget_aware_linear_schedule():
 
 
 def _job(files, checkpoint_dir, run_id, **train):
+    tc = TrainConfig(**{"epochs": 3, "batch_size": 32, "lr": 0.01, "weight_decay": 0.0, "seed": 3,
+                        "threads_per_rank": 1, **train})
     return TrainJob(
         batches=PetastormShards(files),
         model_config=ModelConfig(n_items=16, max_len=L, d_model=16, n_heads=2, n_layers=1, dropout=0.1,
                                  n_categories=1, attr_cardinalities=[2, 2, 2], n_profile_num=2,
                                  use_profile=True, use_content=True),
         item_features={"category": np.zeros(16, dtype=np.int64), "has_id": np.ones(16, dtype=bool)}, stats={},
-        train_config=TrainConfig(**{"epochs": 3, "batch_size": 32, "lr": 0.01, "weight_decay": 0.0, "seed": 3,
-                                    "threads_per_rank": 1, **train}),
-        full_config={}, data_versions={"train": 0}, steps_per_epoch=5,
+        train_config=tc, full_config={}, data_versions={"train": 0}, batch_size=tc.batch_size, steps_per_epoch=5,
         checkpoint_dir=checkpoint_dir, run_id=run_id,
     )
 
