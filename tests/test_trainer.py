@@ -11,7 +11,7 @@ import pytest
 from pyspark import cloudpickle as spark_cloudpickle
 
 from benchmarks import faults
-from recsys_spark import checkpoints, tables
+from recsys_spark import checkpoints, schema, tables
 from recsys_spark.config import TrainConfig
 from recsys_spark.model import ModelConfig
 from recsys_spark.train import launch
@@ -319,6 +319,20 @@ def test_more_ranks_than_task_slots_stops_before_launching_naming_the_key(spark,
     cfg = make_config(tmp_path, train={"num_proc": 3, "launcher": "torch_distributor"})  # local[2]: 2 slots
     with pytest.raises(ConfigError, match=r"train.num_proc is 3 but the cluster runs 2 task\(s\) at once"):
         train.run(spark, cfg)
+
+
+def test_small_data_is_trained_in_smaller_batches_with_the_steps_an_epoch_asked_for(spark, shop_copy):
+    import dataclasses
+
+    from recsys_spark import train
+
+    tc = dataclasses.replace(shop_copy.train, min_steps_per_epoch=40, resume="off")
+    job = train.prepare(spark, dataclasses.replace(shop_copy, train=tc))
+    n_rows = tables.read(spark, tables.location(shop_copy.tables_root, schema.TRAIN_EXAMPLES)).count()
+    assert n_rows // (tc.num_proc * tc.batch_size) < 40  # the shop's full batches make too few steps
+    assert job.batch_size < tc.batch_size and job.steps_per_epoch >= 40
+    first = next(job.batches.open(0, tc.num_proc, job.batch_size, tc.seed))
+    assert len(first["input"]) == job.batch_size
 
 
 @pytest.mark.slow
