@@ -56,7 +56,7 @@ def run_size(cfg, events: int, monitor: harness.MemoryMonitor) -> dict:
     epoch_s = sum(h["seconds"] for h in trained["history"])
     return {"events": events, "users": gen.users, "items": gen.items, "stages": stages,
             "train_epoch_s": round(epoch_s, 1), "train_steps_per_epoch": trained["steps_per_epoch"],
-            "train_sequences_per_s": round(trained["steps_per_epoch"] * cfg.train.batch_size * cfg.train.num_proc
+            "train_sequences_per_s": round(trained["steps_per_epoch"] * trained["batch_size"] * cfg.train.num_proc
                                            / max(epoch_s, 1e-9), 1),
             "nightly_s": round(sum(s["seconds"] for k, s in stages.items() if k != "generate"), 1)}
 

@@ -222,7 +222,7 @@ def run(spark: SparkSession, cfg: Config) -> dict:
         use_gpu = float(spark.conf.get("spark.task.resource.gpu.amount", "0") or 0) > 0
         logger.info(f"train {job.run_id}: {len(job.batches.files)} files of {tables.location(cfg.tables_root, schema.TRAIN_EXAMPLES)} "
               f"at version {job.data_versions[schema.TRAIN_EXAMPLES]}, {cfg.train.num_proc} {cfg.train.launcher} ranks "
-              f"on {'GPUs' if use_gpu else 'CPUs'}, {job.steps_per_epoch} steps/epoch")
+              f"on {'GPUs' if use_gpu else 'CPUs'}, {job.steps_per_epoch} steps/epoch of {job.batch_size} windows per rank")
         t0 = time.time()
         result = launch(cfg.train.launcher, cfg.train.num_proc, worker, job, use_gpu=use_gpu)
     finally:
@@ -234,4 +234,4 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     logger.info(f"train {job.run_id}: done in {elapsed:.1f}s ({len(history)} epochs), final loss "
           f"{history[-1]['loss']:.4f}; checkpoint {path}")
     return {"run_id": job.run_id, "checkpoint": path, "result": result, "history": history, "seconds": elapsed,
-            "steps_per_epoch": job.steps_per_epoch, "mlflow_run_id": log_train(cfg, path)}
+            "steps_per_epoch": job.steps_per_epoch, "batch_size": job.batch_size, "mlflow_run_id": log_train(cfg, path)}

@@ -83,7 +83,7 @@ class TrainJob:
     train_config: "TrainConfig"
     full_config: dict
     data_versions: dict
-    batch_size: int  # windows per rank and step (train.epoch_batch_size)
+    batch_size: int  # windows per rank and step (config.epoch_batch_size)
     steps_per_epoch: int
     checkpoint_dir: str
     run_id: str
