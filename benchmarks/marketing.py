@@ -82,19 +82,18 @@ def _knn_scores(spark, test_users, users: dict, n_items: int, n_neighbors: int):
 def _als_scores(spark, cfg, test_users, valid_users, users_idx: np.ndarray, n_items: int):
     """ALS with the evaluate grid chosen on validation, refit on the test histories: (user, item) factors."""
     import torch
-    from pyspark.ml.recommendation import ALS
     from pyspark.sql import functions as F
 
-    from recsys_spark.baselines import als_grid, interactions
+    from recsys_spark.baselines import als_grid, als_model, interactions
     from recsys_spark.evaluate import spark_metrics
 
     ev = cfg.evaluate
     grid = {"ranks": ev.als_ranks, "reg_params": ev.als_reg_params, "alphas": ev.als_alphas}
     _, best, _ = als_grid(valid_users, test_users, n_items, 10, grid,
-                          lambda r, t: spark_metrics(r, t, [10])["ndcg@10"], seed=cfg.train.seed)
-    model = ALS(rank=best["rank"], regParam=best["regParam"], alpha=best["alpha"], implicitPrefs=True,
-                maxIter=ev.als_max_iter, seed=cfg.train.seed, userCol="user_idx", itemCol="item_idx",
-                ratingCol="weight", nonnegative=False).fit(interactions(test_users.select("user_idx", "input")))
+                          lambda r, t: spark_metrics(r, t, [10])["ndcg@10"], seed=cfg.train.seed,
+                          max_iter=ev.als_max_iter)
+    model = als_model(interactions(test_users.select("user_idx", "input")), best["rank"], best["regParam"],
+                      best["alpha"], cfg.train.seed, ev.als_max_iter)
     items = torch.zeros(n_items, best["rank"])
     for r in model.itemFactors.collect():
         if r.id < n_items:

@@ -88,19 +88,27 @@ class ALSResult:
     fit_seconds: float
 
 
+def als_model(train: DataFrame, rank: int, reg: float, alpha: float, seed: int = 42, max_iter: int = 10):
+    """Implicit ALS (Spark MLlib) fitted on train (user_idx, item_idx, weight).
+
+    The users and items are split into as many blocks as Spark runs tasks at once: MLlib's default
+    of 10 makes a 2-core machine run each half-iteration in 5 waves, a block per core in one."""
+    from pyspark.ml.recommendation import ALS
+
+    blocks = max(1, train.sparkSession.sparkContext.defaultParallelism)
+    return ALS(rank=rank, regParam=reg, alpha=alpha, implicitPrefs=True, maxIter=max_iter, seed=seed,
+               userCol="user_idx", itemCol="item_idx", ratingCol="weight", coldStartStrategy="drop",
+               nonnegative=False, numUserBlocks=blocks, numItemBlocks=blocks).fit(train)
+
+
 def als_fit_topk(train: DataFrame, users: DataFrame, n_items: int, k: int, rank: int, reg: float, alpha: float,
                  seed: int = 42, max_iter: int = 10) -> ALSResult:
     """Fit implicit ALS on train (user_idx, item_idx, weight); top-k for users, their `seen` removed.
 
     Users unknown to the model get a zero vector (every score 0, so ties fall to item id order).
     """
-    from pyspark.ml.recommendation import ALS
-
     t0 = time.time()
-    als = ALS(rank=rank, regParam=reg, alpha=alpha, implicitPrefs=True, maxIter=max_iter, seed=seed,
-              userCol="user_idx", itemCol="item_idx", ratingCol="weight", coldStartStrategy="drop",
-              nonnegative=False)
-    model = als.fit(train)
+    model = als_model(train, rank, reg, alpha, seed, max_iter)
     factors = np.zeros((n_items, rank), dtype=np.float32)
     for r in model.itemFactors.collect():
         if 0 <= r.id < n_items:
@@ -112,7 +120,7 @@ def als_fit_topk(train: DataFrame, users: DataFrame, n_items: int, k: int, rank:
 
 
 def als_grid(valid_users: DataFrame, test_users: DataFrame, n_items: int, k: int, grid: dict, metric_fn,
-             seed: int = 42) -> tuple[DataFrame, dict, list]:
+             seed: int = 42, max_iter: int = 10) -> tuple[DataFrame, dict, list]:
     """Choose ALS hyper-parameters on validation users, refit on the test histories, rank test users.
 
     metric_fn(recs, targets) -> float (higher is better), computed on validation targets only.
@@ -122,12 +130,13 @@ def als_grid(valid_users: DataFrame, test_users: DataFrame, n_items: int, k: int
     val_targets = valid_users.select("user_idx", "target")
     tried = []
     for rank, reg, alpha in itertools.product(grid["ranks"], grid["reg_params"], grid["alphas"]):
-        res = als_fit_topk(val_train, valid_users, n_items, k, rank, reg, alpha, seed)
+        res = als_fit_topk(val_train, valid_users, n_items, k, rank, reg, alpha, seed, max_iter)
         tried.append((res.params, metric_fn(res.recs, val_targets)))
     val_train.unpersist()
     best = max(tried, key=lambda t: t[1])[0]
     test_train = interactions(test_users.select("user_idx", "input")).persist()
-    res = als_fit_topk(test_train, test_users, n_items, k, best["rank"], best["regParam"], best["alpha"], seed)
+    res = als_fit_topk(test_train, test_users, n_items, k, best["rank"], best["regParam"], best["alpha"], seed,
+                       max_iter)
     return res.recs, {**best, "fit_seconds": res.fit_seconds}, tried
 
 

@@ -180,7 +180,7 @@ class Evaluation:
         grid = {"ranks": ev.als_ranks, "reg_params": ev.als_reg_params, "alphas": ev.als_alphas}
         recs, best, tried = baselines.als_grid(val, self.users, self.n_items, max(self.ks), grid,
                                                lambda r, t: spark_metrics(r, t, [10])["ndcg@10"],
-                                               seed=self.cfg.train.seed)
+                                               seed=self.cfg.train.seed, max_iter=ev.als_max_iter)
         val.unpersist()
         self.params["als"] = {"best": best, "grid": [{**p, "valid_ndcg@10": m} for p, m in tried]}
         logger.info("als grid (validation NDCG@10): " + ", ".join(

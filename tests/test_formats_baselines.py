@@ -158,7 +158,7 @@ def test_quality_benchmark_writes_the_result_table(spark, tmp_path, capsys):
             "--set", "train.epochs=10", "--set", "train.d_model=32", "--set", "features.max_seq_len=20",
             "--set", "train.batch_size=16", "--set", "train.lr=0.005", "--set", "train.patience=10",
             "--set", "evaluate.als_ranks=[16]", "--set", "evaluate.als_reg_params=[0.1]",
-            "--set", "evaluate.als_alphas=[1.0]",
+            "--set", "evaluate.als_alphas=[1.0]", "--set", "evaluate.als_max_iter=4",
             "--set", "spark.shuffle_partitions=2",
             "--set", "tracking.enabled=false"]  # the benchmark's figures are its result file
     assert quality.main(argv) == 0
@@ -176,6 +176,8 @@ def test_quality_benchmark_writes_the_result_table(spark, tmp_path, capsys):
     # The successor structure is learnable by sequence models and item-kNN, not by popularity.
     assert by["attention"]["ndcg@10"] > 1.5 * by["popularity"]["ndcg@10"]
     assert "attention" in stdout and "item_knn" in stdout
+    # ALS is fitted with the configured iterations, in the grid and in the refit.
+    assert result["als"]["best"]["maxIter"] == 4 and [p["maxIter"] for p in result["als"]["grid"]] == [4]
     # How fast it got there, from its own history.
     kept = max(result["attention_history"], key=lambda e: e["valid_ndcg@10"])
     assert result["convergence"]["kept_epoch"] == kept["epoch"]
