@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 from pyspark.sql import functions as F
 
@@ -210,3 +211,23 @@ def test_ml1m_user_codes_become_names_and_join_to_the_sasrec_ids(tmp_path):
         {"user_id": "6", "gender": "M", "age_band": "56+", "occupation": "self-employed", "region": "7"},
         {"user_id": "7", "gender": "M", "age_band": "25-34", "occupation": "99", "region": "5"},  # unknown code kept
     ]
+
+
+def test_the_order_free_copy_keeps_every_users_items_and_shuffles_their_order(tmp_path):
+    from benchmarks.order_free import shuffle_ratings_csv, shuffle_sasrec
+
+    src = tmp_path / "ratings.csv"
+    rows = [(u, 100 * u + i, 4.0, 1_000_000 + 10 * i) for u in (1, 2) for i in range(30)]
+    pd.DataFrame(rows, columns=["userId", "movieId", "rating", "timestamp"]).to_csv(src, index=False)
+    assert shuffle_ratings_csv(str(src), str(tmp_path / "copy.csv"), seed=0) == 60
+    copy = pd.read_csv(tmp_path / "copy.csv")
+    for user, got in copy.groupby("userId"):
+        assert sorted(got.movieId) == [100 * user + i for i in range(30)]  # the same items and timestamps
+        assert sorted(got.timestamp) == [1_000_000 + 10 * i for i in range(30)]
+        assert list(got.sort_values("timestamp").movieId) != sorted(got.movieId)  # in another order
+
+    (tmp_path / "seq.txt").write_text("1 " + " ".join(map(str, range(1, 31))) + "\n2 5\n2 6\n2 7\n")
+    assert shuffle_sasrec(str(tmp_path / "seq.txt"), str(tmp_path / "seq-copy.txt"), seed=0) == 33
+    lines = {ln.split()[0]: ln.split()[1:] for ln in (tmp_path / "seq-copy.txt").read_text().splitlines()}
+    assert sorted(map(int, lines["1"])) == list(range(1, 31)) and lines["1"] != [str(i) for i in range(1, 31)]
+    assert sorted(lines["2"]) == ["5", "6", "7"]
