@@ -177,7 +177,7 @@ def test_quality_benchmark_writes_the_result_table(spark, tmp_path, capsys):
     # The successor structure is learnable by sequence models and item-kNN, not by popularity.
     assert by["attention"]["ndcg@10"] > 1.5 * by["popularity"]["ndcg@10"]
     assert "attention" in stdout and "item_knn" in stdout
-    # ALS is fitted with the configured iterations, in the grid and in the refit.
+    # ALS is fitted with the configured iterations (the grid records them; the refit uses the same).
     assert result["als"]["best"]["maxIter"] == 4 and [p["maxIter"] for p in result["als"]["grid"]] == [4]
     # How fast it got there, from its own history.
     kept = max(result["attention_history"], key=lambda e: e["valid_ndcg@10"])
