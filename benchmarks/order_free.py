@@ -1,7 +1,8 @@
 """An order-free copy of a dataset: the same users and interactions, each user's order shuffled.
 
     python -m benchmarks.order_free SRC DST [--seed 0]
-    e.g. python -m benchmarks.order_free ../shared/datasets/movielens-small/ratings.csv /tmp/order-free/ratings.csv
+    e.g. python -m benchmarks.order_free ../shared/datasets/movielens-small/ratings.csv data/order-free/ratings.csv
+    (data/ is git-ignored: the copy is never committed)
 
 The next item then carries no sequential signal, only which items go together: the case, named in
 issue 19, of weakly sequential data where a collaborative model (ALS) is strong. Running the quality
