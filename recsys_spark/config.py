@@ -233,6 +233,10 @@ class TrainConfig:
     # Adversarial training (APR-style): each step also takes the loss with every item vector moved
     # by this share of its own length in its worst direction. 0 = off (docs/benchmarks.md).
     adversarial_eps: float = 0.0
+    # Each training position's target is drawn uniformly from the next N items of its window
+    # (1: the next item, SASRec's objective). Where the order says little, the items further on are
+    # as informative as the next one, and N > 1 lets the loss see the user's whole set.
+    target_span: int = 1
     seed: int = 42
     # Torch intra-op threads per rank (ranks share the executor's cores).
     threads_per_rank: int = 1
@@ -575,6 +579,8 @@ def _check_train(t: TrainConfig) -> None:
     if not 0 <= t.adversarial_eps <= 1:
         raise ConfigError(f"train.adversarial_eps: must be between 0 (off) and 1 (a move as long as the item vector "
                           f"itself), got {t.adversarial_eps}")
+    if t.target_span < 1:
+        raise ConfigError(f"train.target_span: must be >= 1 (1 = the next item), got {t.target_span}")
     if t.loss_negatives < 0:
         raise ConfigError(f"train.loss_negatives: must be 0 (full catalog) or a number of sampled items, "
                           f"got {t.loss_negatives}")

@@ -18,7 +18,8 @@ named parts, each feature group behind a switch (ModelConfig.use_*):
 - `behaviour` (BehaviourGate, use_behaviour): the standardised activity numbers mixed into every
   item position through a learned gate.
 - losses: `full_softmax_loss` over the catalog, or `sampled_softmax_loss` (loss_negatives > 0);
-  with adversarial_eps > 0 the same loss is added under `adversarial_items` (adversarial training).
+  with adversarial_eps > 0 the same loss is added under `adversarial_items` (adversarial training);
+  with target_span > 1 each position's target is drawn from the items ahead (`targets_ahead`).
 
 Scaling statistics (numeric means/standard deviations, the title IDF) and the item features are
 buffers of the model, saved in the checkpoint: scoring applies exactly the transform training saw,
@@ -80,6 +81,7 @@ class ModelConfig:
     item_id_dropout: float = TrainConfig.item_id_dropout
     loss_negatives: int = TrainConfig.loss_negatives
     adversarial_eps: float = TrainConfig.adversarial_eps
+    target_span: int = TrainConfig.target_span
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -276,6 +278,19 @@ def adversarial_items(items: torch.Tensor, loss: torch.Tensor, eps: float) -> to
     return items + eps * items.detach().norm(dim=1, keepdim=True) * F.normalize(grad, dim=1)
 
 
+def targets_ahead(target: torch.Tensor, span: int) -> torch.Tensor:
+    """target (B, L; 0 = none) with each position's target replaced by one drawn uniformly from it
+    and the span - 1 targets after it in the window; positions without a target keep none."""
+    if span <= 1:
+        return target
+    length = target.shape[1]
+    pos = torch.arange(length, device=target.device)
+    reach = torch.clamp(length - pos, max=span)
+    ahead = torch.minimum((torch.rand(target.shape, device=target.device) * reach).long(), reach - 1)
+    drawn = target.gather(1, pos + ahead)
+    return torch.where((target > 0) & (drawn > 0), drawn, target)
+
+
 def sampled_softmax_loss(h: torch.Tensor, target: torch.Tensor, items: torch.Tensor, n_negatives: int):
     """(logits (N, 1 + S): the target, then S items drawn uniformly and shared by the batch, with
     draws equal to the target removed; their cross-entropy)."""
@@ -417,7 +432,8 @@ class AttentionRecommender(nn.Module):
 
         Without target: scores (B, n_items) for the next item after the sequence, loss None.
         With target (B, L; 0 = no target): scores of the supervised positions and the loss
-        (full_softmax_loss, or sampled_softmax_loss with loss_negatives). With the profile token,
+        (full_softmax_loss, or sampled_softmax_loss with loss_negatives); in training with target_span
+        > 1, each position's target is drawn from the items ahead (targets_ahead). With the profile token,
         its position is supervised with the window's first item. With adversarial_eps > 0, training
         adds the same loss under the worst small move of the item vectors (adversarial_items).
         """
@@ -432,6 +448,8 @@ class AttentionRecommender(nn.Module):
         items = self.item_vectors(id_keep=id_keep)
         if seq.shape[1] > self.cfg.max_len:
             seq, target = seq[:, -self.cfg.max_len:], target[:, -self.cfg.max_len:]
+        if self.training:
+            target = targets_ahead(target, self.cfg.target_span)
         logits, loss = self.next_item_loss(items, seq, target, profile_cat, profile_num)
         eps = self.cfg.adversarial_eps
         if eps > 0 and self.training and torch.is_grad_enabled():

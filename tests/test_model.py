@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from recsys_spark.metrics import ndcg_at_k, recall_at_k
-from recsys_spark.model import AttentionRecommender, ModelConfig, pad_left
+from recsys_spark.model import AttentionRecommender, ModelConfig, pad_left, targets_ahead
 
 
 def _model(**kw):
@@ -103,6 +103,31 @@ def test_sampled_cross_entropy_scores_the_target_against_the_drawn_items():
     full = _model(use_profile=False, loss_negatives=29).eval()
     scores, _ = full(seq, tgt)
     assert scores.shape == (len(t), 30)
+
+
+def test_targets_ahead_are_drawn_from_the_next_items_of_the_window_only():
+    tgt = torch.tensor([[0, 0, 4, 5, 6, 7, 8, 9], [0, 0, 0, 0, 0, 10, 11, 12]])
+    assert torch.equal(targets_ahead(tgt, 1), tgt)  # span 1: the next item, unchanged
+    torch.manual_seed(0)
+    drawn = torch.stack([targets_ahead(tgt, 3) for _ in range(400)])
+    assert (drawn[:, tgt == 0] == 0).all()  # positions without a target get none
+    for row in range(2):
+        for col in range(8):
+            if tgt[row, col] > 0:
+                ahead = set(tgt[row, col:col + 3].tolist())
+                assert set(drawn[:, row, col].tolist()) == ahead  # each of the next 3, and nothing else
+    # Training with a span takes its loss on such a draw; evaluation scores the targets as given.
+    m = _model(use_profile=False, target_span=3)
+    seq = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8]])
+    torch.manual_seed(1)
+    _, train_loss = m.train()(seq, tgt[:1])
+    torch.manual_seed(1)
+    drawn_tgt = targets_ahead(tgt[:1], 3)
+    with torch.no_grad():
+        _, drawn_loss = m.eval()(seq, drawn_tgt)
+        _, next_loss = m(seq, tgt[:1])
+    assert not torch.equal(drawn_tgt, tgt[:1])
+    assert torch.isclose(train_loss, drawn_loss) and not torch.isclose(train_loss, next_loss)
 
 
 def test_profile_changes_the_user_vector():
