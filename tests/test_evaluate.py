@@ -3,6 +3,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from recsys_spark import schema, tables
+from recsys_spark.evaluate import collaborative_lead
 
 
 @pytest.mark.slow
@@ -66,3 +67,13 @@ def test_train_and_evaluate_runs_are_tracked_in_mlflow(spark, shop):
     first_eval = m.where((F.col("model") == "attention") & (F.col("metric") == "ndcg") & (F.col("k") == 10)).orderBy("evaluated_at").first()
     logged = {r.data.tags["eval_id"]: r.data.metrics["attention.ndcg_at_10"] for r in ev}
     assert logged[first_eval.eval_run_id] == pytest.approx(first_eval.value)
+
+
+def test_evaluation_warns_when_als_leads_the_attention_model_beyond_its_validation_interval():
+    # The figures of the order-free ml-latest-small run (docs/benchmarks.md, "Weakly sequential data").
+    kept = {"valid_ndcg@10": 0.0891, "halfwidth": 0.0178, "epoch": 12, "valid_users": 671}
+    warning = collaborative_lead(kept, 0.1165)
+    assert "0.1165" in warning and "0.0891 ± 0.0178" in warning and "Weakly sequential data" in warning
+    assert collaborative_lead(kept, 0.1060) is None  # inside the interval: the sample cannot tell them apart
+    assert collaborative_lead(kept, 0.0387) is None
+    assert collaborative_lead({}, 0.5) is None  # a model trained without validation has nothing to compare
