@@ -37,8 +37,8 @@ def shuffle_ratings_csv(src: str, dst: str, seed: int) -> int:
 
 
 def shuffle_sasrec(src: str, dst: str, seed: int) -> int:
-    """SASRec text with each user's items in a random order, one line per user (`user item item ...`,
-    whichever form SRC used); the interactions."""
+    """SASRec text with each user's items in a random order, written one line per user
+    (`user item item ...`) whether SRC had one line per user or per interaction; the interactions."""
     users: dict[str, list[str]] = {}
     with open(src) as fh:
         for line in fh:

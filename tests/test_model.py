@@ -121,8 +121,11 @@ def test_targets_ahead_are_drawn_from_the_next_items_of_the_window_only():
     seq = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8]])
     torch.manual_seed(1)
     _, train_loss = m.train()(seq, tgt[:1])
+    # The same uniform draws made into targets by hand: position t takes the target 0 to
+    # min(3, 8 - t) - 1 places ahead.
     torch.manual_seed(1)
-    drawn_tgt = targets_ahead(tgt[:1], 3)
+    steps = (torch.rand(1, 8) * torch.tensor([3, 3, 3, 3, 3, 3, 2, 1])).long()
+    drawn_tgt = torch.where(tgt[:1] > 0, tgt[:1].gather(1, torch.arange(8) + steps), tgt[:1])
     with torch.no_grad():
         _, drawn_loss = m.eval()(seq, drawn_tgt)
         _, next_loss = m(seq, tgt[:1])
