@@ -101,6 +101,23 @@ def als_model(train: DataFrame, rank: int, reg: float, alpha: float, seed: int =
                nonnegative=False, numUserBlocks=blocks, numItemBlocks=blocks).fit(train)
 
 
+def item_factors(model, n_items: int) -> np.ndarray:
+    """(n_items, rank) float32 item factors of a fitted ALS model (zeros for items it never saw)."""
+    factors = np.zeros((n_items, model.rank), dtype=np.float32)
+    for r in model.itemFactors.collect():
+        if 0 <= r.id < n_items:
+            factors[r.id] = r.features
+    return factors
+
+
+def als_factor_grid(train: DataFrame, n_items: int, grid: dict, seed: int = 42, max_iter: int = 10) -> list[dict]:
+    """Implicit ALS fitted on train (user_idx, item_idx, weight) at every point of grid (ranks,
+    reg_params, alphas): [{rank, regParam, alpha, factors (n_items, rank)}]."""
+    return [{"rank": rank, "regParam": reg, "alpha": alpha,
+             "factors": item_factors(als_model(train, rank, reg, alpha, seed, max_iter), n_items)}
+            for rank, reg, alpha in itertools.product(grid["ranks"], grid["reg_params"], grid["alphas"])]
+
+
 def als_fit_topk(train: DataFrame, users: DataFrame, n_items: int, k: int, rank: int, reg: float, alpha: float,
                  seed: int = 42, max_iter: int = 10) -> ALSResult:
     """Fit implicit ALS on train (user_idx, item_idx, weight); top-k for users, their `seen` removed.
@@ -109,10 +126,7 @@ def als_fit_topk(train: DataFrame, users: DataFrame, n_items: int, k: int, rank:
     """
     t0 = time.time()
     model = als_model(train, rank, reg, alpha, seed, max_iter)
-    factors = np.zeros((n_items, rank), dtype=np.float32)
-    for r in model.itemFactors.collect():
-        if 0 <= r.id < n_items:
-            factors[r.id] = r.features
+    factors = item_factors(model, n_items)
     elapsed = time.time() - t0
     uf = model.userFactors.select(F.col("id").cast("long").alias("user_idx"), "features")
     recs = factor_topk(users.select("user_idx", "seen").join(uf, "user_idx", "left"), factors, k)

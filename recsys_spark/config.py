@@ -237,6 +237,11 @@ class TrainConfig:
     # (1: the next item, SASRec's objective). Where the order says little, the items further on are
     # as informative as the next one, and N > 1 lets the loss see the user's whole set.
     target_span: int = 1
+    # After training, fit implicit ALS on the training histories (evaluate.als_* grid) and serve the
+    # attention vectors blended with ALS factors folded in from each window, where the validation
+    # users rank better with the blend (recsys_spark.collaborative; docs/benchmarks.md, "Weakly
+    # sequential data"). Needs validation users (valid_users > 0).
+    collaborative: bool = False
     seed: int = 42
     # Torch intra-op threads per rank (ranks share the executor's cores).
     threads_per_rank: int = 1
@@ -581,6 +586,9 @@ def _check_train(t: TrainConfig) -> None:
                           f"itself), got {t.adversarial_eps}")
     if t.target_span < 1:
         raise ConfigError(f"train.target_span: must be >= 1 (1 = the next item), got {t.target_span}")
+    if t.collaborative and t.valid_users <= 0:
+        raise ConfigError("train.collaborative: the blend with ALS is chosen on the validation users, but "
+                          "train.valid_users is 0; set it above 0 (default 20000) or set train.collaborative: false")
     if t.loss_negatives < 0:
         raise ConfigError(f"train.loss_negatives: must be 0 (full catalog) or a number of sampled items, "
                           f"got {t.loss_negatives}")

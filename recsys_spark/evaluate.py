@@ -131,17 +131,19 @@ def spark_beyond_accuracy(recs: DataFrame, k: int, popularity: np.ndarray, n_use
 MakeRecs = Callable[[], "tuple[DataFrame, float]"]
 
 
-def collaborative_lead(selection: dict, als_valid_ndcg: float) -> Optional[str]:
-    """A warning when ALS's best validation NDCG@10 lies above the 95% interval of the attention
-    model's kept epoch (selection: the checkpoint's record of it); None otherwise. The lists served
-    still come from the attention model, so the people running it must hear that ALS would do better."""
-    kept, half = selection.get("valid_ndcg@10"), selection.get("halfwidth")
+def collaborative_lead(served: dict, als_valid_ndcg: float) -> Optional[str]:
+    """A warning when ALS's best validation NDCG@10 lies above the 95% interval of the served model
+    (served: the checkpoint's record of it, `collaborative` when train.collaborative chose among
+    blends, else `selection`, the kept epoch); None otherwise."""
+    kept, half = served.get("valid_ndcg@10"), served.get("halfwidth")
     if kept is None or half is None or als_valid_ndcg <= kept + half:
         return None
-    return (f"ALS beats the attention model on the validation targets: NDCG@10 {als_valid_ndcg:.4f} against "
-            f"{kept:.4f} ± {half:.4f} (the kept epoch {selection.get('epoch')}, {selection.get('valid_users')} users). "
-            f"The served lists come from the attention model; data whose order says little favours a collaborative "
-            f"model (docs/benchmarks.md, \"Weakly sequential data\").")
+    what = (f"the kept epoch {served['epoch']}" if "epoch" in served else f"chosen: {served.get('chosen')}")
+    advice = ("" if "chosen" in served else " Set train.collaborative: true to let the validation users choose a "
+              "blend with ALS for the served lists.")
+    return (f"ALS beats the served model on the validation targets: NDCG@10 {als_valid_ndcg:.4f} against "
+            f"{kept:.4f} ± {half:.4f} ({what}, {served.get('valid_users')} users). Data whose order says little "
+            f"favours a collaborative model (docs/benchmarks.md, \"Weakly sequential data\").{advice}")
 
 
 class Evaluation:
@@ -198,7 +200,8 @@ class Evaluation:
         self.params["als"] = {"best": best, "grid": [{**p, "valid_ndcg@10": m} for p, m in tried]}
         logger.info("als grid (validation NDCG@10): " + ", ".join(
             f"rank={p['rank']} reg={p['regParam']} alpha={p['alpha']}: {m:.4f}" for p, m in tried))
-        lead = collaborative_lead(self.ckpt.get("selection") or {}, max(m for _, m in tried))
+        lead = collaborative_lead(self.ckpt.get("collaborative") or self.ckpt.get("selection") or {},
+                                  max(m for _, m in tried))
         if lead:
             self.params["als"]["leads_attention_on_validation"] = True
             logger.warning(lead)

@@ -20,6 +20,9 @@ named parts, each feature group behind a switch (ModelConfig.use_*):
 - losses: `full_softmax_loss` over the catalog, or `sampled_softmax_loss` (loss_negatives > 0);
   with adversarial_eps > 0 the same loss is added under `adversarial_items` (adversarial training);
   with target_span > 1 each position's target is drawn from the items ahead (`targets_ahead`).
+- `collaborative` (recsys_spark.collaborative.CollaborativeFactors, collaborative_rank > 0):
+  implicit-ALS item factors attached after training where validation prefers a blend; the served
+  vectors (`item_vectors`, `user_vectors`) are then the attention vectors with the factors appended.
 
 Scaling statistics (numeric means/standard deviations, the title IDF) and the item features are
 buffers of the model, saved in the checkpoint: scoring applies exactly the transform training saw,
@@ -28,7 +31,7 @@ The top-K kernel over item vectors lives in recsys_spark.topk.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 import numpy as np
@@ -36,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from recsys_spark.collaborative import CollaborativeFactors
 from recsys_spark.config import TrainConfig
 
 # Item feature tensors (n = catalog rows incl. padding row 0):
@@ -82,6 +86,7 @@ class ModelConfig:
     loss_negatives: int = TrainConfig.loss_negatives
     adversarial_eps: float = TrainConfig.adversarial_eps
     target_span: int = TrainConfig.target_span
+    collaborative_rank: int = 0  # width of the attached ALS factors (0 = none)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -347,6 +352,8 @@ class AttentionRecommender(nn.Module):
         self.profile = ProfileEncoder(cfg) if self.use_profile else None
         self.use_behaviour = bool(cfg.use_behaviour and cfg.n_profile_num)
         self.behaviour = BehaviourGate(cfg, stats) if self.use_behaviour else None
+        self.collaborative = (CollaborativeFactors(cfg.n_items, cfg.collaborative_rank)
+                              if cfg.collaborative_rank else None)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -395,9 +402,19 @@ class AttentionRecommender(nn.Module):
     def content_vectors(self, feats: dict) -> Optional[torch.Tensor]:
         return self.items.content_vectors(feats)
 
+    def attach_collaborative(self, factors: np.ndarray, reg: float, alpha: float, weights: tuple[float, float]) -> None:
+        """Serve [weights[0] * attention, weights[1] * folded-in ALS factors] (recsys_spark.collaborative)."""
+        self.cfg = replace(self.cfg, collaborative_rank=int(factors.shape[1]))
+        self.collaborative = CollaborativeFactors(self.cfg.n_items, self.cfg.collaborative_rank).set(
+            factors, reg, alpha, weights).to(self.trained_ids.device)
+
     def item_vectors(self, feats: Optional[dict] = None, id_keep: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(n, d): the shared input/output representation of every item (see ItemEncoder)."""
-        return self.items(feats, id_keep)
+        """(n, w): the served representation of every item: the shared input/output vectors of the
+        attention model (see ItemEncoder, w = d_model), with the ALS factors appended when attached."""
+        vectors = self.items(feats, id_keep)
+        if self.collaborative is None:
+            return vectors
+        return torch.cat([vectors, self.collaborative.item_factors(len(vectors))], dim=1)
 
     def encode(self, seq: torch.Tensor, profile_cat: Optional[torch.Tensor] = None,
                profile_num: Optional[torch.Tensor] = None, items: Optional[torch.Tensor] = None,
@@ -410,7 +427,7 @@ class AttentionRecommender(nn.Module):
             seq = seq[:, -self.cfg.max_len:]
             L = self.cfg.max_len
         pad = seq == 0
-        items = self.item_vectors() if items is None else items
+        items = self.items() if items is None else items[:, :self.cfg.d_model]
         scale = self.cfg.d_model ** 0.5
         x = F.embedding(seq, items) * scale + self.sequence.positions(L, seq.device)
         token = self.profile is not None and profile_cat is not None
@@ -445,7 +462,7 @@ class AttentionRecommender(nn.Module):
         id_keep = None
         if self.training and self.cfg.item_id_dropout > 0:
             id_keep = torch.rand(self.cfg.n_items, device=seq.device) >= self.cfg.item_id_dropout
-        items = self.item_vectors(id_keep=id_keep)
+        items = self.items(id_keep=id_keep)
         if seq.shape[1] > self.cfg.max_len:
             seq, target = seq[:, -self.cfg.max_len:], target[:, -self.cfg.max_len:]
         if self.training:
@@ -473,13 +490,16 @@ class AttentionRecommender(nn.Module):
     @torch.no_grad()
     def user_vectors(self, seq: torch.Tensor, profile_cat=None, profile_num=None,
                      items: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """(B, d): the representation at the last item position; for an empty history, the profile
-        token's output (zeros when the model has no profile token)."""
+        """(B, w): the representation at the last item position; for an empty history, the profile
+        token's output (zeros when the model has no profile token). With the collaborative part,
+        the window's folded-in ALS factors are appended (weighted as item_vectors expects)."""
         h = self.encode(seq, profile_cat, profile_num, items, ends_only=True)
         last = h[:, -1]
         if self.profile is not None and profile_cat is not None:
             last = torch.where((seq[:, -1] > 0).unsqueeze(1), last, h[:, 0])
-        return last
+        if self.collaborative is None:
+            return last
+        return self.collaborative.served_users(last, seq[:, -self.cfg.max_len:])
 
 
 def pad_left(sequences: list, max_len: int) -> np.ndarray:

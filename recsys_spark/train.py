@@ -21,7 +21,7 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import checkpoints, privacy, schema, splits, tables
+from recsys_spark import baselines, checkpoints, privacy, schema, splits, tables
 from recsys_spark.config import Config, ConfigError, auto_dropout, epoch_batch_size
 from recsys_spark.features import item_feature_arrays, read_stats
 from recsys_spark.model import ModelConfig, pad_right
@@ -121,6 +121,22 @@ def _validation_sample(spark: SparkSession, cfg: Config, versions: dict, n_num: 
     }
 
 
+def _collaborative_grid(spark: SparkSession, cfg: Config, versions: dict, n_items: int) -> Optional[list]:
+    """With train.collaborative: ALS item factors at every point of the evaluate.als_* grid, fitted on
+    the training histories (the validation users' inputs, as evaluate's ALS baseline); rank 0
+    chooses among them and the attention model alone on the validation users (trainer.choose_blend)."""
+    if not cfg.train.collaborative:
+        return None
+    ev, t0 = cfg.evaluate, time.time()
+    histories = baselines.interactions(splits.valid_users(spark, cfg, versions).select("user_idx", "input")).persist()
+    grid = baselines.als_factor_grid(histories, n_items, {"ranks": ev.als_ranks, "reg_params": ev.als_reg_params,
+                                                         "alphas": ev.als_alphas}, cfg.train.seed, ev.als_max_iter)
+    histories.unpersist()
+    logger.info(f"train: ALS fitted at {len(grid)} grid point(s) in {time.time() - t0:.1f}s for the collaborative blend "
+                f"(train.collaborative)")
+    return grid
+
+
 def task_slots(spark: SparkSession) -> int:
     """Tasks the cluster can run at once (what a barrier stage needs one of per rank), GPUs included."""
     sc = spark.sparkContext._jsc.sc()
@@ -182,6 +198,7 @@ def prepare(spark: SparkSession, cfg: Config) -> TrainJob:
         checkpoint_dir=cfg.models_dir,
         run_id="attn-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6],
         valid=_validation_sample(spark, cfg, versions, model_config.n_profile_num),
+        collaborative=_collaborative_grid(spark, cfg, versions, model_config.n_items),
     )
     if cfg.train.resume == "auto":
         fingerprint = job.fingerprint(cfg.train.num_proc)

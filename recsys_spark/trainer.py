@@ -25,7 +25,8 @@ import torch
 from recsys_spark import calibration, checkpoints, devices
 from recsys_spark.ranks import connect
 from recsys_spark.metrics import ndcg_per_user
-from recsys_spark.model import AttentionRecommender
+from recsys_spark.collaborative import CollaborativeFactors
+from recsys_spark.model import AttentionRecommender, pad_left
 from recsys_spark.ranking import encode_users
 from recsys_spark.topk import topk_excluding
 
@@ -37,7 +38,9 @@ TRAIN_COLUMNS = ["user_idx", "window", "input", "target", "profile_cat", "profil
 
 
 # Train settings that do not change what a run computes: a rerun that differs only in them resumes.
-RESUME_NEUTRAL = ("resume", "progress_every_s", "retrain_every", "keep_freed_memory")
+RESUME_NEUTRAL = ("resume", "progress_every_s", "retrain_every", "keep_freed_memory", "collaborative")
+# The collaborative shares of the served scores' spread that choose_blend tries (1: ALS alone).
+BLEND_SHARES = (0.25, 0.5, 0.75, 1.0)
 
 
 @dataclass
@@ -90,6 +93,9 @@ class TrainJob:
     # Validation sample for early stopping: target (V,), seen (V training histories, oldest first),
     # profile_cat (V, A), profile_num (V, P). None disables early stopping.
     valid: Optional[dict] = None
+    # train.collaborative: ALS item factors of each evaluate.als_* grid point ({rank, regParam, alpha,
+    # factors}), for choose_blend.
+    collaborative: Optional[list] = None
 
     def fingerprint(self, ranks: int) -> dict:
         """What a run computes from (data, model, settings, ranks): a resume state saved under
@@ -486,11 +492,8 @@ def _report_stop(job: TrainJob, stop: int, state: RunState) -> None:
               flush=True)
 
 
-def calibrate(model, valid: Optional[dict], batch: int = 512) -> dict:
-    """The model's calibration fitted on the validation targets (recsys_spark.calibration); without
-    validation users the scores are read as they are (temperature 1, every next item new)."""
-    if valid is None or not len(valid["target"]):
-        return dict(calibration.NOT_FITTED)
+def served_vectors(model, valid: dict, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """(validation users' vectors, item vectors) of the model as scoring serves them, on the CPU."""
     model.eval()
     device = next(model.parameters()).device
     with torch.no_grad():
@@ -498,7 +501,88 @@ def calibrate(model, valid: Optional[dict], batch: int = 512) -> dict:
         users = torch.cat([encode_users(model, valid["seen"][lo: lo + batch], valid["profile_cat"][lo: lo + batch],
                                         valid["profile_num"][lo: lo + batch], items, str(device))
                            for lo in range(0, len(valid["target"]), batch)])
-        users, items = users.float().cpu(), items.float().cpu()
+    return users.float().cpu(), items.float().cpu()
+
+
+def _ranked_ndcgs(users: torch.Tensor, items: torch.Tensor, valid: dict, k: int = 10, batch: int = 512) -> np.ndarray:
+    tops = [topk_excluding(users[lo: lo + batch], items, valid["seen"][lo: lo + batch], k)[0]
+            for lo in range(0, len(users), batch)]
+    return ndcg_per_user(np.concatenate(tops), valid["target"], k)
+
+
+def _score_spread(users: torch.Tensor, items: torch.Tensor, n_users: int = 256) -> float:
+    """How far apart a user's scores lie (what ranking sees): the standard deviation of each of the
+    first n_users' scores over the catalog (padding row left out), averaged."""
+    return float((users[:n_users] @ items[1:].T).std(dim=1).mean())
+
+
+def choose_blend(model, valid: Optional[dict], grid: list[dict]) -> Optional[dict]:
+    """Rank 0, once the kept epoch is restored (train.collaborative): serve the attention model alone,
+    or blended with the ALS factors of one grid point ({rank, regParam, alpha, factors}), whichever
+    ranks the validation users best (NDCG@10, full ranking, history removed). A blend puts a share s
+    of the served scores' spread on ALS: user vectors [(1 - s) * attention, s * c * folded-in
+    factors], c the ratio of the two models' score spreads, s in BLEND_SHARES (1: ALS alone).
+    The best blend is served only when its gain over the attention model alone, paired over the
+    same users, has a 95% interval above 0: a gain the sample cannot tell from noise does not
+    change what users get. Attaches the choice to the model; returns the record for the manifest
+    (None without validation)."""
+    if valid is None or not len(valid["target"]):
+        return None
+    users, items = served_vectors(model, valid)
+    seq = torch.as_tensor(pad_left(valid["seen"], model.cfg.max_len))
+    attention = _ranked_ndcgs(users, items, valid)
+    best, chosen, tried = attention, None, []
+    with torch.no_grad():
+        for point in grid:
+            part = CollaborativeFactors(len(items), int(point["rank"])).set(point["factors"], point["regParam"],
+                                                                            point["alpha"], (1.0, 1.0))
+            factors = part.item_factors(len(items))
+            folded = torch.cat([part.user_factors(seq[lo: lo + 512]) for lo in range(0, len(seq), 512)])
+            spread = _score_spread(folded, factors)
+            if not spread > 0:  # factors that score every item alike: nothing to blend
+                continue
+            ratio = _score_spread(users, items) / spread
+            for share in BLEND_SHARES:
+                weights = (1.0 - share, share * ratio)
+                ndcgs = _ranked_ndcgs(torch.cat([weights[0] * users, weights[1] * folded], 1),
+                                      torch.cat([items, factors], 1), valid)
+                params = {key: point[key] for key in ("rank", "regParam", "alpha")}
+                tried.append({**params, "share": share, "valid_ndcg@10": float(ndcgs.mean())})
+                if ndcgs.mean() > best.mean():
+                    best, chosen = ndcgs, {**params, "share": share, "weights": list(weights)}
+    record = {"attention_valid_ndcg@10": float(attention.mean()), "tried": tried}
+    if chosen is not None:
+        gain = best - attention
+        record["best_blend"] = {**chosen, "valid_ndcg@10": float(best.mean()), "gain": float(gain.mean()),
+                                "gain_halfwidth": interval_halfwidth(gain)}
+        if gain.mean() <= (interval_halfwidth(gain) or 0.0):
+            best, chosen = attention, None
+    if chosen is not None:
+        point = next(p for p in grid if all(p[key] == chosen[key] for key in ("rank", "regParam", "alpha")))
+        model.attach_collaborative(point["factors"], point["regParam"], point["alpha"], tuple(chosen["weights"]))
+    return {**record, "chosen": chosen or "attention", "valid_ndcg@10": float(best.mean()),
+            "halfwidth": interval_halfwidth(best), "valid_users": len(best)}
+
+
+def _report_blend(job: TrainJob, blend: dict) -> None:
+    chosen = blend["chosen"]
+    what = ("the attention model alone" if chosen == "attention" else
+            f"a blend with ALS (rank {chosen['rank']}, regParam {chosen['regParam']}, alpha {chosen['alpha']}, "
+            f"{chosen['share']:.0%} of the score spread)")
+    best = blend.get("best_blend")
+    tried = (f"best of {len(blend['tried'])} blends tried: {best['valid_ndcg@10']:.4f}, a gain of {best['gain']:.4f} "
+             f"± {best['gain_halfwidth'] or 0:.4f} paired" if best else "no blend ranked better")
+    print(f"[train {job.run_id}] serving {what}: validation NDCG@10 {blend['valid_ndcg@10']:.4f}, the attention "
+          f"model alone {blend['attention_valid_ndcg@10']:.4f} ({blend['valid_users']} users; {tried})", flush=True)
+
+
+def calibrate(model, valid: Optional[dict], batch: int = 512) -> dict:
+    """The model's calibration fitted on the validation targets (recsys_spark.calibration); without
+    validation users the scores are read as they are (temperature 1, every next item new)."""
+    if valid is None or not len(valid["target"]):
+        return dict(calibration.NOT_FITTED)
+    users, items = served_vectors(model, valid, batch)
+    with torch.no_grad():
         fitted = calibration.fit(users, items, valid["seen"], valid["target"])
         if "bought" in valid:
             purchase = calibration.fit_purchase(users, items, valid["seen"], valid["target"], valid["bought"], fitted)
@@ -521,6 +605,9 @@ def _save_model(job: TrainJob, model, state: RunState) -> None:
               f"sample cannot tell apart: {', '.join(map(str, chosen['indistinguishable_epochs']))}; compared on the "
               f"same users (paired): {', '.join(map(str, chosen.get('paired_indistinguishable_epochs', [])))}",
               flush=True)
+    blend = choose_blend(model, job.valid, job.collaborative) if job.collaborative else None
+    if blend is not None:
+        _report_blend(job, blend)
     fitted = calibrate(model, job.valid)
     if fitted["method"] != "none":
         print(f"[train {job.run_id}] calibration: temperature {fitted['temperature']:.3f}, {fitted['new_share']:.1%} of "
@@ -531,7 +618,8 @@ def _save_model(job: TrainJob, model, state: RunState) -> None:
             print(f"[train {job.run_id}] purchase calibration: {fitted['purchase']['new_share']:.1%} of next steps "
                   f"bought a new item", flush=True)
     checkpoints.save(job.checkpoint_dir, job.run_id, model, {
-        "model_config": job.model_config.to_dict(), "train_config": asdict(job.train_config),
+        "model_config": model.cfg.to_dict(), "train_config": asdict(job.train_config),
         "data_versions": job.data_versions, "history": state.history,
-        "best_epoch": best_epoch, "selection": chosen, "calibration": fitted}, job.full_config)
+        "best_epoch": best_epoch, "selection": chosen, "calibration": fitted,
+        **({"collaborative": blend} if blend is not None else {})}, job.full_config)
     checkpoints.drop_resume(job.checkpoint_dir, job.run_id)

@@ -94,7 +94,7 @@ def test_the_torch_side_imports_without_pyspark():
     code = ("import sys; sys.modules['pyspark'] = None\n"
             "import recsys_spark.model, recsys_spark.topk, recsys_spark.trainer, recsys_spark.checkpoints\n"
             "import recsys_spark.ranking, recsys_spark.metrics, recsys_spark.ranks, recsys_spark.devices\n"
-            "import recsys_spark.calibration\n"
+            "import recsys_spark.calibration, recsys_spark.collaborative\n"
             "assert 'pyspark.sql' not in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 

@@ -74,6 +74,11 @@ def test_evaluation_warns_when_als_leads_the_attention_model_beyond_its_validati
     kept = {"valid_ndcg@10": 0.0891, "halfwidth": 0.0178, "epoch": 12, "valid_users": 671}
     warning = collaborative_lead(kept, 0.1165)
     assert "0.1165" in warning and "0.0891 ± 0.0178" in warning and "Weakly sequential data" in warning
+    assert "train.collaborative: true" in warning  # what to do about it
+    # With train.collaborative the served model is the validation users' choice: it is compared instead.
+    served = {"valid_ndcg@10": 0.1170, "halfwidth": 0.0180, "chosen": {"share": 1.0}, "valid_users": 671}
+    assert collaborative_lead(served, 0.1165) is None
+    assert "train.collaborative: true" not in collaborative_lead({**served, "valid_ndcg@10": 0.08}, 0.1165)
     assert collaborative_lead(kept, 0.1060) is None  # inside the interval: the sample cannot tell them apart
     assert collaborative_lead(kept, 0.0387) is None
     assert collaborative_lead({}, 0.5) is None  # a model trained without validation has nothing to compare
