@@ -81,6 +81,10 @@ def print_table(result: dict) -> None:
     if c:
         print(f"attention: kept epoch {c['kept_epoch']} (validation NDCG@10 {c['kept_ndcg']}, {c['kept_s']}s of epochs); "
               f"{c['share']:.0%} of it first at epoch {c['epoch']} ({c['ndcg']}, {c['seconds']}s of epochs)")
+    blend = result.get("collaborative")
+    if blend:
+        print(f"served: {blend['chosen']} (validation NDCG@10 {blend['valid_ndcg@10']:.4f}, the attention model alone "
+              f"{blend['attention_valid_ndcg@10']:.4f}, {blend['valid_users']} users)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -107,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             monitor.close()
         with open(os.path.join(trained["checkpoint"], "manifest.json")) as fh:
-            model_config = json.load(fh)["model_config"]  # read before the work folder is removed
+            manifest = json.load(fh)  # read before the work folder is removed
     result = {
         "dataset": os.path.basename(os.path.normpath(args.dataset)),
         "dataset_path": args.dataset,
@@ -118,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         "attention_history": trained["history"],
         "convergence": convergence.time_to_share(trained["history"]),
         "model_run_id": trained["run_id"],
-        "model_config": model_config,
+        "model_config": manifest["model_config"],
+        "collaborative": manifest.get("collaborative"),  # the blend with ALS chosen on validation (train.collaborative)
         "als": ev["params"].get("als"),
         "side_files": sorted(side),
         "cold": ev.get("cold"),
