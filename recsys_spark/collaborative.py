@@ -2,8 +2,9 @@
 
 Implicit-ALS item factors (Spark MLlib, fitted at training on the training histories:
 recsys_spark.train) are kept as buffers of the model, and a user's factors are folded in from
-their window with MLlib's own normal equations (`fold_in`). The user side is therefore a function
-of the sequence, like the attention vector: scoring, incremental scoring, refresh and cold start
+their history with MLlib's own normal equations (`fold_in`; the whole history, as MLlib was fitted
+on it, where the attention model reads the newest max_len: recsys_spark.ranking.padded_histories).
+The user side is therefore a function of the history, like the attention vector: scoring, incremental scoring, refresh and cold start
 need nothing new. The served vectors are the concatenations [a * attention, b * collaborative]
 for users and [items, factors] for items, with (a, b) chosen on the validation users
 (recsys_spark.trainer.choose_blend).
@@ -16,14 +17,14 @@ from torch import nn
 
 
 def fold_in(factors: torch.Tensor, gram: torch.Tensor, seq: torch.Tensor, reg: float, alpha: float) -> torch.Tensor:
-    """(B, r) implicit-ALS user factors of the windows seq (B, L item indexes; 0 = padding) given the
+    """(B, r) implicit-ALS user factors of the histories seq (B, L item indexes; 0 = padding) given the
     item factors (n, r) and gram = factorsᵀ factors: MLlib's user update
 
         (gram + alpha * sum_occurrences q qᵀ + reg * n_u * I) x = alpha * sum_occurrences q + sum_distinct q
 
-    for an item's occurrences in the window taken as its rating (recsys_spark.baselines.interactions)
-    and n_u the window's distinct items. Items beyond the factors (new since the fit) count as
-    padding; an empty window gives zeros."""
+    for an item's occurrences in the history taken as its rating (recsys_spark.baselines.interactions)
+    and n_u the history's distinct items. Items beyond the factors (new since the fit) count as
+    padding; an empty history gives zeros."""
     n, r = factors.shape
     present = (seq > 0) & (seq < n)
     ids = torch.where(present, seq, torch.zeros_like(seq))

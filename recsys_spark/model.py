@@ -491,15 +491,16 @@ class AttentionRecommender(nn.Module):
     def user_vectors(self, seq: torch.Tensor, profile_cat=None, profile_num=None,
                      items: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(B, w): the representation at the last item position; for an empty history, the profile
-        token's output (zeros when the model has no profile token). With the collaborative part,
-        the window's folded-in ALS factors are appended (weighted as item_vectors expects)."""
+        token's output (zeros when the model has no profile token); the attention model reads the
+        newest max_len items of seq. With the collaborative part, the ALS factors folded in from all
+        of seq are appended (weighted as item_vectors expects; ranking.padded_histories)."""
         h = self.encode(seq, profile_cat, profile_num, items, ends_only=True)
         last = h[:, -1]
         if self.profile is not None and profile_cat is not None:
             last = torch.where((seq[:, -1] > 0).unsqueeze(1), last, h[:, 0])
         if self.collaborative is None:
             return last
-        return self.collaborative.served_users(last, seq[:, -self.cfg.max_len:])
+        return self.collaborative.served_users(last, seq)
 
 
 def pad_left(sequences: list, max_len: int) -> np.ndarray:

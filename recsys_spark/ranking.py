@@ -135,12 +135,27 @@ def _int_arrays(values: Sequence) -> list[np.ndarray]:
     return [np.asarray(v if v is not None else (), dtype=np.int64) for v in values]
 
 
+# With a collaborative part, the newest items of a history that ALS folds in (the attention model
+# reads its newest max_len): every item of any real user's history, and bounded for a runaway one.
+COLLABORATIVE_HISTORY = 10_000
+
+
+def padded_histories(histories: list[np.ndarray], max_len: int, whole: bool = False) -> np.ndarray:
+    """(B, L) the histories left-padded as the model reads them: the newest max_len items, or with
+    whole (a model with a collaborative part) the newest COLLABORATIVE_HISTORY: ALS folds in what
+    MLlib was fitted on, the whole history, while the attention model reads the newest max_len."""
+    width = max_len
+    if whole:
+        width = max(width, min(COLLABORATIVE_HISTORY, max([len(h) for h in histories if h is not None] + [0])))
+    return pad_left(histories, width)
+
+
 def encode_users(model, histories: list[np.ndarray], profile_cat: Optional[Sequence] = None,
                  profile_num: Optional[Sequence] = None, items=None, device: str = "cpu"):
     """(B, d) user vectors of the model for histories (1-D item index arrays, oldest first; the
     newest max_len are used) and, where the model uses them, declared attributes and behaviour
     numbers (missing or wrong-length rows read as unknown / zeros)."""
-    seq = pad_left(histories, model.cfg.max_len)
+    seq = padded_histories(histories, model.cfg.max_len, model.collaborative is not None)
     # Columns that are padding for every user change nothing (padding is masked from attention):
     # drop them, so short histories cost less to encode.
     used = np.flatnonzero((seq != 0).any(0))

@@ -26,8 +26,8 @@ from recsys_spark import calibration, checkpoints, devices
 from recsys_spark.ranks import connect
 from recsys_spark.metrics import ndcg_per_user
 from recsys_spark.collaborative import CollaborativeFactors
-from recsys_spark.model import AttentionRecommender, pad_left
-from recsys_spark.ranking import encode_users
+from recsys_spark.model import AttentionRecommender
+from recsys_spark.ranking import encode_users, padded_histories
 from recsys_spark.topk import topk_excluding
 
 if TYPE_CHECKING:  # the job carries them; this module needs no config code to run a rank
@@ -529,7 +529,6 @@ def choose_blend(model, valid: Optional[dict], grid: list[dict]) -> Optional[dic
     if valid is None or not len(valid["target"]):
         return None
     users, items = served_vectors(model, valid)
-    seq = torch.as_tensor(pad_left(valid["seen"], model.cfg.max_len))
     attention = _ranked_ndcgs(users, items, valid)
     best, chosen, tried = attention, None, []
     with torch.no_grad():
@@ -537,7 +536,9 @@ def choose_blend(model, valid: Optional[dict], grid: list[dict]) -> Optional[dic
             part = CollaborativeFactors(len(items), int(point["rank"])).set(point["factors"], point["regParam"],
                                                                             point["alpha"], (1.0, 1.0))
             factors = part.item_factors(len(items))
-            folded = torch.cat([part.user_factors(seq[lo: lo + 512]) for lo in range(0, len(seq), 512)])
+            histories = (padded_histories(valid["seen"][lo: lo + 512], model.cfg.max_len, whole=True)
+                         for lo in range(0, len(valid["seen"]), 512))
+            folded = torch.cat([part.user_factors(torch.as_tensor(h)) for h in histories])
             spread = _score_spread(folded, factors)
             if not spread > 0:  # factors that score every item alike: nothing to blend
                 continue

@@ -68,6 +68,15 @@ def test_validation_chooses_the_blend_the_users_rank_better_with_and_the_checkpo
     # figure the choice was made on.
     assert model.cfg.collaborative_rank == 2
     assert validation_ndcgs(model, valid).mean() == pytest.approx(blend["valid_ndcg@10"])
+    # ALS folds in the whole history, as MLlib was fitted on it, while attention reads the newest 8.
+    long = np.arange(1, 31)
+    with torch.no_grad():
+        served = encode_users(model, [long], items=model.item_vectors())[0]
+        part = model.collaborative
+        expected = fold_in(part.factors, part.gram, torch.as_tensor(long)[None], float(part.reg), float(part.alpha))[0]
+        attention = model.user_vectors(torch.as_tensor(long[-8:])[None])[0]
+    torch.testing.assert_close(served[16:], part.weights[1] * expected)
+    torch.testing.assert_close(served[:16], attention[:16])
     path = checkpoints.save(str(tmp_path), "attn-blend", model, {"model_config": model.cfg.to_dict()}, {})
     loaded, _ = checkpoints.load(path)
     assert validation_ndcgs(loaded, valid).mean() == pytest.approx(blend["valid_ndcg@10"])
