@@ -1,11 +1,11 @@
 """The collaborative part of the served model (train.collaborative): pure torch, never imports pyspark.
 
-Implicit-ALS item factors (Spark MLlib, fitted at training on the training histories:
+Implicit-ALS item factors (Spark MLlib, fitted before training on the training histories:
 recsys_spark.train) are kept as buffers of the model, and a user's factors are folded in from
 their history with MLlib's own normal equations (`fold_in`; the whole history, as MLlib was fitted
 on it, where the attention model reads the newest max_len: recsys_spark.ranking.padded_histories).
-The user side is therefore a function of the history, like the attention vector: scoring, incremental scoring, refresh and cold start
-need nothing new. The served vectors are the concatenations [a * attention, b * collaborative]
+The user side is therefore a function of the history, like the attention vector: scoring,
+incremental scoring, refresh and cold start need nothing new. The served vectors are the concatenations [a * attention, b * collaborative]
 for users and [items, factors] for items, with (a, b) chosen on the validation users
 (recsys_spark.trainer.choose_blend).
 """

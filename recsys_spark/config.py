@@ -237,10 +237,10 @@ class TrainConfig:
     # (1: the next item, SASRec's objective). Where the order says little, the items further on are
     # as informative as the next one, and N > 1 lets the loss see the user's whole set.
     target_span: int = 1
-    # After training, fit implicit ALS on the training histories (evaluate.als_* grid) and serve the
-    # attention vectors blended with ALS factors folded in from each window, where the validation
-    # users rank better with the blend (recsys_spark.collaborative; docs/benchmarks.md, "Weakly
-    # sequential data"). Needs validation users (valid_users > 0).
+    # Fit implicit ALS on the training histories (the evaluate.als_* grid) before training, and
+    # serve the attention vectors blended with ALS factors folded in from each user's history where
+    # the validation users rank better with the blend (recsys_spark.collaborative; docs/benchmarks.md,
+    # "Weakly sequential data"). Needs validation users (valid_users > 0).
     collaborative: bool = False
     seed: int = 42
     # Torch intra-op threads per rank (ranks share the executor's cores).
@@ -688,6 +688,12 @@ def _check_values(cfg: Config) -> None:
     _check_features(cfg.features)
     _check_train(cfg.train)
     _check_score(cfg.score)
+    ev = cfg.evaluate
+    if not (ev.als_ranks and ev.als_reg_params and ev.als_alphas) or min(ev.als_ranks) < 1 \
+            or min(ev.als_reg_params) <= 0 or min(ev.als_alphas) < 0:
+        raise ConfigError(f"evaluate.als_ranks, als_reg_params, als_alphas: each a non-empty list, ranks >= 1, "
+                          f"regParams > 0 (a user's ALS vector is solved with it), alphas >= 0; got {ev.als_ranks}, "
+                          f"{ev.als_reg_params}, {ev.als_alphas}")
     for key in ("exclude_purchased_days", "max_per_user"):
         _at_least(f"audience.{key}", getattr(cfg.audience, key), 0)
     if cfg.privacy.vacuum_retention_hours < 0:

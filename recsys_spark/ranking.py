@@ -152,8 +152,8 @@ def padded_histories(histories: list[np.ndarray], max_len: int, whole: bool = Fa
 
 def encode_users(model, histories: list[np.ndarray], profile_cat: Optional[Sequence] = None,
                  profile_num: Optional[Sequence] = None, items=None, device: str = "cpu"):
-    """(B, d) user vectors of the model for histories (1-D item index arrays, oldest first; the
-    newest max_len are used) and, where the model uses them, declared attributes and behaviour
+    """(B, w) served user vectors of the model for histories (1-D item index arrays, oldest first;
+    read as padded_histories says) and, where the model uses them, declared attributes and behaviour
     numbers (missing or wrong-length rows read as unknown / zeros)."""
     seq = padded_histories(histories, model.cfg.max_len, model.collaborative is not None)
     # Columns that are padding for every user change nothing (padding is masked from attention):

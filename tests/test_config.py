@@ -71,6 +71,8 @@ def test_value_checks():
         config.load(None, ["train.adversarial_eps=1.5"])
     with pytest.raises(config.ConfigError, match="train.collaborative: .* train.valid_users is 0"):
         config.load(None, ["train.collaborative=true", "train.valid_users=0"])
+    with pytest.raises(config.ConfigError, match="regParams > 0"):
+        config.load(None, ["evaluate.als_reg_params=[0.0, 0.1]"])
     assert config.load(None, ["train.dropout=auto"]).train.dropout == "auto"
     assert config.load(None, ["train.dropout=0.25"]).train.dropout == 0.25
 

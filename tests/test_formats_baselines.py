@@ -183,6 +183,13 @@ def test_quality_benchmark_writes_the_result_table(spark, tmp_path, capsys):
     kept = max(result["attention_history"], key=lambda e: e["valid_ndcg@10"])
     assert result["convergence"]["kept_epoch"] == kept["epoch"]
     assert result["convergence"]["epoch"] <= kept["epoch"]
+    # conf/bench.yaml serves a blend with ALS where validation prefers it: rank 0 tried the grid's
+    # point at every share, starting from the kept epoch's figure, and the result records the choice.
+    blend = result["collaborative"]
+    assert blend["attention_valid_ndcg@10"] == pytest.approx(kept["valid_ndcg@10"], abs=1e-6)
+    assert [t["share"] for t in blend["tried"]] == [0.25, 0.5, 0.75, 1.0]
+    assert blend["valid_ndcg@10"] >= blend["attention_valid_ndcg@10"]
+    assert (blend["chosen"] == "attention") == (result["model_config"]["collaborative_rank"] == 0)
 
 
 def test_time_to_95_percent_is_the_first_epoch_within_the_share_of_the_kept_one():
