@@ -230,6 +230,11 @@ class TrainConfig:
     # 0: full-catalog cross-entropy. N > 0: sampled cross-entropy against N uniform negatives per
     # step (cheaper per step for large catalogs; see docs/benchmarks.md for what it costs in quality).
     loss_negatives: int = 0
+    # 0: the loss is taken at every position of a window. N > 0: at a uniform random sample of the
+    # batch's positions, at most N per window on average. On a CPU the catalog-wide softmax at every
+    # position is nearly all of a step's cost for long windows, and neighbouring positions of a window
+    # teach much the same (docs/benchmarks.md, "Fewer supervised positions").
+    loss_positions: int = 0
     # Adversarial training (APR-style): each step also takes the loss with every item vector moved
     # by this share of its own length in its worst direction. 0 = off (docs/benchmarks.md).
     adversarial_eps: float = 0.0
@@ -589,6 +594,9 @@ def _check_train(t: TrainConfig) -> None:
     if t.collaborative and t.valid_users <= 0:
         raise ConfigError("train.collaborative: the blend with ALS is chosen on the validation users, but "
                           "train.valid_users is 0; set it above 0 (default 20000) or set train.collaborative: false")
+    if t.loss_positions < 0:
+        raise ConfigError(f"train.loss_positions: must be 0 (every position) or a number of positions per window, "
+                          f"got {t.loss_positions}")
     if t.loss_negatives < 0:
         raise ConfigError(f"train.loss_negatives: must be 0 (full catalog) or a number of sampled items, "
                           f"got {t.loss_negatives}")

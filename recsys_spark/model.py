@@ -19,7 +19,8 @@ named parts, each feature group behind a switch (ModelConfig.use_*):
   item position through a learned gate.
 - losses: `full_softmax_loss` over the catalog, or `sampled_softmax_loss` (loss_negatives > 0);
   with adversarial_eps > 0 the same loss is added under `adversarial_items` (adversarial training);
-  with target_span > 1 each position's target is drawn from the items ahead (`targets_ahead`).
+  with target_span > 1 each position's target is drawn from the items ahead (`targets_ahead`);
+  with loss_positions > 0 the loss is taken at a random sample of the positions (`sample_positions`).
 - `collaborative` (recsys_spark.collaborative.CollaborativeFactors, collaborative_rank > 0):
   implicit-ALS item factors attached after training where validation prefers a blend; the served
   vectors (`item_vectors`, `user_vectors`) are then the attention vectors with the factors appended.
@@ -84,6 +85,7 @@ class ModelConfig:
     use_vectors: bool = TrainConfig.use_vectors
     item_id_dropout: float = TrainConfig.item_id_dropout
     loss_negatives: int = TrainConfig.loss_negatives
+    loss_positions: int = TrainConfig.loss_positions
     adversarial_eps: float = TrainConfig.adversarial_eps
     target_span: int = TrainConfig.target_span
     collaborative_rank: int = 0  # width of the attached ALS factors (0 = none)
@@ -275,6 +277,21 @@ def full_softmax_loss(h: torch.Tensor, target: torch.Tensor, items: torch.Tensor
     return logits, F.cross_entropy(logits, target)
 
 
+def sample_positions(target: torch.Tensor, per_row: int) -> torch.Tensor:
+    """target (B, L; 0 = none) with all but a uniform random sample of its target positions set to
+    none: at most per_row x B positions, drawn from the whole batch so that every position is as likely
+    to count (the loss stays an unbiased estimate of the loss at every position)."""
+    flat = target.flatten()
+    present = flat.nonzero().squeeze(1)
+    budget = per_row * target.shape[0]
+    if per_row <= 0 or len(present) <= budget:
+        return target
+    kept = present[torch.randperm(len(present), device=target.device)[:budget]]
+    sampled = torch.zeros_like(flat)
+    sampled[kept] = flat[kept]
+    return sampled.view_as(target)
+
+
 def adversarial_items(items: torch.Tensor, loss: torch.Tensor, eps: float) -> torch.Tensor:
     """The item vectors, each moved by eps times its own length in the direction that raises the
     loss fastest (APR-style adversarial training on the embeddings; a relative size, so one eps
@@ -450,7 +467,8 @@ class AttentionRecommender(nn.Module):
         Without target: scores (B, n_items) for the next item after the sequence, loss None.
         With target (B, L; 0 = no target): scores of the supervised positions and the loss
         (full_softmax_loss, or sampled_softmax_loss with loss_negatives); in training with target_span
-        > 1, each position's target is drawn from the items ahead (targets_ahead). With the profile token,
+        > 1, each position's target is drawn from the items ahead (targets_ahead), and with loss_positions
+        the loss is taken at a random sample of the positions (sample_positions). With the profile token,
         its position is supervised with the window's first item. With adversarial_eps > 0, training
         adds the same loss under the worst small move of the item vectors (adversarial_items).
         """
@@ -466,7 +484,7 @@ class AttentionRecommender(nn.Module):
         if seq.shape[1] > self.cfg.max_len:
             seq, target = seq[:, -self.cfg.max_len:], target[:, -self.cfg.max_len:]
         if self.training:
-            target = targets_ahead(target, self.cfg.target_span)
+            target = sample_positions(targets_ahead(target, self.cfg.target_span), self.cfg.loss_positions)
         logits, loss = self.next_item_loss(items, seq, target, profile_cat, profile_num)
         eps = self.cfg.adversarial_eps
         if eps > 0 and self.training and torch.is_grad_enabled():

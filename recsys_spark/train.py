@@ -98,7 +98,8 @@ def _model_config(spark: SparkSession, cfg: Config, versions: dict, train_df: Da
         attr_cardinalities=[int(sizes[f"c{i}"] or 0) + 1 for i in range(n_attr)], n_profile_num=int(sizes["n_num"] or 0),
         use_profile=tc.use_profile, use_behaviour=tc.use_behaviour, use_content=tc.use_content, use_text=tc.use_text,
         use_vectors=tc.use_vectors,
-        item_id_dropout=tc.item_id_dropout, loss_negatives=tc.loss_negatives, adversarial_eps=tc.adversarial_eps,
+        item_id_dropout=tc.item_id_dropout, loss_negatives=tc.loss_negatives,
+        loss_positions=tc.loss_positions, adversarial_eps=tc.adversarial_eps,
         target_span=tc.target_span)
 
 

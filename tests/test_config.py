@@ -67,6 +67,8 @@ def test_value_checks():
         config.load(None, ["train.min_steps=-1"])
     with pytest.raises(config.ConfigError, match="train.loss_negatives"):
         config.load(None, ["train.loss_negatives=-5"])
+    with pytest.raises(config.ConfigError, match="train.loss_positions: must be 0 \\(every position\\)"):
+        config.load(None, ["train.loss_positions=-1"])
     with pytest.raises(config.ConfigError, match="train.adversarial_eps: must be between 0"):
         config.load(None, ["train.adversarial_eps=1.5"])
     with pytest.raises(config.ConfigError, match="train.collaborative: .* train.valid_users is 0"):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from recsys_spark.metrics import ndcg_at_k, recall_at_k
-from recsys_spark.model import AttentionRecommender, ModelConfig, pad_left, targets_ahead
+from recsys_spark.model import AttentionRecommender, ModelConfig, pad_left, sample_positions, targets_ahead
 
 
 def _model(**kw):
@@ -131,6 +131,30 @@ def test_targets_ahead_are_drawn_from_the_next_items_of_the_window_only():
         _, next_loss = m(seq, tgt[:1])
     assert not torch.equal(drawn_tgt, tgt[:1])
     assert torch.isclose(train_loss, drawn_loss) and not torch.isclose(train_loss, next_loss)
+
+
+def test_the_loss_is_taken_at_a_uniform_sample_of_the_batchs_positions():
+    # Row 0 has 6 targets, row 1 has 2: a budget of 2 a window keeps 4 of the 8, drawn from the
+    # whole batch, so every position counts equally often (the long window is not cut to 2).
+    tgt = torch.tensor([[0, 0, 4, 5, 6, 7, 8, 9], [0, 0, 0, 0, 0, 0, 11, 12]])
+    assert torch.equal(sample_positions(tgt, 0), tgt) and torch.equal(sample_positions(tgt, 4), tgt)
+    torch.manual_seed(0)
+    draws = torch.stack([sample_positions(tgt, 2) for _ in range(2000)])
+    assert ((draws == tgt) | (draws == 0)).all()  # a kept position keeps its own target
+    assert ((draws > 0).sum(dim=(1, 2)) == 4).all()
+    share = (draws > 0).float().mean(0)[tgt > 0]
+    assert torch.allclose(share, torch.full_like(share, 0.5), atol=0.05), share
+    # Training takes its loss on such a sample; evaluation scores every position.
+    m = _model(use_profile=False, loss_positions=2)
+    seq = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8], [0, 0, 0, 0, 0, 3, 10, 11]])
+    torch.manual_seed(1)
+    _, train_loss = m.train()(seq, tgt)
+    torch.manual_seed(1)
+    sampled = sample_positions(tgt, 2)  # the same draw made into targets by hand
+    with torch.no_grad():
+        _, sampled_loss = m.eval()(seq, sampled)
+        _, every_loss = m(seq, tgt)
+    assert torch.isclose(train_loss, sampled_loss) and not torch.isclose(train_loss, every_loss)
 
 
 def test_profile_changes_the_user_vector():
