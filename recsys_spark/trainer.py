@@ -240,17 +240,9 @@ def validation_ndcgs(model, valid: dict, k: int = 10, batch: int = 512, device: 
     """Each validation user's NDCG@k (see validate)."""
     if not len(valid["target"]):
         return np.zeros(0)
-    model.eval()
-    tops = []
-    with torch.no_grad():
-        items = model.item_vectors()
-        for lo in range(0, len(valid["target"]), batch):
-            sl = slice(lo, lo + batch)
-            users = encode_users(model, valid["seen"][sl], valid["profile_cat"][sl], valid["profile_num"][sl], items,
-                                 device)
-            tops.append(topk_excluding(users, items, valid["seen"][sl], k)[0])
+    users, items = served_vectors(model, valid, batch, device)
     model.train()
-    return ndcg_per_user(np.concatenate(tops), valid["target"], k)
+    return ranked_ndcgs(users, items, valid, k, batch)
 
 
 def sharded_validation_ndcgs(model, valid: dict, ranks, device: str = "cpu") -> np.ndarray:
@@ -492,19 +484,22 @@ def _report_stop(job: TrainJob, stop: int, state: RunState) -> None:
               flush=True)
 
 
-def served_vectors(model, valid: dict, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """(validation users' vectors, item vectors) of the model as scoring serves them, on the CPU."""
+def served_vectors(model, valid: dict, batch: int = 512, device: Optional[str] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(validation users' vectors, item vectors) of the model as scoring serves them, on device (the
+    model's by default). Leaves the model in eval mode."""
     model.eval()
-    device = next(model.parameters()).device
+    device = device or str(next(model.parameters()).device)
     with torch.no_grad():
         items = model.item_vectors()
         users = torch.cat([encode_users(model, valid["seen"][lo: lo + batch], valid["profile_cat"][lo: lo + batch],
-                                        valid["profile_num"][lo: lo + batch], items, str(device))
+                                        valid["profile_num"][lo: lo + batch], items, device)
                            for lo in range(0, len(valid["target"]), batch)])
-    return users.float().cpu(), items.float().cpu()
+    return users, items
 
 
-def _ranked_ndcgs(users: torch.Tensor, items: torch.Tensor, valid: dict, k: int = 10, batch: int = 512) -> np.ndarray:
+def ranked_ndcgs(users: torch.Tensor, items: torch.Tensor, valid: dict, k: int = 10, batch: int = 512) -> np.ndarray:
+    """Each validation user's NDCG@k when ranked by these user and item vectors (full ranking, the
+    user's history removed)."""
     tops = [topk_excluding(users[lo: lo + batch], items, valid["seen"][lo: lo + batch], k)[0]
             for lo in range(0, len(users), batch)]
     return ndcg_per_user(np.concatenate(tops), valid["target"], k)
@@ -528,8 +523,8 @@ def choose_blend(model, valid: Optional[dict], grid: list[dict]) -> Optional[dic
     (None without validation)."""
     if valid is None or not len(valid["target"]):
         return None
-    users, items = served_vectors(model, valid)
-    attention = _ranked_ndcgs(users, items, valid)
+    users, items = (vectors.float().cpu() for vectors in served_vectors(model, valid))
+    attention = ranked_ndcgs(users, items, valid)
     best, chosen, tried = attention, None, []
     with torch.no_grad():
         for point in grid:
@@ -545,8 +540,8 @@ def choose_blend(model, valid: Optional[dict], grid: list[dict]) -> Optional[dic
             ratio = _score_spread(users, items) / spread
             for share in BLEND_SHARES:
                 weights = (1.0 - share, share * ratio)
-                ndcgs = _ranked_ndcgs(torch.cat([weights[0] * users, weights[1] * folded], 1),
-                                      torch.cat([items, factors], 1), valid)
+                ndcgs = ranked_ndcgs(torch.cat([weights[0] * users, weights[1] * folded], 1),
+                                     torch.cat([items, factors], 1), valid)
                 params = {key: point[key] for key in ("rank", "regParam", "alpha")}
                 tried.append({**params, "share": share, "valid_ndcg@10": float(ndcgs.mean())})
                 if ndcgs.mean() > best.mean():
@@ -582,7 +577,7 @@ def calibrate(model, valid: Optional[dict], batch: int = 512) -> dict:
     validation users the scores are read as they are (temperature 1, every next item new)."""
     if valid is None or not len(valid["target"]):
         return dict(calibration.NOT_FITTED)
-    users, items = served_vectors(model, valid, batch)
+    users, items = (vectors.float().cpu() for vectors in served_vectors(model, valid, batch))
     with torch.no_grad():
         fitted = calibration.fit(users, items, valid["seen"], valid["target"])
         if "bought" in valid:
