@@ -85,6 +85,9 @@ def print_table(result: dict) -> None:
     if blend:
         print(f"served: {blend['chosen']} (validation NDCG@10 {blend['valid_ndcg@10']:.4f}, the attention model alone "
               f"{blend['attention_valid_ndcg@10']:.4f}, {blend['valid_users']} users)")
+    for name, p in (result.get("paired") or {}).items():
+        print(f"attention - {name}: NDCG@10 {p['ndcg@10_diff']:+.4f} ± {p['halfwidth'] or 0:.4f} "
+              f"(95% interval, paired over {p['users']} test users)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         "model_config": manifest["model_config"],
         "collaborative": manifest.get("collaborative"),  # the blend with ALS chosen on validation (train.collaborative)
         "als": ev["params"].get("als"),
+        # The served model's test NDCG@10 minus each baseline's over the same users, with its 95% interval.
+        "paired": ev.get("paired"),
         "side_files": sorted(side),
         "cold": ev.get("cold"),
         "config": {k: v for k, v in cfg.to_dict().items() if k in ("features", "train", "evaluate")},

@@ -66,13 +66,18 @@ def sample_vectors(model, users: dict, batch: int = 512):
         return (torch.cat(vecs) if vecs else torch.zeros(0, items.shape[1])), items
 
 
+def _target_ranks(recs: DataFrame, targets: DataFrame) -> DataFrame:
+    """user_idx, rank: each target user's rank of their target in recs (null when not listed)."""
+    return (targets.join(recs, (recs.user_idx == targets.user_idx) & (recs.item_idx == targets.target), "left")
+            .select(targets.user_idx, F.col("rank")))
+
+
 def spark_metrics(recs: DataFrame, targets: DataFrame, ks: list[int]) -> dict[str, float]:
     """recs: user_idx, rank, item_idx; targets: user_idx, target. Users without a hit count as 0.
 
     Returns {"recall@k": ..., "ndcg@k": ..., "n_users": ...} averaged over all target users.
     """
-    hit = (targets.join(recs, (recs.user_idx == targets.user_idx) & (recs.item_idx == targets.target), "left")
-           .select(targets.user_idx, F.col("rank")))
+    hit = _target_ranks(recs, targets)
     aggs = [F.count("*").alias("n_users")]
     for k in ks:
         inside = F.col("rank").isNotNull() & (F.col("rank") <= k)
@@ -84,6 +89,24 @@ def spark_metrics(recs: DataFrame, targets: DataFrame, ks: list[int]) -> dict[st
     for k in ks:  # one held-out item per user: HitRate@k is Recall@k and MAP@k is MRR@k
         out[f"hitrate@{k}"], out[f"map@{k}"] = out[f"recall@{k}"], out[f"mrr@{k}"]
     return out
+
+
+def user_ndcgs(recs: DataFrame, targets: DataFrame, k: int = 10) -> DataFrame:
+    """user_idx, ndcg: each target user's NDCG@k (0 without a hit)."""
+    inside = F.col("rank").isNotNull() & (F.col("rank") <= k)
+    return _target_ranks(recs, targets).select(
+        "user_idx", F.when(inside, 1.0 / F.log2(F.col("rank") + 1.0)).otherwise(0.0).alias("ndcg"))
+
+
+def paired_difference(a: DataFrame, b: DataFrame) -> dict:
+    """Mean of a's minus b's per-user NDCG (user_ndcgs of two models on the same users) with the
+    half-width of its 95% normal interval: the users' own spread cancels out of a difference, so
+    this tells a real lead from noise where the two models' separate intervals overlap."""
+    diff = a.join(b.withColumnRenamed("ndcg", "other"), "user_idx").select((F.col("ndcg") - F.col("other")).alias("d"))
+    row = diff.agg(F.avg("d").alias("mean"), F.stddev_samp("d").alias("std"), F.count("*").alias("users")).first()
+    users = int(row["users"])
+    half = 1.96 * float(row["std"]) / float(np.sqrt(users)) if users > 1 and row["std"] is not None else None
+    return {"ndcg@10_diff": float(row["mean"] or 0.0), "halfwidth": half, "users": users}
 
 
 def head_items(popularity: np.ndarray, share: float = 0.1) -> np.ndarray:
@@ -164,6 +187,9 @@ class Evaluation:
         self.popularity = baselines.popularity_counts(self.users, self.n_items)
         self.categories = self._categories()
         self.metrics, self.beyond, self.sliced, self.train_s, self.score_s, self.params = {}, {}, {}, {}, {}, {}
+        # The attention model's NDCG@10 minus each baseline's, paired over the same test users.
+        self.paired: dict[str, dict] = {}
+        self._attention_ndcgs: Optional[DataFrame] = None
         self.calibration: dict[str, dict] = {}
         self.purchase_calibration: dict[str, dict] = {}  # the same figures for "buys this item next"
 
@@ -212,14 +238,23 @@ class Evaluation:
         recs, fit_s = make_recs()
         t0 = time.time()
         recs = recs.persist()
-        self.metrics[name] = spark_metrics(recs, self.users.select("user_idx", "target"), self.ks)
+        targets = self.users.select("user_idx", "target")
+        self.metrics[name] = spark_metrics(recs, targets, self.ks)
         self.score_s[name], self.train_s[name] = time.time() - t0, fit_s
+        self._pair(name, user_ndcgs(recs, targets))
         self.beyond[name] = {k: spark_beyond_accuracy(recs, k, self.popularity, self.n_users, self.categories)
                              for k in self.ks}
         outcomes = slices.user_outcomes(self.spark, self.cfg, self.users, recs, 10, self.popularity)
         self.sliced[name] = (slices.slice_table(outcomes), slices.fairness_gaps(outcomes, seed=self.cfg.train.seed),
                              slices.item_exposure(recs, 10, self.popularity, self.categories))
         recs.unpersist()
+
+    def _pair(self, name: str, ndcgs: DataFrame) -> None:
+        if name == "attention":  # kept, computed now: the model's lists are freed after measuring
+            self._attention_ndcgs = ndcgs.persist()
+            self._attention_ndcgs.count()
+        elif self._attention_ndcgs is not None:
+            self.paired[name] = paired_difference(self._attention_ndcgs, ndcgs)
 
     def measure_calibration(self) -> None:
         """How well the probabilities of the attention model (its checkpoint's calibration) and of
@@ -273,6 +308,8 @@ class Evaluation:
         """Write gold/metrics and gold/metric_slices, print the tables, measure cold start when
         users or items were held out, log to MLflow; the result as a dict."""
         self.users.unpersist()
+        if self._attention_ndcgs is not None:
+            self._attention_ndcgs.unpersist()
         eval_id = "eval-" + uuid.uuid4().hex[:12]
         now = datetime.now(timezone.utc).replace(tzinfo=None)
         model_run_id = self.ckpt["run_id"]
@@ -294,7 +331,8 @@ class Evaluation:
             logger.info("cold start (held-out users and items, full ranking):\n" + cold_start.format_cold(cold))
         result = {"eval_id": eval_id, "cold": cold, "slices": self.sliced, "model_run_id": model_run_id,
                   "n_users": self.n_users, "metrics": self.metrics, "beyond": self.beyond, "train_s": self.train_s,
-                  "score_s": self.score_s, "params": self.params, "calibration": self.calibration}
+                  "score_s": self.score_s, "params": self.params, "calibration": self.calibration,
+                  "paired": self.paired}
         result["mlflow_run_id"] = log_evaluate(self.cfg, result)
         return result
 
@@ -318,6 +356,9 @@ class Evaluation:
         for name, m in self.metrics.items():
             lines.append(f"{name:<12}" + "".join(f"{m[f'{metric}@{k}']:>12.4f}" for k in ks
                                                  for metric in ("recall", "ndcg")))
+        if self.paired:
+            lines.append("attention minus each baseline, NDCG@10 on the same test users (95% interval): " + ", ".join(
+                f"{name} {p['ndcg@10_diff']:+.4f} ± {p['halfwidth'] or 0:.4f}" for name, p in self.paired.items()))
         cols = ["mrr", "coverage", "gini", "novelty", "ild", "pop_share"]
         lines.append(f"beyond accuracy @10 (pop_share: recommendations from the top-10% items; they hold "
                      f"{next(iter(self.beyond.values()))[10]['pop_interaction_share']:.1%} of interactions):")

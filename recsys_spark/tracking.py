@@ -177,6 +177,10 @@ def log_evaluate(cfg: Config, result: dict) -> Optional[str]:
             for model, c in result.get("calibration", {}).items():
                 metrics.update({f"{model}.calibration.{key}": float(c[key])
                                 for key in ("log_loss", "brier", "ece", "auc", "temperature")})
+            for baseline, p in result.get("paired", {}).items():
+                metrics[f"attention_minus_{baseline}.ndcg_at_10"] = p["ndcg@10_diff"]
+                if p["halfwidth"] is not None:
+                    metrics[f"attention_minus_{baseline}.ndcg_at_10_halfwidth"] = p["halfwidth"]
             mlflow.log_metrics(metrics)
             return run.info.run_id
 

@@ -9,8 +9,8 @@ from pyspark.sql import functions as F
 from conftest import make_config
 from recsys_spark import ingest, schema, tables
 from recsys_spark.baselines import als_fit_topk, interactions, item_knn_topk, item_neighbors
-from recsys_spark.evaluate import spark_beyond_accuracy, spark_metrics
-from recsys_spark.metrics import beyond_accuracy, mrr_at_k, ndcg_at_k, recall_at_k
+from recsys_spark.evaluate import paired_difference, spark_beyond_accuracy, spark_metrics, user_ndcgs
+from recsys_spark.metrics import beyond_accuracy, mrr_at_k, ndcg_at_k, ndcg_per_user, recall_at_k
 
 
 def _events(spark, cfg):
@@ -190,6 +190,37 @@ def test_quality_benchmark_writes_the_result_table(spark, tmp_path, capsys):
     assert [t["share"] for t in blend["tried"]] == [0.25, 0.5, 0.75, 1.0]
     assert blend["valid_ndcg@10"] >= blend["attention_valid_ndcg@10"]
     assert (blend["chosen"] == "attention") == (result["model_config"]["collaborative_rank"] == 0)
+    # The served model against each baseline on the same test users: the gap of the two means, and
+    # an interval.
+    assert set(result["paired"]) == {"popularity", "als", "item_knn"}
+    for name, paired in result["paired"].items():
+        assert paired["ndcg@10_diff"] == pytest.approx(by["attention"]["ndcg@10"] - by[name]["ndcg@10"], abs=2e-4)
+        assert paired["halfwidth"] > 0 and paired["users"] == result["n_test_users"]
+    assert "attention - popularity: NDCG@10 +" in stdout
+
+
+def test_the_paired_difference_is_the_mean_per_user_gap_with_its_interval(spark):
+    # Two models ranking the same 400 users: b lists the target one place lower than a does for
+    # most users, so their separate intervals overlap while the paired one lies above 0.
+    rng = np.random.default_rng(7)
+    n_users, n_items, k = 400, 60, 10
+    targets = rng.integers(1, n_items, n_users)
+    ranked_a = np.stack([rng.permutation(np.arange(1, n_items))[:k] for _ in range(n_users)])
+    ranked_b = np.roll(ranked_a, 1, axis=1)
+    ranked_b[:, 0] = n_items + 1  # an item nobody has as target
+    ranked_b[:40] = ranked_a[:40]  # the same list for some users
+    tg = spark.createDataFrame([(u, int(t)) for u, t in enumerate(targets)], "user_idx long, target long")
+
+    def recs(ranked):
+        return spark.createDataFrame([(u, r + 1, int(ranked[u, r])) for u in range(n_users) for r in range(k)],
+                                     "user_idx long, rank int, item_idx long")
+
+    got = paired_difference(user_ndcgs(recs(ranked_a), tg), user_ndcgs(recs(ranked_b), tg))
+    gap = ndcg_per_user(ranked_a, targets, k) - ndcg_per_user(ranked_b, targets, k)
+    assert got["users"] == n_users
+    assert got["ndcg@10_diff"] == pytest.approx(gap.mean())
+    assert got["halfwidth"] == pytest.approx(1.96 * gap.std(ddof=1) / np.sqrt(n_users))
+    assert got["ndcg@10_diff"] > got["halfwidth"] > 0
 
 
 def test_time_to_95_percent_is_the_first_epoch_within_the_share_of_the_kept_one():
