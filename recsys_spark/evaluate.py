@@ -291,8 +291,10 @@ class Evaluation:
         targets = self.users.select("user_idx", "target")
         champion_path = promotion.checkpoint_of(self.cfg, champion)
         if champion_path:
-            reference = spark_metrics(attention_topk(self.users, champion_path, 10, self.cfg.score.batch_users),
-                                      targets, [10])
+            recs = attention_topk(self.users, champion_path, 10, self.cfg.score.batch_users).persist()
+            reference = spark_metrics(recs, targets, [10])
+            paired = paired_difference(self._attention_ndcgs, user_ndcgs(recs, targets))
+            recs.unpersist()
         else:
             if champion:
                 logger.warning(f"the champion {champion} has no checkpoint under {self.cfg.models_dir}; judging "
@@ -300,9 +302,10 @@ class Evaluation:
             champion = ""
             reference = self.metrics.get("popularity") or spark_metrics(
                 baselines.popularity_topk(self.users, self.popularity, 10), targets, [10])
+            paired = self.paired.get("popularity")
         gate = promotion.GATE_METRIC
         return promotion.decide(candidate, self.metrics["attention"][gate], "champion" if champion else "popularity",
-                                champion, reference[gate], self.cfg.evaluate.promote_tolerance)
+                                champion, reference[gate], self.cfg.evaluate.promote_tolerance, paired)
 
     def finish(self) -> dict:
         """Write gold/metrics and gold/metric_slices, print the tables, measure cold start when

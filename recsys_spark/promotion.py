@@ -42,6 +42,9 @@ class Decision:
     reference_value: float
     tolerance: float
     promoted: bool
+    # The candidate's figure minus the reference's over the same test users, with its 95% interval
+    # (evaluate.paired_difference): whether the gap the gate saw is more than noise.
+    paired: Optional[dict] = None
 
     @property
     def reason(self) -> str:
@@ -49,9 +52,11 @@ class Decision:
         against = f"the champion {self.reference_run}" if self.reference == "champion" else "popularity"
         verdict = "promoted" if self.promoted else "not promoted: the champion keeps serving" \
             if self.reference == "champion" else "not promoted: no model serves until one passes"
+        paired = (f"; paired over {self.paired['users']} users {self.paired['ndcg@10_diff']:+.4f} "
+                  f"± {self.paired['halfwidth'] or 0:.4f}" if self.paired else "")
         return (f"candidate {self.candidate} {GATE_METRIC} {self.candidate_value:.4f} vs {against} "
                 f"{self.reference_value:.4f} (floor {floor:.4f} at evaluate.promote_tolerance "
-                f"{self.tolerance:g}): {verdict}")
+                f"{self.tolerance:g}{paired}): {verdict}")
 
 
 def _decisions(spark: SparkSession, cfg: Config):
@@ -106,11 +111,11 @@ def serving_checkpoint(spark: SparkSession, cfg: Config) -> str:
 
 
 def decide(candidate: str, candidate_value: float, reference: str, reference_run: str, reference_value: float,
-           tolerance: float) -> Decision:
+           tolerance: float, paired: Optional[dict] = None) -> Decision:
     """The gate: promoted when candidate >= reference x (1 - tolerance). A NaN figure never passes."""
     passes = candidate_value == candidate_value and candidate_value >= reference_value * (1.0 - tolerance)
     return Decision(candidate, float(candidate_value), reference, reference_run, float(reference_value),
-                    float(tolerance), bool(passes))
+                    float(tolerance), bool(passes), paired)
 
 
 def record(spark: SparkSession, cfg: Config, decision: Decision, eval_id: str) -> None:

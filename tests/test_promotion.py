@@ -66,6 +66,10 @@ def test_a_worse_model_never_reaches_the_recommendations(spark, shop_copy):
     result = cli.run_stage(spark, cfg, "evaluate")
     decision = result["promotion"]
     assert decision.candidate == candidate and decision.reference_run == champion and not decision.promoted
+    # The gap, paired over the same test users, is far more than noise, and the decision says so.
+    gap = decision.paired
+    assert gap["ndcg@10_diff"] == pytest.approx(decision.candidate_value - decision.reference_value)
+    assert gap["ndcg@10_diff"] < -gap["halfwidth"] < 0 and f"paired over {gap['users']} users -" in decision.reason
     assert promotion.champion_run_id(spark, cfg) == champion
     cli.run_stage(spark, cfg, "score")
     assert {tuple(r) for r in tables.read(spark, latest_loc).select("user_id", "rank", "item_id", "model_run_id").collect()} == before
