@@ -38,6 +38,18 @@ def auto_dropout(history_p80: float) -> float:
     return round((0.4 - 0.3 * x) * 20) / 20
 
 
+def auto_negatives(batch: int, max_len: int, n_items: int, max_step_logits: int) -> int:
+    """`train.loss_negatives: auto`: 0 (the full-catalog softmax) while a step's logits, batch x
+    max_len positions x n_items, stay within max_step_logits; beyond it, a sampled softmax against as
+    many uniform negatives as keep the step within it (at least one). A step's memory grows with its
+    logits (12-16 bytes each with their gradients), so a large catalog neither exhausts a rank's
+    memory nor multiplies its step time (README, "Large catalogs")."""
+    positions = batch * max_len
+    if positions * n_items <= max_step_logits:
+        return 0
+    return min(n_items - 1, max(1, max_step_logits // positions))
+
+
 # The smallest batch train.min_steps_per_epoch may shrink to: below it a step's gradient is mostly noise.
 MIN_BATCH = 8
 
@@ -229,7 +241,12 @@ class TrainConfig:
     item_id_dropout: float = 0.1
     # 0: full-catalog cross-entropy. N > 0: sampled cross-entropy against N uniform negatives per
     # step (cheaper per step for large catalogs; see docs/benchmarks.md for what it costs in quality).
-    loss_negatives: int = 0
+    # "auto": from the data's shape (see auto_negatives): the full catalog while a step's logits fit
+    # max_step_logits, else as many negatives as fit it.
+    loss_negatives: int | str = "auto"
+    # The most logits (batch x window length x items) an "auto" step computes: 10^8 is 1.2-1.6 GB
+    # with their gradients; ml-1m's full-catalog step (0.87 x 10^8) fits it. Raise it on large GPUs.
+    max_step_logits: int = 100_000_000
     # 0: the loss is taken at every position of a window. N > 0: at a uniform random sample of the
     # batch's positions, at most N per window on average. On a CPU the catalog-wide softmax at every
     # position is nearly all of a step's cost for long windows, and neighbouring positions of a window
@@ -597,9 +614,12 @@ def _check_train(t: TrainConfig) -> None:
     if t.loss_positions < 0:
         raise ConfigError(f"train.loss_positions: must be 0 (every position) or a number of positions per window, "
                           f"got {t.loss_positions}")
-    if t.loss_negatives < 0:
-        raise ConfigError(f"train.loss_negatives: must be 0 (full catalog) or a number of sampled items, "
-                          f"got {t.loss_negatives}")
+    if t.loss_negatives != "auto" and (isinstance(t.loss_negatives, str) or t.loss_negatives < 0):
+        raise ConfigError(f"train.loss_negatives: must be 0 (full catalog), a number of sampled items or 'auto' "
+                          f"(from the catalog's size and train.max_step_logits), got {t.loss_negatives!r}")
+    if t.max_step_logits < 1:
+        raise ConfigError(f"train.max_step_logits: must be >= 1 (logits a training step may compute), "
+                          f"got {t.max_step_logits}")
     if t.num_proc < 1:
         raise ConfigError(f"train.num_proc: must be >= 1, got {t.num_proc}")
     if t.launcher not in LAUNCHERS:

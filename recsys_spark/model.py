@@ -84,7 +84,7 @@ class ModelConfig:
     use_text: bool = TrainConfig.use_text
     use_vectors: bool = TrainConfig.use_vectors
     item_id_dropout: float = TrainConfig.item_id_dropout
-    loss_negatives: int = TrainConfig.loss_negatives
+    loss_negatives: int = 0  # resolved from train.loss_negatives (recsys_spark.train.resolve_negatives)
     loss_positions: int = TrainConfig.loss_positions
     adversarial_eps: float = TrainConfig.adversarial_eps
     target_span: int = TrainConfig.target_span

@@ -22,7 +22,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_spark import baselines, checkpoints, privacy, schema, splits, tables
-from recsys_spark.config import Config, ConfigError, auto_dropout, epoch_batch_size
+from recsys_spark.config import Config, ConfigError, auto_dropout, auto_negatives, epoch_batch_size
 from recsys_spark.features import item_feature_arrays, read_stats
 from recsys_spark.model import ModelConfig, pad_right
 from recsys_spark.trainer import PetastormShards, TrainJob, worker
@@ -81,16 +81,32 @@ def resolve_dropout(dropout, stats: dict) -> float:
     return value
 
 
+def resolve_negatives(tc, batch: int, max_len: int, n_items: int) -> int:
+    """train.loss_negatives, or with 'auto' the value chosen from a step's shape (auto_negatives)."""
+    if tc.loss_negatives != "auto":
+        return int(tc.loss_negatives)
+    value = auto_negatives(batch, max_len, n_items, tc.max_step_logits)
+    logits = f"{batch} windows x {max_len} positions x {n_items} items = {batch * max_len * n_items:.3g} logits"
+    if value:
+        logger.info(f"train: sampled softmax against {value} uniform negatives per step: a full-catalog step would "
+                    f"compute {logits}, over train.max_step_logits {tc.max_step_logits:.3g} (train.loss_negatives: auto)")
+    else:
+        logger.info(f"train: full-catalog softmax: a step computes {logits}, within train.max_step_logits "
+                    f"{tc.max_step_logits:.3g} (train.loss_negatives: auto)")
+    return value
+
+
 def _model_config(spark: SparkSession, cfg: Config, versions: dict, train_df: DataFrame, feats: dict,
-                  stats: dict) -> ModelConfig:
-    """Architecture from train.*, sizes from the data."""
+                  stats: dict, batch: int) -> ModelConfig:
+    """Architecture from train.*, sizes from the data, the loss from a step's shape (batch windows)."""
     tc = cfg.train
+    max_len = int(train_df.select(F.size("input").alias("n")).first()["n"])
     prof = tables.read_pinned(spark, cfg.tables_root, schema.USER_PROFILE, versions)
     n_attr = prof.select(F.max(F.size("profile_cat"))).first()[0] or 0
     sizes = prof.select(*[F.max(F.col("profile_cat")[i]).alias(f"c{i}") for i in range(n_attr)],
                         F.max(F.size("profile_num")).alias("n_num")).first()
     return ModelConfig(
-        n_items=len(feats["category"]), max_len=int(train_df.select(F.size("input").alias("n")).first()["n"]),
+        n_items=len(feats["category"]), max_len=max_len,
         d_model=tc.d_model, n_heads=tc.n_heads, n_layers=tc.n_layers, dropout=resolve_dropout(tc.dropout, stats),
         n_categories=int(feats["category"].max()) + 1, n_brands=int(feats["brand"].max()) + 1,
         n_tags=int(feats["tags"].max()) + 1, text_dim=len(stats.get("idf", [])), n_item_num=int(feats["num"].shape[1]),
@@ -98,7 +114,8 @@ def _model_config(spark: SparkSession, cfg: Config, versions: dict, train_df: Da
         attr_cardinalities=[int(sizes[f"c{i}"] or 0) + 1 for i in range(n_attr)], n_profile_num=int(sizes["n_num"] or 0),
         use_profile=tc.use_profile, use_behaviour=tc.use_behaviour, use_content=tc.use_content, use_text=tc.use_text,
         use_vectors=tc.use_vectors,
-        item_id_dropout=tc.item_id_dropout, loss_negatives=tc.loss_negatives,
+        item_id_dropout=tc.item_id_dropout,
+        loss_negatives=resolve_negatives(tc, batch, max_len, len(feats["category"])),
         loss_positions=tc.loss_positions, adversarial_eps=tc.adversarial_eps,
         target_span=tc.target_span)
 
@@ -184,11 +201,11 @@ def prepare(spark: SparkSession, cfg: Config) -> TrainJob:
     files, train_df, n_rows = _training_files(spark, cfg, versions)
     feats = _item_features(spark, cfg.tables_root, versions, train_df)
     stats = read_stats(spark, tables.location(cfg.tables_root, schema.FEATURE_STATS), versions.get(schema.FEATURE_STATS))
-    model_config = _model_config(spark, cfg, versions, train_df, feats, stats)
+    batch = epoch_batch_size(n_rows, cfg.train)
+    model_config = _model_config(spark, cfg, versions, train_df, feats, stats, batch)
     model_stats = {k: v for k, v in stats.items() if k in schema.ITEM_STATISTICS}
     if len(stats.get("profile_num_mean", [])) == model_config.n_profile_num:
         model_stats.update({k: stats[k] for k in ("profile_num_mean", "profile_num_std")})
-    batch = epoch_batch_size(n_rows, cfg.train)
     if batch < cfg.train.batch_size:
         logger.info(f"train: batches of {batch} windows per rank instead of {cfg.train.batch_size}, so that an epoch "
                     f"of {n_rows} windows has at least {cfg.train.min_steps_per_epoch} steps (train.min_steps_per_epoch)")

@@ -65,8 +65,12 @@ def test_value_checks():
         config.load(None, ["train.dropout=1.0"])
     with pytest.raises(config.ConfigError, match="train.min_steps: must be >= 0"):
         config.load(None, ["train.min_steps=-1"])
-    with pytest.raises(config.ConfigError, match="train.loss_negatives"):
+    with pytest.raises(config.ConfigError, match="train.loss_negatives: must be 0 .* or 'auto'"):
         config.load(None, ["train.loss_negatives=-5"])
+    with pytest.raises(config.ConfigError, match="train.loss_negatives: must be 0 .* got 'some'"):
+        config.load(None, ["train.loss_negatives=some"])
+    with pytest.raises(config.ConfigError, match="train.max_step_logits: must be >= 1"):
+        config.load(None, ["train.max_step_logits=0"])
     with pytest.raises(config.ConfigError, match="train.loss_positions: must be 0 \\(every position\\)"):
         config.load(None, ["train.loss_positions=-1"])
     with pytest.raises(config.ConfigError, match="train.adversarial_eps: must be between 0"):
@@ -132,6 +136,20 @@ def test_auto_dropout_follows_the_training_history_length():
     # 63 items: x = ln(63/20) / ln(10) = 0.498 -> 0.4 - 0.3 * 0.498 = 0.2505 -> 0.25
     # 100 items: x = ln(5) / ln(10) = 0.699 -> 0.190 -> 0.2
     assert [config.auto_dropout(n) for n in (0, 10, 20, 63, 100, 200, 1000)] == [0.4, 0.4, 0.4, 0.25, 0.2, 0.1, 0.1]
+
+
+def test_large_catalogs_get_as_many_sampled_negatives_as_a_step_has_room_for():
+    bound = config.load(None, []).train.max_step_logits
+    assert config.load(None, []).train.loss_negatives == "auto" and bound == 10 ** 8
+    # The full catalog where the step fits: ml-1m (128 x 200 x 3,417), Beauty (128 x 50 x 12,102).
+    assert config.auto_negatives(128, 200, 3417, bound) == 0 and config.auto_negatives(128, 50, 12102, bound) == 0
+    # MovieLens 25M's 59,048 items at 128 x 200: 10^8 // 25,600 positions = 3,906 negatives.
+    assert config.auto_negatives(128, 200, 59048, bound) == 3906
+    # Just over the bound: nearly the whole catalog; never more negatives than other items.
+    assert config.auto_negatives(10, 10, 1001, 10 ** 5) == 1000
+    # Very long windows: fewer negatives, the step still within the bound.
+    assert config.auto_negatives(128, 5000, 10 ** 6, bound) == 156
+    assert config.load(None, ["train.loss_negatives=0"]).train.loss_negatives == 0
 
 
 def test_small_data_gets_smaller_batches_so_an_epoch_has_the_steps_asked_for():

@@ -335,6 +335,22 @@ def test_small_data_is_trained_in_smaller_batches_with_the_steps_an_epoch_asked_
     assert len(first["input"]) == job.batch_size
 
 
+def test_a_catalog_too_large_for_a_full_softmax_step_is_trained_against_sampled_negatives(spark, shop_copy):
+    import dataclasses
+
+    from recsys_spark import train
+
+    shop = train.prepare(spark, dataclasses.replace(shop_copy, train=dataclasses.replace(shop_copy.train, resume="off")))
+    m = shop.model_config
+    assert shop_copy.train.loss_negatives == "auto" and m.loss_negatives == 0  # the shop's step fits: full catalog
+    # A bound a tenth of the shop's full step: a tenth of the catalog per step, sampled.
+    step = shop.batch_size * m.max_len * m.n_items
+    tc = dataclasses.replace(shop_copy.train, resume="off", max_step_logits=step // 10)
+    m = train.prepare(spark, dataclasses.replace(shop_copy, train=tc)).model_config
+    assert m.loss_negatives == step // 10 // (shop.batch_size * m.max_len)
+    assert 0 < m.loss_negatives < m.n_items - 1
+
+
 @pytest.mark.slow
 def test_both_launchers_reach_the_same_validation_ndcg_on_the_shop(spark, shop, shop_copy):
     """The shop's nightly trained with Horovod; the same data and seed with TorchDistributor (DDP)
