@@ -26,6 +26,7 @@ from pyspark.sql import functions as F
 
 from recsys_spark import baselines, calibration, checkpoints, cold_start, promotion, schema, slices, splits, tables
 from recsys_spark.config import Config
+from recsys_spark.metrics import mean_halfwidth
 from recsys_spark.ranking import attention_topk
 from recsys_spark.table_schemas import METRIC_SLICES_SCHEMA, METRICS_SCHEMA
 from recsys_spark.tracking import log_evaluate
@@ -105,8 +106,7 @@ def paired_difference(a: DataFrame, b: DataFrame) -> dict:
     diff = a.join(b.withColumnRenamed("ndcg", "other"), "user_idx").select((F.col("ndcg") - F.col("other")).alias("d"))
     row = diff.agg(F.avg("d").alias("mean"), F.stddev_samp("d").alias("std"), F.count("*").alias("users")).first()
     users = int(row["users"])
-    half = 1.96 * float(row["std"]) / float(np.sqrt(users)) if users > 1 and row["std"] is not None else None
-    return {"ndcg@10_diff": float(row["mean"] or 0.0), "halfwidth": half, "users": users}
+    return {"ndcg@10_diff": float(row["mean"] or 0.0), "halfwidth": mean_halfwidth(row["std"], users), "users": users}
 
 
 def head_items(popularity: np.ndarray, share: float = 0.1) -> np.ndarray:

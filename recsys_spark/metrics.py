@@ -4,6 +4,16 @@ from __future__ import annotations
 import numpy as np
 
 
+# The normal quantile of a two-sided 95% interval.
+Z95 = 1.96
+
+
+def mean_halfwidth(std: float, n: int):
+    """Half the width of the 95% normal interval of a mean of n values with this sample standard
+    deviation (None for fewer than 2 values)."""
+    return float(Z95 * std / np.sqrt(n)) if n > 1 and std is not None else None
+
+
 def recall_at_k(ranked: np.ndarray, targets: np.ndarray, k: int) -> float:
     """ranked (U, >=k) item ids best first; targets (U,) one held-out item per user."""
     return float(np.mean((ranked[:, :k] == targets[:, None]).any(axis=1)))

@@ -24,7 +24,7 @@ import torch
 
 from recsys_spark import calibration, checkpoints, devices
 from recsys_spark.ranks import connect
-from recsys_spark.metrics import ndcg_per_user
+from recsys_spark.metrics import mean_halfwidth, ndcg_per_user
 from recsys_spark.collaborative import CollaborativeFactors
 from recsys_spark.model import AttentionRecommender
 from recsys_spark.ranking import encode_users, padded_histories
@@ -258,7 +258,7 @@ def sharded_validation_ndcgs(model, valid: dict, ranks, device: str = "cpu") -> 
 
 def interval_halfwidth(values: np.ndarray) -> Optional[float]:
     """Half the width of the 95% normal interval of the mean of values (None for fewer than 2)."""
-    return float(1.96 * np.std(values, ddof=1) / math.sqrt(len(values))) if len(values) > 1 else None
+    return mean_halfwidth(float(np.std(values, ddof=1)), len(values)) if len(values) > 1 else None
 
 
 def selection(history: list, best_epoch: int, n_users: int, per_user: Optional[dict] = None) -> dict:
@@ -549,20 +549,20 @@ def choose_blend(model, valid: Optional[dict], grid: list[dict]) -> Optional[dic
         return None
     users, items = (vectors.float().cpu() for vectors in served_vectors(model, valid))
     attention = ranked_ndcgs(users, items, valid)
-    tried, best = [], {}  # best: {"als alone" | "mix": (ndcgs, choice)}
+    tried, best = [], {}  # best: {"ALS alone" | "mix": (ndcgs, choice)}
     for params, share, weights, ndcgs in _blends(model, users, items, valid, grid):
         tried.append({**params, "share": share, "valid_ndcg@10": float(ndcgs.mean())})
-        kind = "als alone" if share == 1.0 else "mix"
+        kind = "ALS alone" if share == 1.0 else "mix"
         if kind not in best or ndcgs.mean() > best[kind][0].mean():
             best[kind] = (ndcgs, {**params, "share": share, "weights": list(weights)})
     record = {"attention_valid_ndcg@10": float(attention.mean()), "tried": tried}
     served, chosen, serving = attention, None, "attention"
-    for kind in ("als alone", "mix"):
+    for kind in ("ALS alone", "mix"):
         if kind not in best:
             continue
         ndcgs, choice = best[kind]
         gain = ndcgs - served
-        record["best_" + kind.replace(" ", "_")] = {**choice, "valid_ndcg@10": float(ndcgs.mean()), "against": serving,
+        record["best_" + kind.lower().replace(" ", "_")] = {**choice, "valid_ndcg@10": float(ndcgs.mean()), "against": serving,
                                                     "gain": float(gain.mean()), "gain_halfwidth": interval_halfwidth(gain)}
         if gain.mean() > (interval_halfwidth(gain) or 0.0):
             served, chosen, serving = ndcgs, choice, kind

@@ -121,7 +121,7 @@ def test_a_mix_that_beats_als_alone_only_within_the_noise_does_not_replace_it():
     blend = choose_blend(model, part, grid)
     als, mix = blend["best_als_alone"], blend["best_mix"]
     assert als["against"] == "attention" and als["gain"] > als["gain_halfwidth"]
-    assert mix["against"] == "als alone" and 0 < mix["gain"] <= mix["gain_halfwidth"]
+    assert mix["against"] == "ALS alone" and 0 < mix["gain"] <= mix["gain_halfwidth"]
     assert mix["valid_ndcg@10"] == max(t["valid_ndcg@10"] for t in blend["tried"]) > als["valid_ndcg@10"]
     assert blend["chosen"]["share"] == 1.0 and blend["valid_ndcg@10"] == als["valid_ndcg@10"]
     assert validation_ndcgs(model, part).mean() == pytest.approx(als["valid_ndcg@10"])
