@@ -2,7 +2,7 @@
 with the loss `train.loss_negatives: auto` chooses (config.auto_negatives) against the full softmax.
 
     python -m benchmarks.step_memory --out RESULT.json [--shapes 3417x200,20000x200,59048x200]
-        [--batch 128] [--d-model 128] [--max-step-logits 100000000] [--full-up-to 600000000]
+        [--batch 128] [--d-model 128] [--max-step-logits 200000000] [--full-up-to 600000000]
 
 Each case runs in its own process (one CPU thread, as a rank runs), so its peak resident memory is
 its own: three steps of the product's model (every feature group off: ids only) on random windows
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", default="3417x200,12102x50,20000x200,59048x200")
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--max-step-logits", type=int, default=100_000_000)
+    p.add_argument("--max-step-logits", type=int, default=200_000_000)
     p.add_argument("--full-up-to", type=int, default=600_000_000)
     args = p.parse_args(argv)
     rows = []

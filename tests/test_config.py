@@ -140,15 +140,15 @@ def test_auto_dropout_follows_the_training_history_length():
 
 def test_large_catalogs_get_as_many_sampled_negatives_as_a_step_has_room_for():
     bound = config.load(None, []).train.max_step_logits
-    assert config.load(None, []).train.loss_negatives == "auto" and bound == 10 ** 8
+    assert config.load(None, []).train.loss_negatives == "auto" and bound == 2 * 10 ** 8
     # The full catalog where the step fits: ml-1m (128 x 200 x 3,417), Beauty (128 x 50 x 12,102).
     assert config.auto_negatives(128, 200, 3417, bound) == 0 and config.auto_negatives(128, 50, 12102, bound) == 0
-    # MovieLens 25M's 59,048 items at 128 x 200: 10^8 // 25,600 positions = 3,906 negatives.
-    assert config.auto_negatives(128, 200, 59048, bound) == 3906
+    # MovieLens 25M's 59,048 items at 128 x 200: 2 x 10^8 // 25,600 positions = 7,812 negatives.
+    assert config.auto_negatives(128, 200, 59048, bound) == 7812
     # Just over the bound: nearly the whole catalog; never more negatives than other items.
     assert config.auto_negatives(10, 10, 1001, 10 ** 5) == 1000
     # Very long windows: fewer negatives, the step still within the bound.
-    assert config.auto_negatives(128, 5000, 10 ** 6, bound) == 156
+    assert config.auto_negatives(128, 5000, 10 ** 6, bound) == 312
     assert config.load(None, ["train.loss_negatives=0"]).train.loss_negatives == 0
 
 
