@@ -1,5 +1,6 @@
 """Public-dataset input formats, the Spark metrics, and the ALS / item-kNN baselines."""
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -269,3 +270,29 @@ def test_the_order_free_copy_keeps_every_users_items_and_shuffles_their_order(tm
     lines = {ln.split()[0]: ln.split()[1:] for ln in (tmp_path / "seq-copy.txt").read_text().splitlines()}
     assert sorted(map(int, lines["1"])) == list(range(1, 31)) and lines["1"] != [str(i) for i in range(1, 31)]
     assert sorted(lines["2"]) == ["5", "6", "7"]
+
+
+def test_side_files_are_the_ones_that_belong_to_the_dataset_file(tmp_path):
+    from benchmarks.datasets import side_files
+
+    # An S3-Rec folder with two datasets whose item ids overlap: each reads its own attributes.
+    (tmp_path / "Beauty.txt").write_text("1 1 2\n")
+    (tmp_path / "Sports.txt").write_text("1 1 2\n")
+    (tmp_path / "Toys.txt").write_text("1 1 2\n")
+    (tmp_path / "Beauty_item2attributes.json").write_text('{"1": [10, 11], "2": [12]}')
+    (tmp_path / "Sports_item2attributes.json").write_text('{"1": [90], "2": [91, 92]}')
+    sports = side_files(str(tmp_path / "Sports.txt"), str(tmp_path / "out-sports"))
+    assert pd.read_csv(os.path.join(sports["items"], "items.csv"), dtype=str)["tags"].tolist() == ["90", "91|92"]
+    assert side_files(str(tmp_path / "Toys.txt"), str(tmp_path / "out-toys")) == {}  # none of its own
+
+    # GroupLens form: movies.csv beside ratings.csv, with the ratings' own ids.
+    ml = tmp_path / "ml-latest"
+    ml.mkdir()
+    (ml / "ratings.csv").write_text("userId,movieId,rating,timestamp\n1,7,4.0,100\n")
+    (ml / "movies.csv").write_text('movieId,title,genres\n7,"Heat, The (1995)",Action|Crime\n'
+                                   "9,Unknown (2001),(no genres listed)\n")
+    items = pd.read_csv(os.path.join(side_files(str(ml / "ratings.csv"), str(tmp_path / "out-ml"))["items"],
+                                     "items.csv"), dtype=str)
+    assert items["item_id"].tolist() == ["7", "9"] and items["title"].tolist() == ["Heat, The (1995)", "Unknown (2001)"]
+    assert items["category"].tolist()[0] == "Action" and items["tags"].tolist()[0] == "Action|Crime"
+    assert items[["category", "tags"]].iloc[1].isna().all()  # no genres: no category, no tags
