@@ -77,18 +77,6 @@ def ml1m_items(movies_dat: str, mapping_file: str) -> pd.DataFrame:
     return movielens_items(raw["orig"].map(m), raw["title"], raw["genres"])
 
 
-def _movielens_items_file(folder: str, dataset_file: str) -> Optional[pd.DataFrame]:
-    """The movies file that goes with a GroupLens ratings file (same ids), if there is one."""
-    name = os.path.basename(dataset_file).lower()
-    if name == "ratings.csv" and os.path.isfile(os.path.join(folder, "movies.csv")):
-        raw = pd.read_csv(os.path.join(folder, "movies.csv"), dtype=str)
-        return movielens_items(raw["movieId"], raw["title"], raw["genres"])
-    if name == "ratings.dat" and os.path.isfile(os.path.join(folder, "movies.dat")):
-        raw = _movies_dat(os.path.join(folder, "movies.dat"))
-        return movielens_items(raw["orig"], raw["title"], raw["genres"])
-    return None
-
-
 def item2attributes_items(path: str) -> pd.DataFrame:
     with open(path) as fh:
         data = json.load(fh)
@@ -96,27 +84,39 @@ def item2attributes_items(path: str) -> pd.DataFrame:
                          "tags": ["|".join(str(a) for a in v) for v in data.values()]})
 
 
+def side_file_paths(dataset_file: str) -> list[str]:
+    """The side files that go with a dataset file, where they exist (see the module's formats)."""
+    folder = os.path.dirname(os.path.abspath(dataset_file))
+    name = os.path.basename(dataset_file).lower()
+    if name == "ratings.csv":
+        names = ["movies.csv"]
+    elif name == "ratings.dat":
+        names = ["users.dat", "movies.dat"]
+    else:
+        names = ["users.dat", "movies.dat", "sas_to_original_users.txt", "sas_to_original_items.txt",
+                 f"{os.path.splitext(os.path.basename(dataset_file))[0]}_item2attributes.json"]
+    return [os.path.join(folder, n) for n in names if os.path.isfile(os.path.join(folder, n))]
+
+
 def side_files(dataset_file: str, out_dir: str) -> dict[str, str]:
     """Find and convert the side files next to a dataset file; {"users": dir, "items": dir} for
     those found (empty when there are none)."""
-    folder = os.path.dirname(os.path.abspath(dataset_file))
-    name = os.path.basename(dataset_file)
+    side = {os.path.basename(p): p for p in side_file_paths(dataset_file)}
     found: dict[str, pd.DataFrame] = {}
-    if name.lower() in ("ratings.csv", "ratings.dat"):  # GroupLens form: the side files share its ids
-        if name.lower() == "ratings.dat" and os.path.isfile(os.path.join(folder, "users.dat")):
-            found["users"] = ml1m_users(os.path.join(folder, "users.dat"))
-        movies = _movielens_items_file(folder, dataset_file)
-        if movies is not None:
-            found["items"] = movies
-    else:
-        users_map, items_map = (os.path.join(folder, f"sas_to_original_{x}.txt") for x in ("users", "items"))
-        if os.path.isfile(os.path.join(folder, "users.dat")) and os.path.isfile(users_map):
-            found["users"] = ml1m_users(os.path.join(folder, "users.dat"), users_map)
-        if os.path.isfile(os.path.join(folder, "movies.dat")) and os.path.isfile(items_map):
-            found["items"] = ml1m_items(os.path.join(folder, "movies.dat"), items_map)
-        attrs = os.path.join(folder, f"{os.path.splitext(name)[0]}_item2attributes.json")
-        if "items" not in found and os.path.isfile(attrs):
-            found["items"] = item2attributes_items(attrs)
+    if "movies.csv" in side:
+        raw = pd.read_csv(side["movies.csv"], dtype=str)
+        found["items"] = movielens_items(raw["movieId"], raw["title"], raw["genres"])
+    mapped = "sas_to_original_users.txt" in side or "sas_to_original_items.txt" in side
+    if "users.dat" in side and (mapped or os.path.basename(dataset_file).lower() == "ratings.dat"):
+        found["users"] = ml1m_users(side["users.dat"], side.get("sas_to_original_users.txt"))
+    if "movies.dat" in side and "sas_to_original_items.txt" in side:
+        found["items"] = ml1m_items(side["movies.dat"], side["sas_to_original_items.txt"])
+    elif "movies.dat" in side and os.path.basename(dataset_file).lower() == "ratings.dat":
+        raw = _movies_dat(side["movies.dat"])
+        found["items"] = movielens_items(raw["orig"], raw["title"], raw["genres"])
+    attrs = [p for n, p in side.items() if n.endswith("_item2attributes.json")]
+    if attrs and "items" not in found:
+        found["items"] = item2attributes_items(attrs[0])
     paths = {}
     for name, df in found.items():
         d = os.path.join(out_dir, name)

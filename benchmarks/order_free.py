@@ -12,16 +12,25 @@ beats ALS there with the same `conf/bench.yaml`.
 Formats: MovieLens `ratings.csv` (userId,movieId,rating,timestamp: each user's timestamps are
 permuted among that user's rows) and SASRec text (`user item item ...` or `user item` per line:
 each user's items are permuted). The copy is written to DST; SRC is only read. Keep the file name
-(ingest recognises MovieLens ratings by it).
+(ingest recognises MovieLens ratings by it). The side files the benchmark reads with SRC
+(benchmarks.datasets.side_file_paths: movies, users, item attributes) carry no order and are copied
+beside DST unchanged, so the copy differs from the dataset in its order alone.
 """
 from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 
 import numpy as np
 import pandas as pd
+
+from benchmarks.datasets import side_file_paths
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
 
 
 def shuffle_ratings_csv(src: str, dst: str, seed: int) -> int:
@@ -67,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(os.path.dirname(os.path.abspath(args.dst)), exist_ok=True)
     shuffle = shuffle_ratings_csv if args.src.endswith(".csv") else shuffle_sasrec
     n = shuffle(args.src, args.dst, args.seed)
-    print(f"{args.dst}: {n} interactions of {args.src}, each user's order shuffled (seed {args.seed})")
+    side = side_file_paths(args.src)
+    for path in side:
+        shutil.copyfile(path, os.path.join(os.path.dirname(os.path.abspath(args.dst)),
+                                           os.path.basename(path).replace(_stem(args.src), _stem(args.dst), 1)))
+    print(f"{args.dst}: {n} interactions of {args.src}, each user's order shuffled (seed {args.seed}); "
+          f"side files copied: {', '.join(os.path.basename(p) for p in side) or 'none'}")
     return 0
 
 

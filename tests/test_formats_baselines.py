@@ -271,6 +271,16 @@ def test_the_order_free_copy_keeps_every_users_items_and_shuffles_their_order(tm
     assert sorted(map(int, lines["1"])) == list(range(1, 31)) and lines["1"] != [str(i) for i in range(1, 31)]
     assert sorted(lines["2"]) == ["5", "6", "7"]
 
+    # The command copies the side files unchanged, renamed after the copy where the name says whose.
+    from benchmarks.order_free import main
+
+    (tmp_path / "movies.csv").write_text("movieId,title,genres\n100,A (1999),Drama\n")
+    (tmp_path / "seq_item2attributes.json").write_text('{"1": [3]}')
+    assert main([str(src), str(tmp_path / "free" / "ratings.csv")]) == 0
+    assert (tmp_path / "free" / "movies.csv").read_text() == (tmp_path / "movies.csv").read_text()
+    assert main([str(tmp_path / "seq.txt"), str(tmp_path / "free" / "other.txt")]) == 0
+    assert (tmp_path / "free" / "other_item2attributes.json").read_text() == '{"1": [3]}'
+
 
 def test_side_files_are_the_ones_that_belong_to_the_dataset_file(tmp_path):
     from benchmarks.datasets import side_files
