@@ -290,7 +290,8 @@ class TrainConfig:
     # the per-epoch line.
     progress_every_s: float = 30.0
     # Wall-clock budget for the epoch loop in seconds (0 = none): training stops after the first
-    # epoch that ends past it, keeping the best validated weights.
+    # epoch that ends past it, keeping the best validated weights. An epoch still running when the
+    # budget is spent is cut within 10 steps (trainer.BUDGET_CHECK_STEPS), then validated.
     time_budget_s: float = 0.0
     # nightly: retrain when the newest model has already served this many scoring nights
     # (1 = retrain every night; 7 = weekly, scoring with the same model in between).

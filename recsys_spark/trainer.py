@@ -159,14 +159,15 @@ def shard_batches(files: list[str], rank: int, size: int, batch_size: int, seed:
 
 
 def train_steps(model, optimizer, batches: Iterator[dict], steps: int, device: str = "cpu",
-                progress=None, lr_at=None, net=None) -> float:
+                progress=None, lr_at=None, net=None, keep_going=None) -> float:
     """Run `steps` optimizer steps; return the mean loss. Works with any iterator of batches.
     progress(step, steps, mean_loss), if given, is called after every step (it throttles itself);
     lr_at(step), if given, is the learning rate for step 0..steps-1 of this call; net, if given, is
-    the module to call (model wrapped by DistributedDataParallel). bf16 autocast on a GPU."""
+    the module to call (model wrapped by DistributedDataParallel); keep_going(steps_done), if given,
+    is asked after every step before the last, and False ends the call there. bf16 autocast on a GPU."""
     net = model if net is None else net
     model.train()
-    total = 0.0
+    total, done = 0.0, 0
     for step in range(steps):
         if lr_at is not None:
             for group in optimizer.param_groups:
@@ -191,9 +192,12 @@ def train_steps(model, optimizer, batches: Iterator[dict], steps: int, device: s
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimizer.step()
         total += float(loss.detach())
+        done = step + 1
         if progress is not None:
-            progress(step + 1, steps, total / (step + 1))
-    return total / max(1, steps)
+            progress(done, steps, total / done)
+        if keep_going is not None and done < steps and not keep_going(done):
+            break
+    return total / max(1, done)
 
 
 def throttled_progress(label: str, every_s: float):
@@ -419,12 +423,38 @@ def _root_decision(job: TrainJob, model, entry: dict, state: RunState, started: 
     return stop
 
 
+# How often (in steps) the ranks ask rank 0 whether the time budget is spent: an epoch longer than
+# the budget (a large dataset on few cores) is cut there instead of overrunning it by up to an epoch.
+BUDGET_CHECK_STEPS = 10
+
+
+def budget_check(job: TrainJob, ranks, started: float, epoch: int, cut: dict):
+    """A keep_going for train_steps under train.time_budget_s (None without one): every
+    BUDGET_CHECK_STEPS steps, rank 0's word on the clock, broadcast so all ranks stop at the same
+    step (a collective: every rank asks at the same steps); records that step in cut["steps"]."""
+    budget = job.train_config.time_budget_s
+    if not budget:
+        return None
+
+    def keep_going(steps_done: int) -> bool:
+        if steps_done % BUDGET_CHECK_STEPS:
+            return True
+        spent = int(ranks.rank == 0 and time.time() - started > budget)
+        if ranks.broadcast_ints([spent], name=f"budget_{epoch}_{steps_done}")[0]:
+            cut["steps"] = steps_done
+            return False
+        return True
+    return keep_going
+
+
 def _log_epoch(job: TrainJob, entry: dict, ranks: int) -> None:
     extra = f", valid NDCG@10 {entry['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in entry else ""
     if entry.get("valid_ndcg@10_halfwidth") is not None:
         extra += f" ± {entry['valid_ndcg@10_halfwidth']:.4f}"
+    steps = (f"{entry['steps']} of {job.steps_per_epoch} steps (time budget)" if "steps" in entry
+             else f"{job.steps_per_epoch} steps")
     print(f"[train {job.run_id}] epoch {entry['epoch']}/{job.train_config.epochs} loss {entry['loss']:.4f}{extra} "
-          f"({entry['seconds']:.1f}s, {job.steps_per_epoch} steps x {ranks} ranks)", flush=True)
+          f"({entry['seconds']:.1f}s, {steps} x {ranks} ranks)", flush=True)
 
 
 def worker(job: TrainJob) -> dict:
@@ -447,11 +477,13 @@ def worker(job: TrainJob) -> dict:
     while state.epoch < tc.epochs and not stop:
         t0 = time.time()
         progress, lr_at = _epoch_schedule(job, state.epoch, state.plan, peak_lr, is_root)
-        loss = train_steps(model, opt, batches, job.steps_per_epoch, ranks.device, progress, lr_at, net)
+        cut: dict = {}
+        loss = train_steps(model, opt, batches, job.steps_per_epoch, ranks.device, progress, lr_at, net,
+                           budget_check(job, ranks, started, state.epoch, cut))
         state.epoch += 1
         entry = {"epoch": state.epoch, "loss": ranks.mean(loss, name="epoch_loss"),
                  "seconds": round(time.time() - t0, 3),
-                 "lr": round(float(opt.param_groups[0]["lr"]), 7)}  # of the epoch's last step
+                 "lr": round(float(opt.param_groups[0]["lr"]), 7), **cut}  # lr: of the epoch's last step
         per_user = (sharded_validation_ndcgs(model, job.valid, ranks, ranks.device)
                     if job.valid is not None and state.epoch % tc.eval_every == 0 else None)
         if is_root:

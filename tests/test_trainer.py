@@ -297,6 +297,22 @@ def test_a_run_that_lost_a_rank_resumes_to_the_uninterrupted_weights(spark, trai
     assert checkpoints.latest(models).endswith("attn-lost")
 
 
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_an_epoch_longer_than_the_time_budget_is_cut_at_the_same_step_on_every_rank(spark, train_files, tmp_path,
+                                                                                    launcher):
+    from recsys_spark.trainer import BUDGET_CHECK_STEPS
+
+    models = str(tmp_path / "models")
+    job = _job(train_files, models, "attn-budget", launcher=launcher, time_budget_s=0.001)
+    job.steps_per_epoch = 1000  # an epoch far longer than the budget
+    result = launch(launcher, 2, worker, job)
+    (epoch,) = result["history"]  # cut, then the run stops: the budget is spent
+    assert epoch["steps"] == BUDGET_CHECK_STEPS  # rank 0's first look at the clock
+    # Both ranks stopped at that step (had one gone on, its collectives would hang or the weights differ).
+    assert result["checksums"][0] == pytest.approx(result["checksums"][1], rel=1e-9, abs=1e-9)
+    assert checkpoints.load(os.path.join(models, "attn-budget"))[1]["history"] == result["history"]
+
+
 def test_epoch_progress_is_throttled(capsys, monkeypatch):
     # Long epochs report where they are, but at most once per interval (no log flooding on a cluster).
     from recsys_spark import trainer
