@@ -106,12 +106,12 @@ def side_files(dataset_file: str, out_dir: str) -> dict[str, str]:
     if "movies.csv" in side:
         raw = pd.read_csv(side["movies.csv"], dtype=str)
         found["items"] = movielens_items(raw["movieId"], raw["title"], raw["genres"])
-    mapped = "sas_to_original_users.txt" in side or "sas_to_original_items.txt" in side
-    if "users.dat" in side and (mapped or os.path.basename(dataset_file).lower() == "ratings.dat"):
+    grouplens = os.path.basename(dataset_file).lower() == "ratings.dat"  # the side files share its ids
+    if "users.dat" in side and ("sas_to_original_users.txt" in side or grouplens):
         found["users"] = ml1m_users(side["users.dat"], side.get("sas_to_original_users.txt"))
     if "movies.dat" in side and "sas_to_original_items.txt" in side:
         found["items"] = ml1m_items(side["movies.dat"], side["sas_to_original_items.txt"])
-    elif "movies.dat" in side and os.path.basename(dataset_file).lower() == "ratings.dat":
+    elif "movies.dat" in side and grouplens:
         raw = _movies_dat(side["movies.dat"])
         found["items"] = movielens_items(raw["orig"], raw["title"], raw["genres"])
     attrs = [p for n, p in side.items() if n.endswith("_item2attributes.json")]

@@ -306,3 +306,17 @@ def test_side_files_are_the_ones_that_belong_to_the_dataset_file(tmp_path):
     assert items["item_id"].tolist() == ["7", "9"] and items["title"].tolist() == ["Heat, The (1995)", "Unknown (2001)"]
     assert items["category"].tolist()[0] == "Action" and items["tags"].tolist()[0] == "Action|Crime"
     assert items[["category", "tags"]].iloc[1].isna().all()  # no genres: no category, no tags
+
+    # A SASRec file with users.dat but only the items' id mapping: users are left out, not joined by
+    # their original ids (which are not the file's); beside ratings.dat they keep their own ids.
+    sas = tmp_path / "sas"
+    sas.mkdir()
+    (sas / "seq.txt").write_text("1 1\n")
+    (sas / "users.dat").write_text("9::F::1::10::48067\n")
+    (sas / "movies.dat").write_text("7::Heat (1995)::Action|Crime\n")
+    (sas / "sas_to_original_items.txt").write_text("1 7\n")
+    assert sorted(side_files(str(sas / "seq.txt"), str(tmp_path / "out-sas"))) == ["items"]
+    (sas / "ratings.dat").write_text("9::7::5::100\n")
+    got = side_files(str(sas / "ratings.dat"), str(tmp_path / "out-dat"))
+    assert pd.read_csv(os.path.join(got["users"], "users.csv"), dtype=str)["user_id"].tolist() == ["9"]
+    assert pd.read_csv(os.path.join(got["items"], "items.csv"), dtype=str)["item_id"].tolist() == ["7"]
