@@ -25,6 +25,7 @@ from recsys_spark.schema import EVENT_TYPES, USER_ATTRIBUTE_COLUMNS
 
 LR_SCHEDULES = ("constant", "linear")
 LAUNCHERS = ("horovod", "torch_distributor")
+BLOCKS = ("transformer", "gated")
 OBJECTIVES = ("relevance", "expected_revenue", "expected_margin")
 RESUME_MODES = ("auto", "off")
 
@@ -221,6 +222,10 @@ class TrainConfig:
     d_model: int = 64
     n_heads: int = 2
     n_layers: int = 2
+    # The sequence encoder's layers. transformer: pre-norm attention and a GELU feed-forward, each
+    # added to the residual stream (SASRec). gated: LiGR layers (eSASRec, 2025): the same attention
+    # and a SwiGLU feed-forward, each added through a sigmoid gate computed from the stream.
+    block: str = "transformer"
     # A number in [0, 1), or "auto": from data statistics, the 80th percentile of training history
     # lengths (see auto_dropout): long, dense histories (MovieLens) get 0.1, short, sparse ones
     # (Amazon reviews) 0.4, measured best by validation NDCG on ml-1m and Beauty (docs/benchmarks.md).
@@ -593,6 +598,8 @@ def _check_train(t: TrainConfig) -> None:
         raise ConfigError(f"train.lr: must be > 0, got {t.lr}")
     for key in ("weight_decay", "patience", "valid_users", "time_budget_s", "progress_every_s", "min_steps_per_epoch"):
         _at_least(f"train.{key}", getattr(t, key), 0)
+    if t.block not in BLOCKS:
+        raise ConfigError(f"train.block: must be one of {', '.join(BLOCKS)}, got {t.block!r}")
     if t.lr_schedule not in LR_SCHEDULES:
         raise ConfigError(f"train.lr_schedule: must be one of {', '.join(LR_SCHEDULES)}, got {t.lr_schedule!r}")
     if isinstance(t.dropout, str) and t.dropout != "auto":

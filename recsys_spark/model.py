@@ -14,7 +14,8 @@ named parts, each feature group behind a switch (ModelConfig.use_*):
 - `profile` (ProfileEncoder, use_profile): declared attributes (age band, gender, ...) as a token put
   in front of the sequence: every position attends to it, and its own output is trained to predict
   the user's first item, so a user with no history gets a vector from the profile alone.
-- `sequence` (SequenceEncoder): positions, the causal transformer and its final norm.
+- `sequence` (SequenceEncoder): positions, the causal transformer and its final norm; its layers are
+  SASRec's (block "transformer") or gated LiGR layers (block "gated", `GatedLayer`).
 - `behaviour` (BehaviourGate, use_behaviour): the standardised activity numbers mixed into every
   item position through a learned gate.
 - losses: `full_softmax_loss` over the catalog, or `sampled_softmax_loss` (loss_negatives > 0);
@@ -69,6 +70,7 @@ class ModelConfig:
     d_model: int = TrainConfig.d_model
     n_heads: int = TrainConfig.n_heads
     n_layers: int = TrainConfig.n_layers
+    block: str = TrainConfig.block
     dropout: float = TrainConfig.dropout
     n_categories: int = 1  # rows of the category table (0 = unknown)
     n_brands: int = 1
@@ -196,11 +198,14 @@ class SequenceEncoder(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         d = cfg.d_model
-        self.n_heads, self.max_len = cfg.n_heads, cfg.max_len
+        self.n_heads, self.max_len, self.block = cfg.n_heads, cfg.max_len, cfg.block
         self.pos_emb = nn.Embedding(cfg.max_len, d)
-        layer = nn.TransformerEncoderLayer(d, cfg.n_heads, dim_feedforward=d * 2, dropout=cfg.dropout,
-                                           batch_first=True, norm_first=True, activation="gelu")
-        self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        if cfg.block == "gated":
+            self.layers = nn.ModuleList(GatedLayer(d, cfg.n_heads, cfg.dropout) for _ in range(cfg.n_layers))
+        else:
+            layer = nn.TransformerEncoderLayer(d, cfg.n_heads, dim_feedforward=d * 2, dropout=cfg.dropout,
+                                               batch_first=True, norm_first=True, activation="gelu")
+            self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
 
@@ -220,12 +225,45 @@ class SequenceEncoder(nn.Module):
         allowed = allowed | torch.eye(T, dtype=torch.bool, device=x.device).unsqueeze(0)
         mask = torch.zeros(B, T, T, device=x.device).masked_fill(~allowed, float("-inf"))
         mask = mask.repeat_interleave(self.n_heads, dim=0)
+        if self.block == "gated":
+            *below, last = self.layers
+            for layer in below:
+                x = layer(x, mask)
+            return self.norm(last(x, mask, rows))
         if rows is None:
             return self.norm(self.encoder(x, mask=mask))
         *below, last = self.encoder.layers
         for layer in below:
             x = layer(x, src_mask=mask)
         return self.norm(_layer_at_rows(last, x, mask, rows))
+
+
+class GatedLayer(nn.Module):
+    """A LiGR layer (eSASRec, Tikhonovich et al., RecSys 2025): pre-norm attention, then a pre-norm
+    SwiGLU feed-forward, each added to the residual stream through a sigmoid gate of that stream,
+    so a layer learns per channel how much of its update to let through."""
+
+    def __init__(self, d: int, n_heads: int, dropout: float):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(d)
+        self.self_attn = nn.MultiheadAttention(d, n_heads, dropout=dropout, batch_first=True)
+        self.attn_gate = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d)
+        self.ff_value = nn.Linear(d, d * 2)
+        self.ff_gate = nn.Linear(d, d * 2)
+        self.ff_out = nn.Linear(d * 2, d)
+        self.ff_residual_gate = nn.Linear(d, d)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor, rows: Optional[list] = None) -> torch.Tensor:
+        """(B, T, d) -> (B, T, d), or with `rows` only those positions' outputs (they query every key)."""
+        kv = self.norm1(x)
+        q, query, mask = (x, kv, mask) if rows is None else (x[:, rows], kv[:, rows], mask[:, rows])
+        attended = self.self_attn(query, kv, kv, attn_mask=mask, need_weights=False)[0]
+        q = q + torch.sigmoid(self.attn_gate(q)) * self.dropout(attended)
+        h = self.norm2(q)
+        update = self.ff_out(self.dropout(F.silu(self.ff_gate(h)) * self.ff_value(h)))
+        return q + torch.sigmoid(self.ff_residual_gate(q)) * self.dropout(update)
 
 
 def _layer_at_rows(layer: nn.TransformerEncoderLayer, x: torch.Tensor, mask: torch.Tensor, rows: list) -> torch.Tensor:

@@ -107,7 +107,8 @@ def _model_config(spark: SparkSession, cfg: Config, versions: dict, train_df: Da
                         F.max(F.size("profile_num")).alias("n_num")).first()
     return ModelConfig(
         n_items=len(feats["category"]), max_len=max_len,
-        d_model=tc.d_model, n_heads=tc.n_heads, n_layers=tc.n_layers, dropout=resolve_dropout(tc.dropout, stats),
+        d_model=tc.d_model, n_heads=tc.n_heads, n_layers=tc.n_layers, block=tc.block,
+        dropout=resolve_dropout(tc.dropout, stats),
         n_categories=int(feats["category"].max()) + 1, n_brands=int(feats["brand"].max()) + 1,
         n_tags=int(feats["tags"].max()) + 1, text_dim=len(stats.get("idf", [])), n_item_num=int(feats["num"].shape[1]),
         n_item_vec=int(feats["vec"].shape[1]),

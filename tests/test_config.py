@@ -57,6 +57,8 @@ def test_value_checks():
         config.load(None, ["features.split=random"])
     with pytest.raises(config.ConfigError, match="train.lr_schedule: must be one of constant, linear"):
         config.load(None, ["train.lr_schedule=cosine"])
+    with pytest.raises(config.ConfigError, match="train.block: must be one of transformer, gated, got 'lstm'"):
+        config.load(None, ["train.block=lstm"])
     with pytest.raises(config.ConfigError, match="divisible"):
         config.load(None, ["train.d_model=10", "train.n_heads=3"])
     with pytest.raises(config.ConfigError, match="train.dropout: expected a number in \\[0, 1\\) or 'auto'"):

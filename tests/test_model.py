@@ -15,8 +15,12 @@ def _model(**kw):
     return AttentionRecommender(cfg, torch.arange(30) % 4)
 
 
-def test_attention_is_causal_and_ignores_padding():
-    m = _model().eval()
+BLOCKS = ["transformer", "gated"]
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_attention_is_causal_and_ignores_padding(block):
+    m = _model(block=block).eval()
     seq = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8]])
     h1 = m.encode(seq)
     seq2 = seq.clone()
@@ -32,9 +36,10 @@ def test_attention_is_causal_and_ignores_padding():
     assert torch.allclose(h1[:, 2:], h3[:, 2:], atol=1e-6)
 
 
-def test_forward_returns_scores_and_loss_and_learns_a_transition():
+@pytest.mark.parametrize("block", BLOCKS)
+def test_forward_returns_scores_and_loss_and_learns_a_transition(block):
     torch.manual_seed(0)
-    m = _model(use_profile=False)
+    m = _model(use_profile=False, block=block)
     # Deterministic rule: next item = item + 1 (mod 29, skipping padding 0).
     starts = torch.randint(1, 29, (64,))
     seq = ((starts[:, None] + torch.arange(9)) % 29) + 1
@@ -180,7 +185,7 @@ def test_dropping_all_padding_columns_leaves_user_vectors_unchanged():
 
 
 @pytest.mark.parametrize("kw", [{}, {"use_profile": False}, {"use_behaviour": False, "n_layers": 1},
-                                {"n_layers": 3}])
+                                {"n_layers": 3}, {"block": "gated"}, {"block": "gated", "n_layers": 1}])
 def test_user_vectors_equal_the_full_encoders_state_at_the_newest_item(kw):
     # user_vectors computes the last layer at the two ends only; every state it returns must be the
     # one the whole encoder computes there (the profile token's for an empty history).
@@ -193,6 +198,32 @@ def test_user_vectors_equal_the_full_encoders_state_at_the_newest_item(kw):
     if m.profile is not None:
         expected[2] = h[2, 0]
     assert torch.allclose(m.user_vectors(seq, pc, pn), expected, atol=1e-5)
+
+
+def test_a_gated_layer_adds_only_what_its_gates_let_through_and_a_saved_model_keeps_its_layers():
+    from recsys_spark.model import GatedLayer
+
+    torch.manual_seed(0)
+    layer = GatedLayer(8, 2, dropout=0.0).eval()
+    x = torch.randn(2, 5, 8)
+    mask = torch.zeros(5, 5).masked_fill(torch.ones(5, 5, dtype=torch.bool).triu(1), float("-inf"))
+    mask = mask.expand(2 * 2, 5, 5)
+    with torch.no_grad():
+        opened = layer(x, mask)
+        assert not torch.allclose(opened, x, atol=1e-3)
+        assert torch.allclose(layer(x, mask, rows=[1, 4]), opened[:, [1, 4]], atol=1e-6)
+        for gate in (layer.attn_gate, layer.ff_residual_gate):  # shut: the stream passes unchanged
+            gate.weight.zero_()
+            gate.bias.fill_(-1e4)
+        assert torch.allclose(layer(x, mask), x)
+    saved = _model(block="gated")
+    assert sum(isinstance(x, GatedLayer) for x in saved.modules()) == 2
+    assert not any(isinstance(x, torch.nn.TransformerEncoderLayer) for x in saved.modules())
+    loaded = AttentionRecommender(ModelConfig(**saved.cfg.to_dict()), torch.arange(30) % 4)
+    loaded.load_state_dict(saved.state_dict())
+    seq = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8]])
+    with torch.no_grad():
+        assert torch.allclose(loaded.eval().encode(seq), saved.eval().encode(seq))
 
 
 def test_pad_left_keeps_newest_items():
