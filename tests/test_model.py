@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from recsys_spark.metrics import ndcg_at_k, recall_at_k
-from recsys_spark.model import AttentionRecommender, ModelConfig, pad_left, sample_positions, targets_ahead
+from recsys_spark.model import (AttentionRecommender, GatedLayer, ModelConfig, pad_left, sample_positions,
+                                targets_ahead)
 
 
 def _model(**kw):
@@ -201,8 +202,6 @@ def test_user_vectors_equal_the_full_encoders_state_at_the_newest_item(kw):
 
 
 def test_a_gated_layer_adds_only_what_its_gates_let_through_and_a_saved_model_keeps_its_layers():
-    from recsys_spark.model import GatedLayer
-
     torch.manual_seed(0)
     layer = GatedLayer(8, 2, dropout=0.0).eval()
     x = torch.randn(2, 5, 8)
@@ -217,8 +216,8 @@ def test_a_gated_layer_adds_only_what_its_gates_let_through_and_a_saved_model_ke
             gate.bias.fill_(-1e4)
         assert torch.allclose(layer(x, mask), x)
     saved = _model(block="gated")
-    assert sum(isinstance(x, GatedLayer) for x in saved.modules()) == 2
-    assert not any(isinstance(x, torch.nn.TransformerEncoderLayer) for x in saved.modules())
+    assert sum(isinstance(part, GatedLayer) for part in saved.modules()) == 2
+    assert not any(isinstance(part, torch.nn.TransformerEncoderLayer) for part in saved.modules())
     loaded = AttentionRecommender(ModelConfig(**saved.cfg.to_dict()), torch.arange(30) % 4)
     loaded.load_state_dict(saved.state_dict())
     seq = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8]])
