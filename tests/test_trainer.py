@@ -351,7 +351,8 @@ def test_small_data_is_trained_in_smaller_batches_with_the_steps_an_epoch_asked_
     assert len(first["input"]) == job.batch_size
 
 
-def test_a_catalog_too_large_for_a_full_softmax_step_is_trained_against_sampled_negatives(spark, shop_copy):
+def test_a_catalog_too_large_for_a_full_softmax_step_is_trained_against_sampled_negatives_in_the_configured_layers(
+        spark, shop_copy):
     import dataclasses
 
     from recsys_spark import train
@@ -359,12 +360,14 @@ def test_a_catalog_too_large_for_a_full_softmax_step_is_trained_against_sampled_
     shop = train.prepare(spark, dataclasses.replace(shop_copy, train=dataclasses.replace(shop_copy.train, resume="off")))
     m = shop.model_config
     assert shop_copy.train.loss_negatives == "auto" and m.loss_negatives == 0  # the shop's step fits: full catalog
+    assert m.block == "transformer"
     # A bound a tenth of the shop's full step: a tenth of the catalog per step, sampled.
     step = shop.batch_size * m.max_len * m.n_items
-    tc = dataclasses.replace(shop_copy.train, resume="off", max_step_logits=step // 10)
+    tc = dataclasses.replace(shop_copy.train, resume="off", max_step_logits=step // 10, block="gated")
     m = train.prepare(spark, dataclasses.replace(shop_copy, train=tc)).model_config
     assert m.loss_negatives == step // 10 // (shop.batch_size * m.max_len)
     assert 0 < m.loss_negatives < m.n_items - 1
+    assert m.block == "gated"  # the ranks build their encoder from this config
 
 
 @pytest.mark.slow
