@@ -6,6 +6,7 @@ import importlib.metadata
 import logging
 import os
 import sys
+from typing import Optional
 
 from pyspark.sql import SparkSession
 
@@ -76,6 +77,18 @@ def local_metastore(folder: str) -> dict[str, str]:
     }
 
 
+def driver_java_options(configured: str, derby_home: Optional[str], quiet: bool) -> str:
+    """The driver JVM's options: the local metastore's Derby home (its derby.log there, not in the
+    working directory) and the quiet log4j settings, then the configured options, which win where
+    both set the same flag (a configured log4j file replaces the quiet one)."""
+    options = []
+    if derby_home:
+        options.append(f"-Dderby.system.home={derby_home}")
+    if quiet and "log4j2.configurationFile" not in configured:
+        options.append(f"-Dlog4j2.configurationFile=file:{QUIET_LOG4J}")
+    return " ".join(options + [configured]).strip()
+
+
 def build_spark(cfg: SparkConfig, metastore: str = "") -> SparkSession:
     """Return a SparkSession with Delta Lake enabled.
 
@@ -106,14 +119,14 @@ def build_spark(cfg: SparkConfig, metastore: str = "") -> SparkSession:
     if cfg.master and not submitted:
         builder = builder.master(cfg.master)
     settings = dict(cfg.conf)
-    java_options = []
+    derby_home = None
     if metastore and not submitted and cfg.master.startswith("local") and "spark.sql.catalogImplementation" not in settings:
         settings = {**local_metastore(metastore), **settings}
-        java_options.append(f"-Dderby.system.home={metastore}")  # derby.log there, not in the working directory
-    if cfg.quiet and not submitted and "spark.driver.extraJavaOptions" not in settings:
-        java_options.append(f"-Dlog4j2.configurationFile=file:{QUIET_LOG4J}")
-    if java_options and "spark.driver.extraJavaOptions" not in settings:
-        settings["spark.driver.extraJavaOptions"] = " ".join(java_options)
+        derby_home = metastore
+    options = driver_java_options(settings.get("spark.driver.extraJavaOptions", ""), derby_home,
+                                  cfg.quiet and not submitted)
+    if options:
+        settings["spark.driver.extraJavaOptions"] = options
     for key, value in settings.items():
         builder = builder.config(key, value)
     packages = jars_packages(cfg.conf.get("spark.jars.packages", "")) if cfg.delta_packages and not submitted else ""
