@@ -1,7 +1,7 @@
 """Incremental vs full nights (features and scoring) when a small share of users has new events.
 
     python -m benchmarks.incremental --out RESULT.json [--users 100000] [--items 5000]
-        [--events 2000000] [--changed 0.01] [--repeats 3] [--work DIR] [--set key=value ...]
+        [--events 2000000] [--changed 0.01] [--repeats 3] [--profile DIR] [--work DIR] [--set key=value ...]
 
 Builds a synthetic shop with the nightly code (generate, ingest, features, a 1-epoch train: the
 model's quality does not matter here), scores it once in full, then `repeats` times: appends new
@@ -9,12 +9,17 @@ events for `changed` of the users (+ a few new users), runs ingest, times the fe
 incremental mode then in full mode, and the score stage in incremental mode then in full mode, on
 the same tables. It checks that both feature builds give the same sequences and profiles and both
 scorings the same lists for the changed users, and reports medians and the incremental night's
-share of a full night (features + score).
+share of a full night (features + score). With --profile, the first repetition's incremental features
+and score runs are profiled in the driver (cProfile: each call's time includes the Spark work it
+waits for): the .prof files go to DIR and the project's slowest calls are printed.
 """
 from __future__ import annotations
 
+import contextlib
+import cProfile
 import json
 import os
+import pstats
 import statistics
 import sys
 import time
@@ -60,7 +65,27 @@ def _new_events(rng, users: list, items: list, share: float, rep: int) -> pd.Dat
     })
 
 
-def _night(spark, cfg, work: str, base: list, new: pd.DataFrame, rep: int, config: str = None) -> dict:
+@contextlib.contextmanager
+def _profiled(profile_dir: str, name: str):
+    """cProfile the block into profile_dir/name.prof and print its 15 slowest project calls (no-op
+    without profile_dir)."""
+    if not profile_dir:
+        yield
+        return
+    os.makedirs(profile_dir, exist_ok=True)
+    profile = cProfile.Profile()
+    profile.enable()
+    try:
+        yield
+    finally:
+        profile.disable()
+        profile.dump_stats(os.path.join(profile_dir, f"{name}.prof"))
+        print(f"--- {name}: slowest calls of the project (cumulative seconds)", flush=True)
+        pstats.Stats(profile).sort_stats("cumulative").print_stats("recsys_spark", 15)
+
+
+def _night(spark, cfg, work: str, base: list, new: pd.DataFrame, rep: int, config: str = None,
+           profile_dir: str = None) -> dict:
     """Ingest the new events, rebuild features, score incrementally then in full; seconds and checks."""
     from pyspark.sql import functions as F
 
@@ -75,7 +100,8 @@ def _night(spark, cfg, work: str, base: list, new: pd.DataFrame, rep: int, confi
     built = {}
     for mode in ("incremental", "full"):
         t = time.time()
-        report = cli.run_stage(spark, _cfg(work, base + [f"features.mode={mode}"], config), "features")
+        with _profiled(profile_dir if mode == "incremental" else None, f"features-{mode}-{rep}"):
+            report = cli.run_stage(spark, _cfg(work, base + [f"features.mode={mode}"], config), "features")
         built[mode] = (time.time() - t, report)
     days = {"incremental": f"2026-08-{10 + 2 * rep:02d}", "full": f"2026-08-{11 + 2 * rep:02d}"}
     # Incremental first: a full run records the current events version, after which an
@@ -83,8 +109,9 @@ def _night(spark, cfg, work: str, base: list, new: pd.DataFrame, rep: int, confi
     walls, outs = {}, {}
     for mode, day in days.items():
         t = time.time()
-        outs[mode] = cli.run_stage(spark, _cfg(work, base + [f"score.mode={mode}", f"score.run_date={day}"], config),
-                                   "score")
+        with _profiled(profile_dir if mode == "incremental" else None, f"score-{mode}-{rep}"):
+            outs[mode] = cli.run_stage(spark, _cfg(work, base + [f"score.mode={mode}", f"score.run_date={day}"],
+                                                   config), "score")
         walls[mode] = time.time() - t
     recs = tables.read(spark, tables.location(cfg.tables_root, schema.RECOMMENDATIONS))
     pick = sorted({str(u) for u in new.user_id})
@@ -125,6 +152,7 @@ def main(argv=None) -> int:
     p.add_argument("--events", type=int, default=2_000_000)
     p.add_argument("--changed", type=float, default=0.01)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--profile", metavar="DIR", help="profile the first repetition's incremental runs into DIR")
     args = p.parse_args(argv)
     from recsys_spark import schema, tables
 
@@ -143,7 +171,8 @@ def main(argv=None) -> int:
             reps = []
             for rep in range(args.repeats):
                 new = _new_events(rng, all_users, items, args.changed, rep)
-                reps.append(_night(spark, cfg, work, base, new, rep, args.config))
+                reps.append(_night(spark, cfg, work, base, new, rep, args.config,
+                                   args.profile if rep == 0 else None))
                 print(json.dumps(reps[-1]), flush=True)
     med = {key: statistics.median(r[key] for r in reps)
            for key in ("incremental_s", "full_s", "features_incremental_s", "features_full_s")}
