@@ -19,10 +19,7 @@ def spark(tmp_path_factory):
     cfg = config_mod.SparkConfig(
         master="local[2]", app_name="recsys-spark-tests", shuffle_partitions=2, log_level="ERROR",
         conf={"spark.ui.enabled": "false", "spark.sql.warehouse.dir": str(warehouse),
-              "spark.driver.memory": "3g", "spark.default.parallelism": "2",
-              # Throughput over pause times: test_faults, test_forget and test_catalog took 468 s
-              # against 502 s with the JVM's default collector (G1) on 2 cores.
-              "spark.driver.extraJavaOptions": "-XX:+UseParallelGC"},
+              "spark.driver.memory": "3g", "spark.default.parallelism": "2"},
     )
     # A local metastore, as the CLI builds one when paths.catalog is set (tests/test_catalog.py).
     session = build_spark(cfg, metastore=str(tmp_path_factory.mktemp("metastore")))
