@@ -1,4 +1,4 @@
-"""The Spark session: Delta's jars match the installed delta-spark, and a user's own packages stay."""
+"""The Spark session: Delta's jars match the installed delta-spark, and a user's own packages and JVM options stay."""
 import importlib.metadata
 
 from recsys_spark.session import delta_package, jars_packages
