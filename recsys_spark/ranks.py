@@ -3,6 +3,8 @@
 `connect(launcher)` joins the process group of the rank it runs in and returns an object with the
 few operations the rank loop needs: its rank and size, its device, `setup` (identical weights on
 every rank, gradients averaged across ranks), `mean`, `broadcast_ints`, `gather` and `close`.
+`announced(fn, *args)` is the rank function TorchDistributor starts: it says on stdout that the
+rank started, then runs fn (see train.launch).
 
 - horovod: started by `horovod.spark.run` (Gloo controller); gradients are averaged by Horovod's
   DistributedOptimizer; the device is the GPU Spark assigned to the rank's task.
@@ -126,6 +128,18 @@ class TorchRanks:
     def close(self) -> None:
         self._dist.barrier()
         self._dist.destroy_process_group()
+
+
+# The line a rank prints as the rank function starts (TorchDistributor streams every rank's output to
+# the driver): a launch that failed with no rank having printed it failed in the launcher's own
+# start-up, before any work, and can be started again (train.launch).
+STARTED = "recsys-spark: rank function started"
+
+
+def announced(fn, *args):
+    """Rank function: print STARTED, then return fn(*args)."""
+    print(f"{STARTED} (rank {os.environ.get('RANK', '?')})", flush=True)
+    return fn(*args)
 
 
 def connect(launcher: str):

@@ -8,10 +8,13 @@ the executors with the configured launcher: `horovod.spark.run`, or pyspark's To
 """
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import os
+import re
 import shutil
+import sys
 import time
 import uuid
 from datetime import datetime, timezone
@@ -21,7 +24,7 @@ import numpy as np
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from recsys_spark import baselines, checkpoints, privacy, schema, splits, tables
+from recsys_spark import baselines, checkpoints, privacy, ranks, schema, splits, tables
 from recsys_spark.config import Config, ConfigError, auto_dropout, auto_negatives, epoch_batch_size
 from recsys_spark.features import item_feature_arrays, read_stats
 from recsys_spark.model import ModelConfig, pad_right
@@ -232,6 +235,12 @@ def prepare(spark: SparkSession, cfg: Config) -> TrainJob:
     return job
 
 
+# TorchDistributor picks its rendezvous port by binding a free one and releasing it before torchrun
+# binds it again; another process can take it in between ("Address already in use"). Such a launch
+# fails before any rank starts its work, so it is started again, at most this many times in all.
+TORCH_DISTRIBUTOR_ATTEMPTS = 3
+
+
 def launch(launcher: str, num_proc: int, fn, *args, use_gpu: bool = False):
     """fn(*args) on num_proc executor task slots, ranks joined by recsys_spark.ranks.connect(launcher);
     rank 0's result (fn must return a dict with its "rank" under horovod)."""
@@ -242,9 +251,62 @@ def launch(launcher: str, num_proc: int, fn, *args, use_gpu: bool = False):
         return next(r for r in results if r["rank"] == 0)
     from pyspark.ml.torch.distributor import TorchDistributor
 
-    # local_mode=False: the ranks are barrier tasks on the executors (on a local master, the local
-    # executor), not processes on the driver.
-    return TorchDistributor(num_processes=num_proc, local_mode=False, use_gpu=use_gpu).run(fn, *args)
+    for attempt in range(1, TORCH_DISTRIBUTOR_ATTEMPTS + 1):
+        with _RankOutput() as output:
+            try:
+                # local_mode=False: the ranks are barrier tasks on the executors (on a local master,
+                # the local executor), not processes on the driver.
+                return TorchDistributor(num_processes=num_proc, local_mode=False, use_gpu=use_gpu).run(
+                    ranks.announced, fn, *args)
+            except Exception as e:
+                if output.started or attempt == TORCH_DISTRIBUTOR_ATTEMPTS:
+                    earlier = "" if attempt == 1 else f" (attempt {attempt}; the earlier ones failed before any rank started)"
+                    raise RuntimeError(f"training ranks failed under TorchDistributor{earlier}: {output.summary()} "
+                                       f"(every line the ranks printed is above, on the driver's stderr)") from e
+                logger.warning(f"train: TorchDistributor failed before any rank started (attempt {attempt} of "
+                               f"{TORCH_DISTRIBUTOR_ATTEMPTS}), starting it again; the ranks printed: {output.summary()}")
+
+
+# What says why a rank failed: a Python exception line ("RuntimeError: ...",
+# "torch.distributed.DistNetworkError: ..."), or torchrun's report of a rank's exit code.
+_FAILURE_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b|exitcode")
+
+
+class _RankOutput:
+    """While open, what TorchDistributor's ranks print, as its log server passes it on to the
+    driver's stderr (which still gets every line): whether a rank started the function, and the
+    lines that say why a rank failed."""
+
+    def __init__(self):
+        self.started = False
+        self.failures: list[str] = []
+        self.last: collections.deque = collections.deque(maxlen=5)
+
+    def __enter__(self):
+        self._stderr, sys.stderr = sys.stderr, self
+        return self
+
+    def __exit__(self, *exc):
+        sys.stderr = self._stderr
+
+    def write(self, text: str) -> int:
+        self.started = self.started or ranks.STARTED in text
+        for line in filter(None, map(str.strip, text.splitlines())):
+            self.last.append(line)
+            if _FAILURE_LINE.search(line) and line not in self.failures and len(self.failures) < 10:
+                self.failures.append(line)
+        return self._stderr.write(text)
+
+    def flush(self) -> None:
+        self._stderr.flush()
+
+    def __getattr__(self, name):  # the rest of a stream (encoding, fileno, isatty) is stderr's
+        return getattr(self._stderr, name)
+
+    def summary(self) -> str:
+        if self.failures:
+            return " | ".join(self.failures)
+        return " | ".join(self.last) or "no line reached the driver"
 
 
 def run(spark: SparkSession, cfg: Config) -> dict:

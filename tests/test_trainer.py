@@ -2,6 +2,7 @@
 Gloo: Horovod, and TorchDistributor with DistributedDataParallel), resume after a lost rank,
 early stopping and the schedules."""
 import glob
+import logging
 import os
 import sys
 
@@ -128,6 +129,55 @@ def test_ranks_share_the_validation_users_and_each_gets_every_users_figure_in_or
     assert 0 < alone.mean() < 1  # some users are found, some are not: the order matters
     for ndcgs in launch(launcher, 2, sharded_ndcgs, launcher)["ndcgs_by_rank"]:
         np.testing.assert_allclose(ndcgs, alone, rtol=0, atol=1e-12)
+
+
+def joined_ranks(launcher, _argument):
+    """Rank function: the rank numbers of the process group, as rank 0 gathers them."""
+    from recsys_spark import ranks as ranks_mod
+
+    ranks = ranks_mod.connect(launcher)
+    numbers, rank = ranks.gather(ranks.rank), ranks.rank
+    ranks.close()
+    return {"rank": rank, "ranks": numbers}
+
+
+class FailsToLoadOnTheFirstLaunch:
+    """A rank function argument that the rank processes of the first launch cannot load, as when
+    torchrun fails before the function starts. Decided when the driver pickles the launch, which it
+    does once per attempt."""
+
+    def __init__(self):
+        self.launches = 0
+
+    def __reduce__(self):
+        self.launches += 1
+        return (_loaded_in_a_rank, (self.launches == 1,))
+
+
+class _LoadedArgument:
+    def __init__(self, fail):
+        self.fail = fail
+
+    def __reduce__(self):
+        return (_loaded_in_a_rank, (self.fail,))
+
+
+def _loaded_in_a_rank(fail):
+    # The Spark task's Python loads the argument too, before it starts torchrun: only torchrun's
+    # rank processes (LOCAL_RANK set) fail.
+    if fail and "LOCAL_RANK" in os.environ:
+        raise RuntimeError("injected: this rank process cannot start")
+    return _LoadedArgument(fail)
+
+
+@pytest.mark.slow
+def test_a_torch_distributor_launch_that_failed_before_the_ranks_started_is_started_again(spark, caplog):
+    with caplog.at_level(logging.WARNING, logger="recsys_spark.train"):
+        result = launch("torch_distributor", 2, joined_ranks, "torch_distributor", FailsToLoadOnTheFirstLaunch())
+    assert result["ranks"] == [0, 1]
+    (retry,) = [r.getMessage() for r in caplog.records if "starting it again" in r.getMessage()]
+    # The warning says what the ranks printed: here the injected error, in practice the port torchrun lost.
+    assert "(attempt 1 of 3)" in retry and "injected: this rank process cannot start" in retry
 
 
 _REUSE_PROBE = """
@@ -282,8 +332,10 @@ def test_a_run_that_lost_a_rank_resumes_to_the_uninterrupted_weights(spark, trai
     models = str(tmp_path / "models")
     job = _job(train_files, models, "attn-lost", launcher=launcher, **SCHEDULE)
     job.batches = faults.LosesRank(PetastormShards(train_files), rank=1, after=7)  # 5 steps an epoch: mid epoch 2
-    with pytest.raises(Exception):
+    with pytest.raises(Exception) as lost:
         launch(launcher, 2, worker, job)
+    if launcher == "torch_distributor":  # the rank had started: not started again, its exit code reported
+        assert "attempt" not in str(lost.value) and "exitcode: 3" in str(lost.value), str(lost.value)
     assert not os.path.exists(os.path.join(models, "attn-lost", checkpoints.MANIFEST_FILE))
     assert checkpoints.find_resumable(models, job.fingerprint(2)) == ("attn-lost", 1)
     # The rerun (a new job, as the next nightly builds it) continues after epoch 1 and ends where an
