@@ -281,6 +281,7 @@ class _RankOutput:
         self.started = False
         self.failures: list[str] = []
         self.last: collections.deque = collections.deque(maxlen=5)
+        self._stderr = sys.stderr
 
     def __enter__(self):
         self._stderr, sys.stderr = sys.stderr, self
