@@ -284,7 +284,7 @@ class _RankOutput:
         self._stderr = sys.stderr
 
     def __enter__(self):
-        self._stderr, sys.stderr = sys.stderr, self
+        sys.stderr = self
         return self
 
     def __exit__(self, *exc):
