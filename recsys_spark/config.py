@@ -291,6 +291,11 @@ class TrainConfig:
     # steps, and `patience` epochs of a barely trained model are noise (ml-latest-small: 4 steps an
     # epoch, stopped after 36 steps below popularity; docs/benchmarks.md).
     min_steps: int = 0
+    # The learning rate is multiplied by lr_plateau_factor after every lr_plateau_evals evaluations
+    # in a row without a gain (from min_steps on, as early stopping), so a run that has stopped
+    # improving at its rate goes on at a smaller one before patience ends it. 1 = off.
+    lr_plateau_factor: float = 1.0
+    lr_plateau_evals: int = 2
     # Rank 0 prints where a long epoch is (steps done, running loss) at most this often; 0 = only
     # the per-epoch line.
     progress_every_s: float = 30.0
@@ -600,6 +605,10 @@ def _check_train(t: TrainConfig) -> None:
         _at_least(f"train.{key}", getattr(t, key), 0)
     if t.block not in BLOCKS:
         raise ConfigError(f"train.block: must be one of {', '.join(BLOCKS)}, got {t.block!r}")
+    if not 0 < t.lr_plateau_factor <= 1:
+        raise ConfigError(f"train.lr_plateau_factor: must be in (0, 1] (1 = the rate never drops on a plateau), "
+                          f"got {t.lr_plateau_factor}")
+    _at_least("train.lr_plateau_evals", t.lr_plateau_evals, 1)
     if t.lr_schedule not in LR_SCHEDULES:
         raise ConfigError(f"train.lr_schedule: must be one of {', '.join(LR_SCHEDULES)}, got {t.lr_schedule!r}")
     if isinstance(t.dropout, str) and t.dropout != "auto":

@@ -298,11 +298,14 @@ def selection(history: list, best_epoch: int, n_users: int, per_user: Optional[d
 
 
 class EarlyStopping:
-    """Rank 0's record of the best validated weights and of evaluations without a gain."""
+    """Rank 0's record of the best validated weights and of evaluations without a gain; and, with
+    plateau_evals > 0, how many times the learning rate has been cut on a plateau (lr_cuts: every
+    plateau_evals evaluations in a row without a gain, from min_steps on; rank 0 broadcasts it)."""
 
-    def __init__(self, patience: int, min_steps: int):
-        self.patience, self.min_steps = patience, min_steps
+    def __init__(self, patience: int, min_steps: int, plateau_evals: int = 0):
+        self.patience, self.min_steps, self.plateau_evals = patience, min_steps, plateau_evals
         self.best_ndcg, self.best_epoch, self.best_state, self.bad_evals = -1.0, 0, None, 0
+        self.lr_cuts = 0
 
     def update(self, model, ndcg: float, epoch: int, steps_done: int) -> bool:
         """Record an evaluation; True when training should stop."""
@@ -311,15 +314,17 @@ class EarlyStopping:
             self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             self.bad_evals += 1
+            if self.plateau_evals and self.bad_evals % self.plateau_evals == 0 and steps_done >= self.min_steps:
+                self.lr_cuts += 1
         return patience_spent(self.bad_evals, self.patience, steps_done, self.min_steps)
 
     def state(self) -> dict:
         return {"best_ndcg": self.best_ndcg, "best_epoch": self.best_epoch, "best_state": self.best_state,
-                "bad_evals": self.bad_evals}
+                "bad_evals": self.bad_evals, "lr_cuts": self.lr_cuts}
 
     def restore(self, state: dict) -> None:
         self.best_ndcg, self.best_epoch = state["best_ndcg"], state["best_epoch"]
-        self.best_state, self.bad_evals = state["best_state"], state["bad_evals"]
+        self.best_state, self.bad_evals, self.lr_cuts = state["best_state"], state["bad_evals"], state["lr_cuts"]
 
 
 def keep_freed_memory() -> bool:
@@ -394,15 +399,16 @@ def _save_resume(job: TrainJob, ranks, model, opt, state: RunState) -> None:
             "stopper": state.stopper.state()}, job.fingerprint(ranks.size))
 
 
-def _epoch_schedule(job: TrainJob, epoch: int, plan: int, peak_lr: float, is_root: bool):
-    """(progress callback, lr_at) for one epoch."""
-    tc = job.train_config
+def _epoch_schedule(job: TrainJob, state: RunState, peak_lr: float, is_root: bool):
+    """(progress callback, lr_at) for the next epoch: the schedule's rate, cut on plateaus."""
+    tc, epoch = job.train_config, state.epoch
     progress = (throttled_progress(f"[train {job.run_id}] epoch {epoch + 1}/{tc.epochs}", tc.progress_every_s)
                 if is_root else None)
-    lr_at = None
+    rate = peak_lr * tc.lr_plateau_factor ** state.stopper.lr_cuts
+    lr_at = lambda step: rate  # noqa: E731
     if tc.lr_schedule == "linear":
-        done_steps, total_steps = epoch * job.steps_per_epoch, plan * job.steps_per_epoch
-        lr_at = lambda step: linear_lr(peak_lr, done_steps + step, total_steps)  # noqa: E731
+        done_steps, total_steps = epoch * job.steps_per_epoch, state.plan * job.steps_per_epoch
+        lr_at = lambda step: linear_lr(rate, done_steps + step, total_steps)  # noqa: E731
     return progress, lr_at
 
 
@@ -447,7 +453,7 @@ def budget_check(job: TrainJob, ranks, started: float, epoch: int, cut: dict):
     return keep_going
 
 
-def _log_epoch(job: TrainJob, entry: dict, ranks: int) -> None:
+def _log_epoch(job: TrainJob, entry: dict, ranks: int, lr_cut: bool) -> None:
     extra = f", valid NDCG@10 {entry['valid_ndcg@10']:.4f}" if "valid_ndcg@10" in entry else ""
     if entry.get("valid_ndcg@10_halfwidth") is not None:
         extra += f" ± {entry['valid_ndcg@10_halfwidth']:.4f}"
@@ -455,6 +461,9 @@ def _log_epoch(job: TrainJob, entry: dict, ranks: int) -> None:
              else f"{job.steps_per_epoch} steps")
     print(f"[train {job.run_id}] epoch {entry['epoch']}/{job.train_config.epochs} loss {entry['loss']:.4f}{extra} "
           f"({entry['seconds']:.1f}s, {steps} x {ranks} ranks)", flush=True)
+    if lr_cut:
+        print(f"[train {job.run_id}] no validation gain in {job.train_config.lr_plateau_evals} evaluations: learning "
+              f"rate x{job.train_config.lr_plateau_factor:g} from epoch {entry['epoch'] + 1}", flush=True)
 
 
 def worker(job: TrainJob) -> dict:
@@ -464,7 +473,8 @@ def worker(job: TrainJob) -> dict:
     ranks = connect(tc.launcher)
     is_root = ranks.rank == 0
     model, opt, peak_lr = _rank_setup(job, ranks.size, ranks.device)
-    state = RunState(epoch=0, plan=tc.epochs, stopper=EarlyStopping(tc.patience, tc.min_steps))
+    plateau_evals = tc.lr_plateau_evals if tc.lr_plateau_factor < 1 else 0
+    state = RunState(epoch=0, plan=tc.epochs, stopper=EarlyStopping(tc.patience, tc.min_steps, plateau_evals))
     saved = _resume(job, ranks, model, state) if tc.resume == "auto" else None
     net, opt = ranks.setup(model, opt)
     if saved is not None:
@@ -476,7 +486,7 @@ def worker(job: TrainJob) -> dict:
     stop = 0
     while state.epoch < tc.epochs and not stop:
         t0 = time.time()
-        progress, lr_at = _epoch_schedule(job, state.epoch, state.plan, peak_lr, is_root)
+        progress, lr_at = _epoch_schedule(job, state, peak_lr, is_root)
         cut: dict = {}
         loss = train_steps(model, opt, batches, job.steps_per_epoch, ranks.device, progress, lr_at, net,
                            budget_check(job, ranks, started, state.epoch, cut))
@@ -486,14 +496,16 @@ def worker(job: TrainJob) -> dict:
                  "lr": round(float(opt.param_groups[0]["lr"]), 7), **cut}  # lr: of the epoch's last step
         per_user = (sharded_validation_ndcgs(model, job.valid, ranks, ranks.device)
                     if job.valid is not None and state.epoch % tc.eval_every == 0 else None)
+        cuts = state.stopper.lr_cuts
         if is_root:
             stop = _root_decision(job, model, entry, state, started, per_user)
         # One broadcast carries rank 0's decisions, so every rank follows the same schedule.
-        stop, state.plan = ranks.broadcast_ints([stop, state.plan], name=f"stop_{state.epoch}")
+        stop, state.plan, state.stopper.lr_cuts = ranks.broadcast_ints([stop, state.plan, state.stopper.lr_cuts],
+                                                                       name=f"stop_{state.epoch}")
         state.history.append(entry)
         state.elapsed_s = time.time() - started
         if is_root:
-            _log_epoch(job, entry, ranks.size)
+            _log_epoch(job, entry, ranks.size, lr_cut=state.stopper.lr_cuts > cuts and not stop)
         if tc.resume == "auto" and state.epoch < tc.epochs and not stop:
             _save_resume(job, ranks, model, opt, state)
     batches.close()  # closes the Petastorm reader

@@ -77,6 +77,10 @@ def test_value_checks():
         config.load(None, ["train.loss_positions=-1"])
     with pytest.raises(config.ConfigError, match="train.adversarial_eps: must be between 0"):
         config.load(None, ["train.adversarial_eps=1.5"])
+    with pytest.raises(config.ConfigError, match="train.lr_plateau_factor: must be in \\(0, 1\\]"):
+        config.load(None, ["train.lr_plateau_factor=0"])
+    with pytest.raises(config.ConfigError, match="train.lr_plateau_evals: must be >= 1"):
+        config.load(None, ["train.lr_plateau_evals=0"])
     with pytest.raises(config.ConfigError, match="train.collaborative: .* train.valid_users is 0"):
         config.load(None, ["train.collaborative=true", "train.valid_users=0"])
     with pytest.raises(config.ConfigError, match="regParams > 0"):

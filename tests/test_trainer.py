@@ -217,6 +217,28 @@ def test_early_stopping_waits_for_patience_and_min_steps():
     assert patience_spent(bad_evals=5, patience=5, steps_done=1000, min_steps=1000)
 
 
+def test_the_learning_rate_is_cut_on_every_plateau_of_the_given_length_from_min_steps_on():
+    import torch
+
+    from recsys_spark.trainer import EarlyStopping
+
+    model = torch.nn.Linear(2, 1)
+    stopper = EarlyStopping(patience=5, min_steps=100, plateau_evals=2)
+    cuts = []
+    # steps 20 a validation; no gain at epochs 2-3 (before min_steps: no cut), a gain at 4, then none.
+    for epoch, ndcg in enumerate([0.10, 0.09, 0.08, 0.12, 0.11, 0.11, 0.10, 0.10], start=1):
+        stopper.update(model, ndcg, epoch, steps_done=20 * epoch)
+        cuts.append(stopper.lr_cuts)
+    assert cuts == [0, 0, 0, 0, 0, 1, 1, 2]
+    off = EarlyStopping(patience=5, min_steps=0)
+    for epoch, ndcg in enumerate([0.1, 0.09, 0.08, 0.07], start=1):
+        off.update(model, ndcg, epoch, steps_done=epoch)
+    assert off.lr_cuts == 0
+    restored = EarlyStopping(patience=5, min_steps=100, plateau_evals=2)
+    restored.restore(stopper.state())
+    assert restored.lr_cuts == 2
+
+
 def test_the_kept_epoch_is_reported_with_its_interval_and_the_epochs_the_sample_cannot_tell_from_it():
     import numpy as np
 
@@ -347,6 +369,24 @@ def test_a_run_that_lost_a_rank_resumes_to_the_uninterrupted_weights(spark, trai
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
     assert checkpoints.find_resumable(models, job.fingerprint(2)) is None
     assert checkpoints.latest(models).endswith("attn-lost")
+
+
+@pytest.mark.slow
+def test_every_rank_trains_on_at_the_cut_rate_after_a_plateau(spark, train_files, tmp_path):
+    # Each validation user's history holds every item but the target, and ranking removes the history:
+    # the target is first at every epoch (NDCG@10 1), so each evaluation after the first has no gain.
+    n = 9
+    valid = {"target": np.arange(1, n + 1), "seen": [np.setdiff1d(np.arange(1, 16), [t]) for t in range(1, n + 1)],
+             "profile_cat": np.ones((n, 3), dtype=np.int64), "profile_num": np.zeros((n, 2), dtype=np.float32)}
+    job = _job(train_files, str(tmp_path / "models"), "attn-plateau", launcher="horovod", patience=10,
+               lr_plateau_factor=0.5, lr_plateau_evals=1)
+    job.valid = valid
+    result = launch("horovod", 2, worker, job)
+    peak = 0.01 * 2 ** 0.5
+    assert [h["valid_ndcg@10"] for h in result["history"]] == [1.0, 1.0, 1.0]
+    # Cut after epoch 2's evaluation (the first without a gain): epoch 3 trains at half the rate.
+    assert [h["lr"] for h in result["history"]] == pytest.approx([peak, peak, peak / 2], rel=1e-4)  # lr is recorded to 7 places
+    assert result["checksums"][0] == pytest.approx(result["checksums"][1], rel=1e-9, abs=1e-9)
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)
