@@ -293,7 +293,8 @@ class TrainConfig:
     min_steps: int = 0
     # The learning rate is multiplied by lr_plateau_factor after every lr_plateau_evals evaluations
     # in a row without a gain (from min_steps on, as early stopping), so a run that has stopped
-    # improving at its rate goes on at a smaller one before patience ends it. 1 = off.
+    # improving at its rate goes on at a smaller one before patience ends it. 1 = off; conf/bench.yaml
+    # uses 0.5 (docs/benchmarks.md, "Cutting the learning rate on validation plateaus").
     lr_plateau_factor: float = 1.0
     lr_plateau_evals: int = 2
     # Rank 0 prints where a long epoch is (steps done, running loss) at most this often; 0 = only
