@@ -225,7 +225,7 @@ def test_the_learning_rate_is_cut_on_every_plateau_of_the_given_length_from_min_
     model = torch.nn.Linear(2, 1)
     stopper = EarlyStopping(patience=5, min_steps=100, plateau_evals=2)
     cuts = []
-    # steps 20 a validation; no gain at epochs 2-3 (before min_steps: no cut), a gain at 4, then none.
+    # A validation every 20 steps; no gain at epochs 2-3 (before min_steps: no cut), a gain at 4, then none.
     for epoch, ndcg in enumerate([0.10, 0.09, 0.08, 0.12, 0.11, 0.11, 0.10, 0.10], start=1):
         stopper.update(model, ndcg, epoch, steps_done=20 * epoch)
         cuts.append(stopper.lr_cuts)
@@ -384,8 +384,9 @@ def test_every_rank_trains_on_at_the_cut_rate_after_a_plateau(spark, train_files
     result = launch("horovod", 2, worker, job)
     peak = 0.01 * 2 ** 0.5
     assert [h["valid_ndcg@10"] for h in result["history"]] == [1.0, 1.0, 1.0]
-    # Cut after epoch 2's evaluation (the first without a gain): epoch 3 trains at half the rate.
-    assert [h["lr"] for h in result["history"]] == pytest.approx([peak, peak, peak / 2], rel=1e-4)  # lr is recorded to 7 places
+    # Cut after epoch 2's evaluation (the first without a gain): epoch 3 trains at half the rate
+    # (the history records lr to 7 places).
+    assert [h["lr"] for h in result["history"]] == pytest.approx([peak, peak, peak / 2], rel=1e-4)
     assert result["checksums"][0] == pytest.approx(result["checksums"][1], rel=1e-9, abs=1e-9)
 
 
