@@ -213,6 +213,10 @@ class TrainConfig:
     # optimizer steps: on a small dataset a full batch leaves a handful of steps an epoch, and the
     # model learns per step, not per epoch (ml-latest-small: 4 steps an epoch at 128; docs/benchmarks.md).
     min_steps_per_epoch: int = 0
+    # N > 0: every N batches a rank draws are pooled and re-cut into batches of windows of like
+    # length (trainer.length_bucketed), so a step over short histories is short (the model drops
+    # the columns no window of a batch uses). 0: batches as drawn.
+    length_buckets: int = 0
     lr: float = 0.002
     # constant: lr throughout. linear: lr decays linearly from lr to 0 over the planned training,
     # i.e. `epochs`, or with a time budget the epochs that fit it (re-estimated after every epoch
@@ -602,7 +606,8 @@ def _check_train(t: TrainConfig) -> None:
         _at_least(f"train.{key}", getattr(t, key), 1)
     if t.lr <= 0:
         raise ConfigError(f"train.lr: must be > 0, got {t.lr}")
-    for key in ("weight_decay", "patience", "valid_users", "time_budget_s", "progress_every_s", "min_steps_per_epoch"):
+    for key in ("weight_decay", "patience", "valid_users", "time_budget_s", "progress_every_s", "min_steps_per_epoch",
+                "length_buckets"):
         _at_least(f"train.{key}", getattr(t, key), 0)
     if t.block not in BLOCKS:
         raise ConfigError(f"train.block: must be one of {', '.join(BLOCKS)}, got {t.block!r}")

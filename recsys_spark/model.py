@@ -315,6 +315,18 @@ def full_softmax_loss(h: torch.Tensor, target: torch.Tensor, items: torch.Tensor
     return logits, F.cross_entropy(logits, target)
 
 
+def leading_padding(*windows) -> int:
+    """How many leading columns of these left-padded (B, L) windows (numpy arrays or tensors, e.g. a
+    batch's inputs and targets) are 0 in every row, keeping at least one column. Positions count from
+    the right end (SequenceEncoder.positions) and padding is masked from attention, so dropping them
+    changes no real position's state, and a batch of short histories costs its own length, not L."""
+    used = (windows[0] != 0).any(0)
+    for w in windows[1:]:
+        used = used | (w != 0).any(0)
+    hits = np.flatnonzero(used.cpu().numpy() if isinstance(used, torch.Tensor) else used)
+    return int(hits[0]) if len(hits) else len(used) - 1
+
+
 def sample_positions(target: torch.Tensor, per_row: int) -> torch.Tensor:
     """target (B, L; 0 = none) with all but a uniform random sample of its target positions set to
     none: at most per_row x B positions, drawn from the whole batch so that every position is as likely
@@ -523,6 +535,8 @@ class AttentionRecommender(nn.Module):
         items = self.items(id_keep=id_keep)
         if seq.shape[1] > self.cfg.max_len:
             seq, target = seq[:, -self.cfg.max_len:], target[:, -self.cfg.max_len:]
+        cut = leading_padding(seq, target)
+        seq, target = seq[:, cut:], target[:, cut:]
         if self.training:
             target = sample_positions(targets_ahead(target, self.cfg.target_span), self.cfg.loss_positions)
         logits, loss = self.next_item_loss(items, seq, target, profile_cat, profile_num)

@@ -23,7 +23,7 @@ import torch
 
 from recsys_spark import checkpoints, devices, schema
 from recsys_spark.calibration import purchase_probability, shown_probability
-from recsys_spark.model import pad_left, pad_right
+from recsys_spark.model import leading_padding, pad_left, pad_right
 from recsys_spark.topk import (DEFAULT_BLOCK_MB, explain, explore, first_unseen, recommend, reserve_fresh,
                                set_probabilities, topk_excluding)
 
@@ -156,10 +156,7 @@ def encode_users(model, histories: list[np.ndarray], profile_cat: Optional[Seque
     read as padded_histories says) and, where the model uses them, declared attributes and behaviour
     numbers (missing or wrong-length rows read as unknown / zeros)."""
     seq = padded_histories(histories, model.cfg.max_len, model.collaborative is not None)
-    # Columns that are padding for every user change nothing (padding is masked from attention):
-    # drop them, so short histories cost less to encode.
-    used = np.flatnonzero((seq != 0).any(0))
-    seq = torch.as_tensor(seq[:, min(used[0], seq.shape[1] - 1) if len(used) else -1:], device=device)
+    seq = torch.as_tensor(seq[:, leading_padding(seq):], device=device)
     pc = pn = None
     if model.use_profile and profile_cat is not None:
         pc = torch.as_tensor(pad_right(list(profile_cat), len(model.cfg.attr_cardinalities)), device=device)

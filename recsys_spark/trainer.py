@@ -158,6 +158,27 @@ def shard_batches(files: list[str], rank: int, size: int, batch_size: int, seed:
         yield merged
 
 
+def length_bucketed(batches: Iterator[dict], group: int, seed: int) -> Iterator[dict]:
+    """The rows of `batches`, every `group` batches pooled, ordered by history length (rows of equal
+    length in the order drawn) and cut again into batches of the same sizes, which come in a seeded
+    random order. Each batch then holds windows of like length, and the model trims a batch to its
+    longest window (model.trim_padding): on skewed history lengths most of a window is padding."""
+    rng = np.random.default_rng(seed)
+    try:
+        while True:
+            pool = list(itertools.islice(batches, group))
+            if not pool:
+                return
+            merged = {k: np.concatenate([b[k] for b in pool]) for k in pool[0]}
+            order = np.argsort((merged["input"] > 0).sum(1), kind="stable")
+            bounds = np.cumsum([0] + [len(b["input"]) for b in pool])
+            for i in rng.permutation(len(pool)):
+                rows = order[bounds[i]: bounds[i + 1]]
+                yield {k: v[rows] for k, v in merged.items()}
+    finally:
+        batches.close()
+
+
 def train_steps(model, optimizer, batches: Iterator[dict], steps: int, device: str = "cpu",
                 progress=None, lr_at=None, net=None, keep_going=None) -> float:
     """Run `steps` optimizer steps; return the mean loss. Works with any iterator of batches.
@@ -480,6 +501,8 @@ def worker(job: TrainJob) -> dict:
     if saved is not None:
         opt.load_state_dict(saved["optimizer"])
     batches = job.batches.open(ranks.rank, ranks.size, job.batch_size, tc.seed)
+    if tc.length_buckets:
+        batches = length_bucketed(batches, tc.length_buckets, tc.seed + ranks.rank)
     # The data position of the resumed epoch: the batches the finished epochs drew, drawn again.
     next(itertools.islice(batches, state.epoch * job.steps_per_epoch, state.epoch * job.steps_per_epoch), None)
     started = time.time() - state.elapsed_s

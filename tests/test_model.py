@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from recsys_spark.metrics import ndcg_at_k, recall_at_k
-from recsys_spark.model import (AttentionRecommender, GatedLayer, ModelConfig, pad_left, sample_positions,
-                                targets_ahead)
+from recsys_spark.model import (AttentionRecommender, GatedLayer, ModelConfig, leading_padding, pad_left,
+                                sample_positions, targets_ahead)
 
 
 def _model(**kw):
@@ -127,15 +127,16 @@ def test_targets_ahead_are_drawn_from_the_next_items_of_the_window_only():
     seq = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8]])
     torch.manual_seed(1)
     _, train_loss = m.train()(seq, tgt[:1])
-    # The same uniform draws made into targets by hand: position t takes the target 0 to
-    # min(3, 8 - t) - 1 places ahead.
+    # The same uniform draws made into targets by hand, over the 6 columns left once the batch's
+    # padding is dropped (leading_padding): position t takes the target 0 to min(3, 6 - t) - 1 places ahead.
     torch.manual_seed(1)
-    steps = (torch.rand(1, 8) * torch.tensor([3, 3, 3, 3, 3, 3, 2, 1])).long()
-    drawn_tgt = torch.where(tgt[:1] > 0, tgt[:1].gather(1, torch.arange(8) + steps), tgt[:1])
+    kept = tgt[:1, 2:]
+    steps = (torch.rand(1, 6) * torch.tensor([3, 3, 3, 3, 2, 1])).long()
+    drawn_tgt = torch.where(kept > 0, kept.gather(1, torch.arange(6) + steps), kept)
     with torch.no_grad():
-        _, drawn_loss = m.eval()(seq, drawn_tgt)
+        _, drawn_loss = m.eval()(seq[:, 2:], drawn_tgt)
         _, next_loss = m(seq, tgt[:1])
-    assert not torch.equal(drawn_tgt, tgt[:1])
+    assert not torch.equal(drawn_tgt, kept)
     assert torch.isclose(train_loss, drawn_loss) and not torch.isclose(train_loss, next_loss)
 
 
@@ -183,6 +184,26 @@ def test_dropping_all_padding_columns_leaves_user_vectors_unchanged():
     pc, pn = torch.tensor([[1, 2, 1], [2, 1, 1]]), torch.rand(2, 5)
     full = m.user_vectors(seq, pc, pn)
     assert torch.allclose(m.user_vectors(seq[:, 5:], pc, pn), full, atol=1e-6)
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_the_training_loss_does_not_depend_on_how_much_padding_a_batch_carries(block):
+    # A batch of short windows is cut to its longest one before the encoder, so its cost is its
+    # own length; its loss must be the one the encoder computes over the full width.
+    m = _model(block=block).eval()
+    seq = torch.tensor([[0, 0, 0, 0, 0, 3, 4, 5], [0, 0, 0, 0, 0, 0, 9, 2]])
+    tgt = torch.tensor([[0, 0, 0, 0, 0, 4, 5, 6], [0, 0, 0, 0, 0, 0, 2, 7]])
+    pc, pn = torch.tensor([[1, 2, 1], [2, 1, 1]]), torch.rand(2, 5)
+    assert leading_padding(seq, tgt) == 5 and leading_padding(seq.numpy()) == 5
+    assert leading_padding(seq, torch.roll(tgt, -2, 1)) == 3  # a target alone keeps its column
+    assert leading_padding(torch.zeros(2, 8)) == 7  # an empty batch keeps one column
+    with torch.no_grad():
+        _, full_width = m.next_item_loss(m.items(), seq, tgt, pc, pn)
+        widths = []
+        m.encode = lambda s, *a, _encode=m.encode, **k: widths.append(s.shape[1]) or _encode(s, *a, **k)
+        _, trimmed = m(seq, tgt, pc, pn)
+    assert widths == [3]
+    assert torch.isclose(trimmed, full_width, atol=1e-6)
 
 
 @pytest.mark.parametrize("kw", [{}, {"use_profile": False}, {"use_behaviour": False, "n_layers": 1},

@@ -239,6 +239,37 @@ def test_the_learning_rate_is_cut_on_every_plateau_of_the_given_length_from_min_
     assert restored.lr_cuts == 2
 
 
+def test_length_buckets_regroup_the_drawn_rows_into_batches_of_like_length_in_a_seeded_order():
+    from recsys_spark.trainer import length_bucketed
+
+    def drawn():  # the same stream on every call: batches of 4 windows of width 6, random lengths and ids
+        rng = np.random.default_rng(0)
+        while True:
+            lengths = rng.integers(1, 7, 4)
+            yield {"input": (np.arange(6) >= 6 - lengths[:, None]).astype(np.int64) * 7,
+                   "user_idx": rng.integers(0, 10**6, 4)}
+
+    def take(stream, n):
+        return [next(stream) for _ in range(n)]
+
+    plain = take(drawn(), 6)
+    bucketed = take(length_bucketed(drawn(), 3, seed=1), 6)
+    length = lambda b: (b["input"] > 0).sum(1)  # noqa: E731
+    for g in (0, 3):  # every pool of 3 drawn batches: the same rows, cut by length into batches of 4
+        pool, cut = plain[g: g + 3], bucketed[g: g + 3]
+        assert sorted(np.concatenate([b["user_idx"] for b in cut])) == sorted(np.concatenate([b["user_idx"] for b in pool]))
+        assert all(len(b["input"]) == 4 for b in cut)
+        spans = sorted((length(b).min(), length(b).max()) for b in cut)
+        assert all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:]))  # no two batches interleave
+    # The order of a pool's batches is drawn from the seed: the same seed repeats it, another need not.
+    again = take(length_bucketed(drawn(), 3, seed=1), 6)
+    assert all(np.array_equal(a["user_idx"], b["user_idx"]) for a, b in zip(bucketed, again))
+    orders = set()
+    for seed in range(8):
+        orders.add(tuple(length(b).max() for b in take(length_bucketed(drawn(), 3, seed=seed), 3)))
+    assert len(orders) > 1
+
+
 def test_the_kept_epoch_is_reported_with_its_interval_and_the_epochs_the_sample_cannot_tell_from_it():
     import numpy as np
 
