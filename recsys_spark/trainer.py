@@ -160,9 +160,12 @@ def shard_batches(files: list[str], rank: int, size: int, batch_size: int, seed:
 
 def length_bucketed(batches: Iterator[dict], group: int, seed: int) -> Iterator[dict]:
     """The rows of `batches`, every `group` batches pooled, ordered by history length (rows of equal
-    length in the order drawn) and cut again into batches of the same sizes, which come in a seeded
-    random order. Each batch then holds windows of like length, and the model trims a batch to its
-    longest window (model.trim_padding): on skewed history lengths most of a window is padding."""
+    length in the order drawn) and cut again into as many batches of about equal numbers of targets,
+    which come in a seeded random order. A batch then holds windows of like length (many short ones
+    or a few long ones), and the model trims it to its longest window (model.leading_padding): on
+    skewed history lengths most of a drawn batch is padding. Cutting by targets, not by windows,
+    keeps what a step's loss averages over as in the drawn batches, so every target weighs the same;
+    equal numbers of windows would give a batch of short windows a whole step for a few targets."""
     rng = np.random.default_rng(seed)
     try:
         while True:
@@ -170,9 +173,13 @@ def length_bucketed(batches: Iterator[dict], group: int, seed: int) -> Iterator[
             if not pool:
                 return
             merged = {k: np.concatenate([b[k] for b in pool]) for k in pool[0]}
-            order = np.argsort((merged["input"] > 0).sum(1), kind="stable")
-            bounds = np.cumsum([0] + [len(b["input"]) for b in pool])
-            for i in rng.permutation(len(pool)):
+            targets = (merged["target"] > 0).sum(1)
+            order = np.argsort(targets, kind="stable")
+            n, parts, j = len(order), len(pool), np.arange(1, len(pool))
+            cuts = np.searchsorted(np.cumsum(targets[order]), targets.sum() * j / parts, side="right")
+            cuts = np.clip(np.maximum.accumulate(cuts - j), 0, n - parts) + j  # at least one window a batch
+            bounds = np.concatenate([[0], cuts, [n]])
+            for i in rng.permutation(parts):
                 rows = order[bounds[i]: bounds[i + 1]]
                 yield {k: v[rows] for k, v in merged.items()}
     finally:
@@ -502,7 +509,9 @@ def worker(job: TrainJob) -> dict:
         opt.load_state_dict(saved["optimizer"])
     batches = job.batches.open(ranks.rank, ranks.size, job.batch_size, tc.seed)
     if tc.length_buckets:
-        batches = length_bucketed(batches, tc.length_buckets, tc.seed + ranks.rank)
+        # One order for every rank: step i takes each rank's i-th batch by length, so no rank waits
+        # at the gradient average for another's long batch.
+        batches = length_bucketed(batches, tc.length_buckets, tc.seed)
     # The data position of the resumed epoch: the batches the finished epochs drew, drawn again.
     next(itertools.islice(batches, state.epoch * job.steps_per_epoch, state.epoch * job.steps_per_epoch), None)
     started = time.time() - state.elapsed_s

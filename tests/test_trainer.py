@@ -239,34 +239,36 @@ def test_the_learning_rate_is_cut_on_every_plateau_of_the_given_length_from_min_
     assert restored.lr_cuts == 2
 
 
-def test_length_buckets_regroup_the_drawn_rows_into_batches_of_like_length_in_a_seeded_order():
+def test_length_buckets_regroup_the_drawn_rows_by_length_into_batches_of_equal_targets_in_a_seeded_order():
     from recsys_spark.trainer import length_bucketed
 
-    def drawn():  # the same stream on every call: batches of 4 windows of width 6, random lengths and ids
+    def drawn():  # the same stream on every call: batches of 8 left-padded windows of width 10
         rng = np.random.default_rng(0)
         while True:
-            lengths = rng.integers(1, 7, 4)
-            yield {"input": (np.arange(6) >= 6 - lengths[:, None]).astype(np.int64) * 7,
-                   "user_idx": rng.integers(0, 10**6, 4)}
+            lengths = rng.integers(1, 11, 8)
+            windows = (np.arange(10) >= 10 - lengths[:, None]).astype(np.int64) * 7
+            yield {"input": windows, "target": windows, "user_idx": rng.integers(0, 10**6, 8)}
 
     def take(stream, n):
         return [next(stream) for _ in range(n)]
 
-    plain = take(drawn(), 6)
-    bucketed = take(length_bucketed(drawn(), 3, seed=1), 6)
-    length = lambda b: (b["input"] > 0).sum(1)  # noqa: E731
-    for g in (0, 3):  # every pool of 3 drawn batches: the same rows, cut by length into batches of 4
-        pool, cut = plain[g: g + 3], bucketed[g: g + 3]
+    plain = take(drawn(), 8)
+    bucketed = take(length_bucketed(drawn(), 4, seed=1), 8)
+    targets = lambda b: (b["target"] > 0).sum(1)  # noqa: E731
+    for g in (0, 4):  # every pool of 4 drawn batches: the same rows, cut again into 4 batches
+        pool, cut = plain[g: g + 4], bucketed[g: g + 4]
         assert sorted(np.concatenate([b["user_idx"] for b in cut])) == sorted(np.concatenate([b["user_idx"] for b in pool]))
-        assert all(len(b["input"]) == 4 for b in cut)
-        spans = sorted((length(b).min(), length(b).max()) for b in cut)
-        assert all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:]))  # no two batches interleave
-    # The order of a pool's batches is drawn from the seed: the same seed repeats it, another need not.
-    again = take(length_bucketed(drawn(), 3, seed=1), 6)
+        # ... of windows of like length: no two batches' lengths interleave ...
+        spans = sorted((targets(b).min(), targets(b).max()) for b in cut)
+        assert all(hi <= lo for (_, hi), (lo, _) in zip(spans, spans[1:]))
+        # ... holding a quarter of the pool's targets each, to within one window.
+        share = sum(targets(b).sum() for b in pool) / 4
+        assert all(abs(targets(b).sum() - share) <= 10 for b in cut)
+        assert len({len(b["input"]) for b in cut}) > 1  # short windows come many to a batch
+    # The order of a pool's batches comes from the seed: the same seed repeats it, another need not.
+    again = take(length_bucketed(drawn(), 4, seed=1), 8)
     assert all(np.array_equal(a["user_idx"], b["user_idx"]) for a, b in zip(bucketed, again))
-    orders = set()
-    for seed in range(8):
-        orders.add(tuple(length(b).max() for b in take(length_bucketed(drawn(), 3, seed=seed), 3)))
+    orders = {tuple(targets(b).max() for b in take(length_bucketed(drawn(), 4, seed=seed), 4)) for seed in range(8)}
     assert len(orders) > 1
 
 
