@@ -110,12 +110,19 @@ def item_factors(model, n_items: int) -> np.ndarray:
     return factors
 
 
+def als_grid_points(grid: dict, max_iter: int = 10) -> list[dict]:
+    """Every point of grid (ranks, reg_params, alphas) as the params ALS is fitted with:
+    [{rank, regParam, alpha, maxIter}]."""
+    return [{"rank": rank, "regParam": reg, "alpha": alpha, "maxIter": max_iter}
+            for rank, reg, alpha in itertools.product(grid["ranks"], grid["reg_params"], grid["alphas"])]
+
+
 def als_factor_grid(train: DataFrame, n_items: int, grid: dict, seed: int = 42, max_iter: int = 10) -> list[dict]:
     """Implicit ALS fitted on train (user_idx, item_idx, weight) at every point of grid (ranks,
-    reg_params, alphas): [{rank, regParam, alpha, factors (n_items, rank)}]."""
-    return [{"rank": rank, "regParam": reg, "alpha": alpha,
-             "factors": item_factors(als_model(train, rank, reg, alpha, seed, max_iter), n_items)}
-            for rank, reg, alpha in itertools.product(grid["ranks"], grid["reg_params"], grid["alphas"])]
+    reg_params, alphas): [{rank, regParam, alpha, maxIter, factors (n_items, rank)}]."""
+    return [{**p, "factors": item_factors(als_model(train, p["rank"], p["regParam"], p["alpha"], seed, max_iter),
+                                          n_items)}
+            for p in als_grid_points(grid, max_iter)]
 
 
 def als_fit_topk(train: DataFrame, users: DataFrame, n_items: int, k: int, rank: int, reg: float, alpha: float,
@@ -133,6 +140,32 @@ def als_fit_topk(train: DataFrame, users: DataFrame, n_items: int, k: int, rank:
     return ALSResult(recs, {"rank": rank, "regParam": reg, "alpha": alpha, "maxIter": max_iter}, elapsed)
 
 
+def als_validation_figures(valid_users: DataFrame, n_items: int, k: int, points: list[dict], metric_fn,
+                           seed: int = 42) -> list[tuple[dict, float]]:
+    """[(params, metric_fn(recs, validation targets))] of ALS fitted on the validation users' inputs at
+    each of points (als_grid_points); metric_fn: higher is better."""
+    val_train = interactions(valid_users.select("user_idx", "input")).persist()
+    val_targets = valid_users.select("user_idx", "target")
+    tried = []
+    for p in points:
+        res = als_fit_topk(val_train, valid_users, n_items, k, p["rank"], p["regParam"], p["alpha"], seed,
+                           p["maxIter"])
+        tried.append((res.params, metric_fn(res.recs, val_targets)))
+    val_train.unpersist()
+    return tried
+
+
+def als_refit_topk(test_users: DataFrame, n_items: int, k: int, tried: list[tuple[dict, float]],
+                   seed: int = 42) -> tuple[DataFrame, dict]:
+    """The best of tried (als_validation_figures) refit on the test histories: (test recs, its params
+    with the fit time)."""
+    best = max(tried, key=lambda t: t[1])[0]
+    test_train = interactions(test_users.select("user_idx", "input")).persist()
+    res = als_fit_topk(test_train, test_users, n_items, k, best["rank"], best["regParam"], best["alpha"], seed,
+                       best["maxIter"])
+    return res.recs, {**best, "fit_seconds": res.fit_seconds}
+
+
 def als_grid(valid_users: DataFrame, test_users: DataFrame, n_items: int, k: int, grid: dict, metric_fn,
              seed: int = 42, max_iter: int = 10) -> tuple[DataFrame, dict, list]:
     """Choose ALS hyper-parameters on validation users, refit on the test histories, rank test users.
@@ -140,18 +173,9 @@ def als_grid(valid_users: DataFrame, test_users: DataFrame, n_items: int, k: int
     metric_fn(recs, targets) -> float (higher is better), computed on validation targets only.
     Returns (test recs, best params with fit time, [(params, validation metric), ...]).
     """
-    val_train = interactions(valid_users.select("user_idx", "input")).persist()
-    val_targets = valid_users.select("user_idx", "target")
-    tried = []
-    for rank, reg, alpha in itertools.product(grid["ranks"], grid["reg_params"], grid["alphas"]):
-        res = als_fit_topk(val_train, valid_users, n_items, k, rank, reg, alpha, seed, max_iter)
-        tried.append((res.params, metric_fn(res.recs, val_targets)))
-    val_train.unpersist()
-    best = max(tried, key=lambda t: t[1])[0]
-    test_train = interactions(test_users.select("user_idx", "input")).persist()
-    res = als_fit_topk(test_train, test_users, n_items, k, best["rank"], best["regParam"], best["alpha"], seed,
-                       max_iter)
-    return res.recs, {**best, "fit_seconds": res.fit_seconds}, tried
+    tried = als_validation_figures(valid_users, n_items, k, als_grid_points(grid, max_iter), metric_fn, seed)
+    recs, best = als_refit_topk(test_users, n_items, k, tried, seed)
+    return recs, best, tried
 
 
 def item_neighbors(users: DataFrame, n_neighbors: int, history_cap: int = 200) -> DataFrame:

@@ -169,6 +169,20 @@ def collaborative_lead(served: dict, als_valid_ndcg: float) -> Optional[str]:
             f"favours a collaborative model (docs/benchmarks.md, \"Weakly sequential data\").{advice}")
 
 
+def als_figures_from_training(blend: Optional[dict], points: list[dict]) -> Optional[list[tuple[dict, float]]]:
+    """[(params, validation NDCG@10)] of ALS alone at each of points (baselines.als_grid_points) as
+    train.collaborative's blend step measured them (checkpoint record `collaborative`): the same
+    fits, on the same training histories, ranking the same validation targets, so evaluate need not
+    fit them again. None where the record lacks a point (no blend, another grid or maxIter)."""
+    keys = ("rank", "regParam", "alpha", "maxIter")
+    alone = {tuple(t.get(k) for k in keys): t["valid_ndcg@10"]
+             for t in (blend or {}).get("tried", []) if t["share"] == 1.0}
+    wanted = [tuple(p[k] for k in keys) for p in points]
+    if not wanted or any(w not in alone for w in wanted):
+        return None
+    return [(p, alone[w]) for p, w in zip(points, wanted)]
+
+
 class Evaluation:
     """One evaluation of a model (promotion.evaluated_checkpoint) and the configured baselines on the
     test split: the users and the item facts every model is measured against, and the results."""
@@ -215,19 +229,25 @@ class Evaluation:
                                                               ev.knn_neighbors)
 
     def _als(self) -> tuple[DataFrame, float]:
-        """ALS with its grid chosen on the validation targets, refit on the test histories."""
-        ev, t0 = self.cfg.evaluate, time.time()
-        val = splits.valid_users(self.spark, self.cfg, self.versions).persist()
-        grid = {"ranks": ev.als_ranks, "reg_params": ev.als_reg_params, "alphas": ev.als_alphas}
-        recs, best, tried = baselines.als_grid(val, self.users, self.n_items, max(self.ks), grid,
-                                               lambda r, t: spark_metrics(r, t, [10])["ndcg@10"],
-                                               seed=self.cfg.train.seed, max_iter=ev.als_max_iter)
-        val.unpersist()
-        self.params["als"] = {"best": best, "grid": [{**p, "valid_ndcg@10": m} for p, m in tried]}
-        logger.info("als grid (validation NDCG@10): " + ", ".join(
+        """ALS with its grid chosen on the validation targets, refit on the test histories. The grid's
+        validation figures come from training where train.collaborative measured them."""
+        ev, t0, k = self.cfg.evaluate, time.time(), max(self.ks)
+        points = baselines.als_grid_points({"ranks": ev.als_ranks, "reg_params": ev.als_reg_params,
+                                            "alphas": ev.als_alphas}, ev.als_max_iter)
+        blend = self.ckpt.get("collaborative")
+        tried, validated_in = als_figures_from_training(blend, points), "train"
+        if tried is None:
+            val = splits.valid_users(self.spark, self.cfg, self.versions).persist()
+            tried, validated_in = baselines.als_validation_figures(
+                val, self.n_items, k, points, lambda r, t: spark_metrics(r, t, [10])["ndcg@10"],
+                seed=self.cfg.train.seed), "evaluate"
+            val.unpersist()
+        recs, best = baselines.als_refit_topk(self.users, self.n_items, k, tried, seed=self.cfg.train.seed)
+        self.params["als"] = {"best": best, "grid": [{**p, "valid_ndcg@10": m} for p, m in tried],
+                              "validated_in": validated_in}
+        logger.info(f"als grid (validation NDCG@10, measured in {validated_in}): " + ", ".join(
             f"rank={p['rank']} reg={p['regParam']} alpha={p['alpha']}: {m:.4f}" for p, m in tried))
-        lead = collaborative_lead(self.ckpt.get("collaborative") or self.ckpt.get("selection") or {},
-                                  max(m for _, m in tried))
+        lead = collaborative_lead(blend or self.ckpt.get("selection") or {}, max(m for _, m in tried))
         if lead:
             self.params["als"]["leads_attention_on_validation"] = True
             logger.warning(lead)

@@ -605,7 +605,7 @@ def _blends(model, users: torch.Tensor, items: torch.Tensor, valid: dict, grid: 
                 weights = (1.0 - share, share * ratio)
                 ndcgs = ranked_ndcgs(torch.cat([weights[0] * users, weights[1] * folded], 1),
                                      torch.cat([items, factors], 1), valid)
-                yield {key: point[key] for key in ("rank", "regParam", "alpha")}, share, weights, ndcgs
+                yield {key: point[key] for key in ("rank", "regParam", "alpha", "maxIter")}, share, weights, ndcgs
 
 
 def choose_blend(model, valid: Optional[dict], grid: list[dict]) -> Optional[dict]:

@@ -53,7 +53,7 @@ def _clustered_case():
     factors[1:21, 0] = factors[21:, 1] = 0.5
     factors += rng.normal(0, 0.01, factors.shape).astype(np.float32)
     factors[0] = 0
-    return model, valid, [{"rank": 2, "regParam": 0.1, "alpha": 1.0, "factors": factors}]
+    return model, valid, [{"rank": 2, "regParam": 0.1, "alpha": 1.0, "maxIter": 10, "factors": factors}]
 
 
 def test_validation_chooses_the_blend_the_users_rank_better_with_and_the_checkpoint_serves_it(tmp_path):

@@ -2,8 +2,8 @@
 import pytest
 from pyspark.sql import functions as F
 
-from recsys_spark import schema, tables
-from recsys_spark.evaluate import collaborative_lead
+from recsys_spark import baselines, schema, tables
+from recsys_spark.evaluate import als_figures_from_training, collaborative_lead
 
 
 @pytest.mark.slow
@@ -82,3 +82,22 @@ def test_evaluation_warns_when_als_leads_the_attention_model_beyond_its_validati
     assert collaborative_lead(kept, 0.1060) is None  # inside the interval: the sample cannot tell them apart
     assert collaborative_lead(kept, 0.0387) is None
     assert collaborative_lead({}, 0.5) is None  # a model trained without validation has nothing to compare
+
+
+def test_the_als_baseline_takes_its_grid_figures_from_training_only_when_they_cover_the_whole_grid():
+    points = baselines.als_grid_points({"ranks": [64], "reg_params": [0.01, 0.1], "alphas": [1.0]}, max_iter=10)
+    assert points == [{"rank": 64, "regParam": 0.01, "alpha": 1.0, "maxIter": 10},
+                      {"rank": 64, "regParam": 0.1, "alpha": 1.0, "maxIter": 10}]
+    figures = {(0.01, 0.5): 0.07, (0.01, 1.0): 0.05, (0.1, 0.5): 0.08, (0.1, 1.0): 0.06}
+    tried = [{**p, "share": share, "valid_ndcg@10": figures[p["regParam"], share]}
+             for p in points for share in (1.0, 0.5)]
+    blend = {"tried": tried, "chosen": "attention"}
+    # ALS alone is the share 1.0 of each point, in the grid's order.
+    assert als_figures_from_training(blend, points) == [(points[0], 0.05), (points[1], 0.06)]
+    # A grid point training did not fit, another maxIter, or no blend at all: evaluate fits the grid.
+    wider = baselines.als_grid_points({"ranks": [64], "reg_params": [0.01, 0.1, 1.0], "alphas": [1.0]}, 10)
+    assert als_figures_from_training(blend, wider) is None
+    assert als_figures_from_training(blend, baselines.als_grid_points({"ranks": [64], "reg_params": [0.01, 0.1],
+                                                                      "alphas": [1.0]}, 20)) is None
+    assert als_figures_from_training(None, points) is None
+    assert als_figures_from_training({"tried": [], "chosen": "attention"}, points) is None

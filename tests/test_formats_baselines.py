@@ -191,6 +191,10 @@ def test_quality_benchmark_writes_the_result_table(spark, tmp_path, capsys):
     assert [t["share"] for t in blend["tried"]] == [0.25, 0.5, 0.75, 1.0]
     assert blend["valid_ndcg@10"] >= blend["attention_valid_ndcg@10"]
     assert (blend["chosen"] == "attention") == (result["model_config"]["collaborative_rank"] == 0)
+    # The ALS baseline is chosen on the figures that blend step measured for ALS alone, not fitted again.
+    assert result["als"]["validated_in"] == "train"
+    assert [g["valid_ndcg@10"] for g in result["als"]["grid"]] == [t["valid_ndcg@10"] for t in blend["tried"]
+                                                                 if t["share"] == 1.0]
     # The served model against each baseline on the same test users: the gap of the two means, and
     # an interval.
     assert set(result["paired"]) == {"popularity", "als", "item_knn"}
