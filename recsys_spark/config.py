@@ -216,8 +216,8 @@ class TrainConfig:
     # N > 0: every N batches a rank draws are pooled and re-cut into batches of windows of like
     # length (trainer.length_bucketed), so a step over short histories is short (the model drops
     # the columns no window of a batch uses). 0: batches as drawn. 16 halved Beauty's epochs at the
-    # same quality; not in conf/bench.yaml while its peak memory on ml-1m (1.6x) has no bound
-    # (docs/benchmarks.md, "Batches of windows of like length").
+    # same quality (docs/benchmarks.md, "Batches of windows of like length"); with keep_freed_memory
+    # a CPU rank then hands its free heap pages back every few steps, or its heap grows 1.5x.
     length_buckets: int = 0
     lr: float = 0.002
     # constant: lr throughout. linear: lr decays linearly from lr to 0 over the planned training,

@@ -41,6 +41,9 @@ TRAIN_COLUMNS = ["user_idx", "window", "input", "target", "profile_cat", "profil
 RESUME_NEUTRAL = ("resume", "progress_every_s", "retrain_every", "keep_freed_memory", "collaborative")
 # The collaborative shares of the served scores' spread that choose_blend tries (1: ALS alone).
 BLEND_SHARES = (0.25, 0.5, 0.75, 1.0)
+# With train.length_buckets and train.keep_freed_memory: a CPU rank hands its free heap pages back to
+# the kernel every this many steps (trainer.returning_freed_memory).
+FREED_MEMORY_RETURN_STEPS = 8
 
 
 @dataclass
@@ -367,6 +370,26 @@ def keep_freed_memory() -> bool:
     return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2 ** 31 - 1))
 
 
+def return_freed_memory() -> bool:
+    """Have glibc hand the free pages of its heaps back to the kernel now (malloc_trim). False where
+    the C library is not glibc."""
+    try:
+        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
+    except (OSError, AttributeError):
+        return False
+
+
+def returning_freed_memory(batches: Iterator[dict], every: int) -> Iterator[dict]:
+    """batches, handing the rank's free heap pages back to the kernel before every `every`-th."""
+    try:
+        for i, batch in enumerate(batches):
+            if i % every == 0:
+                return_freed_memory()
+            yield batch
+    finally:
+        batches.close()
+
+
 def _rank_setup(job: TrainJob, size: int, device: str):
     """(model on the device, optimizer, peak lr): the seeded initial state, identical on every rank."""
     tc = job.train_config
@@ -512,6 +535,11 @@ def worker(job: TrainJob) -> dict:
         # One order for every rank: step i takes each rank's i-th batch by length, so no rank waits
         # at the gradient average for another's long batch.
         batches = length_bucketed(batches, tc.length_buckets, tc.seed)
+        if tc.keep_freed_memory and ranks.device == "cpu":
+            # A kept heap reuses a freed block only for a request that fits it, and these batches
+            # change shape every step: on ml-1m a rank's heap doubled. Handing free pages back every
+            # few steps bounds it at what drawn batches hold (docs/benchmarks.md).
+            batches = returning_freed_memory(batches, FREED_MEMORY_RETURN_STEPS)
     # The data position of the resumed epoch: the batches the finished epochs drew, drawn again.
     next(itertools.islice(batches, state.epoch * job.steps_per_epoch, state.epoch * job.steps_per_epoch), None)
     started = time.time() - state.elapsed_s

@@ -207,6 +207,34 @@ def test_a_cpu_rank_reuses_freed_memory_instead_of_faulting_in_fresh_pages():
     assert kept == "True" and n < 1_000
 
 
+_RETURN_PROBE = """
+import torch
+from recsys_spark.trainer import keep_freed_memory, returning_freed_memory
+def resident_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 // 2**20
+keep_freed_memory()
+big = torch.ones(50_000_000)  # 200 MB, every page touched: a step's logits
+after = torch.ones(1_000)  # allocated above it, so the heap cannot shrink from its top
+del big
+kept = resident_mb()
+batches = returning_freed_memory((b for b in ["b0", "b1", "b2", "b3", "b4"]), 4)
+first = next(batches)
+print(kept - resident_mb(), first, ",".join(batches))
+"""
+
+
+def test_length_bucketed_cpu_ranks_hand_freed_heap_pages_back_every_few_batches():
+    """With train.keep_freed_memory, freed blocks stay resident; batches of a new shape every step
+    (train.length_buckets) cannot reuse them all, so the worker hands them back every few batches
+    (here: before the first and the fifth), batches passing through unchanged."""
+    import subprocess
+
+    out = subprocess.run([sys.executable, "-c", _RETURN_PROBE], capture_output=True, text=True, check=True)
+    returned_mb, first, rest = out.stdout.split()
+    assert int(returned_mb) > 150  # the freed 200 MB below a live block went back to the kernel
+    assert (first, rest) == ("b0", "b1,b2,b3,b4")
+
+
 def test_early_stopping_waits_for_patience_and_min_steps():
     from recsys_spark.trainer import patience_spent
 
