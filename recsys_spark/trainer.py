@@ -517,6 +517,23 @@ def _log_epoch(job: TrainJob, entry: dict, ranks: int, lr_cut: bool) -> None:
               f"rate x{job.train_config.lr_plateau_factor:g} from epoch {entry['epoch'] + 1}", flush=True)
 
 
+def _rank_batches(job: TrainJob, ranks) -> Iterator[dict]:
+    """This rank's batches: its shard as drawn, or regrouped by window length (train.length_buckets)."""
+    tc = job.train_config
+    batches = job.batches.open(ranks.rank, ranks.size, job.batch_size, tc.seed)
+    if not tc.length_buckets:
+        return batches
+    # One order for every rank: step i takes each rank's i-th batch by length, so no rank waits at
+    # the gradient average for another's long batch.
+    batches = length_bucketed(batches, tc.length_buckets, tc.seed)
+    if tc.keep_freed_memory and ranks.device == "cpu":
+        # A kept heap reuses a freed block only for a request that fits it, and these batches change
+        # shape every step: on ml-1m a rank's heap grew 1.5x. Handing free pages back every few steps
+        # holds it near what drawn batches keep (docs/benchmarks.md).
+        batches = returning_freed_memory(batches, FREED_MEMORY_RETURN_STEPS)
+    return batches
+
+
 def worker(job: TrainJob) -> dict:
     """One rank, under either launcher. Returns the per-epoch history and every rank's final weight
     checksum (each rank returns them all: TorchDistributor hands back only rank 0's result)."""
@@ -530,16 +547,7 @@ def worker(job: TrainJob) -> dict:
     net, opt = ranks.setup(model, opt)
     if saved is not None:
         opt.load_state_dict(saved["optimizer"])
-    batches = job.batches.open(ranks.rank, ranks.size, job.batch_size, tc.seed)
-    if tc.length_buckets:
-        # One order for every rank: step i takes each rank's i-th batch by length, so no rank waits
-        # at the gradient average for another's long batch.
-        batches = length_bucketed(batches, tc.length_buckets, tc.seed)
-        if tc.keep_freed_memory and ranks.device == "cpu":
-            # A kept heap reuses a freed block only for a request that fits it, and these batches
-            # change shape every step: on ml-1m a rank's heap doubled. Handing free pages back every
-            # few steps bounds it at what drawn batches hold (docs/benchmarks.md).
-            batches = returning_freed_memory(batches, FREED_MEMORY_RETURN_STEPS)
+    batches = _rank_batches(job, ranks)
     # The data position of the resumed epoch: the batches the finished epochs drew, drawn again.
     next(itertools.islice(batches, state.epoch * job.steps_per_epoch, state.epoch * job.steps_per_epoch), None)
     started = time.time() - state.elapsed_s
