@@ -293,12 +293,13 @@ class TrainConfig:
     valid_users: int = 20000
     eval_every: int = 1
     patience: int = 3
-    # ... but never before this many optimizer steps: on a small dataset an epoch is a handful of
-    # steps, and `patience` epochs of a barely trained model are noise (ml-latest-small: 4 steps an
-    # epoch, stopped after 36 steps below popularity; docs/benchmarks.md).
+    # ... but not during the run's start, when `patience` evaluations of a barely trained model are
+    # noise (ml-latest-small: 4 steps an epoch, stopped after 36 steps below popularity;
+    # docs/benchmarks.md). The start ends at the first validation NDCG@10 above the first
+    # evaluation's 95% interval, or after this many optimizer steps at the latest.
     min_steps: int = 0
     # The learning rate is multiplied by lr_plateau_factor after every lr_plateau_evals evaluations
-    # in a row without a gain (from min_steps on, as early stopping), so a run that has stopped
+    # in a row without a gain (after the run's start, as early stopping), so a run that has stopped
     # improving at its rate goes on at a smaller one before patience ends it. 1 = off; conf/bench.yaml
     # uses 0.5 (docs/benchmarks.md, "Cutting the learning rate on validation plateaus").
     lr_plateau_factor: float = 1.0

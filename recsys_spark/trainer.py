@@ -245,12 +245,6 @@ def throttled_progress(label: str, every_s: float):
     return report
 
 
-def patience_spent(bad_evals: int, patience: int, steps_done: int, min_steps: int = 0) -> bool:
-    """Early stopping: `patience` evaluations in a row without a better validation NDCG, once at
-    least `min_steps` optimizer steps have been taken."""
-    return bad_evals >= patience and steps_done >= min_steps
-
-
 def planned_epochs(epochs: int, budget_s: float, epochs_done: int, elapsed_s: float) -> int:
     """Epochs the run will train: `epochs`, or with a time budget the epochs that end by the first
     epoch ending past the budget, estimated from the mean epoch time so far (never fewer than done + 1)."""
@@ -331,31 +325,44 @@ def selection(history: list, best_epoch: int, n_users: int, per_user: Optional[d
 class EarlyStopping:
     """Rank 0's record of the best validated weights and of evaluations without a gain; and, with
     plateau_evals > 0, how many times the learning rate has been cut on a plateau (lr_cuts: every
-    plateau_evals evaluations in a row without a gain, from min_steps on; rank 0 broadcasts it)."""
+    plateau_evals evaluations in a row without a gain; rank 0 broadcasts it).
+
+    Neither stops nor cuts during the run's start: a model that has learned little sits on a flat
+    stretch of validation noise, which patience would mistake for convergence (ml-latest-small
+    without side files: about 100 steps). The start ends at the first validation NDCG above the
+    first evaluation's 95% interval, or after min_steps optimizer steps at the latest."""
 
     def __init__(self, patience: int, min_steps: int, plateau_evals: int = 0):
         self.patience, self.min_steps, self.plateau_evals = patience, min_steps, plateau_evals
         self.best_ndcg, self.best_epoch, self.best_state, self.bad_evals = -1.0, 0, None, 0
         self.lr_cuts = 0
+        self.start_bound, self.risen = None, False  # the first evaluation's upper bound; passed yet
 
-    def update(self, model, ndcg: float, epoch: int, steps_done: int) -> bool:
-        """Record an evaluation; True when training should stop."""
+    def update(self, model, ndcg: float, epoch: int, steps_done: int, halfwidth: Optional[float] = None) -> bool:
+        """Record an evaluation (halfwidth: its 95% interval's); True when training should stop."""
+        if self.start_bound is None:
+            self.start_bound = ndcg + (halfwidth or 0.0)
+        elif ndcg > self.start_bound:
+            self.risen = True
+        past_start = self.risen or steps_done >= self.min_steps
         if ndcg > self.best_ndcg:
             self.best_ndcg, self.best_epoch, self.bad_evals = ndcg, epoch, 0
             self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             self.bad_evals += 1
-            if self.plateau_evals and self.bad_evals % self.plateau_evals == 0 and steps_done >= self.min_steps:
+            if self.plateau_evals and self.bad_evals % self.plateau_evals == 0 and past_start:
                 self.lr_cuts += 1
-        return patience_spent(self.bad_evals, self.patience, steps_done, self.min_steps)
+        return self.bad_evals >= self.patience and past_start
 
     def state(self) -> dict:
         return {"best_ndcg": self.best_ndcg, "best_epoch": self.best_epoch, "best_state": self.best_state,
-                "bad_evals": self.bad_evals, "lr_cuts": self.lr_cuts}
+                "bad_evals": self.bad_evals, "lr_cuts": self.lr_cuts, "start_bound": self.start_bound,
+                "risen": self.risen}
 
     def restore(self, state: dict) -> None:
         self.best_ndcg, self.best_epoch = state["best_ndcg"], state["best_epoch"]
         self.best_state, self.bad_evals, self.lr_cuts = state["best_state"], state["bad_evals"], state["lr_cuts"]
+        self.start_bound, self.risen = state.get("start_bound"), state.get("risen", False)  # absent: saved before the rule
 
 
 def keep_freed_memory() -> bool:
@@ -472,7 +479,8 @@ def _root_decision(job: TrainJob, model, entry: dict, state: RunState, started: 
     if per_user is not None:
         entry["valid_ndcg@10"], entry["valid_ndcg@10_halfwidth"] = float(per_user.mean()), interval_halfwidth(per_user)
         state.valid_ndcgs[epoch] = per_user.astype(np.float32)
-        stop = int(state.stopper.update(model, entry["valid_ndcg@10"], epoch, epoch * job.steps_per_epoch))
+        stop = int(state.stopper.update(model, entry["valid_ndcg@10"], epoch, epoch * job.steps_per_epoch,
+                                        entry["valid_ndcg@10_halfwidth"]))
     if tc.time_budget_s:
         if time.time() - started > tc.time_budget_s:
             stop = 2

@@ -235,36 +235,58 @@ def test_length_bucketed_cpu_ranks_hand_freed_heap_pages_back_every_few_batches(
     assert (first, rest) == ("b0", "b1,b2,b3,b4")
 
 
-def test_early_stopping_waits_for_patience_and_min_steps():
-    from recsys_spark.trainer import patience_spent
-
-    assert not patience_spent(bad_evals=4, patience=5, steps_done=10_000)
-    assert patience_spent(bad_evals=5, patience=5, steps_done=10_000)
-    # A small dataset: 4 steps an epoch, 9 epochs = 36 steps, below min_steps 1000: keep training.
-    assert not patience_spent(bad_evals=5, patience=5, steps_done=36, min_steps=1000)
-    assert patience_spent(bad_evals=5, patience=5, steps_done=1000, min_steps=1000)
-
-
-def test_the_learning_rate_is_cut_on_every_plateau_of_the_given_length_from_min_steps_on():
+def _evaluated(stopper, ndcgs, steps_per_epoch, halfwidth=0.008) -> list[tuple[bool, int]]:
+    """Feed a validation curve to stopper: (stop?, lr cuts so far) after each evaluation."""
     import torch
 
+    model = torch.nn.Linear(2, 1)
+    return [(stopper.update(model, ndcg, epoch, steps_per_epoch * epoch, halfwidth), stopper.lr_cuts)
+            for epoch, ndcg in enumerate(ndcgs, start=1)]
+
+
+def test_early_stopping_sits_out_a_flat_start_until_validation_rises_above_the_first_evaluation():
     from recsys_spark.trainer import EarlyStopping
 
-    model = torch.nn.Linear(2, 1)
+    # ml-latest-small without side files: 17 steps an epoch, validation flat for 5 epochs inside
+    # the first evaluation's interval (0.020 +- 0.008), then rising, then 5 evaluations without a gain.
+    curve = [0.020, 0.018, 0.017, 0.019, 0.016, 0.017, 0.035, 0.050, 0.049, 0.048, 0.047, 0.046, 0.045]
+    decisions = _evaluated(EarlyStopping(patience=5, min_steps=300, plateau_evals=2), curve, steps_per_epoch=17)
+    stops = [stop for stop, _ in decisions]
+    assert stops == [False] * 12 + [True]  # 5 flat evaluations did not end it; 5 after the rise did
+    assert [cuts for _, cuts in decisions] == [0] * 9 + [1, 1, 2, 2]  # no cut in the flat start either
+    # The same curve where the rise never comes: min_steps ends the start (epoch 18 = 306 steps).
+    flat = _evaluated(EarlyStopping(patience=5, min_steps=300), [0.020] + [0.019] * 20, steps_per_epoch=17)
+    assert [stop for stop, _ in flat].index(True) == 17
+
+
+def test_early_stopping_waits_for_patience_once_validation_has_risen():
+    from recsys_spark.trainer import EarlyStopping
+
+    # A rise at epoch 2 starts the count at once, long before min_steps.
+    decisions = _evaluated(EarlyStopping(patience=3, min_steps=10_000), [0.03, 0.06, 0.07, 0.06, 0.06, 0.05],
+                           steps_per_epoch=17)
+    assert [stop for stop, _ in decisions] == [False] * 5 + [True]
+    # A gain inside the first evaluation's interval is no rise: 4 steps an epoch, stopped after 36
+    # steps below popularity was the defect; here the start holds until min_steps.
+    held = _evaluated(EarlyStopping(patience=5, min_steps=1000), [0.020, 0.025, 0.024, 0.023, 0.022, 0.021, 0.020],
+                      steps_per_epoch=4)
+    assert not any(stop for stop, _ in held)
+
+
+def test_the_learning_rate_is_cut_on_every_plateau_of_the_given_length_after_the_start():
+    from recsys_spark.trainer import EarlyStopping
+
+    # A validation every 20 steps; no gain at epochs 2-3 (in the start: no cut), a gain above the
+    # first evaluation's interval at 4, then none.
     stopper = EarlyStopping(patience=5, min_steps=100, plateau_evals=2)
-    cuts = []
-    # A validation every 20 steps; no gain at epochs 2-3 (before min_steps: no cut), a gain at 4, then none.
-    for epoch, ndcg in enumerate([0.10, 0.09, 0.08, 0.12, 0.11, 0.11, 0.10, 0.10], start=1):
-        stopper.update(model, ndcg, epoch, steps_done=20 * epoch)
-        cuts.append(stopper.lr_cuts)
-    assert cuts == [0, 0, 0, 0, 0, 1, 1, 2]
+    decisions = _evaluated(stopper, [0.10, 0.09, 0.08, 0.12, 0.11, 0.11, 0.10, 0.10], steps_per_epoch=20)
+    assert [cuts for _, cuts in decisions] == [0, 0, 0, 0, 0, 1, 1, 2]
     off = EarlyStopping(patience=5, min_steps=0)
-    for epoch, ndcg in enumerate([0.1, 0.09, 0.08, 0.07], start=1):
-        off.update(model, ndcg, epoch, steps_done=epoch)
+    _evaluated(off, [0.1, 0.09, 0.08, 0.07], steps_per_epoch=1)
     assert off.lr_cuts == 0
     restored = EarlyStopping(patience=5, min_steps=100, plateau_evals=2)
     restored.restore(stopper.state())
-    assert restored.lr_cuts == 2
+    assert (restored.lr_cuts, restored.risen, restored.start_bound) == (2, True, stopper.start_bound)
 
 
 def test_length_buckets_regroup_the_drawn_rows_by_length_into_batches_of_equal_targets_in_a_seeded_order():
