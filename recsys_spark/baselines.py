@@ -219,20 +219,30 @@ def _knn_topk(batches: Iterator[pd.DataFrame], nbr_idx: np.ndarray, nbr_sim: np.
             yield topk_rows(part["user_idx"].to_numpy(), top, sc)
 
 
+def neighbor_table(neighbors: pd.DataFrame, n_items: int, n_neighbors: int) -> tuple[np.ndarray, np.ndarray]:
+    """(nbr_idx, nbr_sim), each (n_items, n_neighbors): row i holds item i's neighbours
+    (item_neighbors' rows) by falling similarity, ties by smaller id; 0 = padding item, never
+    recommended. Ids outside the catalog are dropped."""
+    inside = neighbors[neighbors["item_idx"].between(0, n_items - 1) & neighbors["neighbor"].between(0, n_items - 1)]
+    item, nbr = inside["item_idx"].to_numpy(np.int64), inside["neighbor"].to_numpy(np.int64)
+    sim = inside["sim"].to_numpy(np.float64)
+    order = np.lexsort((nbr, -sim, item))
+    item, nbr, sim = item[order], nbr[order], sim[order]
+    starts = np.flatnonzero(np.r_[True, item[1:] != item[:-1]]) if len(item) else np.zeros(0, np.int64)
+    slot = np.arange(len(item)) - np.repeat(starts, np.diff(np.r_[starts, len(item)]))
+    keep = slot < n_neighbors
+    nbr_idx = np.zeros((n_items, n_neighbors), dtype=np.int64)
+    nbr_sim = np.zeros((n_items, n_neighbors), dtype=np.float32)
+    nbr_idx[item[keep], slot[keep]] = nbr[keep]
+    nbr_sim[item[keep], slot[keep]] = sim[keep]
+    return nbr_idx, nbr_sim
+
+
 def item_knn_topk(spark: SparkSession, users: DataFrame, n_items: int, k: int, n_neighbors: int = 100,
                   history_cap: int = 200) -> tuple[DataFrame, float]:
     """Item-kNN: score(u, j) = sum over u's history items i of sim(i, j). Returns (recs, fit seconds)."""
     t0 = time.time()
-    nb = item_neighbors(users, n_neighbors, history_cap).collect()
-    nbr_idx = np.zeros((n_items, n_neighbors), dtype=np.int64)  # 0 = padding item, never recommended
-    nbr_sim = np.zeros((n_items, n_neighbors), dtype=np.float32)
-    fill = np.zeros(n_items, dtype=np.int64)
-    for r in sorted(nb, key=lambda r: (r.item_idx, -r.sim, r.neighbor)):
-        i = r.item_idx
-        if 0 <= i < n_items and fill[i] < n_neighbors and 0 <= r.neighbor < n_items:
-            nbr_idx[i, fill[i]] = r.neighbor
-            nbr_sim[i, fill[i]] = r.sim
-            fill[i] += 1
+    nbr_idx, nbr_sim = neighbor_table(item_neighbors(users, n_neighbors, history_cap).toPandas(), n_items, n_neighbors)
     elapsed = time.time() - t0
     recs = users.select("user_idx", "input", "seen").mapInPandas(
         lambda it: _knn_topk(it, nbr_idx, nbr_sim, k, history_cap), TOPK_SCHEMA)

@@ -21,12 +21,13 @@ from datetime import datetime, timezone
 from typing import Callable, Iterator, Optional
 
 import numpy as np
-from pyspark.sql import DataFrame, SparkSession, Window
+import pandas as pd
+from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_spark import baselines, calibration, checkpoints, cold_start, promotion, schema, slices, splits, tables
 from recsys_spark.config import Config
-from recsys_spark.metrics import mean_halfwidth
+from recsys_spark.metrics import exposure_figures, mean_halfwidth
 from recsys_spark.ranking import attention_topk
 from recsys_spark.table_schemas import METRIC_SLICES_SCHEMA, METRICS_SCHEMA
 from recsys_spark.tracking import log_evaluate
@@ -109,45 +110,35 @@ def paired_difference(a: DataFrame, b: DataFrame) -> dict:
     return {"ndcg@10_diff": float(row["mean"] or 0.0), "halfwidth": mean_halfwidth(row["std"], users), "users": users}
 
 
-def head_items(popularity: np.ndarray, share: float = 0.1) -> np.ndarray:
-    """Ids of the `share` most popular catalog items (ties by smaller id); item 0 is padding."""
-    n = len(popularity) - 1
-    order = np.lexsort((np.arange(1, n + 1), -popularity[1:]))
-    return order[: max(1, int(np.ceil(share * n)))] + 1
-
-
-def spark_beyond_accuracy(recs: DataFrame, k: int, popularity: np.ndarray, n_users_pop: int,
-                          categories: np.ndarray) -> dict[str, float]:
-    """List-level metrics of the top k in Spark; same definitions as metrics.beyond_accuracy.
+def spark_beyond_accuracy(recs: DataFrame, ks: list[int], popularity: np.ndarray, n_users_pop: int,
+                          categories: np.ndarray) -> dict[int, dict[str, float]]:
+    """List-level metrics of the top k for each k in ks, in two Spark passes whatever ks holds;
+    same definitions as metrics.beyond_accuracy.
 
     recs: user_idx, rank, item_idx. popularity[i]: interactions of item i in the evaluation
-    histories; categories[i]: category index of item i."""
-    spark = recs.sparkSession
+    histories; categories[i]: category index of item i. Items outside 1..len(popularity)-1 are
+    ignored."""
     n_items = len(popularity)
-    top = recs.where(F.col("rank") <= k).select("user_idx", "item_idx").persist()
-    items = spark.createDataFrame([(i, float(popularity[i]), int(categories[i]), False) for i in range(1, n_items)],
-                                  "item_idx long, pop double, category long, head boolean")
-    head = set(int(i) for i in head_items(popularity))
-    items = items.withColumn("head", F.col("item_idx").isin(list(head)))
-    exposure = (items.join(top.groupBy("item_idx").agg(F.count("*").alias("e")), "item_idx", "left")
-                .select(F.coalesce("e", F.lit(0)).cast("double").alias("e")))
-    ranked = exposure.withColumn("i", F.row_number().over(Window.orderBy("e")))
-    n = n_items - 1
-    g = ranked.agg(F.sum((2 * F.col("i") - n - 1) * F.col("e")).alias("num"), F.sum("e").alias("tot"),
-                   F.sum((F.col("e") > 0).cast("long")).alias("covered")).first()
-    per_item = top.join(items, "item_idx")
-    row = per_item.agg(
-        F.avg(-F.log2(F.greatest(F.col("pop"), F.lit(1.0)) / F.lit(float(n_users_pop)))).alias("novelty"),
-        F.avg(F.col("head").cast("double")).alias("pop_share")).first()
-    ild = (per_item.groupBy("user_idx", "category").count()
-           .groupBy("user_idx").agg(F.sum("count").alias("m"), F.sum(F.col("count") * (F.col("count") - 1)).alias("s"))
-           .where(F.col("m") >= 2).agg(F.avg(1 - F.col("s") / (F.col("m") * (F.col("m") - 1)))).first()[0])
-    top.unpersist()
-    head_mask = np.zeros(n_items, dtype=bool)
-    head_mask[list(head)] = True
-    return {"coverage": float(g.covered) / n, "gini": float(g.num / (n * g.tot)) if g.tot else 0.0,
-            "novelty": float(row.novelty or 0.0), "ild": float(ild or 0.0), "pop_share": float(row.pop_share or 0.0),
-            "pop_interaction_share": float(popularity[head_mask].sum() / popularity[1:].sum())}
+    top = (recs.where((F.col("rank") <= max(ks)) & (F.col("item_idx") >= 1) & (F.col("item_idx") < n_items))
+           .select("user_idx", "item_idx", "rank"))
+    within = {k: (F.col("rank") <= k).cast("long") for k in ks}
+    # Pass 1: each item's exposure at every k; the driver holds one number per item and k.
+    counted = top.groupBy("item_idx").agg(*[F.sum(within[k]).alias(f"e{k}") for k in ks]).toPandas()
+    # Pass 2: intra-list diversity, from each list's category counts.
+    item_categories = recs.sparkSession.createDataFrame(
+        pd.DataFrame({"item_idx": np.arange(1, n_items, dtype=np.int64), "category": categories[1:n_items].astype(np.int64)}))
+    per_user = (top.join(item_categories, "item_idx").groupBy("user_idx", "category")
+                .agg(*[F.sum(within[k]).alias(f"c{k}") for k in ks])
+                .groupBy("user_idx").agg(*[a for k in ks for a in (
+                    F.sum(f"c{k}").alias(f"m{k}"), F.sum(F.col(f"c{k}") * (F.col(f"c{k}") - 1)).alias(f"s{k}"))]))
+    ild = per_user.agg(*[F.avg(F.when(F.col(f"m{k}") >= 2, 1 - F.col(f"s{k}") / (F.col(f"m{k}") * (F.col(f"m{k}") - 1))))
+                         .alias(f"ild{k}") for k in ks]).first()
+    out = {}
+    for k in ks:
+        exposure = np.zeros(n_items)
+        exposure[counted["item_idx"].to_numpy(dtype=np.int64)] = counted[f"e{k}"].to_numpy(dtype=float)
+        out[k] = {**exposure_figures(exposure, popularity, n_users_pop), "ild": float(ild[f"ild{k}"] or 0.0)}
+    return out
 
 
 # A model to evaluate: a function returning (its top-K rows in TOPK_SCHEMA, seconds spent fitting).
@@ -262,8 +253,7 @@ class Evaluation:
         self.metrics[name] = spark_metrics(recs, targets, self.ks)
         self.score_s[name], self.train_s[name] = time.time() - t0, fit_s
         self._pair(name, user_ndcgs(recs, targets))
-        self.beyond[name] = {k: spark_beyond_accuracy(recs, k, self.popularity, self.n_users, self.categories)
-                             for k in self.ks}
+        self.beyond[name] = spark_beyond_accuracy(recs, self.ks, self.popularity, self.n_users, self.categories)
         outcomes = slices.user_outcomes(self.spark, self.cfg, self.users, recs, 10, self.popularity)
         self.sliced[name] = (slices.slice_table(outcomes), slices.fairness_gaps(outcomes, seed=self.cfg.train.seed),
                              slices.item_exposure(recs, 10, self.popularity, self.categories))

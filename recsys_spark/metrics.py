@@ -37,24 +37,41 @@ def mrr_at_k(ranked: np.ndarray, targets: np.ndarray, k: int) -> float:
     return float(np.mean((hits / np.arange(1, k + 1)[None, :]).sum(axis=1)))
 
 
+def head_items(popularity: np.ndarray, share: float = 0.1) -> np.ndarray:
+    """Ids of the `share` most popular catalog items (ties by smaller id); item 0 is padding."""
+    n = len(popularity) - 1
+    order = np.lexsort((np.arange(1, n + 1), -popularity[1:]))
+    return order[: max(1, int(np.ceil(share * n)))] + 1
+
+
+def exposure_figures(exposure: np.ndarray, popularity: np.ndarray, n_users_pop: int) -> dict[str, float]:
+    """The list-level metrics that depend only on how often each item was recommended.
+
+    exposure[i]: recommendations of item i (index 0, the padding item, is ignored); popularity[i]:
+    interactions of item i in the evaluation histories. coverage: distinct recommended items /
+    catalog size (n_items - 1). gini: Gini index of the exposures (0 = uniform, 1 = one item).
+    novelty: mean self-information -log2(max(pop_i, 1) / n_users_pop) of the recommended items.
+    pop_share / pop_interaction_share: share of recommendations / of interactions that go to the
+    top 10% most popular items (head_items)."""
+    e = np.asarray(exposure, dtype=float)[1:]
+    n, total = len(e), float(e.sum())
+    sorted_e = np.sort(e)
+    head = np.zeros(n + 1, dtype=bool)
+    head[head_items(popularity)] = True
+    info = -np.log2(np.maximum(popularity[1:], 1) / n_users_pop)
+    return {"coverage": float((e > 0).sum() / n),
+            "gini": float((2 * np.arange(1, n + 1) - n - 1) @ sorted_e / (n * total)) if total else 0.0,
+            "novelty": float(e @ info / total) if total else 0.0,
+            "pop_share": float(e[head[1:]].sum() / total) if total else 0.0,
+            "pop_interaction_share": float(popularity[head].sum() / popularity[1:].sum())}
+
+
 def beyond_accuracy(ranked: np.ndarray, k: int, n_items: int, popularity: np.ndarray, n_users_pop: int,
                     categories: np.ndarray) -> dict[str, float]:
-    """Reference for the list-level metrics of the top k (item ids 1..n_items-1; -1 = empty slot).
-
-    coverage: distinct recommended items / catalog size (n_items - 1).
-    gini: Gini index of how often each catalog item is recommended (0 = uniform, 1 = one item).
-    novelty: mean self-information -log2(max(pop_i, 1) / n_users_pop) of recommended items.
-    ild: mean over users of the share of item pairs in the list with different categories.
-    pop_share / pop_interaction_share: share of recommendations / of interactions that go to the
-    top 10% most popular items (ties by smaller id)."""
+    """Reference for the list-level metrics of the top k (item ids 1..n_items-1; -1 = empty slot):
+    exposure_figures, and ild: mean over users of the share of item pairs in the list with
+    different categories (lists of 2+ items)."""
     top = ranked[:, :k]
-    valid = top >= 0
-    items = top[valid]
-    exposure = np.bincount(items, minlength=n_items)[1:].astype(float)
-    sorted_e = np.sort(exposure)
-    n = len(sorted_e)
-    gini = float((2 * np.arange(1, n + 1) - n - 1) @ sorted_e / (n * sorted_e.sum())) if sorted_e.sum() else 0.0
-    novelty = float(np.mean(-np.log2(np.maximum(popularity[items], 1) / n_users_pop)))
     ild = []
     for row in top:
         row = row[row >= 0]
@@ -63,10 +80,5 @@ def beyond_accuracy(ranked: np.ndarray, k: int, n_items: int, popularity: np.nda
             continue
         _, counts = np.unique(categories[row], return_counts=True)
         ild.append(1 - (counts * (counts - 1)).sum() / (m * (m - 1)))
-    n_top = max(1, int(np.ceil(0.1 * (n_items - 1))))
-    order = np.lexsort((np.arange(1, n_items), -popularity[1:]))[:n_top] + 1
-    head = np.zeros(n_items, dtype=bool)
-    head[order] = True
-    return {"coverage": float(len(np.unique(items)) / (n_items - 1)), "gini": gini, "novelty": novelty,
-            "ild": float(np.mean(ild)) if ild else 0.0, "pop_share": float(head[items].mean()),
-            "pop_interaction_share": float(popularity[head].sum() / popularity[1:].sum())}
+    exposure = np.bincount(top[top >= 0], minlength=n_items)
+    return {**exposure_figures(exposure, popularity, n_users_pop), "ild": float(np.mean(ild)) if ild else 0.0}

@@ -86,10 +86,9 @@ def test_spark_metrics_match_the_numpy_reference_on_random_data(spark):
     skewed[:10, 15:] = -1
     recs2 = spark.createDataFrame([(u, r + 1, int(skewed[u, r])) for u in range(n_users) for r in range(k) if skewed[u, r] >= 0],
                                   "user_idx long, rank int, item_idx long")
+    got = spark_beyond_accuracy(recs2, [5, 20], pop, n_users, cats)
     for kk in (5, 20):
-        want = beyond_accuracy(skewed, kk, n_items, pop, n_users, cats)
-        got = spark_beyond_accuracy(recs2, kk, pop, n_users, cats)
-        assert got == pytest.approx(want)
+        assert got[kk] == pytest.approx(beyond_accuracy(skewed, kk, n_items, pop, n_users, cats))
 
 
 def _zipf(n):
@@ -122,6 +121,21 @@ def test_item_neighbors_are_cosine_co_occurrence(spark):
     assert (1, 4) not in nb and (4, 1) not in nb
     recs, _ = item_knn_topk(spark, _users(spark, {9: [1]}), n_items=5, k=3)
     assert [r.item_idx for r in recs.orderBy("rank").collect()] == [2, 3, 4]  # 4: no similarity, ties by id
+
+
+def test_the_neighbor_table_keeps_each_items_most_similar_neighbours_in_order():
+    import pandas as pd
+
+    from recsys_spark.baselines import neighbor_table
+
+    rows = pd.DataFrame([(1, 4, 0.2), (1, 2, 0.5), (1, 3, 0.5), (1, 5, 0.9), (2, 1, 0.3), (3, 9, 0.8), (9, 1, 0.8)],
+                        columns=["item_idx", "neighbor", "sim"])
+    idx, sim = neighbor_table(rows, n_items=6, n_neighbors=3)
+    assert idx[1].tolist() == [5, 2, 3]  # falling similarity, ties by the smaller id, the 4th dropped
+    assert sim[1].tolist() == pytest.approx([0.9, 0.5, 0.5])
+    assert idx[2].tolist() == [1, 0, 0] and sim[2].tolist() == pytest.approx([0.3, 0, 0])  # 0: padding
+    assert idx[3].tolist() == [0, 0, 0]  # item 9 is outside the catalog, as a neighbour and as an item
+    assert idx.shape == (6, 3)
 
 
 def test_als_recommends_unseen_items_that_co_occur(spark):
