@@ -151,6 +151,19 @@ def test_als_recommends_unseen_items_that_co_occur(spark):
     assert seen[0] not in (1, 2, 3) and seen[1] not in (4, 5, 6)
 
 
+def test_an_als_grid_fitted_two_at_a_time_gives_each_point_its_own_fit(spark):
+    from recsys_spark.baselines import als_factor_grid, als_model, item_factors
+
+    hist = {u: ([1, 2, 3] if u % 2 == 0 else [4, 5, 6]) + [7 + u % 5] for u in range(40)}
+    train = interactions(_users(spark, hist)).persist()
+    grid = als_factor_grid(train, 12, {"ranks": [2, 4], "reg_params": [0.01, 1.0], "alphas": [10.0]}, max_iter=5)
+    assert [(g["rank"], g["regParam"]) for g in grid] == [(2, 0.01), (2, 1.0), (4, 0.01), (4, 1.0)]
+    for g in grid:  # the same factors as the point fitted alone
+        alone = item_factors(als_model(train, g["rank"], g["regParam"], g["alpha"], max_iter=5), 12)
+        np.testing.assert_array_equal(g["factors"], alone)
+    train.unpersist()
+
+
 @pytest.mark.slow
 def test_quality_benchmark_writes_the_result_table(spark, tmp_path, capsys):
     """The benchmark command end to end on a small SASRec-format file (in this process, on the
