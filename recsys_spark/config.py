@@ -267,6 +267,9 @@ class TrainConfig:
     # Adversarial training (APR-style): each step also takes the loss with every item vector moved
     # by this share of its own length in its worst direction. 0 = off (docs/benchmarks.md).
     adversarial_eps: float = 0.0
+    # Label smoothing of the softmax: the target keeps 1 - eps of the loss's weight and every other
+    # candidate item (the catalog, or the sampled ones) shares eps. 0 = off (docs/benchmarks.md).
+    label_smoothing: float = 0.0
     # Each training position's target is drawn uniformly from the next N items of its window
     # (1: the next item, SASRec's objective). Where the order says little, the items further on are
     # as informative as the next one, and N > 1 lets the loss see the user's whole set.
@@ -630,6 +633,9 @@ def _check_train(t: TrainConfig) -> None:
     if t.min_steps < 0:
         raise ConfigError(f"train.min_steps: must be >= 0 (0 = early stopping may end training at any epoch), "
                           f"got {t.min_steps}")
+    if not 0 <= t.label_smoothing < 1:
+        raise ConfigError(f"train.label_smoothing: must be in [0, 1) (0 = off; the share of the loss's weight spread "
+                          f"over the items that are not the target), got {t.label_smoothing}")
     if not 0 <= t.adversarial_eps <= 1:
         raise ConfigError(f"train.adversarial_eps: must be between 0 (off) and 1 (a move as long as the item vector "
                           f"itself), got {t.adversarial_eps}")

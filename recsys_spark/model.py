@@ -20,6 +20,8 @@ named parts, each feature group behind a switch (ModelConfig.use_*):
   item position through a learned gate.
 - losses: `full_softmax_loss` over the catalog, or `sampled_softmax_loss` (loss_negatives > 0);
   with adversarial_eps > 0 the same loss is added under `adversarial_items` (adversarial training);
+  with label_smoothing > 0 the training loss spreads that share over the other candidates
+  (`smoothed_cross_entropy`);
   with target_span > 1 each position's target is drawn from the items ahead (`targets_ahead`);
   with loss_positions > 0 the loss is taken at a random sample of the positions (`sample_positions`).
 - `collaborative` (recsys_spark.collaborative.CollaborativeFactors, collaborative_rank > 0):
@@ -89,6 +91,7 @@ class ModelConfig:
     loss_negatives: int = 0  # resolved from train.loss_negatives (recsys_spark.train.resolve_negatives)
     loss_positions: int = TrainConfig.loss_positions
     adversarial_eps: float = TrainConfig.adversarial_eps
+    label_smoothing: float = TrainConfig.label_smoothing
     target_span: int = TrainConfig.target_span
     collaborative_rank: int = 0  # width of the attached ALS factors (0 = none)
 
@@ -308,11 +311,22 @@ class BehaviourGate(nn.Module):
         return h + g * p
 
 
-def full_softmax_loss(h: torch.Tensor, target: torch.Tensor, items: torch.Tensor):
+def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """Cross-entropy of logits (N, C) against target (N,), with `smoothing` of each row's weight
+    spread evenly over its candidates: every finite logit (an item masked with -inf is no candidate)."""
+    if smoothing <= 0:
+        return F.cross_entropy(logits, target)
+    logp = F.log_softmax(logits, dim=1)
+    finite = torch.isfinite(logits)
+    spread = -torch.where(finite, logp, 0.0).sum(1) / finite.sum(1)
+    return ((1 - smoothing) * -logp.gather(1, target.unsqueeze(1)).squeeze(1) + smoothing * spread).mean()
+
+
+def full_softmax_loss(h: torch.Tensor, target: torch.Tensor, items: torch.Tensor, smoothing: float = 0.0):
     """(logits (N, n_items), cross-entropy over the whole catalog; padding item excluded)."""
     logits = h @ items.T
     logits[:, 0] = float("-inf")
-    return logits, F.cross_entropy(logits, target)
+    return logits, smoothed_cross_entropy(logits, target, smoothing)
 
 
 def leading_padding(*windows) -> int:
@@ -363,7 +377,8 @@ def targets_ahead(target: torch.Tensor, span: int) -> torch.Tensor:
     return torch.where((target > 0) & (drawn > 0), drawn, target)
 
 
-def sampled_softmax_loss(h: torch.Tensor, target: torch.Tensor, items: torch.Tensor, n_negatives: int):
+def sampled_softmax_loss(h: torch.Tensor, target: torch.Tensor, items: torch.Tensor, n_negatives: int,
+                         smoothing: float = 0.0):
     """(logits (N, 1 + S): the target, then S items drawn uniformly and shared by the batch, with
     draws equal to the target removed; their cross-entropy)."""
     neg = torch.randint(1, items.shape[0], (n_negatives,), device=h.device)
@@ -371,7 +386,7 @@ def sampled_softmax_loss(h: torch.Tensor, target: torch.Tensor, items: torch.Ten
     # costs another pass over them, forward and backward (a sampled step took 1.4x as long).
     negatives = (h @ items[neg].T).masked_fill(neg.unsqueeze(0) == target.unsqueeze(1), float("-inf"))
     logits = torch.cat([(h * items[target]).sum(-1, keepdim=True), negatives], dim=1)
-    return logits, F.cross_entropy(logits, torch.zeros_like(target))
+    return logits, smoothed_cross_entropy(logits, torch.zeros_like(target), smoothing)
 
 
 # Parameters from state dicts written before the model had named parts, and where they live now.
@@ -555,9 +570,10 @@ class AttentionRecommender(nn.Module):
             target = torch.cat([first.unsqueeze(1), target], dim=1)
         keep = target > 0
         n_neg = self.cfg.loss_negatives
+        smoothing = self.cfg.label_smoothing if self.training else 0.0
         if n_neg and n_neg < self.cfg.n_items - 1:
-            return sampled_softmax_loss(h[keep], target[keep], items, n_neg)
-        return full_softmax_loss(h[keep], target[keep], items)
+            return sampled_softmax_loss(h[keep], target[keep], items, n_neg, smoothing)
+        return full_softmax_loss(h[keep], target[keep], items, smoothing)
 
     @torch.no_grad()
     def user_vectors(self, seq: torch.Tensor, profile_cat=None, profile_num=None,

@@ -120,7 +120,7 @@ def _model_config(spark: SparkSession, cfg: Config, versions: dict, train_df: Da
         use_vectors=tc.use_vectors,
         item_id_dropout=tc.item_id_dropout,
         loss_negatives=resolve_negatives(tc, batch, max_len, len(feats["category"])),
-        loss_positions=tc.loss_positions, adversarial_eps=tc.adversarial_eps,
+        loss_positions=tc.loss_positions, adversarial_eps=tc.adversarial_eps, label_smoothing=tc.label_smoothing,
         target_span=tc.target_span)
 
 

@@ -111,6 +111,33 @@ def test_sampled_cross_entropy_scores_the_target_against_the_drawn_items():
     assert scores.shape == (len(t), 30)
 
 
+def test_label_smoothing_spreads_its_share_over_the_candidates_and_only_in_training():
+    from recsys_spark.model import smoothed_cross_entropy
+
+    logits = torch.tensor([[float("-inf"), 2.0, 0.0, -1.0], [float("-inf"), 0.5, 0.5, 3.0]])
+    target = torch.tensor([1, 3])
+    assert torch.allclose(smoothed_cross_entropy(logits, target, 0.0), torch.nn.functional.cross_entropy(logits, target))
+    # By hand: 0.9 of the target's -log p, 0.1 of the mean -log p over the 3 finite candidates.
+    logp = torch.log_softmax(logits, 1)
+    want = (0.9 * -logp[[0, 1], target] + 0.1 * -logp[:, 1:].mean(1)).mean()
+    got = smoothed_cross_entropy(logits, target, 0.1)
+    assert torch.isfinite(got) and torch.allclose(got, want)
+    seq = torch.tensor([[0, 0, 3, 4, 5, 6, 7, 8]])
+    tgt = torch.tensor([[0, 0, 4, 5, 6, 7, 8, 9]])
+    for negatives, classes in ((0, tgt[tgt > 0]), (8, torch.zeros(6, dtype=torch.long))):  # full, sampled softmax
+        model = _model(use_profile=False, loss_negatives=negatives, label_smoothing=0.2)
+        torch.manual_seed(3)
+        scores, loss = model.train()(seq, tgt)
+        logp = torch.log_softmax(scores.detach(), 1)
+        finite = torch.isfinite(scores.detach())
+        by_hand = (0.8 * -logp.gather(1, classes[:, None]).squeeze(1)
+                   + 0.2 * -torch.where(finite, logp, 0.0).sum(1) / finite.sum(1)).mean()
+        assert torch.isfinite(loss) and torch.allclose(loss, by_hand)
+        torch.manual_seed(3)
+        scores, measured = model.eval()(seq, tgt)
+        assert torch.allclose(measured, torch.nn.functional.cross_entropy(scores, classes))  # measured without it
+
+
 def test_targets_ahead_are_drawn_from_the_next_items_of_the_window_only():
     tgt = torch.tensor([[0, 0, 4, 5, 6, 7, 8, 9], [0, 0, 0, 0, 0, 10, 11, 12]])
     assert torch.equal(targets_ahead(tgt, 1), tgt)  # span 1: the next item, unchanged
