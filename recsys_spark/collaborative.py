@@ -15,6 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
+# What names one ALS fit of a grid (baselines.als_grid_points): the blend record's entries carry
+# these, and evaluate finds its grid's figures in that record by them.
+ALS_PARAMS = ("rank", "regParam", "alpha", "maxIter")
+
 
 def fold_in(factors: torch.Tensor, gram: torch.Tensor, seq: torch.Tensor, reg: float, alpha: float) -> torch.Tensor:
     """(B, r) implicit-ALS user factors of the histories seq (B, L item indexes; 0 = padding) given the

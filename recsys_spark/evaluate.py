@@ -26,6 +26,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_spark import baselines, calibration, checkpoints, cold_start, promotion, schema, slices, splits, tables
+from recsys_spark.collaborative import ALS_PARAMS
 from recsys_spark.config import Config
 from recsys_spark.metrics import exposure_figures, mean_halfwidth
 from recsys_spark.ranking import attention_topk
@@ -165,10 +166,9 @@ def als_figures_from_training(blend: Optional[dict], points: list[dict]) -> Opti
     train.collaborative's blend step measured them (checkpoint record `collaborative`): the same
     fits, on the same training histories, ranking the same validation targets, so evaluate need not
     fit them again. None where the record lacks a point (no blend, another grid or maxIter)."""
-    keys = ("rank", "regParam", "alpha", "maxIter")
-    alone = {tuple(t.get(k) for k in keys): t["valid_ndcg@10"]
+    alone = {tuple(t.get(k) for k in ALS_PARAMS): t["valid_ndcg@10"]
              for t in (blend or {}).get("tried", []) if t["share"] == 1.0}
-    wanted = [tuple(p[k] for k in keys) for p in points]
+    wanted = [tuple(p[k] for k in ALS_PARAMS) for p in points]
     if not wanted or any(w not in alone for w in wanted):
         return None
     return [(p, alone[w]) for p, w in zip(points, wanted)]

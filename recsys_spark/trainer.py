@@ -25,7 +25,7 @@ import torch
 from recsys_spark import calibration, checkpoints, devices
 from recsys_spark.ranks import connect
 from recsys_spark.metrics import mean_halfwidth, ndcg_per_user
-from recsys_spark.collaborative import CollaborativeFactors
+from recsys_spark.collaborative import ALS_PARAMS, CollaborativeFactors
 from recsys_spark.model import AttentionRecommender
 from recsys_spark.ranking import encode_users, padded_histories
 from recsys_spark.topk import topk_excluding
@@ -365,25 +365,28 @@ class EarlyStopping:
         self.start_bound, self.risen = state.get("start_bound"), state.get("risen", False)  # absent: saved before the rule
 
 
+def _glibc_function(name: str):
+    """A function of glibc's allocator, or None where the C library is not glibc."""
+    try:
+        return getattr(ctypes.CDLL("libc.so.6"), name)
+    except (OSError, AttributeError):
+        return None
+
+
 def keep_freed_memory() -> bool:
     """Have glibc serve every allocation from its heap and never hand freed memory back, so the
     next step reuses pages already touched (TrainConfig.keep_freed_memory says why). False where
     the C library is not glibc: nothing changes there."""
-    try:
-        mallopt = ctypes.CDLL("libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False
+    mallopt = _glibc_function("mallopt")
     m_trim_threshold, m_mmap_max = -1, -4  # glibc's malloc.h
-    return bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2 ** 31 - 1))
+    return mallopt is not None and bool(mallopt(m_mmap_max, 0)) and bool(mallopt(m_trim_threshold, 2 ** 31 - 1))
 
 
 def return_freed_memory() -> bool:
     """Have glibc hand the free pages of its heaps back to the kernel now (malloc_trim). False where
     the C library is not glibc."""
-    try:
-        return bool(ctypes.CDLL("libc.so.6").malloc_trim(0))
-    except (OSError, AttributeError):
-        return False
+    malloc_trim = _glibc_function("malloc_trim")
+    return malloc_trim is not None and bool(malloc_trim(0))
 
 
 def returning_freed_memory(batches: Iterator[dict], every: int) -> Iterator[dict]:
@@ -649,7 +652,7 @@ def _blends(model, users: torch.Tensor, items: torch.Tensor, valid: dict, grid: 
                 weights = (1.0 - share, share * ratio)
                 ndcgs = ranked_ndcgs(torch.cat([weights[0] * users, weights[1] * folded], 1),
                                      torch.cat([items, factors], 1), valid)
-                yield {key: point[key] for key in ("rank", "regParam", "alpha", "maxIter")}, share, weights, ndcgs
+                yield {key: point[key] for key in ALS_PARAMS}, share, weights, ndcgs
 
 
 def choose_blend(model, valid: Optional[dict], grid: list[dict]) -> Optional[dict]:
@@ -687,7 +690,7 @@ def choose_blend(model, valid: Optional[dict], grid: list[dict]) -> Optional[dic
         if gain.mean() > (interval_halfwidth(gain) or 0.0):
             served, chosen, serving = ndcgs, choice, kind
     if chosen is not None:
-        point = next(p for p in grid if all(p[key] == chosen[key] for key in ("rank", "regParam", "alpha")))
+        point = next(p for p in grid if all(p[key] == chosen[key] for key in ALS_PARAMS))
         model.attach_collaborative(point["factors"], point["regParam"], point["alpha"], tuple(chosen["weights"]))
     return {**record, "chosen": chosen or "attention", "valid_ndcg@10": float(served.mean()),
             "halfwidth": interval_halfwidth(served), "valid_users": len(served)}
