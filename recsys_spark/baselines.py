@@ -242,7 +242,7 @@ def neighbor_table(neighbors: pd.DataFrame, n_items: int, n_neighbors: int) -> t
     sim = inside["sim"].to_numpy(np.float64)
     order = np.lexsort((nbr, -sim, item))
     item, nbr, sim = item[order], nbr[order], sim[order]
-    starts = np.flatnonzero(np.r_[True, item[1:] != item[:-1]]) if len(item) else np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, item[1:] != item[:-1]])
     slot = np.arange(len(item)) - np.repeat(starts, np.diff(np.r_[starts, len(item)]))
     keep = slot < n_neighbors
     nbr_idx = np.zeros((n_items, n_neighbors), dtype=np.int64)

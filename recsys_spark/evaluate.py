@@ -111,21 +111,35 @@ def paired_difference(a: DataFrame, b: DataFrame) -> dict:
     return {"ndcg@10_diff": float(row["mean"] or 0.0), "halfwidth": mean_halfwidth(row["std"], users), "users": users}
 
 
-def spark_beyond_accuracy(recs: DataFrame, ks: list[int], popularity: np.ndarray, n_users_pop: int,
-                          categories: np.ndarray) -> dict[int, dict[str, float]]:
-    """List-level metrics of the top k for each k in ks, in two Spark passes whatever ks holds;
-    same definitions as metrics.beyond_accuracy.
+def _catalog_top(recs: DataFrame, k: int, n_items: int) -> DataFrame:
+    """user_idx, item_idx, rank of recs' top k, items outside 1..n_items-1 left out."""
+    return (recs.where((F.col("rank") <= k) & (F.col("item_idx") >= 1) & (F.col("item_idx") < n_items))
+            .select("user_idx", "item_idx", "rank"))
+
+
+def item_exposures(recs: DataFrame, ks: list[int], n_items: int) -> dict[int, np.ndarray]:
+    """{k: (n_items,) how often each catalog item is in recs' top k}, in one Spark pass; the driver
+    holds one number per item and k."""
+    counted = (_catalog_top(recs, max(ks), n_items).groupBy("item_idx")
+               .agg(*[F.sum((F.col("rank") <= k).cast("long")).alias(f"e{k}") for k in ks]).toPandas())
+    out = {}
+    for k in ks:
+        out[k] = np.zeros(n_items)
+        out[k][counted["item_idx"].to_numpy(dtype=np.int64)] = counted[f"e{k}"].to_numpy(dtype=float)
+    return out
+
+
+def spark_beyond_accuracy(recs: DataFrame, exposures: dict[int, np.ndarray], popularity: np.ndarray,
+                          n_users_pop: int, categories: np.ndarray) -> dict[int, dict[str, float]]:
+    """List-level metrics of the top k for each k of exposures (item_exposures of recs), with one
+    Spark pass for intra-list diversity whatever the ks; same definitions as metrics.beyond_accuracy.
 
     recs: user_idx, rank, item_idx. popularity[i]: interactions of item i in the evaluation
     histories; categories[i]: category index of item i. Items outside 1..len(popularity)-1 are
     ignored."""
-    n_items = len(popularity)
-    top = (recs.where((F.col("rank") <= max(ks)) & (F.col("item_idx") >= 1) & (F.col("item_idx") < n_items))
-           .select("user_idx", "item_idx", "rank"))
+    ks, n_items = list(exposures), len(popularity)
+    top = _catalog_top(recs, max(ks), n_items)
     within = {k: (F.col("rank") <= k).cast("long") for k in ks}
-    # Pass 1: each item's exposure at every k; the driver holds one number per item and k.
-    counted = top.groupBy("item_idx").agg(*[F.sum(within[k]).alias(f"e{k}") for k in ks]).toPandas()
-    # Pass 2: intra-list diversity, from each list's category counts.
     item_categories = recs.sparkSession.createDataFrame(
         pd.DataFrame({"item_idx": np.arange(1, n_items, dtype=np.int64), "category": categories[1:n_items].astype(np.int64)}))
     per_user = (top.join(item_categories, "item_idx").groupBy("user_idx", "category")
@@ -134,12 +148,8 @@ def spark_beyond_accuracy(recs: DataFrame, ks: list[int], popularity: np.ndarray
                     F.sum(f"c{k}").alias(f"m{k}"), F.sum(F.col(f"c{k}") * (F.col(f"c{k}") - 1)).alias(f"s{k}"))]))
     ild = per_user.agg(*[F.avg(F.when(F.col(f"m{k}") >= 2, 1 - F.col(f"s{k}") / (F.col(f"m{k}") * (F.col(f"m{k}") - 1))))
                          .alias(f"ild{k}") for k in ks]).first()
-    out = {}
-    for k in ks:
-        exposure = np.zeros(n_items)
-        exposure[counted["item_idx"].to_numpy(dtype=np.int64)] = counted[f"e{k}"].to_numpy(dtype=float)
-        out[k] = {**exposure_figures(exposure, popularity, n_users_pop), "ild": float(ild[f"ild{k}"] or 0.0)}
-    return out
+    return {k: {**exposure_figures(exposures[k], popularity, n_users_pop), "ild": float(ild[f"ild{k}"] or 0.0)}
+            for k in ks}
 
 
 # A model to evaluate: a function returning (its top-K rows in TOPK_SCHEMA, seconds spent fitting).
@@ -253,10 +263,11 @@ class Evaluation:
         self.metrics[name] = spark_metrics(recs, targets, self.ks)
         self.score_s[name], self.train_s[name] = time.time() - t0, fit_s
         self._pair(name, user_ndcgs(recs, targets))
-        self.beyond[name] = spark_beyond_accuracy(recs, self.ks, self.popularity, self.n_users, self.categories)
+        exposures = item_exposures(recs, self.ks, self.n_items)
+        self.beyond[name] = spark_beyond_accuracy(recs, exposures, self.popularity, self.n_users, self.categories)
         outcomes = slices.user_outcomes(self.spark, self.cfg, self.users, recs, 10, self.popularity)
         self.sliced[name] = (slices.slice_table(outcomes), slices.fairness_gaps(outcomes, seed=self.cfg.train.seed),
-                             slices.item_exposure(recs, 10, self.popularity, self.categories))
+                             slices.item_exposure(exposures[10], self.popularity, self.categories))
         recs.unpersist()
 
     def _pair(self, name: str, ndcgs: DataFrame) -> None:

@@ -109,16 +109,14 @@ def fairness_gaps(outcomes: pd.DataFrame, metric: str = "ndcg", min_group: int =
     return out
 
 
-def item_exposure(recs: DataFrame, k: int, popularity: np.ndarray, categories: np.ndarray) -> pd.DataFrame:
-    """kind (popularity_decile | category), group, rec_share, interaction_share, item_share."""
+def item_exposure(exposure: np.ndarray, popularity: np.ndarray, categories: np.ndarray) -> pd.DataFrame:
+    """kind (popularity_decile | category), group, rec_share, interaction_share, item_share;
+    exposure[i]: how often item i was recommended (evaluate.item_exposures)."""
     n_items = len(popularity)
     ids = np.arange(1, n_items)
     order = np.lexsort((ids, -popularity[1:]))  # most popular first, ties by id
     decile = np.zeros(n_items, dtype=np.int64)
     decile[ids[order]] = np.arange(len(order)) * 10 // len(order) + 1
-    counts = recs.where(F.col("rank") <= k).groupBy("item_idx").count().toPandas()
-    exposure = np.zeros(n_items)
-    exposure[counts["item_idx"].to_numpy()] = counts["count"].to_numpy()
     frames = []
     for kind, labels in (("popularity_decile", decile), ("category", categories)):
         df = pd.DataFrame({"group": labels[1:], "rec": exposure[1:], "pop": popularity[1:], "items": 1})

@@ -10,7 +10,7 @@ from pyspark.sql import functions as F
 from conftest import make_config
 from recsys_spark import ingest, schema, tables
 from recsys_spark.baselines import als_fit_topk, interactions, item_knn_topk, item_neighbors
-from recsys_spark.evaluate import paired_difference, spark_beyond_accuracy, spark_metrics, user_ndcgs
+from recsys_spark.evaluate import item_exposures, paired_difference, spark_beyond_accuracy, spark_metrics, user_ndcgs
 from recsys_spark.metrics import beyond_accuracy, mrr_at_k, ndcg_at_k, ndcg_per_user, recall_at_k
 
 
@@ -86,7 +86,7 @@ def test_spark_metrics_match_the_numpy_reference_on_random_data(spark):
     skewed[:10, 15:] = -1
     recs2 = spark.createDataFrame([(u, r + 1, int(skewed[u, r])) for u in range(n_users) for r in range(k) if skewed[u, r] >= 0],
                                   "user_idx long, rank int, item_idx long")
-    got = spark_beyond_accuracy(recs2, [5, 20], pop, n_users, cats)
+    got = spark_beyond_accuracy(recs2, item_exposures(recs2, [5, 20], n_items), pop, n_users, cats)
     for kk in (5, 20):
         assert got[kk] == pytest.approx(beyond_accuracy(skewed, kk, n_items, pop, n_users, cats))
 
