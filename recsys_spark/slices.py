@@ -42,17 +42,15 @@ def activity_bucket(n: F.Column) -> F.Column:
 def user_outcomes(spark: SparkSession, cfg: Config, users: DataFrame, recs: DataFrame, k: int,
                   popularity: np.ndarray) -> pd.DataFrame:
     """One row per test user: hit@k, ndcg@k and every slice label, as pandas."""
-    pop = spark.createDataFrame([(i, int(popularity[i])) for i in range(len(popularity))], "target long, target_pop long")
     hits = recs.where(F.col("rank") <= k).select("user_idx", F.col("item_idx").alias("target"), "rank")
     n_hist = F.size("input")
     df = (users.select("user_idx", "target", n_hist.alias("n_history"))
-          .join(hits, ["user_idx", "target"], "left").join(pop, "target", "left")
-          .select("user_idx",
+          .join(hits, ["user_idx", "target"], "left")
+          .select("user_idx", "target",
                   F.when(F.col("rank").isNotNull(), 1.0).otherwise(0.0).alias("hit"),
                   F.when(F.col("rank").isNotNull(), 1.0 / F.log2(F.col("rank") + 1.0)).otherwise(0.0).alias("ndcg"),
                   activity_bucket(F.col("n_history")).alias("activity"),
-                  F.when(F.col("n_history") <= COLD_USER_MAX, "cold").otherwise("warm").alias("user_history"),
-                  F.when(F.coalesce("target_pop", F.lit(0)) <= COLD_ITEM_MAX, "cold").otherwise("warm").alias("target_item")))
+                  F.when(F.col("n_history") <= COLD_USER_MAX, "cold").otherwise("warm").alias("user_history")))
     users_path = tables.location(cfg.tables_root, schema.USERS)
     if tables.exists(spark, users_path):
         attrs = [c for c in schema.USER_ATTRIBUTE_COLUMNS if c in tables.read(spark, users_path).columns]
@@ -62,7 +60,14 @@ def user_outcomes(spark: SparkSession, cfg: Config, users: DataFrame, recs: Data
             df = df.join(index.join(declared, "user_id").drop("user_id"), "user_idx", "left")
             for a in attrs:
                 df = df.withColumn(a, F.coalesce(F.col(a).cast("string"), F.lit("unknown")))
-    return df.toPandas()
+    outcomes = df.toPandas()
+    # The target's popularity is looked up here rather than joined: the array is on the driver already.
+    target = outcomes.pop("target").to_numpy()
+    known = target < len(popularity)
+    target_pop = np.where(known, popularity[np.where(known, target, 0)], 0)
+    outcomes.insert(outcomes.columns.get_loc("user_history") + 1, "target_item",
+                    np.where(target_pop <= COLD_ITEM_MAX, "cold", "warm"))
+    return outcomes
 
 
 def slice_kinds(outcomes: pd.DataFrame) -> list[str]:

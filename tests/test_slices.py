@@ -1,9 +1,26 @@
-"""Slice metrics and fairness gaps (pandas/numpy side; the Spark side runs in test_pipeline)."""
+"""Slice metrics and fairness gaps: each user's outcome from Spark, the summaries in pandas/numpy."""
 import numpy as np
 import pandas as pd
 import pytest
 
-from recsys_spark.slices import fairness_gap, fairness_gaps, slice_table
+from recsys_spark.slices import fairness_gap, fairness_gaps, slice_table, user_outcomes
+from conftest import make_config
+
+
+def test_each_users_outcome_and_slice_labels_on_a_hand_example(spark, tmp_path):
+    cfg = make_config(tmp_path)  # no users table: no declared attributes
+    users = spark.createDataFrame([(1, [5, 6], 2), (2, [5, 6, 7], 3), (3, list(range(60)), 9)],
+                                  "user_idx long, input array<long>, target long")
+    recs = spark.createDataFrame([(1, 9, 1), (1, 2, 2), (2, 3, 3), (2, 4, 12), (3, 1, 1)],
+                                 "user_idx long, item_idx long, rank int")
+    popularity = np.array([0, 1, 40, 6, 2])  # item 9 lies beyond the counts: never seen, so cold
+    got = user_outcomes(spark, cfg, users, recs, 10, popularity).set_index("user_idx").sort_index()
+    assert list(got.columns) == ["hit", "ndcg", "activity", "user_history", "target_item"]
+    assert got["hit"].tolist() == [1.0, 1.0, 0.0]
+    assert got["ndcg"].tolist() == pytest.approx([1 / np.log2(3), 1 / np.log2(4), 0.0])
+    assert got["activity"].tolist() == ["0-4", "0-4", "50+"]
+    assert got["user_history"].tolist() == ["cold", "warm", "warm"]
+    assert got["target_item"].tolist() == ["warm", "warm", "cold"]
 
 
 def test_slice_table_on_a_hand_example():
