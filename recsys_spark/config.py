@@ -270,6 +270,10 @@ class TrainConfig:
     # Label smoothing of the softmax: the target keeps 1 - eps of the loss's weight and every other
     # candidate item (the catalog, or the sampled ones) shares eps. 0 = off (docs/benchmarks.md).
     label_smoothing: float = 0.0
+    # Validation, the kept epoch and the served model read an exponential moving average of the
+    # weights over about this many epochs of optimizer steps instead of the last step's weights.
+    # 0 = off (docs/benchmarks.md).
+    weight_average_epochs: float = 0.0
     # Each training position's target is drawn uniformly from the next N items of its window
     # (1: the next item, SASRec's objective). Where the order says little, the items further on are
     # as informative as the next one, and N > 1 lets the loss see the user's whole set.
@@ -636,6 +640,9 @@ def _check_train(t: TrainConfig) -> None:
     if not 0 <= t.label_smoothing < 1:
         raise ConfigError(f"train.label_smoothing: must be in [0, 1) (0 = off; the share of the loss's weight spread "
                           f"over the items that are not the target), got {t.label_smoothing}")
+    if not t.weight_average_epochs >= 0:
+        raise ConfigError(f"train.weight_average_epochs: must be >= 0 (0 = off; the epochs of steps the averaged weights "
+                          f"span), got {t.weight_average_epochs}")
     if not 0 <= t.adversarial_eps <= 1:
         raise ConfigError(f"train.adversarial_eps: must be between 0 (off) and 1 (a move as long as the item vector "
                           f"itself), got {t.adversarial_eps}")

@@ -16,6 +16,7 @@ import itertools
 import json
 import math
 import time
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Iterator, Optional
 
@@ -190,12 +191,13 @@ def length_bucketed(batches: Iterator[dict], group: int, seed: int) -> Iterator[
 
 
 def train_steps(model, optimizer, batches: Iterator[dict], steps: int, device: str = "cpu",
-                progress=None, lr_at=None, net=None, keep_going=None) -> float:
+                progress=None, lr_at=None, net=None, keep_going=None, average=None) -> float:
     """Run `steps` optimizer steps; return the mean loss. Works with any iterator of batches.
     progress(step, steps, mean_loss), if given, is called after every step (it throttles itself);
     lr_at(step), if given, is the learning rate for step 0..steps-1 of this call; net, if given, is
     the module to call (model wrapped by DistributedDataParallel); keep_going(steps_done), if given,
-    is asked after every step before the last, and False ends the call there. bf16 autocast on a GPU."""
+    is asked after every step before the last, and False ends the call there; average (a
+    WeightAverage), if given, takes in the weights after every step. bf16 autocast on a GPU."""
     net = model if net is None else net
     model.train()
     total, done = 0.0, 0
@@ -222,6 +224,8 @@ def train_steps(model, optimizer, batches: Iterator[dict], steps: int, device: s
         else:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
             optimizer.step()
+        if average is not None:
+            average.update()
         total += float(loss.detach())
         done = step + 1
         if progress is not None:
@@ -229,6 +233,56 @@ def train_steps(model, optimizer, batches: Iterator[dict], steps: int, device: s
         if keep_going is not None and done < steps and not keep_going(done):
             break
     return total / max(1, done)
+
+
+class WeightAverage:
+    """An exponential moving average of a model's weights over about `horizon_steps` optimizer steps
+    (train.weight_average_epochs). Late in training the steps wander around a minimum more than they
+    descend into it; their average sits nearer its middle than any one step's weights. Every rank
+    keeps the same average, as every rank has the same weights."""
+
+    def __init__(self, model, horizon_steps: float):
+        self.decay = 1.0 - 1.0 / max(1.0, horizon_steps)
+        self.params = list(model.parameters())
+        self.average = [p.detach().clone() for p in self.params]
+        self.steps = 0
+
+    def update(self) -> None:
+        self.steps += 1
+        # A shorter memory over the first steps, whose weights are far from where training goes.
+        decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
+        with torch.no_grad():
+            for a, p in zip(self.average, self.params):
+                a.lerp_(p.detach(), 1.0 - decay)
+
+    @contextmanager
+    def applied(self):
+        """Inside the block the model holds the averaged weights; after it, its own again."""
+        with torch.no_grad():
+            own = [p.detach().clone() for p in self.params]
+            for p, a in zip(self.params, self.average):
+                p.copy_(a)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, o in zip(self.params, own):
+                    p.copy_(o)
+
+    def state(self) -> dict:
+        return {"average": [a.cpu() for a in self.average], "steps": self.steps}
+
+    def restore(self, state: dict) -> None:
+        with torch.no_grad():
+            for a, saved in zip(self.average, state["average"]):
+                a.copy_(saved)
+        self.steps = state["steps"]
+
+    def keep(self) -> None:
+        """The model holds the averaged weights from now on."""
+        with torch.no_grad():
+            for p, a in zip(self.params, self.average):
+                p.copy_(a)
 
 
 def throttled_progress(label: str, every_s: float):
@@ -446,7 +500,18 @@ def _resume(job: TrainJob, ranks, model, state: RunState) -> Optional[dict]:
     return saved
 
 
-def _save_resume(job: TrainJob, ranks, model, opt, state: RunState) -> None:
+def _weight_average(job: TrainJob, model, saved: Optional[dict]) -> Optional[WeightAverage]:
+    """The run's WeightAverage (None with train.weight_average_epochs 0), resumed where saved."""
+    epochs = job.train_config.weight_average_epochs
+    if not epochs:
+        return None
+    average = WeightAverage(model, epochs * job.steps_per_epoch)
+    if saved is not None and saved.get("average") is not None:
+        average.restore(saved["average"])
+    return average
+
+
+def _save_resume(job: TrainJob, ranks, model, opt, state: RunState, average: Optional[WeightAverage]) -> None:
     """Every rank's RNG is gathered (a collective: all ranks call this); rank 0 writes."""
     rng = {"cpu": torch.get_rng_state()}
     if ranks.device != "cpu":
@@ -457,7 +522,8 @@ def _save_resume(job: TrainJob, ranks, model, opt, state: RunState) -> None:
             "model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rngs, "epoch": state.epoch,
             "plan": state.plan, "history": state.history, "elapsed_s": state.elapsed_s,
             "valid_ndcgs": {e: torch.from_numpy(v) for e, v in state.valid_ndcgs.items()},
-            "stopper": state.stopper.state()}, job.fingerprint(ranks.size))
+            "stopper": state.stopper.state(), "average": average.state() if average is not None else None},
+            job.fingerprint(ranks.size))
 
 
 def _epoch_schedule(job: TrainJob, state: RunState, peak_lr: float, is_root: bool):
@@ -558,6 +624,7 @@ def worker(job: TrainJob) -> dict:
     net, opt = ranks.setup(model, opt)
     if saved is not None:
         opt.load_state_dict(saved["optimizer"])
+    average = _weight_average(job, model, saved)
     batches = _rank_batches(job, ranks)
     # The data position of the resumed epoch: the batches the finished epochs drew, drawn again.
     next(itertools.islice(batches, state.epoch * job.steps_per_epoch, state.epoch * job.steps_per_epoch), None)
@@ -568,16 +635,18 @@ def worker(job: TrainJob) -> dict:
         progress, lr_at = _epoch_schedule(job, state, peak_lr, is_root)
         cut: dict = {}
         loss = train_steps(model, opt, batches, job.steps_per_epoch, ranks.device, progress, lr_at, net,
-                           budget_check(job, ranks, started, state.epoch, cut))
+                           budget_check(job, ranks, started, state.epoch, cut), average)
         state.epoch += 1
         entry = {"epoch": state.epoch, "loss": ranks.mean(loss, name="epoch_loss"),
                  "seconds": round(time.time() - t0, 3),
                  "lr": round(float(opt.param_groups[0]["lr"]), 7), **cut}  # lr: of the epoch's last step
-        per_user = (sharded_validation_ndcgs(model, job.valid, ranks, ranks.device)
-                    if job.valid is not None and state.epoch % tc.eval_every == 0 else None)
         cuts = state.stopper.lr_cuts
-        if is_root:
-            stop = _root_decision(job, model, entry, state, started, per_user)
+        # Validated and kept: the averaged weights, where there is an average.
+        with average.applied() if average is not None else nullcontext():
+            per_user = (sharded_validation_ndcgs(model, job.valid, ranks, ranks.device)
+                        if job.valid is not None and state.epoch % tc.eval_every == 0 else None)
+            if is_root:
+                stop = _root_decision(job, model, entry, state, started, per_user)
         # One broadcast carries rank 0's decisions, so every rank follows the same schedule.
         stop, state.plan, state.stopper.lr_cuts = ranks.broadcast_ints([stop, state.plan, state.stopper.lr_cuts],
                                                                        name=f"stop_{state.epoch}")
@@ -586,8 +655,10 @@ def worker(job: TrainJob) -> dict:
         if is_root:
             _log_epoch(job, entry, ranks.size, lr_cut=state.stopper.lr_cuts > cuts and not stop)
         if tc.resume == "auto" and state.epoch < tc.epochs and not stop:
-            _save_resume(job, ranks, model, opt, state)
+            _save_resume(job, ranks, model, opt, state, average)
     batches.close()  # closes the Petastorm reader
+    if average is not None:  # the run ends with the average (rank 0 then restores the kept epoch's, if any)
+        average.keep()
     if is_root:
         _report_stop(job, stop, state)
     checksums = ranks.gather(float(sum(p.detach().double().sum() for p in model.parameters())))
@@ -618,6 +689,12 @@ def served_vectors(model, valid: dict, batch: int = 512, device: Optional[str] =
                                         valid["profile_num"][lo: lo + batch], items, device)
                            for lo in range(0, len(valid["target"]), batch)])
     return users, items
+
+
+def served_vectors_on_cpu(model, valid: dict, batch: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """served_vectors as float32 on the CPU, where the blend and the calibration are fitted."""
+    users, items = served_vectors(model, valid, batch)
+    return users.float().cpu(), items.float().cpu()
 
 
 def ranked_ndcgs(users: torch.Tensor, items: torch.Tensor, valid: dict, k: int = 10, batch: int = 512) -> np.ndarray:
@@ -670,7 +747,7 @@ def choose_blend(model, valid: Optional[dict], grid: list[dict]) -> Optional[dic
     Attaches the choice to the model; returns the record for the manifest (None without validation)."""
     if valid is None or not len(valid["target"]):
         return None
-    users, items = (vectors.float().cpu() for vectors in served_vectors(model, valid))
+    users, items = served_vectors_on_cpu(model, valid)
     attention = ranked_ndcgs(users, items, valid)
     tried, best = [], {}  # best: {"ALS alone" | "mix": (ndcgs, choice)}
     for params, share, weights, ndcgs in _blends(model, users, items, valid, grid):
@@ -715,7 +792,7 @@ def calibrate(model, valid: Optional[dict], batch: int = 512) -> dict:
     validation users the scores are read as they are (temperature 1, every next item new)."""
     if valid is None or not len(valid["target"]):
         return dict(calibration.NOT_FITTED)
-    users, items = (vectors.float().cpu() for vectors in served_vectors(model, valid, batch))
+    users, items = served_vectors_on_cpu(model, valid, batch)
     with torch.no_grad():
         fitted = calibration.fit(users, items, valid["seen"], valid["target"])
         if "bought" in valid:

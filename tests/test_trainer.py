@@ -362,6 +362,37 @@ def test_the_paired_comparison_separates_epochs_that_the_unpaired_intervals_cann
     assert "paired" not in selection(history, kept, 400)
 
 
+def test_the_weight_average_follows_each_step_and_is_only_lent_to_the_model_inside_its_block():
+    import torch
+
+    from recsys_spark.trainer import WeightAverage
+
+    model = torch.nn.Linear(3, 1)
+    average = WeightAverage(model, horizon_steps=4)  # decay 0.75, shorter over the first steps
+    expected = [p.detach().clone() for p in model.parameters()]
+    for step in range(1, 7):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(float(step))
+        average.update()
+        decay = min(0.75, (1 + step) / (10 + step))
+        expected = [decay * e + (1 - decay) * p.detach() for e, p in zip(expected, model.parameters())]
+    own = [p.detach().clone() for p in model.parameters()]
+    with average.applied():
+        for p, e in zip(model.parameters(), expected):
+            assert torch.allclose(p, e)
+    for p, o in zip(model.parameters(), own):
+        assert torch.equal(p, o)  # its own weights again, exactly
+    # A saved and restored average goes on as the original does.
+    copy = WeightAverage(model, horizon_steps=4)
+    copy.restore(average.state())
+    average.update()
+    copy.update()
+    average.keep()
+    for p, c in zip(model.parameters(), copy.average):
+        assert torch.equal(p, c)
+
+
 def test_budget_aware_linear_schedule():
     from recsys_spark.trainer import linear_lr, planned_epochs
 
@@ -452,6 +483,26 @@ def test_a_run_that_lost_a_rank_resumes_to_the_uninterrupted_weights(spark, trai
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
     assert checkpoints.find_resumable(models, job.fingerprint(2)) is None
     assert checkpoints.latest(models).endswith("attn-lost")
+
+
+@pytest.mark.slow
+def test_a_run_with_averaged_weights_resumes_its_average_and_ends_with_it(spark, train_files, tmp_path, uninterrupted):
+    models = str(tmp_path / "models")
+    settings = dict(launcher="horovod", weight_average_epochs=1, **SCHEDULE)
+    full = launch("horovod", 2, worker, _job(train_files, models, "attn-avg-full", **settings))
+    job = _job(train_files, models, "attn-avg", **settings)
+    job.batches = faults.LosesRank(PetastormShards(train_files), rank=1, after=7)  # mid epoch 2
+    with pytest.raises(Exception):
+        launch("horovod", 2, worker, job)
+    resumed = launch("horovod", 2, worker, _job(train_files, models, "attn-avg", **settings))
+    # Same steps as the run without the average, but both ranks end on the average, the same
+    # whether or not the run was resumed; rank 0's checkpoint (no validation here) holds it too.
+    assert [h["loss"] for h in full["history"]] == [h["loss"] for h in uninterrupted("horovod")["history"]]
+    assert full["checksums"][0] == pytest.approx(full["checksums"][1], rel=1e-9, abs=1e-9)
+    assert full["checksum"] != pytest.approx(uninterrupted("horovod")["checksum"], rel=1e-6)
+    assert resumed["checksums"] == full["checksums"]
+    model, _ = checkpoints.load(os.path.join(models, "attn-avg"))
+    assert float(sum(p.detach().double().sum() for p in model.parameters())) == pytest.approx(full["checksum"], rel=1e-9)
 
 
 @pytest.mark.slow
