@@ -258,10 +258,8 @@ class WeightAverage:
     @contextmanager
     def applied(self):
         """Inside the block the model holds the averaged weights; after it, its own again."""
-        with torch.no_grad():
-            own = [p.detach().clone() for p in self.params]
-            for p, a in zip(self.params, self.average):
-                p.copy_(a)
+        own = [p.detach().clone() for p in self.params]
+        self.keep()
         try:
             yield
         finally:
