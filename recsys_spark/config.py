@@ -271,7 +271,8 @@ class TrainConfig:
     # candidate item (the catalog, or the sampled ones) shares eps. 0 = off (docs/benchmarks.md).
     label_smoothing: float = 0.0
     # Validation, the kept epoch and the served model read an exponential moving average of the
-    # weights over about this many epochs of optimizer steps instead of the last step's weights.
+    # weights over about this many epochs of optimizer steps instead of the last step's weights
+    # (over the first ~9x that many epochs, over about the last ninth of the steps so far).
     # 0 = off (docs/benchmarks.md).
     weight_average_epochs: float = 0.0
     # Each training position's target is drawn uniformly from the next N items of its window

@@ -249,7 +249,8 @@ class WeightAverage:
 
     def update(self) -> None:
         self.steps += 1
-        # A shorter memory over the first steps, whose weights are far from where training goes.
+        # A shorter memory over the first steps, whose weights are far from where training goes: about
+        # the last ninth of the steps so far, until that reaches the horizon (after ~9 horizons).
         decay = min(self.decay, (1 + self.steps) / (10 + self.steps))
         with torch.no_grad():
             for a, p in zip(self.average, self.params):
