@@ -275,6 +275,12 @@ class TrainConfig:
     # (over the first ~9x that many epochs, over about the last ninth of the steps so far).
     # 0 = off (docs/benchmarks.md).
     weight_average_epochs: float = 0.0
+    # Once the kept epoch, the blend and the calibration are chosen on the validation users, train
+    # this many passes over those users' newest windows extended by their validation item, so the
+    # served model has learned each user's latest step that model selection held out (evaluate's test
+    # item stays unseen). Rank 0 runs them at the run's last rate, its weights averaged over each
+    # pass. 0 = serve the kept epoch as chosen (docs/benchmarks.md).
+    final_pass_epochs: int = 0
     # Each training position's target is drawn uniformly from the next N items of its window
     # (1: the next item, SASRec's objective). Where the order says little, the items further on are
     # as informative as the next one, and N > 1 lets the loss see the user's whole set.
@@ -644,6 +650,13 @@ def _check_train(t: TrainConfig) -> None:
     if not t.weight_average_epochs >= 0:
         raise ConfigError(f"train.weight_average_epochs: must be >= 0 (0 = off; the epochs of steps the averaged weights "
                           f"span), got {t.weight_average_epochs}")
+    if t.final_pass_epochs < 0:
+        raise ConfigError(f"train.final_pass_epochs: must be >= 0 (0 = off; passes over the validation users' "
+                          f"newest windows after model selection), got {t.final_pass_epochs}")
+    if t.final_pass_epochs and t.valid_users <= 0:
+        raise ConfigError("train.final_pass_epochs: the final pass trains on the validation users' validation "
+                          "items, but train.valid_users is 0; set it above 0 (default 20000) or set "
+                          "train.final_pass_epochs: 0")
     if not 0 <= t.adversarial_eps <= 1:
         raise ConfigError(f"train.adversarial_eps: must be between 0 (off) and 1 (a move as long as the item vector "
                           f"itself), got {t.adversarial_eps}")

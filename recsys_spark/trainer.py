@@ -11,6 +11,7 @@ budget for every rank, saves the resume state after every epoch and writes the c
 """
 from __future__ import annotations
 
+import copy
 import ctypes
 import itertools
 import json
@@ -27,7 +28,7 @@ from recsys_spark import calibration, checkpoints, devices
 from recsys_spark.ranks import connect
 from recsys_spark.metrics import mean_halfwidth, ndcg_per_user
 from recsys_spark.collaborative import ALS_PARAMS, CollaborativeFactors
-from recsys_spark.model import AttentionRecommender
+from recsys_spark.model import AttentionRecommender, pad_left
 from recsys_spark.ranking import encode_users, padded_histories
 from recsys_spark.topk import topk_excluding
 
@@ -39,7 +40,8 @@ TRAIN_COLUMNS = ["user_idx", "window", "input", "target", "profile_cat", "profil
 
 
 # Train settings that do not change what a run computes: a rerun that differs only in them resumes.
-RESUME_NEUTRAL = ("resume", "progress_every_s", "retrain_every", "keep_freed_memory", "collaborative")
+RESUME_NEUTRAL = ("resume", "progress_every_s", "retrain_every", "keep_freed_memory", "collaborative",
+                  "final_pass_epochs")
 # The collaborative shares of the served scores' spread that choose_blend tries (1: ALS alone).
 BLEND_SHARES = (0.25, 0.5, 0.75, 1.0)
 # With train.length_buckets and train.keep_freed_memory: a CPU rank hands its free heap pages back to
@@ -612,7 +614,8 @@ def _rank_batches(job: TrainJob, ranks) -> Iterator[dict]:
 
 def worker(job: TrainJob) -> dict:
     """One rank, under either launcher. Returns the per-epoch history and every rank's final weight
-    checksum (each rank returns them all: TorchDistributor hands back only rank 0's result)."""
+    checksum (each rank returns them all: TorchDistributor hands back only rank 0's result), taken
+    before rank 0's final pass (train.final_pass_epochs)."""
     tc = job.train_config
     ranks = connect(tc.launcher)
     is_root = ranks.rank == 0
@@ -662,7 +665,7 @@ def worker(job: TrainJob) -> dict:
         _report_stop(job, stop, state)
     checksums = ranks.gather(float(sum(p.detach().double().sum() for p in model.parameters())))
     if is_root:
-        _save_model(job, model, state)
+        _save_model(job, model, state, opt, ranks.device)
     rank = ranks.rank
     ranks.close()
     return {"rank": rank, "history": state.history, "checksum": checksums[rank], "checksums": checksums,
@@ -801,9 +804,62 @@ def calibrate(model, valid: Optional[dict], batch: int = 512) -> dict:
         return fitted
 
 
-def _save_model(job: TrainJob, model, state: RunState) -> None:
-    """Rank 0: the checkpoint (best validated weights, calibrated), then the resume state is no
-    longer needed."""
+def final_pass_windows(valid: dict, max_len: int) -> dict:
+    """Each validation user's newest training window moved one step on, so that its last target is
+    the validation item: input the newest max_len items of the training history, target the same
+    positions' next items (left-padded with 0), with the user's profile. Users without a training
+    history give no window."""
+    rows = [i for i, seen in enumerate(valid["seen"]) if len(seen)]
+    steps = [np.append(valid["seen"][i], valid["target"][i]) for i in rows]
+    return {"input": pad_left([s[:-1] for s in steps], max_len), "target": pad_left([s[1:] for s in steps], max_len),
+            "profile_cat": np.asarray(valid["profile_cat"])[rows], "profile_num": np.asarray(valid["profile_num"])[rows]}
+
+
+def _passes(windows: dict, batch_size: int, passes: int, seed: int) -> Iterator[dict]:
+    """The windows in batches of batch_size (the last of a pass smaller), each pass in a fresh seeded order."""
+    rng = np.random.default_rng(seed)
+    for _ in range(passes):
+        order = rng.permutation(len(windows["input"]))
+        for lo in range(0, len(order), batch_size):
+            yield {k: v[order[lo: lo + batch_size]] for k, v in windows.items()}
+
+
+def final_pass(job: TrainJob, model, optimizer, device: str = "cpu") -> Optional[dict]:
+    """Rank 0, after model selection (train.final_pass_epochs): train the model on the validation
+    users' newest windows extended by their validation item (final_pass_windows), at the run's last
+    rate, with the run's optimizer moments, its weights averaged over each pass as in the run
+    (WeightAverage); the model ends with the average. Returns the record for the manifest (None when
+    off or without validation users)."""
+    tc = job.train_config
+    if not tc.final_pass_epochs or job.valid is None:
+        return None
+    windows = final_pass_windows(job.valid, model.cfg.max_len)
+    n = len(windows["input"])
+    if not n:
+        return None
+    t0, batch = time.time(), min(job.batch_size, n)
+    steps_per_pass = -(-n // batch)
+    # A copy trains, with a plain optimizer: the launcher hooked the run's parameters and optimizer
+    # to average gradients across ranks, and the other ranks have finished.
+    trained = copy.deepcopy(model)
+    plain = torch.optim.AdamW(trained.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    plain.load_state_dict(optimizer.state_dict())
+    lr = float(plain.param_groups[0]["lr"])
+    batches = _passes(windows, batch, tc.final_pass_epochs, tc.seed)
+    if tc.length_buckets:
+        batches = length_bucketed(batches, tc.length_buckets, tc.seed)
+    average = WeightAverage(trained, steps_per_pass)
+    loss = train_steps(trained, plain, batches, steps_per_pass * tc.final_pass_epochs, device,
+                       lr_at=lambda step: lr, average=average)
+    average.keep()
+    model.load_state_dict(trained.state_dict())
+    return {"epochs": tc.final_pass_epochs, "users": n, "steps": steps_per_pass * tc.final_pass_epochs,
+            "batch_size": batch, "lr": lr, "loss": loss, "seconds": round(time.time() - t0, 3)}
+
+
+def _save_model(job: TrainJob, model, state: RunState, optimizer, device: str = "cpu") -> None:
+    """Rank 0: the checkpoint (best validated weights, blended and calibrated on validation, then
+    the final pass), then the resume state is no longer needed."""
     if state.stopper.best_state is not None:
         model.load_state_dict(state.stopper.best_state)
     best_epoch = state.stopper.best_epoch or len(state.history)
@@ -827,9 +883,15 @@ def _save_model(job: TrainJob, model, state: RunState) -> None:
         if "purchase" in fitted:
             print(f"[train {job.run_id}] purchase calibration: {fitted['purchase']['new_share']:.1%} of next steps "
                   f"bought a new item", flush=True)
+    passed = final_pass(job, model, optimizer, device)
+    if passed is not None:
+        print(f"[train {job.run_id}] final pass: {passed['epochs']} x {passed['users']} validation users' newest "
+              f"windows with their validation item, {passed['steps']} steps at lr {passed['lr']:.2e}, loss "
+              f"{passed['loss']:.4f} ({passed['seconds']:.1f}s)", flush=True)
     checkpoints.save(job.checkpoint_dir, job.run_id, model, {
         "model_config": model.cfg.to_dict(), "train_config": asdict(job.train_config),
         "data_versions": job.data_versions, "history": state.history,
         "best_epoch": best_epoch, "selection": chosen, "calibration": fitted,
-        **({"collaborative": blend} if blend is not None else {})}, job.full_config)
+        **({"collaborative": blend} if blend is not None else {}),
+        **({"final_pass": passed} if passed is not None else {})}, job.full_config)
     checkpoints.drop_resume(job.checkpoint_dir, job.run_id)

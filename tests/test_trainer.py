@@ -1,6 +1,7 @@
 """The rank loop: Petastorm over pinned Delta versions, both launchers on local Spark (2 ranks,
 Gloo: Horovod, and TorchDistributor with DistributedDataParallel), resume after a lost rank,
 early stopping and the schedules."""
+import dataclasses
 import glob
 import logging
 import os
@@ -393,6 +394,51 @@ def test_the_weight_average_follows_each_step_and_is_only_lent_to_the_model_insi
         assert torch.equal(p, c)
 
 
+def test_the_final_pass_window_ends_at_each_validation_item():
+    from recsys_spark.trainer import final_pass_windows
+
+    valid = {"target": np.array([6, 9, 4]), "seen": [np.array([3, 4, 5]), np.array([7]), np.array([], dtype=np.int64)],
+             "profile_cat": np.array([[1], [2], [3]]), "profile_num": np.array([[0.1], [0.2], [0.3]], dtype=np.float32)}
+    w = final_pass_windows(valid, max_len=4)
+    # The newest window one step on: the validation item is the last target; no history, no window.
+    assert w["input"].tolist() == [[0, 3, 4, 5], [0, 0, 0, 7]]
+    assert w["target"].tolist() == [[0, 4, 5, 6], [0, 0, 0, 9]]
+    assert w["profile_cat"].tolist() == [[1], [2]] and w["profile_num"].shape == (2, 1)
+    short = final_pass_windows(valid, max_len=2)  # the newest max_len steps
+    assert short["input"].tolist() == [[4, 5], [0, 7]] and short["target"].tolist() == [[5, 6], [0, 9]]
+
+
+def test_the_final_pass_teaches_the_model_the_validation_items_it_held_out(tmp_path):
+    import torch
+
+    from recsys_spark.model import AttentionRecommender
+    from recsys_spark.trainer import final_pass, validate
+
+    # Each validation item is the item after the user's last one, a step no training window shows.
+    rng = np.random.default_rng(0)
+    seen = [rng.integers(1, 16, size=3) for _ in range(64)]
+    valid = {"target": np.array([s[-1] % 15 + 1 for s in seen]), "seen": seen,
+             "profile_cat": np.ones((64, 3), dtype=np.int64), "profile_num": np.zeros((64, 2), dtype=np.float32)}
+    job = _job([], str(tmp_path), "attn-final", final_pass_epochs=0)
+    job.valid = valid
+    torch.manual_seed(0)
+    model = AttentionRecommender(job.model_config, {k: torch.as_tensor(v) for k, v in job.item_features.items()}, {})
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
+    # As a launcher does, hook each parameter's gradient to average it across ranks, which are done
+    # by the final pass.
+    hooked = [p.expand_as(p).grad_fn.next_functions[0][0] for p in model.parameters()]
+    for accumulator in hooked:
+        accumulator.register_hook(lambda *grads: pytest.fail("the final pass reached the other ranks"))
+    before = validate(model, valid)
+    assert final_pass(job, model, optimizer) is None and validate(model, valid) == before  # off: untouched
+    job.train_config = dataclasses.replace(job.train_config, final_pass_epochs=30)
+    record = final_pass(job, model, optimizer)
+    assert record["users"] == 64 and record["steps"] == 30 * 2 and record["batch_size"] == 32
+    assert record["lr"] == 0.01 and not optimizer.state  # the run's rate; the run's optimizer left as it was
+    after = validate(model, valid)
+    assert after > before + 0.3, (before, after)
+
+
 def test_budget_aware_linear_schedule():
     from recsys_spark.trainer import linear_lr, planned_epochs
 
@@ -506,14 +552,16 @@ def test_a_run_with_averaged_weights_resumes_its_average_and_ends_with_it(spark,
 
 
 @pytest.mark.slow
-def test_every_rank_trains_on_at_the_cut_rate_after_a_plateau(spark, train_files, tmp_path):
+def test_every_rank_trains_on_at_the_cut_rate_after_a_plateau_and_rank_0_ends_with_the_final_pass(
+        spark, train_files, tmp_path):
     # Each validation user's history holds every item but the target, and ranking removes the history:
     # the target is first at every epoch (NDCG@10 1), so each evaluation after the first has no gain.
     n = 9
     valid = {"target": np.arange(1, n + 1), "seen": [np.setdiff1d(np.arange(1, 16), [t]) for t in range(1, n + 1)],
              "profile_cat": np.ones((n, 3), dtype=np.int64), "profile_num": np.zeros((n, 2), dtype=np.float32)}
-    job = _job(train_files, str(tmp_path / "models"), "attn-plateau", launcher="horovod", patience=10,
-               lr_plateau_factor=0.5, lr_plateau_evals=1)
+    models = str(tmp_path / "models")
+    job = _job(train_files, models, "attn-plateau", launcher="horovod", patience=10,
+               lr_plateau_factor=0.5, lr_plateau_evals=1, final_pass_epochs=1)
     job.valid = valid
     result = launch("horovod", 2, worker, job)
     peak = 0.01 * 2 ** 0.5
@@ -522,6 +570,13 @@ def test_every_rank_trains_on_at_the_cut_rate_after_a_plateau(spark, train_files
     # (the history records lr to 7 places).
     assert [h["lr"] for h in result["history"]] == pytest.approx([peak, peak, peak / 2], rel=1e-4)
     assert result["checksums"][0] == pytest.approx(result["checksums"][1], rel=1e-9, abs=1e-9)
+    # After selection rank 0 trained on the validation items at the run's last rate: the checkpoint
+    # records the pass and holds weights past the ranks' last ones.
+    model, manifest = checkpoints.load(os.path.join(models, "attn-plateau"))
+    passed = manifest["final_pass"]
+    assert passed["users"] == n and passed["steps"] == 1 and passed["lr"] == pytest.approx(peak / 2, rel=1e-4)
+    assert float(sum(p.detach().double().sum() for p in model.parameters())) != pytest.approx(result["checksum"],
+                                                                                            rel=1e-9)
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)
