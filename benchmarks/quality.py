@@ -127,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         "model_run_id": trained["run_id"],
         "model_config": manifest["model_config"],
         "collaborative": manifest.get("collaborative"),  # the blend with ALS chosen on validation (train.collaborative)
+        "final_pass": manifest.get("final_pass"),  # train.final_pass_epochs: the pass on the validation items
         "als": ev["params"].get("als"),
         # The served model's test NDCG@10 minus each baseline's over the same users, with its 95% interval.
         "paired": ev.get("paired"),
