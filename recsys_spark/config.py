@@ -618,6 +618,20 @@ def _at_least(key: str, value, low) -> None:
         raise ConfigError(f"{key}: must be >= {low}, got {value}")
 
 
+def _check_after_selection(t: TrainConfig) -> None:
+    """The steps that follow model selection on the validation users need some."""
+    if t.collaborative and t.valid_users <= 0:
+        raise ConfigError("train.collaborative: the blend with ALS is chosen on the validation users, but "
+                          "train.valid_users is 0; set it above 0 (default 20000) or set train.collaborative: false")
+    if t.final_pass_epochs < 0:
+        raise ConfigError(f"train.final_pass_epochs: must be >= 0 (0 = off; passes over the validation users' "
+                          f"newest windows after model selection), got {t.final_pass_epochs}")
+    if t.final_pass_epochs and t.valid_users <= 0:
+        raise ConfigError("train.final_pass_epochs: the final pass trains on the validation users' validation "
+                          "items, but train.valid_users is 0; set it above 0 (default 20000) or set "
+                          "train.final_pass_epochs: 0")
+
+
 def _check_train(t: TrainConfig) -> None:
     for key in ("epochs", "batch_size", "d_model", "n_heads", "n_layers", "threads_per_rank", "eval_every"):
         _at_least(f"train.{key}", getattr(t, key), 1)
@@ -650,21 +664,12 @@ def _check_train(t: TrainConfig) -> None:
     if not t.weight_average_epochs >= 0:
         raise ConfigError(f"train.weight_average_epochs: must be >= 0 (0 = off; the epochs of steps the averaged weights "
                           f"span), got {t.weight_average_epochs}")
-    if t.final_pass_epochs < 0:
-        raise ConfigError(f"train.final_pass_epochs: must be >= 0 (0 = off; passes over the validation users' "
-                          f"newest windows after model selection), got {t.final_pass_epochs}")
-    if t.final_pass_epochs and t.valid_users <= 0:
-        raise ConfigError("train.final_pass_epochs: the final pass trains on the validation users' validation "
-                          "items, but train.valid_users is 0; set it above 0 (default 20000) or set "
-                          "train.final_pass_epochs: 0")
     if not 0 <= t.adversarial_eps <= 1:
         raise ConfigError(f"train.adversarial_eps: must be between 0 (off) and 1 (a move as long as the item vector "
                           f"itself), got {t.adversarial_eps}")
     if t.target_span < 1:
         raise ConfigError(f"train.target_span: must be >= 1 (1 = the next item), got {t.target_span}")
-    if t.collaborative and t.valid_users <= 0:
-        raise ConfigError("train.collaborative: the blend with ALS is chosen on the validation users, but "
-                          "train.valid_users is 0; set it above 0 (default 20000) or set train.collaborative: false")
+    _check_after_selection(t)
     if t.loss_positions < 0:
         raise ConfigError(f"train.loss_positions: must be 0 (every position) or a number of positions per window, "
                           f"got {t.loss_positions}")

@@ -83,6 +83,10 @@ def test_value_checks():
         config.load(None, ["train.lr_plateau_evals=0"])
     with pytest.raises(config.ConfigError, match="train.collaborative: .* train.valid_users is 0"):
         config.load(None, ["train.collaborative=true", "train.valid_users=0"])
+    with pytest.raises(config.ConfigError, match="train.final_pass_epochs: .* train.valid_users is 0"):
+        config.load(None, ["train.final_pass_epochs=1", "train.valid_users=0"])
+    with pytest.raises(config.ConfigError, match="train.final_pass_epochs: must be >= 0"):
+        config.load(None, ["train.final_pass_epochs=-1"])
     with pytest.raises(config.ConfigError, match="regParams > 0"):
         config.load(None, ["evaluate.als_reg_params=[0.0, 0.1]"])
     assert config.load(None, ["train.dropout=auto"]).train.dropout == "auto"
