@@ -619,7 +619,8 @@ def _at_least(key: str, value, low) -> None:
 
 
 def _check_after_selection(t: TrainConfig) -> None:
-    """The steps that follow model selection on the validation users need some."""
+    """Settings of the steps that follow model selection (the blend, the final pass): both need
+    validation users."""
     if t.collaborative and t.valid_users <= 0:
         raise ConfigError("train.collaborative: the blend with ALS is chosen on the validation users, but "
                           "train.valid_users is 0; set it above 0 (default 20000) or set train.collaborative: false")
