@@ -243,12 +243,10 @@ TORCH_DISTRIBUTOR_ATTEMPTS = 3
 
 def launch(launcher: str, num_proc: int, fn, *args, use_gpu: bool = False):
     """fn(*args) on num_proc executor task slots, ranks joined by recsys_spark.ranks.connect(launcher);
-    rank 0's result (fn must return a dict with its "rank" under horovod)."""
+    rank 0's result (fn must return a dict with its "rank" under horovod). A failed launch raises
+    RuntimeError with the lines in which the ranks said why."""
     if launcher == "horovod":
-        import horovod.spark
-
-        results = horovod.spark.run(fn, args=args, num_proc=num_proc, use_gloo=True, start_timeout=600, verbose=0)
-        return next(r for r in results if r["rank"] == 0)
+        return _launch_horovod(num_proc, fn, *args)
     from pyspark.ml.torch.distributor import TorchDistributor
 
     for attempt in range(1, TORCH_DISTRIBUTOR_ATTEMPTS + 1):
@@ -261,21 +259,35 @@ def launch(launcher: str, num_proc: int, fn, *args, use_gpu: bool = False):
             except Exception as e:
                 if output.started or attempt == TORCH_DISTRIBUTOR_ATTEMPTS:
                     earlier = "" if attempt == 1 else f" (attempt {attempt}; the earlier ones failed before any rank started)"
-                    raise RuntimeError(f"training ranks failed under TorchDistributor{earlier}: {output.summary()} "
-                                       f"(every line the ranks printed is above, on the driver's stderr)") from e
+                    raise output.failure(f"TorchDistributor{earlier}") from e
                 logger.warning(f"train: TorchDistributor failed before any rank started (attempt {attempt} of "
                                f"{TORCH_DISTRIBUTOR_ATTEMPTS}), starting it again; the ranks printed: {output.summary()}")
 
 
+def _launch_horovod(num_proc: int, fn, *args):
+    import horovod.spark
+
+    with _RankOutput() as output:
+        try:
+            # stderr given: Horovod streams the ranks' stderr to the driver (else it stays in the
+            # executors' logs, and a failure could not say why).
+            results = horovod.spark.run(fn, args=args, num_proc=num_proc, use_gloo=True, start_timeout=600,
+                                        verbose=0, stderr=output)
+        except Exception as e:
+            raise output.failure("Horovod") from e
+    return next(r for r in results if r["rank"] == 0)
+
+
 # What says why a rank failed: a Python exception line ("RuntimeError: ...",
-# "torch.distributed.DistNetworkError: ..."), or torchrun's report of a rank's exit code.
-_FAILURE_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b|exitcode")
+# "torch.distributed.DistNetworkError: ...", after the rank prefix Horovod ("[0]<stderr>:") or torch
+# ("[rank0]: ") puts before it), or torchrun's report of a rank's exit code.
+_FAILURE_LINE = re.compile(r"^(\[\d+\]<stderr>:|\[rank\d+\]:\s*)?[A-Za-z_][\w.]*(Error|Exception|Interrupt)\b|exitcode")
 
 
 class _RankOutput:
-    """While open, what TorchDistributor's ranks print, as its log server passes it on to the
-    driver's stderr (which still gets every line): whether a rank started the function, and the
-    lines that say why a rank failed."""
+    """While open, what the ranks print to stderr, as the launcher passes it on to the driver's
+    stderr (which still gets every line): whether a rank started the function (TorchDistributor's
+    ranks say so, ranks.announced), and the lines that say why a rank failed."""
 
     def __init__(self):
         self.started = False
@@ -303,6 +315,10 @@ class _RankOutput:
 
     def __getattr__(self, name):  # the rest of a stream (encoding, fileno, isatty) is stderr's
         return getattr(self._stderr, name)
+
+    def failure(self, launcher: str) -> RuntimeError:
+        return RuntimeError(f"training ranks failed under {launcher}: {self.summary()} (every line the ranks "
+                            f"printed is above, on the driver's stderr)")
 
     def summary(self) -> str:
         if self.failures:

@@ -664,10 +664,12 @@ def worker(job: TrainJob) -> dict:
     if is_root:
         _report_stop(job, stop, state)
     checksums = ranks.gather(float(sum(p.detach().double().sum() for p in model.parameters())))
+    rank = ranks.rank
+    # Rank 0 saves outside the process group: the other ranks are done, and a collective reached by
+    # mistake now fails at once instead of waiting for ranks that will never answer.
+    ranks.close()
     if is_root:
         _save_model(job, model, state, opt, ranks.device)
-    rank = ranks.rank
-    ranks.close()
     return {"rank": rank, "history": state.history, "checksum": checksums[rank], "checksums": checksums,
             "device": ranks.device, "ranks": len(checksums)}
 

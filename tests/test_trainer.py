@@ -579,6 +579,19 @@ def test_every_rank_trains_on_at_the_cut_rate_after_a_plateau_and_rank_0_ends_wi
                                                                                             rel=1e-9)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_a_checkpoint_rank_0_cannot_write_fails_the_launch_with_the_reason(spark, train_files, tmp_path, launcher):
+    # The other rank has finished and left the process group when rank 0 writes the checkpoint: the
+    # launch must still end, failed, and say why (not wait on the finished rank).
+    blocked = tmp_path / "models-is-a-file"
+    blocked.write_text("")
+    job = _job(train_files, str(blocked / "models"), "attn-blocked", launcher=launcher, resume="off")
+    with pytest.raises(Exception) as failed:
+        launch(launcher, 2, worker, job)
+    assert "NotADirectoryError" in str(failed.value) and "models-is-a-file" in str(failed.value), str(failed.value)
+
+
 @pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_an_epoch_longer_than_the_time_budget_is_cut_at_the_same_step_on_every_rank(spark, train_files, tmp_path,
                                                                                     launcher):
