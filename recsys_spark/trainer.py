@@ -715,6 +715,14 @@ def _score_spread(users: torch.Tensor, items: torch.Tensor, n_users: int = 256) 
     return float((users[:n_users] @ items[1:].T).std(dim=1).mean())
 
 
+def attention_spread(model, valid: dict, n_users: int = 256) -> float:
+    """_score_spread of the attention part of the served scores, for the first n_users validation users."""
+    first = {key: valid[key][:n_users] for key in ("seen", "profile_cat", "profile_num", "target")}
+    users, items = served_vectors_on_cpu(model, first)
+    d = model.cfg.d_model
+    return _score_spread(users[:, :d], items[:, :d])
+
+
 def _blends(model, users: torch.Tensor, items: torch.Tensor, valid: dict, grid: list[dict]):
     """(grid point's params, share, weights, each validation user's NDCG@10) of every blend tried."""
     with torch.no_grad():
@@ -830,8 +838,9 @@ def final_pass(job: TrainJob, model, optimizer, device: str = "cpu") -> Optional
     """Rank 0, after model selection (train.final_pass_epochs): train the model on the validation
     users' newest windows extended by their validation item (final_pass_windows), at the run's last
     rate, with the run's optimizer moments, its weights averaged over each pass as in the run
-    (WeightAverage); the model ends with the average. Returns the record for the manifest (None when
-    off or without validation users)."""
+    (WeightAverage); the model ends with the average, and a blend with ALS keeps its share of the
+    served scores' spread. Returns the record for the manifest (None when off or without validation
+    users)."""
     tc = job.train_config
     if not tc.final_pass_epochs or job.valid is None:
         return None
@@ -851,12 +860,19 @@ def final_pass(job: TrainJob, model, optimizer, device: str = "cpu") -> Optional
     if tc.length_buckets:
         batches = length_bucketed(batches, tc.length_buckets, tc.seed)
     average = WeightAverage(trained, steps_per_pass)
+    spread = attention_spread(model, job.valid) if model.collaborative is not None else None
     loss = train_steps(trained, plain, batches, steps_per_pass * tc.final_pass_epochs, device,
                        lr_at=lambda step: lr, average=average)
     average.keep()
     model.load_state_dict(trained.state_dict())
-    return {"epochs": tc.final_pass_epochs, "users": n, "steps": steps_per_pass * tc.final_pass_epochs,
-            "batch_size": batch, "lr": lr, "loss": loss, "seconds": round(time.time() - t0, 3)}
+    record = {"epochs": tc.final_pass_epochs, "users": n, "steps": steps_per_pass * tc.final_pass_epochs,
+              "batch_size": batch, "lr": lr, "loss": loss}
+    if spread is not None:
+        # choose_blend chose ALS's share of the served scores' spread; the pass moved the attention
+        # model's spread, so ALS's weight follows it to keep that share.
+        record["attention_spread_change"] = attention_spread(model, job.valid) / spread
+        model.collaborative.weights[1] *= record["attention_spread_change"]
+    return {**record, "seconds": round(time.time() - t0, 3)}
 
 
 def _save_model(job: TrainJob, model, state: RunState, optimizer, device: str = "cpu") -> None:
@@ -889,7 +905,9 @@ def _save_model(job: TrainJob, model, state: RunState, optimizer, device: str = 
     if passed is not None:
         print(f"[train {job.run_id}] final pass: {passed['epochs']} x {passed['users']} validation users' newest "
               f"windows with their validation item, {passed['steps']} steps at lr {passed['lr']:.2e}, loss "
-              f"{passed['loss']:.4f} ({passed['seconds']:.1f}s)", flush=True)
+              f"{passed['loss']:.4f} ({passed['seconds']:.1f}s)"
+              + (f"; the attention model's score spread x{passed['attention_spread_change']:.3f}, ALS's weight with "
+                 f"it" if "attention_spread_change" in passed else ""), flush=True)
     checkpoints.save(job.checkpoint_dir, job.run_id, model, {
         "model_config": model.cfg.to_dict(), "train_config": asdict(job.train_config),
         "data_versions": job.data_versions, "history": state.history,

@@ -439,6 +439,37 @@ def test_the_final_pass_teaches_the_model_the_validation_items_it_held_out(tmp_p
     assert after > before + 0.3, (before, after)
 
 
+def test_a_blend_with_als_keeps_its_share_of_the_score_spread_through_the_final_pass(tmp_path):
+    import torch
+
+    from recsys_spark.model import AttentionRecommender
+    from recsys_spark.trainer import final_pass, served_vectors_on_cpu
+
+    rng = np.random.default_rng(1)
+    seen = [rng.integers(1, 16, size=3) for _ in range(64)]
+    valid = {"target": np.array([s[-1] % 15 + 1 for s in seen]), "seen": seen,
+             "profile_cat": np.ones((64, 3), dtype=np.int64), "profile_num": np.zeros((64, 2), dtype=np.float32)}
+    job = _job([], str(tmp_path), "attn-final-blend", final_pass_epochs=30)
+    job.valid = valid
+    torch.manual_seed(1)
+    model = AttentionRecommender(job.model_config, {k: torch.as_tensor(v) for k, v in job.item_features.items()}, {})
+    model.attach_collaborative(rng.normal(size=(16, 4)).astype(np.float32), 0.1, 1.0, (0.75, 2.0))
+
+    def spreads():  # (attention part, ALS part) of the served scores' spread
+        users, items = served_vectors_on_cpu(model, valid)
+        d = model.cfg.d_model
+        return [float((users[:, part] @ items[1:, part].T).std(dim=1).mean())
+                for part in (slice(0, d), slice(d, None))]
+
+    attention, als = spreads()
+    record = final_pass(job, model, torch.optim.AdamW(model.parameters(), lr=0.01))
+    attention_after, als_after = spreads()
+    # The pass moved the attention model's spread; ALS's weight followed, so its share is unchanged.
+    assert abs(attention_after / attention - 1) > 0.05, (attention, attention_after)
+    assert record["attention_spread_change"] == pytest.approx(attention_after / attention, rel=0.05)
+    assert als_after / attention_after == pytest.approx(als / attention, rel=0.05)
+
+
 def test_budget_aware_linear_schedule():
     from recsys_spark.trainer import linear_lr, planned_epochs
 
