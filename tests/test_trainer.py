@@ -408,21 +408,30 @@ def test_the_final_pass_window_ends_at_each_validation_item():
     assert short["input"].tolist() == [[4, 5], [0, 7]] and short["target"].tolist() == [[5, 6], [0, 9]]
 
 
-def test_the_final_pass_teaches_the_model_the_validation_items_it_held_out(tmp_path):
+def _final_pass_case(tmp_path, seed: int, final_pass_epochs: int):
+    """(job, fresh model, rng) for the final pass: 64 validation users whose validation item is the
+    item after their last one, a step no training window shows."""
     import torch
 
     from recsys_spark.model import AttentionRecommender
+
+    rng = np.random.default_rng(seed)
+    seen = [rng.integers(1, 16, size=3) for _ in range(64)]
+    job = _job([], str(tmp_path), "attn-final", final_pass_epochs=final_pass_epochs)
+    job.valid = {"target": np.array([s[-1] % 15 + 1 for s in seen]), "seen": seen,
+                 "profile_cat": np.ones((64, 3), dtype=np.int64), "profile_num": np.zeros((64, 2), dtype=np.float32)}
+    torch.manual_seed(seed)
+    model = AttentionRecommender(job.model_config, {k: torch.as_tensor(v) for k, v in job.item_features.items()}, {})
+    return job, model, rng
+
+
+def test_the_final_pass_teaches_the_model_the_validation_items_it_held_out(tmp_path):
+    import torch
+
     from recsys_spark.trainer import final_pass, validate
 
-    # Each validation item is the item after the user's last one, a step no training window shows.
-    rng = np.random.default_rng(0)
-    seen = [rng.integers(1, 16, size=3) for _ in range(64)]
-    valid = {"target": np.array([s[-1] % 15 + 1 for s in seen]), "seen": seen,
-             "profile_cat": np.ones((64, 3), dtype=np.int64), "profile_num": np.zeros((64, 2), dtype=np.float32)}
-    job = _job([], str(tmp_path), "attn-final", final_pass_epochs=0)
-    job.valid = valid
-    torch.manual_seed(0)
-    model = AttentionRecommender(job.model_config, {k: torch.as_tensor(v) for k, v in job.item_features.items()}, {})
+    job, model, _ = _final_pass_case(tmp_path, seed=0, final_pass_epochs=0)
+    valid = job.valid
     optimizer = torch.optim.AdamW(model.parameters(), lr=0.01)
     # As a launcher does, hook each parameter's gradient to average it across ranks, which are done
     # by the final pass.
@@ -442,17 +451,10 @@ def test_the_final_pass_teaches_the_model_the_validation_items_it_held_out(tmp_p
 def test_a_blend_with_als_keeps_its_share_of_the_score_spread_through_the_final_pass(tmp_path):
     import torch
 
-    from recsys_spark.model import AttentionRecommender
     from recsys_spark.trainer import final_pass, served_vectors_on_cpu
 
-    rng = np.random.default_rng(1)
-    seen = [rng.integers(1, 16, size=3) for _ in range(64)]
-    valid = {"target": np.array([s[-1] % 15 + 1 for s in seen]), "seen": seen,
-             "profile_cat": np.ones((64, 3), dtype=np.int64), "profile_num": np.zeros((64, 2), dtype=np.float32)}
-    job = _job([], str(tmp_path), "attn-final-blend", final_pass_epochs=30)
-    job.valid = valid
-    torch.manual_seed(1)
-    model = AttentionRecommender(job.model_config, {k: torch.as_tensor(v) for k, v in job.item_features.items()}, {})
+    job, model, rng = _final_pass_case(tmp_path, seed=1, final_pass_epochs=30)
+    valid = job.valid
     model.attach_collaborative(rng.normal(size=(16, 4)).astype(np.float32), 0.1, 1.0, (0.75, 2.0))
 
     def spreads():  # (attention part, ALS part) of the served scores' spread
