@@ -307,6 +307,13 @@ class TrainConfig:
     valid_users: int = 20000
     eval_every: int = 1
     patience: int = 3
+    # A run that peaked early stops sooner: after ceil(relative_patience x the best evaluation's
+    # number) evaluations without a gain when that is fewer than `patience`, and never fewer than
+    # lr_plateau_evals + 1 (one evaluation at the first cut rate). 0.5 and patience 5, replayed on
+    # the validation curves of the 70 runs in docs/results, keeps every run's kept epoch and ends
+    # ml-latest-small's (peak at epoch 6) 2 epochs sooner. 0 = always `patience`
+    # (docs/benchmarks.md, "Patience relative to the peak").
+    relative_patience: float = 0.0
     # ... but not during the run's start, when `patience` evaluations of a barely trained model are
     # noise (ml-latest-small: 4 steps an epoch, stopped after 36 steps below popularity;
     # docs/benchmarks.md). The start ends at the first validation NDCG@10 above the first
@@ -656,6 +663,9 @@ def _check_train(t: TrainConfig) -> None:
         raise ConfigError(f"train.dropout: must be in [0, 1) or 'auto', got {t.dropout}")
     if not 0.0 <= t.item_id_dropout < 1.0:
         raise ConfigError(f"train.item_id_dropout: must be in [0, 1), got {t.item_id_dropout}")
+    if not 0 <= t.relative_patience <= 1:
+        raise ConfigError(f"train.relative_patience: must be in [0, 1] (0 = always train.patience; 0.5 = half the "
+                          f"evaluations to the best one, at most train.patience), got {t.relative_patience}")
     if t.min_steps < 0:
         raise ConfigError(f"train.min_steps: must be >= 0 (0 = early stopping may end training at any epoch), "
                           f"got {t.min_steps}")

@@ -385,39 +385,55 @@ class EarlyStopping:
     Neither stops nor cuts during the run's start: a model that has learned little sits on a flat
     stretch of validation noise, which patience would mistake for convergence (ml-latest-small
     without side files: about 100 steps). The start ends at the first validation NDCG above the
-    first evaluation's 95% interval, or after min_steps optimizer steps at the latest."""
+    first evaluation's 95% interval, or after min_steps optimizer steps at the latest.
 
-    def __init__(self, patience: int, min_steps: int, plateau_evals: int = 0):
+    With relative_patience > 0, a run that peaked early stops sooner: after
+    ceil(relative_patience x the best evaluation's number) evaluations without a gain when that is
+    fewer than patience, but never fewer than plateau_floor (TrainConfig.relative_patience says why)."""
+
+    def __init__(self, patience: int, min_steps: int, plateau_evals: int = 0, relative_patience: float = 0.0,
+                 plateau_floor: int = 1):
         self.patience, self.min_steps, self.plateau_evals = patience, min_steps, plateau_evals
+        self.relative_patience, self.plateau_floor = relative_patience, plateau_floor
         self.best_ndcg, self.best_epoch, self.best_state, self.bad_evals = -1.0, 0, None, 0
+        self.evals, self.best_eval = 0, 0  # evaluations so far; the best one's number (1-based)
         self.lr_cuts = 0
         self.start_bound, self.risen = None, False  # the first evaluation's upper bound; passed yet
 
+    def current_patience(self) -> int:
+        """Evaluations without a gain that end the run, given where the best one came."""
+        if self.relative_patience <= 0 or not self.best_eval:
+            return self.patience
+        grown = max(self.plateau_floor, math.ceil(self.relative_patience * self.best_eval))
+        return min(self.patience, grown)
+
     def update(self, model, ndcg: float, epoch: int, steps_done: int, halfwidth: Optional[float] = None) -> bool:
         """Record an evaluation (halfwidth: its 95% interval's); True when training should stop."""
+        self.evals += 1
         if self.start_bound is None:
             self.start_bound = ndcg + (halfwidth or 0.0)
         elif ndcg > self.start_bound:
             self.risen = True
         past_start = self.risen or steps_done >= self.min_steps
         if ndcg > self.best_ndcg:
-            self.best_ndcg, self.best_epoch, self.bad_evals = ndcg, epoch, 0
+            self.best_ndcg, self.best_epoch, self.best_eval, self.bad_evals = ndcg, epoch, self.evals, 0
             self.best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         else:
             self.bad_evals += 1
             if self.plateau_evals and self.bad_evals % self.plateau_evals == 0 and past_start:
                 self.lr_cuts += 1
-        return self.bad_evals >= self.patience and past_start
+        return self.bad_evals >= self.current_patience() and past_start
 
     def state(self) -> dict:
         return {"best_ndcg": self.best_ndcg, "best_epoch": self.best_epoch, "best_state": self.best_state,
                 "bad_evals": self.bad_evals, "lr_cuts": self.lr_cuts, "start_bound": self.start_bound,
-                "risen": self.risen}
+                "risen": self.risen, "evals": self.evals, "best_eval": self.best_eval}
 
     def restore(self, state: dict) -> None:
         self.best_ndcg, self.best_epoch = state["best_ndcg"], state["best_epoch"]
         self.best_state, self.bad_evals, self.lr_cuts = state["best_state"], state["bad_evals"], state["lr_cuts"]
         self.start_bound, self.risen = state.get("start_bound"), state.get("risen", False)  # absent: saved before the rule
+        self.evals, self.best_eval = state.get("evals", 0), state.get("best_eval", 0)  # absent: fixed patience
 
 
 def _glibc_function(name: str):
@@ -621,7 +637,8 @@ def worker(job: TrainJob) -> dict:
     is_root = ranks.rank == 0
     model, opt, peak_lr = _rank_setup(job, ranks.size, ranks.device)
     plateau_evals = tc.lr_plateau_evals if tc.lr_plateau_factor < 1 else 0
-    state = RunState(epoch=0, plan=tc.epochs, stopper=EarlyStopping(tc.patience, tc.min_steps, plateau_evals))
+    stopper = EarlyStopping(tc.patience, tc.min_steps, plateau_evals, tc.relative_patience, tc.lr_plateau_evals + 1)
+    state = RunState(epoch=0, plan=tc.epochs, stopper=stopper)
     saved = _resume(job, ranks, model, state) if tc.resume == "auto" else None
     net, opt = ranks.setup(model, opt)
     if saved is not None:
@@ -677,7 +694,8 @@ def worker(job: TrainJob) -> dict:
 def _report_stop(job: TrainJob, stop: int, state: RunState) -> None:
     if stop:
         tc = job.train_config
-        why = f"no validation gain in {tc.patience} evaluations" if stop == 1 else f"time budget of {tc.time_budget_s:.0f}s used"
+        why = (f"no validation gain in {state.stopper.current_patience()} evaluations" if stop == 1
+               else f"time budget of {tc.time_budget_s:.0f}s used")
         print(f"[train {job.run_id}] early stop: {why}; keeping epoch {state.stopper.best_epoch or state.epoch}",
               flush=True)
 

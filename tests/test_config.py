@@ -79,6 +79,8 @@ def test_value_checks():
         config.load(None, ["train.adversarial_eps=1.5"])
     with pytest.raises(config.ConfigError, match="train.lr_plateau_factor: must be in \\(0, 1\\]"):
         config.load(None, ["train.lr_plateau_factor=0"])
+    with pytest.raises(config.ConfigError, match="train.relative_patience: must be in \\[0, 1\\]"):
+        config.load(None, ["train.relative_patience=2"])
     with pytest.raises(config.ConfigError, match="train.lr_plateau_evals: must be >= 1"):
         config.load(None, ["train.lr_plateau_evals=0"])
     with pytest.raises(config.ConfigError, match="train.collaborative: .* train.valid_users is 0"):
