@@ -23,6 +23,7 @@ from typing import Any, Optional
 
 from recsys_spark.schema import EVENT_TYPES, USER_ATTRIBUTE_COLUMNS
 
+FINAL_PASS_TARGETS = ("window", "new")
 LR_SCHEDULES = ("constant", "linear")
 LAUNCHERS = ("horovod", "torch_distributor")
 BLOCKS = ("transformer", "gated")
@@ -281,6 +282,10 @@ class TrainConfig:
     # item stays unseen). Rank 0 runs them at the run's last rate, its weights averaged over each
     # pass. 0 = serve the kept epoch as chosen (docs/benchmarks.md).
     final_pass_epochs: int = 0
+    # What the final pass's loss sees: "window", every position of those windows (the validation
+    # item is the last target); "new", the validation item alone (the rest of each window was
+    # trained on in every epoch).
+    final_pass_targets: str = "window"
     # Each training position's target is drawn uniformly from the next N items of its window
     # (1: the next item, SASRec's objective). Where the order says little, the items further on are
     # as informative as the next one, and N > 1 lets the loss see the user's whole set.
@@ -634,6 +639,9 @@ def _check_after_selection(t: TrainConfig) -> None:
     if t.final_pass_epochs < 0:
         raise ConfigError(f"train.final_pass_epochs: must be >= 0 (0 = off; passes over the validation users' "
                           f"newest windows after model selection), got {t.final_pass_epochs}")
+    if t.final_pass_targets not in FINAL_PASS_TARGETS:
+        raise ConfigError(f"train.final_pass_targets: must be one of {', '.join(FINAL_PASS_TARGETS)}, "
+                          f"got {t.final_pass_targets!r}")
     if t.final_pass_epochs and t.valid_users <= 0:
         raise ConfigError("train.final_pass_epochs: the final pass trains on the validation users' validation "
                           "items, but train.valid_users is 0; set it above 0 (default 20000) or set "

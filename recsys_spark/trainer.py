@@ -832,14 +832,17 @@ def calibrate(model, valid: Optional[dict], batch: int = 512) -> dict:
         return fitted
 
 
-def final_pass_windows(valid: dict, max_len: int) -> dict:
+def final_pass_windows(valid: dict, max_len: int, targets: str = "window") -> dict:
     """Each validation user's newest training window moved one step on, so that its last target is
     the validation item: input the newest max_len items of the training history, target the same
-    positions' next items (left-padded with 0), with the user's profile. Users without a training
-    history give no window."""
+    positions' next items (left-padded with 0; with targets "new", the validation item alone), with
+    the user's profile. Users without a training history give no window."""
     rows = [i for i, seen in enumerate(valid["seen"]) if len(seen)]
     steps = [np.append(valid["seen"][i], valid["target"][i]) for i in rows]
-    return {"input": pad_left([s[:-1] for s in steps], max_len), "target": pad_left([s[1:] for s in steps], max_len),
+    target = pad_left([s[1:] for s in steps], max_len)
+    if targets == "new":
+        target[:, :-1] = 0
+    return {"input": pad_left([s[:-1] for s in steps], max_len), "target": target,
             "profile_cat": np.asarray(valid["profile_cat"])[rows], "profile_num": np.asarray(valid["profile_num"])[rows]}
 
 
@@ -862,7 +865,7 @@ def final_pass(job: TrainJob, model, optimizer, device: str = "cpu") -> Optional
     tc = job.train_config
     if not tc.final_pass_epochs or job.valid is None:
         return None
-    windows = final_pass_windows(job.valid, model.cfg.max_len)
+    windows = final_pass_windows(job.valid, model.cfg.max_len, tc.final_pass_targets)
     n = len(windows["input"])
     if not n:
         return None
@@ -883,7 +886,7 @@ def final_pass(job: TrainJob, model, optimizer, device: str = "cpu") -> Optional
                        lr_at=lambda step: lr, average=average)
     average.keep()
     model.load_state_dict(trained.state_dict())
-    record = {"epochs": tc.final_pass_epochs, "users": n, "steps": steps_per_pass * tc.final_pass_epochs,
+    record = {"epochs": tc.final_pass_epochs, "targets": tc.final_pass_targets, "users": n, "steps": steps_per_pass * tc.final_pass_epochs,
               "batch_size": batch, "lr": lr, "loss": loss}
     if spread is not None:
         # choose_blend chose ALS's share of the served scores' spread; the pass moved the attention

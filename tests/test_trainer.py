@@ -429,6 +429,9 @@ def test_the_final_pass_window_ends_at_each_validation_item():
     assert w["profile_cat"].tolist() == [[1], [2]] and w["profile_num"].shape == (2, 1)
     short = final_pass_windows(valid, max_len=2)  # the newest max_len steps
     assert short["input"].tolist() == [[4, 5], [0, 7]] and short["target"].tolist() == [[5, 6], [0, 9]]
+    new_only = final_pass_windows(valid, max_len=4, targets="new")  # the validation item alone
+    assert new_only["input"].tolist() == w["input"].tolist()
+    assert new_only["target"].tolist() == [[0, 0, 0, 6], [0, 0, 0, 9]]
 
 
 def _final_pass_case(tmp_path, seed: int, final_pass_epochs: int):
