@@ -87,6 +87,8 @@ def test_value_checks():
         config.load(None, ["train.collaborative=true", "train.valid_users=0"])
     with pytest.raises(config.ConfigError, match="train.final_pass_epochs: .* train.valid_users is 0"):
         config.load(None, ["train.final_pass_epochs=1", "train.valid_users=0"])
+    with pytest.raises(config.ConfigError, match="train.final_pass_targets: must be one of window, new, got 'all'"):
+        config.load(None, ["train.final_pass_targets=all"])
     with pytest.raises(config.ConfigError, match="train.final_pass_epochs: must be >= 0"):
         config.load(None, ["train.final_pass_epochs=-1"])
     with pytest.raises(config.ConfigError, match="regParams > 0"):
