@@ -52,7 +52,7 @@ def replay_stopping(history: list[dict], patience: int, relative_patience: float
     from recsys_spark.trainer import EarlyStopping
 
     stopper = EarlyStopping(patience, min_steps=2 ** 62, plateau_evals=plateau_evals,
-                            relative_patience=relative_patience, plateau_floor=plateau_evals + 1)
+                            relative_patience=relative_patience, min_patience=plateau_evals + 1)
     model, elapsed, stop_epoch = torch.nn.Linear(1, 1), 0.0, history[-1]["epoch"]
     for e in history:
         elapsed += e["seconds"]

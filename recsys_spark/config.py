@@ -315,7 +315,7 @@ class TrainConfig:
     # A run that peaked early stops sooner: after ceil(relative_patience x the best evaluation's
     # number) evaluations without a gain when that is fewer than `patience`, and never fewer than
     # lr_plateau_evals + 1 (one evaluation at the first cut rate). 0.5 and patience 5, replayed on
-    # the validation curves of the 70 runs in docs/results, keeps every run's kept epoch and ends
+    # the validation curves of the 73 runs in docs/results, keeps every run's kept epoch and ends
     # ml-latest-small's (peak at epoch 6) 2 epochs sooner. 0 = always `patience`
     # (docs/benchmarks.md, "Patience relative to the peak").
     relative_patience: float = 0.0

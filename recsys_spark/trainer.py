@@ -389,12 +389,12 @@ class EarlyStopping:
 
     With relative_patience > 0, a run that peaked early stops sooner: after
     ceil(relative_patience x the best evaluation's number) evaluations without a gain when that is
-    fewer than patience, but never fewer than plateau_floor (TrainConfig.relative_patience says why)."""
+    fewer than patience, but never fewer than min_patience (TrainConfig.relative_patience says why)."""
 
     def __init__(self, patience: int, min_steps: int, plateau_evals: int = 0, relative_patience: float = 0.0,
-                 plateau_floor: int = 1):
+                 min_patience: int = 1):
         self.patience, self.min_steps, self.plateau_evals = patience, min_steps, plateau_evals
-        self.relative_patience, self.plateau_floor = relative_patience, plateau_floor
+        self.relative_patience, self.min_patience = relative_patience, min_patience
         self.best_ndcg, self.best_epoch, self.best_state, self.bad_evals = -1.0, 0, None, 0
         self.evals, self.best_eval = 0, 0  # evaluations so far; the best one's number (1-based)
         self.lr_cuts = 0
@@ -404,7 +404,7 @@ class EarlyStopping:
         """Evaluations without a gain that end the run, given where the best one came."""
         if self.relative_patience <= 0 or not self.best_eval:
             return self.patience
-        grown = max(self.plateau_floor, math.ceil(self.relative_patience * self.best_eval))
+        grown = max(self.min_patience, math.ceil(self.relative_patience * self.best_eval))
         return min(self.patience, grown)
 
     def update(self, model, ndcg: float, epoch: int, steps_done: int, halfwidth: Optional[float] = None) -> bool:

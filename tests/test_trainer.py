@@ -283,17 +283,17 @@ def test_relative_patience_ends_a_run_that_peaked_early_sooner_and_leaves_a_late
 
     # ml-latest-small's curve (peak at epoch 6): half of 6 evaluations is 3 without a gain.
     early = [0.026, 0.047, 0.071, 0.077, 0.075, 0.082, 0.0816, 0.079, 0.073, 0.075, 0.076]
-    assert stop_epoch(early, relative_patience=0.5, plateau_floor=3)[0] == 9
+    assert stop_epoch(early, relative_patience=0.5, min_patience=3)[0] == 9
     assert stop_epoch(early)[0] == 11  # fixed patience
     # Never below the floor: a peak at epoch 2 still gets 3 evaluations, not 1.
-    assert stop_epoch([0.02, 0.06, 0.05, 0.05, 0.05, 0.05, 0.05], relative_patience=0.5, plateau_floor=3)[0] == 5
+    assert stop_epoch([0.02, 0.06, 0.05, 0.05, 0.05, 0.05, 0.05], relative_patience=0.5, min_patience=3)[0] == 5
     # A peak at epoch 12 keeps all 5 (half of 12 is more), so a gain 5 evaluations later still counts.
     late = [0.02 + 0.005 * e for e in range(12)] + [0.07, 0.07, 0.07, 0.07, 0.076, 0.07, 0.07, 0.07, 0.07, 0.07]
-    epoch, stopper = stop_epoch(late, relative_patience=0.5, plateau_floor=3)
+    epoch, stopper = stop_epoch(late, relative_patience=0.5, min_patience=3)
     assert (epoch, stopper.best_epoch) == (22, 17)
     # A resumed run goes on with the same patience.
-    resumed = EarlyStopping(patience=5, min_steps=10_000, plateau_evals=2, relative_patience=0.5, plateau_floor=3)
-    resumed.restore(stop_epoch(early, relative_patience=0.5, plateau_floor=3)[1].state())
+    resumed = EarlyStopping(patience=5, min_steps=10_000, plateau_evals=2, relative_patience=0.5, min_patience=3)
+    resumed.restore(stop_epoch(early, relative_patience=0.5, min_patience=3)[1].state())
     assert resumed.current_patience() == 3
 
 
