@@ -400,6 +400,12 @@ class EarlyStopping:
         self.lr_cuts = 0
         self.start_bound, self.risen = None, False  # the first evaluation's upper bound; passed yet
 
+    @classmethod
+    def of(cls, tc: "TrainConfig") -> "EarlyStopping":
+        """The run's early stopping as train settings ask (plateau cuts only where the rate is cut)."""
+        return cls(tc.patience, tc.min_steps, tc.lr_plateau_evals if tc.lr_plateau_factor < 1 else 0,
+                   tc.relative_patience, tc.lr_plateau_evals + 1)
+
     def current_patience(self) -> int:
         """Evaluations without a gain that end the run, given where the best one came."""
         if self.relative_patience <= 0 or not self.best_eval:
@@ -636,9 +642,7 @@ def worker(job: TrainJob) -> dict:
     ranks = connect(tc.launcher)
     is_root = ranks.rank == 0
     model, opt, peak_lr = _rank_setup(job, ranks.size, ranks.device)
-    plateau_evals = tc.lr_plateau_evals if tc.lr_plateau_factor < 1 else 0
-    stopper = EarlyStopping(tc.patience, tc.min_steps, plateau_evals, tc.relative_patience, tc.lr_plateau_evals + 1)
-    state = RunState(epoch=0, plan=tc.epochs, stopper=stopper)
+    state = RunState(epoch=0, plan=tc.epochs, stopper=EarlyStopping.of(tc))
     saved = _resume(job, ranks, model, state) if tc.resume == "auto" else None
     net, opt = ranks.setup(model, opt)
     if saved is not None:

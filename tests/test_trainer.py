@@ -291,6 +291,11 @@ def test_relative_patience_ends_a_run_that_peaked_early_sooner_and_leaves_a_late
     late = [0.02 + 0.005 * e for e in range(12)] + [0.07, 0.07, 0.07, 0.07, 0.076, 0.07, 0.07, 0.07, 0.07, 0.07]
     epoch, stopper = stop_epoch(late, relative_patience=0.5, min_patience=3)
     assert (epoch, stopper.best_epoch) == (22, 17)
+    # The settings reach the run's stopper (conf/bench.yaml's patience 5, relative 0.5, rate halved).
+    from recsys_spark.config import TrainConfig
+
+    configured = EarlyStopping.of(TrainConfig(patience=5, relative_patience=0.5, lr_plateau_factor=0.5, min_steps=10_000))
+    assert [stop for stop, _ in _evaluated(configured, early, steps_per_epoch=17)].index(True) + 1 == 9
     # A resumed run goes on with the same patience.
     resumed = EarlyStopping(patience=5, min_steps=10_000, plateau_evals=2, relative_patience=0.5, min_patience=3)
     resumed.restore(stop_epoch(early, relative_patience=0.5, min_patience=3)[1].state())
