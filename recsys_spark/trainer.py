@@ -890,8 +890,8 @@ def final_pass(job: TrainJob, model, optimizer, device: str = "cpu") -> Optional
                        lr_at=lambda step: lr, average=average)
     average.keep()
     model.load_state_dict(trained.state_dict())
-    record = {"epochs": tc.final_pass_epochs, "targets": tc.final_pass_targets, "users": n, "steps": steps_per_pass * tc.final_pass_epochs,
-              "batch_size": batch, "lr": lr, "loss": loss}
+    record = {"epochs": tc.final_pass_epochs, "targets": tc.final_pass_targets, "users": n,
+              "steps": steps_per_pass * tc.final_pass_epochs, "batch_size": batch, "lr": lr, "loss": loss}
     if spread is not None:
         # choose_blend chose ALS's share of the served scores' spread; the pass moved the attention
         # model's spread, so ALS's weight follows it to keep that share.
