@@ -31,13 +31,29 @@ OBJECTIVES = ("relevance", "expected_revenue", "expected_margin")
 RESUME_MODES = ("auto", "off")
 
 
+# The 80th percentile of training history lengths at or under which histories count as short and
+# sparse (Amazon Beauty: 8), and at or over which as long and dense (MovieLens 1M: 251). The "auto"
+# settings below take their values at these ends from those two datasets' measurements.
+SHORT_HISTORY_P80 = 20
+LONG_HISTORY_P80 = 200
+
+
 def auto_dropout(history_p80: float) -> float:
-    """`train.dropout: auto`: dropout from the 80th percentile of training history lengths, 0.4 at
-    <= 20 items (short, sparse histories need strong regularisation), 0.1 at >= 200 (long, dense
-    ones), log-linear between, rounded to 0.05. The end points are the validation-best values on
-    Amazon Beauty (p80 8) and MovieLens 1M (p80 251); see docs/benchmarks.md."""
-    x = min(1.0, max(0.0, (math.log(max(history_p80, 1.0)) - math.log(20)) / (math.log(200) - math.log(20))))
+    """`train.dropout: auto`: dropout from the 80th percentile of training history lengths, 0.4 for
+    short histories (they need strong regularisation), 0.1 for long ones, log-linear between, rounded
+    to 0.05. The end points are the validation-best values on Amazon Beauty and MovieLens 1M; see
+    docs/benchmarks.md."""
+    span = math.log(LONG_HISTORY_P80) - math.log(SHORT_HISTORY_P80)
+    x = min(1.0, max(0.0, (math.log(max(history_p80, 1.0)) - math.log(SHORT_HISTORY_P80)) / span))
     return round((0.4 - 0.3 * x) * 20) / 20
+
+
+def auto_final_pass_epochs(history_p80: float) -> int:
+    """`train.final_pass_epochs: auto`: one pass for short histories, none otherwise. In a short
+    window the held-out validation step is one target in a handful, and learning it gained test
+    NDCG@10 on Amazon Beauty; in a long one it is one in hundreds, and the pass retrains steps
+    already learned in every epoch: it lost on MovieLens 1M (docs/benchmarks.md)."""
+    return 1 if history_p80 <= SHORT_HISTORY_P80 else 0
 
 
 def auto_negatives(batch: int, max_len: int, n_items: int, max_step_logits: int) -> int:
@@ -280,8 +296,9 @@ class TrainConfig:
     # this many passes over those users' newest windows extended by their validation item, so the
     # served model has learned each user's latest step that model selection held out (evaluate's test
     # item stays unseen). Rank 0 runs them at the run's last rate, its weights averaged over each
-    # pass. 0 = serve the kept epoch as chosen (docs/benchmarks.md).
-    final_pass_epochs: int = 0
+    # pass. 0 = serve the kept epoch as chosen (docs/benchmarks.md). "auto": from data statistics
+    # (see auto_final_pass_epochs): one pass where histories are short, none where they are longer.
+    final_pass_epochs: int | str = 0
     # What the final pass's loss sees: "window", every position of those windows (the validation
     # item is the last target); "new", the validation item alone (the rest of each window was
     # trained on in every epoch).
@@ -636,9 +653,10 @@ def _check_after_selection(t: TrainConfig) -> None:
     if t.collaborative and t.valid_users <= 0:
         raise ConfigError("train.collaborative: the blend with ALS is chosen on the validation users, but "
                           "train.valid_users is 0; set it above 0 (default 20000) or set train.collaborative: false")
-    if t.final_pass_epochs < 0:
+    if t.final_pass_epochs != "auto" and (isinstance(t.final_pass_epochs, str) or t.final_pass_epochs < 0):
         raise ConfigError(f"train.final_pass_epochs: must be >= 0 (0 = off; passes over the validation users' "
-                          f"newest windows after model selection), got {t.final_pass_epochs}")
+                          f"newest windows after model selection) or 'auto' (from the training history "
+                          f"lengths), got {t.final_pass_epochs!r}")
     if t.final_pass_targets not in FINAL_PASS_TARGETS:
         raise ConfigError(f"train.final_pass_targets: must be one of {', '.join(FINAL_PASS_TARGETS)}, "
                           f"got {t.final_pass_targets!r}")

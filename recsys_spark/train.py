@@ -9,6 +9,7 @@ the executors with the configured launcher: `horovod.spark.run`, or pyspark's To
 from __future__ import annotations
 
 import collections
+import dataclasses
 import logging
 import math
 import os
@@ -25,7 +26,8 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_spark import baselines, checkpoints, privacy, ranks, schema, splits, tables
-from recsys_spark.config import Config, ConfigError, auto_dropout, auto_negatives, epoch_batch_size
+from recsys_spark.config import (Config, ConfigError, TrainConfig, auto_dropout, auto_final_pass_epochs, auto_negatives,
+                                 epoch_batch_size)
 from recsys_spark.features import item_feature_arrays, read_stats
 from recsys_spark.model import ModelConfig, pad_right
 from recsys_spark.trainer import PetastormShards, TrainJob, worker
@@ -75,13 +77,31 @@ def resolve_dropout(dropout, stats: dict) -> float:
     """train.dropout, or with 'auto' the value chosen from the history-length statistic."""
     if dropout != "auto":
         return float(dropout)
-    if not stats.get("history_len_p80"):
-        raise ConfigError("train.dropout is 'auto' but gold/feature_stats has no history_len_p80 (features were "
-                          "built by an older version): rerun the features job, or set train.dropout to a number")
-    value = auto_dropout(stats["history_len_p80"][0])
+    p80 = _history_p80(stats, "train.dropout")
+    value = auto_dropout(p80)
     logger.info(f"train: dropout {value} from data (80th percentile of training history lengths "
-          f"{stats['history_len_p80'][0]:.0f}; train.dropout: auto)")
+          f"{p80:.0f}; train.dropout: auto)")
     return value
+
+
+def _history_p80(stats: dict, setting: str) -> float:
+    """The 80th percentile of training history lengths that the features job stored, for an 'auto' setting."""
+    if not stats.get("history_len_p80"):
+        raise ConfigError(f"{setting} is 'auto' but gold/feature_stats has no history_len_p80 (features were "
+                          f"built by an older version): rerun the features job, or set {setting} to a number")
+    return stats["history_len_p80"][0]
+
+
+def resolve_final_pass(tc: TrainConfig, stats: dict) -> TrainConfig:
+    """train.* with train.final_pass_epochs 'auto' replaced by the number chosen from the
+    history-length statistic (auto_final_pass_epochs)."""
+    if tc.final_pass_epochs != "auto":
+        return tc
+    p80 = _history_p80(stats, "train.final_pass_epochs")
+    value = auto_final_pass_epochs(p80)
+    logger.info(f"train: {value} final pass(es) over the validation items from data (80th percentile of training "
+                f"history lengths {p80:.0f}; train.final_pass_epochs: auto)")
+    return dataclasses.replace(tc, final_pass_epochs=value)
 
 
 def resolve_negatives(tc, batch: int, max_len: int, n_items: int) -> int:
@@ -215,7 +235,7 @@ def prepare(spark: SparkSession, cfg: Config) -> TrainJob:
                     f"of {n_rows} windows has at least {cfg.train.min_steps_per_epoch} steps (train.min_steps_per_epoch)")
     job = TrainJob(
         batches=PetastormShards(files), model_config=model_config, item_features=feats, stats=model_stats,
-        train_config=cfg.train, full_config=privacy.redacted(cfg.to_dict()),
+        train_config=resolve_final_pass(cfg.train, stats), full_config=privacy.redacted(cfg.to_dict()),
         data_versions=versions, batch_size=batch, steps_per_epoch=max(1, math.ceil(n_rows / (batch * cfg.train.num_proc))),
         checkpoint_dir=cfg.models_dir,
         run_id="attn-" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6],

@@ -152,6 +152,16 @@ def test_auto_dropout_follows_the_training_history_length():
     assert [config.auto_dropout(n) for n in (0, 10, 20, 63, 100, 200, 1000)] == [0.4, 0.4, 0.4, 0.25, 0.2, 0.1, 0.1]
 
 
+def test_auto_final_pass_runs_one_pass_for_short_histories_only():
+    # Beauty's 80th percentile is 8 items (a pass gained), MovieLens 1M's 251 (a pass lost).
+    assert [config.auto_final_pass_epochs(n) for n in (0, 8, 20, 21, 63, 251)] == [1, 1, 1, 0, 0, 0]
+    assert config.load(None, ["train.final_pass_epochs=auto"]).train.final_pass_epochs == "auto"
+    with pytest.raises(config.ConfigError, match="train.final_pass_epochs: must be >= 0 .* or 'auto' .*got 'once'"):
+        config.load(None, ["train.final_pass_epochs=once"])
+    with pytest.raises(config.ConfigError, match="train.final_pass_epochs: .* train.valid_users is 0"):
+        config.load(None, ["train.final_pass_epochs=auto", "train.valid_users=0"])
+
+
 def test_large_catalogs_get_as_many_sampled_negatives_as_a_step_has_room_for():
     bound = config.load(None, []).train.max_step_logits
     assert config.load(None, []).train.loss_negatives == "auto" and bound == 2 * 10 ** 8

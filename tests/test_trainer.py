@@ -710,6 +710,25 @@ def test_small_data_is_trained_in_smaller_batches_with_the_steps_an_epoch_asked_
     assert len(first["input"]) == job.batch_size
 
 
+def test_an_auto_final_pass_is_chosen_from_the_history_lengths_the_features_job_stored(spark, shop_copy):
+    import dataclasses
+
+    from recsys_spark import train
+    from recsys_spark.config import ConfigError
+
+    tc = dataclasses.replace(shop_copy.train, resume="off", final_pass_epochs="auto")
+    job = train.prepare(spark, dataclasses.replace(shop_copy, train=tc))
+    assert job.train_config.final_pass_epochs == 0  # the shop's histories are longer: an 80th percentile of 50
+    assert job.full_config["train"]["final_pass_epochs"] == "auto"  # the manifest keeps the setting as written
+    assert train.resolve_final_pass(tc, {"history_len_p80": [8.0]}).final_pass_epochs == 1  # Beauty's histories
+    assert train.resolve_final_pass(tc, {"history_len_p80": [251.0]}).final_pass_epochs == 0  # ml-1m's
+    fixed = dataclasses.replace(tc, final_pass_epochs=2)
+    assert train.resolve_final_pass(fixed, {}) is fixed
+    with pytest.raises(ConfigError, match="train.final_pass_epochs is 'auto' but gold/feature_stats has no "
+                                          "history_len_p80.*rerun the features job"):
+        train.resolve_final_pass(tc, {})
+
+
 def test_a_catalog_too_large_for_a_full_softmax_step_is_trained_against_sampled_negatives_in_the_configured_layers(
         spark, shop_copy):
     import dataclasses
