@@ -99,8 +99,8 @@ def resolve_final_pass(tc: TrainConfig, stats: dict) -> TrainConfig:
         return tc
     p80 = _history_p80(stats, "train.final_pass_epochs")
     value = auto_final_pass_epochs(p80)
-    logger.info(f"train: {value} final pass(es) over the validation items from data (80th percentile of training "
-                f"history lengths {p80:.0f}; train.final_pass_epochs: auto)")
+    logger.info(f"train: {value} final pass{'' if value == 1 else 'es'} over the validation items, from data (80th "
+                f"percentile of training history lengths {p80:.0f}; train.final_pass_epochs: auto)")
     return dataclasses.replace(tc, final_pass_epochs=value)
 
 
