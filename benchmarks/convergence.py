@@ -45,15 +45,17 @@ def time_to_share(history: list[dict], share: float = 0.95) -> dict:
 
 def replay_stopping(history: list[dict], patience: int, relative_patience: float = 0.0) -> dict:
     """{stop_epoch, kept_epoch, kept_ndcg, seconds}: where the trainer's early stopping, set up as
-    conf/bench.yaml's (the rate halved after 2 evaluations without a gain), would have ended this
-    history (its last epoch if never) and the epoch seconds up to there."""
+    conf/bench.yaml's but for the two patience settings, would have ended this history (its last
+    epoch if never) and the epoch seconds up to there."""
     import torch
 
-    from recsys_spark.config import TrainConfig
+    from recsys_spark import config
     from recsys_spark.trainer import EarlyStopping
 
-    stopper = EarlyStopping.of(TrainConfig(patience=patience, relative_patience=relative_patience,
-                                           lr_plateau_factor=0.5, lr_plateau_evals=2, min_steps=2 ** 62))
+    # min_steps out of reach: a history's steps are not replayed, so only the rise ends the start.
+    tc = config.load("bench", [f"train.patience={patience}", f"train.relative_patience={relative_patience}",
+                               f"train.min_steps={2 ** 62}"]).train
+    stopper = EarlyStopping.of(tc)
     model, elapsed, stop_epoch = torch.nn.Linear(1, 1), 0.0, history[-1]["epoch"]
     for e in history:
         elapsed += e["seconds"]
