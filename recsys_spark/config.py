@@ -585,7 +585,8 @@ class Config:
 
     @property
     def staging_dir(self) -> str:
-        """Copies of catalog tables that a reader outside Spark needs as files (training)."""
+        """Copies of table versions that a reader outside Spark needs as files (training): catalog
+        tables, and versions with deletion vectors."""
         return self.local_dir("staging")
 
     def local_dir(self, name: str) -> str:
