@@ -585,8 +585,7 @@ class Config:
 
     @property
     def staging_dir(self) -> str:
-        """Copies of table versions that a reader outside Spark needs as files (training): catalog
-        tables, and versions with deletion vectors."""
+        """Copies of catalog tables that a reader outside Spark needs as files (training)."""
         return self.local_dir("staging")
 
     def local_dir(self, name: str) -> str:

@@ -51,11 +51,10 @@ TRAIN_EXAMPLES = "gold/train_examples"
 FEATURE_SETS = "gold/feature_sets"
 RECOMMENDATIONS = "gold/recommendations"
 RECOMMENDATIONS_LATEST = "gold/recommendations_latest"
-# Tables merged by a few users at a time (incremental features, the refresh stream): they keep
-# deletion vectors, so a merge writes the changed users' rows instead of rewriting every file that
-# holds one. Petastorm reads the training table's files, which cannot apply them: training reads a
-# version that has them through a copy (tables.readable_files).
-DELETION_VECTOR_TABLES = (USER_ITEM, SEQUENCES, USER_PROFILE, TRAIN_EXAMPLES, RECOMMENDATIONS_LATEST)
+# Tables merged by a few users at a time (incremental features, the refresh stream) and read only
+# through Spark: they keep deletion vectors. The training table is read by file list (Petastorm),
+# which cannot apply them.
+DELETION_VECTOR_TABLES = (USER_ITEM, SEQUENCES, USER_PROFILE, RECOMMENDATIONS_LATEST)
 SCORE_RUNS = "gold/score_runs"
 # Campaign audiences: partitioned by run_date and campaign_id.
 AUDIENCES = "gold/audiences"

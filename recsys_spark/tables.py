@@ -9,7 +9,6 @@ import glob
 import json
 import logging
 import os
-import re
 import uuid
 from contextlib import contextmanager
 from typing import Callable, Optional, TypeVar
@@ -137,23 +136,17 @@ def pinned_versions(spark: SparkSession, root_tables: str, names: tuple) -> dict
     return {n: version(spark, location(root_tables, n)) for n in names if exists(spark, location(root_tables, n))}
 
 
-def _snapshot_files(spark: SparkSession, location: str, at_version: int) -> tuple[list[str], bool]:
-    """(the parquet files of the table at a pinned version, as file URLs; whether rows deleted from
-    that version are still inside them, hidden by deletion vectors).
+def active_files(spark: SparkSession, location: str, at_version: int) -> list[str]:
+    """The parquet files that make up the table at a pinned version, as file URLs.
 
-    The file list is the snapshot's, from the Delta log, never a directory scan: files that Delta has
-    removed (overwritten, compacted, deleted) but not yet vacuumed are not in it."""
+    This is the snapshot's file list from the Delta log, never a directory scan: files that Delta has
+    removed (overwritten, compacted, deleted) but not yet vacuumed are not in it. A version whose
+    files carry deletion vectors is refused: its deleted rows are still inside the files, and a reader
+    of the files alone (Petastorm) would see them.
+    """
     snapshot = read(spark, location, at_version)
     files = sorted(snapshot.inputFiles())
-    return files, bool(files) and spark.read.parquet(*files).count() != snapshot.count()
-
-
-def active_files(spark: SparkSession, location: str, at_version: int) -> list[str]:
-    """The parquet files that make up the table at a pinned version, as file URLs. A version whose
-    files carry deletion vectors is refused: its deleted rows are still inside the files, and a
-    reader of the files alone (Petastorm) would see them (readable_files copies such a version)."""
-    files, deleted_inside = _snapshot_files(spark, location, at_version)
-    if deleted_inside:
+    if files and spark.read.parquet(*files).count() != snapshot.count():
         raise ValueError(
             f"{location} at version {at_version} has deletion vectors: rows deleted from it are still "
             f"inside its parquet files. Rewrite them with REORG TABLE {sql_name(location)} APPLY (PURGE) "
@@ -163,17 +156,13 @@ def active_files(spark: SparkSession, location: str, at_version: int) -> list[st
 
 def readable_files(spark: SparkSession, location: str, at_version: int, staging_root: str, min_files: int) -> list[str]:
     """Parquet files holding exactly the table at a pinned version, for a reader outside Spark
-    (Petastorm): the version's own files, or where those alone would not give it, a copy of the
-    version written under staging_root in at least min_files files (the caller removes it after use).
-    A copy is made for a catalog table, whose storage the catalog governs (Unity Catalog refuses
-    direct reads of a managed table's files), and for a version with deletion vectors, whose files
-    still hold the rows deleted from it."""
+    (Petastorm). A table at a path: its active files. A catalog table: a copy of that version, written
+    under staging_root in at least min_files files (the caller removes it after use); a catalog governs
+    its tables' storage (Unity Catalog refuses direct reads of a managed table's files), so only Spark
+    reads the table itself."""
     if not is_table_name(location):
-        files, deleted_inside = _snapshot_files(spark, location, at_version)
-        if not deleted_inside:
-            return files
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", location.strip("/"))
-    copy = os.path.join(staging_root, f"{name}@v{int(at_version)}")
+        return active_files(spark, location, at_version)
+    copy = os.path.join(staging_root, f"{location}@v{int(at_version)}")
     if not os.path.isdir(copy):
         snapshot = read(spark, location, at_version)
         partial = f"{copy}.partial-{uuid.uuid4().hex[:8]}"
@@ -298,8 +287,8 @@ def enable_change_feed(spark: SparkSession, location: str) -> None:
 
 def enable_deletion_vectors(spark: SparkSession, location: str) -> None:
     """Let DELETE, UPDATE and MERGE mark replaced rows in a deletion vector instead of rewriting
-    every file that holds one: a MERGE of a few keys then writes only their new rows. A reader of
-    such a table's files outside Spark goes through readable_files."""
+    every file that holds one: a MERGE of a few keys then writes only their new rows. Only for
+    tables that nothing reads by file list (see active_files)."""
     _enable(spark, location, "delta.enableDeletionVectors")
 
 

@@ -362,8 +362,7 @@ def run(spark: SparkSession, cfg: Config) -> dict:
         t0 = time.time()
         result = launch(cfg.train.launcher, cfg.train.num_proc, worker, job, use_gpu=use_gpu)
     finally:
-        # A staged copy of the training table (made by prepare: a catalog table, or a version with
-        # deletion vectors) holds users' rows that forget cannot reach.
+        # A staged copy of a catalog table (made by prepare) holds users' rows that forget cannot reach.
         shutil.rmtree(cfg.staging_dir, ignore_errors=True)
     elapsed = time.time() - t0
     path = os.path.join(job.checkpoint_dir, job.run_id)

@@ -46,20 +46,6 @@ def test_forget_removes_users_everywhere_and_keeps_them_out(spark, shop_copy, tm
     assert all(after[i].startswith("forgotten-") for i in user_idxs)
 
 
-def test_a_version_with_deletion_vectors_is_read_outside_spark_through_a_copy_of_exactly_its_rows(spark, tmp_path):
-    loc, staging = str(tmp_path / "examples"), str(tmp_path / "staging")
-    tables.overwrite(spark.range(10).withColumnRenamed("id", "user_idx"), loc, deletion_vectors=True)
-    clean = tables.version(spark, loc)
-    assert tables.readable_files(spark, loc, clean, staging, 3) == tables.active_files(spark, loc, clean)
-    spark.sql(f"DELETE FROM delta.`{loc}` WHERE user_idx = 3")
-    files = tables.readable_files(spark, loc, tables.version(spark, loc), staging, 3)
-    assert len(files) >= 3 and all(f.startswith(f"file:{staging}/") for f in files)
-    assert sorted(r.user_idx for r in spark.read.parquet(*files).collect()) == [0, 1, 2, 4, 5, 6, 7, 8, 9]
-    # The version before the delete is still read from the table's own files, whole.
-    assert sorted(r.user_idx for r in spark.read.parquet(*tables.readable_files(spark, loc, clean, staging, 3))
-                  .collect()) == list(range(10))
-
-
 def test_a_snapshot_with_deletion_vectors_is_refused_until_purged(spark, tmp_path):
     loc = str(tmp_path / "examples")
     spark.range(10).withColumnRenamed("id", "user_idx").write.format("delta").save(loc)

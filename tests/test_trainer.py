@@ -729,34 +729,6 @@ def test_an_auto_final_pass_is_chosen_from_the_history_lengths_the_features_job_
         train.resolve_final_pass(tc, {})
 
 
-def test_after_an_incremental_features_run_training_reads_exactly_the_pinned_examples(spark, shop_copy, tmp_path):
-    import pandas as pd
-
-    from recsys_spark import features, ingest, train
-
-    cfg = shop_copy
-    examples = tables.location(cfg.tables_root, schema.TRAIN_EXAMPLES)
-    trained = tables.read(spark, examples).select("user_idx").distinct()
-    changed = [r.user_id for r in tables.read(spark, tables.location(cfg.tables_root, schema.SEQUENCES))
-               .join(trained, "user_idx").select("user_id").orderBy("user_id").limit(5).collect()]
-    (tmp_path / "new").mkdir()
-    pd.DataFrame({"user_id": changed, "item_id": ["i000003"] * 5, "event_type": ["view"] * 5,
-                  "timestamp": pd.to_datetime(["2026-07-10 12:00:00"] * 5)}).to_parquet(tmp_path / "new" / "e.parquet")
-    ingest.run(spark, dataclasses.replace(cfg, ingest=dataclasses.replace(cfg.ingest, events=str(tmp_path / "new"))))
-    report = features.run(spark, dataclasses.replace(cfg, features=dataclasses.replace(cfg.features, mode="incremental")))
-    assert (report.mode, report.users_rebuilt) == ("incremental", 5)
-    version = report.versions[schema.TRAIN_EXAMPLES]
-    # The changed users' old windows are still inside the table's files, hidden by deletion vectors.
-    with pytest.raises(ValueError, match="deletion vectors"):
-        tables.active_files(spark, examples, version)
-    job = train.prepare(spark, dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, resume="off")))
-    assert job.data_versions[schema.TRAIN_EXAMPLES] == version
-    assert all(f.startswith(f"file:{cfg.staging_dir}/") for f in job.batches.files)
-    got, want = (sorted(map(repr, df.collect())) for df in (spark.read.parquet(*job.batches.files),
-                                                             tables.read(spark, examples, version)))
-    assert got == want and len(got) > 0
-
-
 def test_a_catalog_too_large_for_a_full_softmax_step_is_trained_against_sampled_negatives_in_the_configured_layers(
         spark, shop_copy):
     import dataclasses
