@@ -392,7 +392,8 @@ class ScoreConfig:
     # Scores computed per block of users (MB), >= 32 users: small enough to stay in CPU cache
     # between the matmul and topk (8 MB measured best on 2 Xeon cores); a GPU uses >= 512 MB.
     block_mb: float = 8.0
-    # Also overwrite gold/recommendations_latest with this run's partition (a stable table to read).
+    # Also bring gold/recommendations_latest (every user's newest list, a stable table to read) to
+    # this run's lists: overwritten by a full run, the rescored users' rows replaced by an incremental one.
     write_latest: bool = True
     # What lists are ranked by: relevance (the model's score), expected_revenue (calibrated
     # probability x price) or expected_margin (x margin), from the items' price / margin columns.

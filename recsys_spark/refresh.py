@@ -23,7 +23,6 @@ start it again (the new nightly's events version starts a new checkpoint).
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -87,12 +86,8 @@ class Refresher:
         pinned its inputs, or None: its pinned model and features are then out of date. Only the
         commits after the last one checked are read, so the check does not grow through the day."""
         latest = tables.location(self.cfg.tables_root, schema.RECOMMENDATIONS_LATEST)
-        for r in (tables.delta_table(self.spark, latest).history().where(f"version > {self.latest_version}")
-                  .select("version", "operation", "userMetadata").orderBy("version").collect()):
-            if "refresh_events_version" not in json.loads(r.userMetadata or "{}"):
-                return f"version {r.version} ({r.operation})"
-            self.latest_version = r.version
-        return None
+        rewrite, self.latest_version = score.latest_rewrites(self.spark, latest, self.latest_version)
+        return rewrite
 
     def histories(self, users: DataFrame, upto: int) -> DataFrame:
         """user_id, input, seen, profile_cat, profile_num of these users (user_id) with their events

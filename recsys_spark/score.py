@@ -8,7 +8,9 @@ How a run works (ranking itself is recsys_spark.ranking)
 - Executors compute user vectors and top-K per partition (the model is loaded once per Python
   worker), on the GPU when the executor has one.
 - Output goes to gold/recommendations, partitioned by run_date (a rerun of a date replaces it), and
-  to gold/recommendations_latest; every run appends what produced it to gold/score_runs.
+  to gold/recommendations_latest, every user's newest list: a full run overwrites it, an incremental
+  one replaces only the rescored users' rows (see _write_latest). Every run appends what produced it
+  to gold/score_runs.
 - Exploration (score.explore_slots) fills the last slots of model-made lists with a repeatable
   random draw among the next candidates, and every row carries its propensity (ranking.ScoringSpec).
 - With bandit.serve, the model ranks bandit.pool candidates and the bandit's re-ranker (LinUCB,
@@ -93,6 +95,7 @@ class Scope:
     reason: str
     users: DataFrame
     carried: Optional[DataFrame] = None
+    rescored: Optional[DataFrame] = None  # incremental: user_id of the users scored afresh
     cached: tuple = ()
 
     def release(self) -> None:
@@ -226,41 +229,94 @@ def _scope(spark: SparkSession, root: str, users: DataFrame, last: Optional[dict
     rescore = changed.unionByName(unserved).distinct().persist()
     rescore.count()
     return Scope(mode, reason, users.join(rescore, "user_id", "left_semi"),
-                 previous.join(rescore, "user_id", "left_anti").drop("model_run_id", "run_date"), (changed, rescore))
+                 previous.join(rescore, "user_id", "left_anti").drop("model_run_id", "run_date"), rescore,
+                 (changed, rescore))
 
 
 def _staged(scored: DataFrame, carried: Optional[DataFrame], run_id: str, run_date: date) -> DataFrame:
-    """The partition to write, in RECOMMENDATIONS_SCHEMA, with _scored (rescored or carried), persisted."""
-    scored = scored.withColumn("_scored", F.lit(True))
+    """The partition to write, in RECOMMENDATIONS_SCHEMA: the scored lists and the carried ones."""
     if carried is not None:
-        scored = scored.unionByName(carried.withColumn("_scored", F.lit(False)))
+        scored = scored.unionByName(carried)
     # Column order and types of the schema (arrays keep Spark's nullable element flag).
-    out = scored.select(*[F.col(f.name) if f.name == "because_item_ids" else F.col(f.name).cast(f.dataType).alias(f.name)
-                          for f in RECOMMENDATIONS_SCHEMA.fields if f.name not in ("model_run_id", "run_date")],
-                        F.lit(run_id).alias("model_run_id"), F.lit(run_date).alias("run_date"), "_scored")
-    return out.persist()
+    return scored.select(*[F.col(f.name) if f.name == "because_item_ids" else F.col(f.name).cast(f.dataType).alias(f.name)
+                           for f in RECOMMENDATIONS_SCHEMA.fields if f.name not in ("model_run_id", "run_date")],
+                         F.lit(run_id).alias("model_run_id"), F.lit(run_date).alias("run_date"))
 
 
-def _publish(spark: SparkSession, cfg: Config, final: DataFrame, run_date: date, meta: dict) -> int:
-    """Write the run_date partition (atomically replacing it) and the latest table; the new version."""
+def _publish(spark: SparkSession, cfg: Config, staged: DataFrame, rescored: DataFrame, run_date: date, meta: dict,
+             scope: Scope, last: Optional[dict]) -> tuple[int, Optional[int]]:
+    """Write the run_date partition (staged, atomically replacing it) and the latest lists (from
+    rescored, this run's fresh lists, when only those change); (the partition's new version, the
+    latest table's new version or None when score.write_latest is off)."""
     loc = tables.location(cfg.tables_root, schema.RECOMMENDATIONS)
 
     def write_list() -> int:
         if tables.exists(spark, loc):
-            tables.replace_partition(final, loc, f"run_date = '{run_date.isoformat()}'", ["run_date"], metadata=meta)
+            tables.replace_partition(staged, loc, f"run_date = '{run_date.isoformat()}'", ["run_date"], metadata=meta)
         else:
-            tables.overwrite(final, loc, partition_by=["run_date"], metadata=meta)
+            tables.overwrite(staged, loc, partition_by=["run_date"], metadata=meta)
         return tables.version(spark, loc)
 
     # Another scoring run committing first (a concurrent nightly) makes Delta refuse this commit;
     # it is retried, replacing the partition whole again.
     version = tables.retry_on_conflict(write_list, f"score: writing {run_date} to {loc}")
-    if cfg.score.write_latest:
-        latest = tables.read(spark, loc, version).where(F.col("run_date") == F.lit(run_date))
-        latest_loc = tables.location(cfg.tables_root, schema.RECOMMENDATIONS_LATEST)
-        tables.retry_on_conflict(lambda: tables.overwrite(latest, latest_loc, metadata=meta, deletion_vectors=True),
+    if not cfg.score.write_latest:
+        return version, None
+    partition = tables.read(spark, loc, version).where(F.col("run_date") == F.lit(run_date))
+    return version, _write_latest(spark, cfg.tables_root, partition, rescored, scope, last,
+                                  {**meta, "recommendations_version": version})
+
+
+def latest_rewrites(spark: SparkSession, location: str, since_version: int) -> tuple[Optional[str], int]:
+    """(the first commit to the latest lists after since_version that the refresh stream did not
+    make, as "version N (OPERATION)", or None; the newest version checked). Only those commits'
+    history is read, so the check does not grow with the table's age."""
+    current = tables.version(spark, location)
+    if current <= since_version:
+        return None, since_version
+    # A margin for commits landing between the two reads; the range is checked to start right after.
+    rows = (tables.delta_table(spark, location).history(current - since_version + 16)
+            .where(f"version > {int(since_version)}").select("version", "operation", "userMetadata")
+            .orderBy("version").collect())
+    if not rows or rows[0].version != since_version + 1:
+        return f"versions after {since_version} (their history is gone)", since_version
+    for r in rows:
+        if "refresh_events_version" not in json.loads(r.userMetadata or "{}"):
+            return f"version {r.version} ({r.operation})", r.version - 1
+    return None, rows[-1].version
+
+
+def _write_latest(spark: SparkSession, root: str, partition: DataFrame, rescored: DataFrame, scope: Scope,
+                  last: Optional[dict], meta: dict) -> int:
+    """Bring gold/recommendations_latest to this run's lists; its new version. A full run overwrites
+    it with the partition. An incremental run replaces only the rescored users' rows when the
+    table still holds the last run's lists (changed since by the refresh stream alone): the other
+    users' rows are the lists it carried, and keep the run_date they were made on (a list the
+    refresh stream made from events newer than this run's stays)."""
+    loc = tables.location(root, schema.RECOMMENDATIONS_LATEST)
+    why_whole = _latest_whole_reason(spark, loc, scope, last)
+    if why_whole is None:
+        tables.retry_on_conflict(
+            lambda: tables.replace_groups(spark, rescored, loc, "user_id", ["user_id", "rank"], scope.rescored, meta),
+            "score: replacing the rescored users' latest lists")
+    else:
+        if scope.mode == "incremental":
+            logger.info(f"score: rewriting every latest list: {why_whole}")
+        tables.retry_on_conflict(lambda: tables.overwrite(partition, loc, metadata=meta, deletion_vectors=True),
                                  "score: writing the latest lists")
-    return version
+    return tables.version(spark, loc)
+
+
+def _latest_whole_reason(spark: SparkSession, location: str, scope: Scope, last: Optional[dict]) -> Optional[str]:
+    """Why the latest lists must be rewritten whole (None when replacing the rescored users' rows
+    gives every user this run's list)."""
+    if scope.mode != "incremental":
+        return "a full run"
+    recorded = (last or {}).get("latest_version")
+    if recorded is None or not tables.exists(spark, location):
+        return "the last run did not write the latest lists"
+    rewrite, _ = latest_rewrites(spark, location, int(recorded))
+    return None if rewrite is None else f"another job rewrote them after the last run, at {rewrite}"
 
 
 @dataclass
@@ -271,21 +327,29 @@ class RunCounts:
     served_by: dict
 
     @staticmethod
-    def of(staged: DataFrame) -> "RunCounts":
-        by = {r["_scored"]: (r["rows"], r["users"]) for r in staged.groupBy("_scored").agg(
-            F.count("*").alias("rows"), F.countDistinct("user_id").alias("users")).collect()}
-        served = {r["served_by"]: r["users"] for r in
-                  staged.groupBy("served_by").agg(F.countDistinct("user_id").alias("users")).collect()}
-        return RunCounts(int(by.get(True, (0, 0))[1]), int(by.get(False, (0, 0))[1]),
-                         int(sum(r for r, _ in by.values())), served)
+    def of(scored: DataFrame, carried: Optional[DataFrame]) -> "RunCounts":
+        """Users scored and carried, rows, and users by how their list was made (a user's rows share
+        one served_by). Only the user_id and served_by columns of the carried lists are read."""
+        def tally(df: Optional[DataFrame]) -> dict:
+            if df is None:
+                return {}
+            return {r["served_by"]: (r["rows"], r["users"]) for r in df.groupBy("served_by").agg(
+                F.count("*").alias("rows"), F.countDistinct("user_id").alias("users")).collect()}
+
+        fresh, kept = tally(scored), tally(carried)
+        served = {path: fresh.get(path, (0, 0))[1] + kept.get(path, (0, 0))[1] for path in {*fresh, *kept}}
+        return RunCounts(sum(u for _, u in fresh.values()), sum(u for _, u in kept.values()),
+                         sum(r for r, _ in [*fresh.values(), *kept.values()]), served)
 
 
 def _record_run(spark: SparkSession, root: str, run_date: date, run_id: str, scope: Scope, rules: str,
-                events_version: Optional[int], versions: dict, elig_version: Optional[int], version: int,
+                events_version: Optional[int], versions: dict, elig_version: Optional[int], written: tuple,
                 counts: RunCounts, elapsed: float) -> None:
+    version, latest_version = written
     row = (run_date, run_id, scope.mode, scope.reason, rules, int(events_version if events_version is not None else -1),
            versions[schema.SEQUENCES], versions[schema.USER_PROFILE], elig_version, version,
-           counts.scored, counts.carried, counts.rows, float(elapsed), datetime.now(timezone.utc).replace(tzinfo=None))
+           counts.scored, counts.carried, counts.rows, float(elapsed), datetime.now(timezone.utc).replace(tzinfo=None),
+           latest_version)
     tables.append(spark.createDataFrame([row], SCORE_RUNS_SCHEMA), tables.location(root, schema.SCORE_RUNS))
 
 
@@ -309,20 +373,22 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     lists = score_users(scope.users, spec, spark.sparkContext.broadcast(catalog))
     reranker = serving_reranker(spark, cfg, run_date, catalog, users, versions) if cfg.bandit.serve else None
     if reranker is not None:
-        lists = reranker.rerank(lists).persist()
-    staged = _staged(lists, scope.carried, run_id, run_date)
-    counts = RunCounts.of(staged)
+        lists = reranker.rerank(lists)
+    # Scored once: counted, then written to the partition (and to the latest lists).
+    lists = lists.persist()
+    counts = RunCounts.of(lists, scope.carried)
     meta = {"model_run_id": run_id, "mode": scope.mode, "events_version": events_version,
             "versions": versions, "eligibility_version": elig_version}
-    version = _publish(spark, cfg, staged.drop("_scored"), run_date, meta)
+    written = _publish(spark, cfg, _staged(lists, scope.carried, run_id, run_date), _staged(lists, None, run_id, run_date),
+                       run_date, meta, scope, last)
+    version = written[0]
     if reranker is not None:  # logged once the lists are published: only what users can see is learned from
         bandit.log_exposures(lists, tables.location(root, schema.BANDIT_EXPOSURES), run_date, run_id)
-        lists.unpersist()
-    staged.unpersist()
+    lists.unpersist()
     scope.release()
     users.unpersist()
     elapsed = time.time() - t0
-    _record_run(spark, root, run_date, run_id, scope, rules, events_version, versions, elig_version, version,
+    _record_run(spark, root, run_date, run_id, scope, rules, events_version, versions, elig_version, written,
                 counts, elapsed)
     logger.info(f"score ({scope.mode}: {scope.reason}): {counts.scored} users scored, {counts.carried} carried forward, "
           f"top-{sc.k} with model {run_id} for {run_date} -> {tables.location(root, schema.RECOMMENDATIONS)} (version "

@@ -22,10 +22,8 @@ def run(spark: SparkSession, cfg: Config, n_users: int = 5, campaign_id: str | N
         path = tables.location(root, name)
         if tables.exists(spark, path):
             print(f"  {name:<22} version {tables.version(spark, path):>3}  {path}")
-    latest_loc = tables.location(root, schema.RECOMMENDATIONS_LATEST)
-    recs = tables.read(spark, latest_loc if tables.exists(spark, latest_loc) else loc)
+    recs = _current_lists(spark, root)
     latest = recs.agg(F.max("run_date")).first()[0]
-    recs = recs.where(F.col("run_date") == latest)
     items_path = tables.location(root, schema.ITEM_CONTENT)
     titles = {r.item_id: r.title for r in tables.read(spark, items_path)
               .select("item_id", F.coalesce("title", "item_id").alias("title")).collect()}
@@ -53,7 +51,7 @@ def run(spark: SparkSession, cfg: Config, n_users: int = 5, campaign_id: str | N
         cols = [c for c in schema.USER_ATTRIBUTE_COLUMNS if c in u.columns]
         declared = {r.user_id: ", ".join(f"{c}={r[c]}" for c in cols if r[c] is not None)
                     for r in u.where(F.col("user_id").isin(users)).collect()}
-    print(f"\nTop-{cfg.score.k} for {len(users)} users (run_date {latest}):")
+    print(f"\nTop-{cfg.score.k} for {len(users)} users (lists made up to {latest}):")
     current = None
     for r in rows:
         if r.user_id != current:
@@ -68,6 +66,16 @@ def run(spark: SparkSession, cfg: Config, n_users: int = 5, campaign_id: str | N
         p = getattr(r, "probability", None) if "probability" in r.asDict() else None
         chance = f", next-item probability {p:.1%}" if p is not None else ""
         print(f"    {r.rank:>2}. {titles.get(r.item_id, r.item_id)}  [{r.item_id}]  score {r.score:.3f}{chance}{why}")
+
+
+def _current_lists(spark: SparkSession, root: str):
+    """Every user's newest list: the latest table (whichever night or refresh made each list), or
+    without one the newest dated partition."""
+    latest_loc = tables.location(root, schema.RECOMMENDATIONS_LATEST)
+    if tables.exists(spark, latest_loc):
+        return tables.read(spark, latest_loc)
+    recs = tables.read(spark, tables.location(root, schema.RECOMMENDATIONS))
+    return recs.where(F.col("run_date") == recs.agg(F.max("run_date")).first()[0])
 
 
 def campaign(spark: SparkSession, cfg: Config, campaign_id: str, n_users: int = 5) -> None:

@@ -96,6 +96,8 @@ SCORE_RUNS_SCHEMA = T.StructType(
         T.StructField("rows", T.LongType(), False),
         T.StructField("seconds", T.DoubleType(), False),
         T.StructField("finished_at", T.TimestampType(), False),
+        # The latest table's version this run left (null: not written, score.write_latest off).
+        T.StructField("latest_version", T.LongType(), True),
     ]
 )
 

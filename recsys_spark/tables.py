@@ -373,19 +373,19 @@ MAX_LISTED_GROUPS = 2_000
 
 def replace_groups(spark: SparkSession, df: DataFrame, location: str, group: str, keys: list[str],
                    groups: DataFrame, metadata: Optional[dict] = None, max_listed: int = MAX_LISTED_GROUPS) -> None:
-    """Make the rows of every group listed in `groups` (a one-column DataFrame of integer `group`
-    values, users for instance) exactly df's rows, atomically; other groups are untouched. df holds
-    rows of those groups only.
+    """Make the rows of every group listed in `groups` (a one-column DataFrame of integer or string
+    `group` values, users for instance) exactly df's rows, atomically; other groups are untouched.
+    df holds rows of those groups only.
 
     Up to max_listed groups: one overwrite whose replaceWhere predicate lists them (deleting their
     rows, with deletion vectors where the table has them, and appending df's): cheaper than a
     MERGE, which joins df with the whole table to find the rows to change. More groups: one MERGE
     by keys."""
-    listed = [int(r[0]) for r in groups.limit(max_listed + 1).collect()]
+    listed = [r[0] for r in groups.limit(max_listed + 1).collect()]
     if not listed:  # nothing to replace; Delta would not commit an empty write either
         return
     if len(listed) <= max_listed:
-        predicate = f"`{group}` IN ({', '.join(map(str, sorted(listed)))})"
+        predicate = f"`{group}` IN ({', '.join(map(sql_literal, sorted(listed)))})"
         writer = df.write.format("delta").mode("overwrite").option("replaceWhere", predicate)
         if metadata is not None:
             writer = writer.option("userMetadata", json.dumps(metadata, sort_keys=True))
@@ -396,6 +396,13 @@ def replace_groups(spark: SparkSession, df: DataFrame, location: str, group: str
     keep = "_keep_row"
     source = df.withColumn(keep, F.lit(True)).unionByName(gone.withColumn(keep, F.lit(False)), allowMissingColumns=True)
     replace_rows(spark, source, location, keys, keep, metadata)
+
+
+def sql_literal(value) -> str:
+    """An integer or string as a Spark SQL literal (quotes and backslashes in strings escaped)."""
+    if isinstance(value, str):
+        return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    return str(int(value))
 
 
 def insert_missing(spark: SparkSession, df: DataFrame, location: str, key: str) -> None:

@@ -199,6 +199,19 @@ def test_incremental_scoring_equals_a_full_run_for_changed_users(spark, shop_cop
     n_before = tables.read(spark, tables.location(cfg.tables_root, schema.RECOMMENDATIONS)).where(
         F.col("run_date") == "2026-07-10").select("user_id").distinct().count()
     assert out["users_scored"] == 7 and out["users_carried"] == n_before - 6
+    # The latest table gets only the rescored users' rows: it then holds the new partition's lists,
+    # and everyone else's rows are the ones made on 2026-07-10, not rewritten.
+    latest_loc = tables.location(cfg.tables_root, schema.RECOMMENDATIONS_LATEST)
+    latest = tables.read(spark, latest_loc)
+    partition = _recs(spark, cfg).where(F.col("run_date") == "2026-07-11")
+
+    def lists(df):
+        return sorted(tuple(r) for r in df.select("user_id", "rank", "item_id").collect())
+
+    assert lists(latest) == lists(partition)
+    made = {r.user_id: str(r.run_date) for r in latest.select("user_id", "run_date").distinct().collect()}
+    assert {u for u, d in made.items() if d == "2026-07-11"} == set(changed + ["u_new_1"])
+    assert set(made.values()) == {"2026-07-10", "2026-07-11"}
     cli.run_stage(spark, make_config(root, score={"k": 10, "run_date": "2026-07-12", "mode": "full"}), "score")
 
     recs = _recs(spark, cfg).drop("model_run_id")
@@ -219,8 +232,8 @@ def test_incremental_scoring_equals_a_full_run_for_changed_users(spark, shop_cop
     assert len(day("2026-07-11", ["u_new_1"])[0]) == 10
     # The other users' lists are carried forward unchanged from the previous run.
     same(day("2026-07-11", everyone_changed, exclude=True), day("2026-07-10", everyone_changed, exclude=True))
-    # The latest table is the last run's partition.
-    latest = tables.read(spark, tables.location(cfg.tables_root, schema.RECOMMENDATIONS_LATEST))
+    # A full run rewrites the latest table whole: it is that run's partition.
+    latest = tables.read(spark, latest_loc)
     assert {str(r.run_date) for r in latest.select("run_date").distinct().collect()} == {"2026-07-12"}
 
 
