@@ -622,6 +622,7 @@ class Writer:
 
     def __init__(self, spark: SparkSession, root: str):
         self.spark, self.root, self.versions = spark, root, {}
+        self._rebuilt: dict[str, DataFrame] = {}
 
     def write(self, name: str, df: DataFrame, metadata: Optional[dict] = None) -> DataFrame:
         """Overwrite table `name` with df; return the table as written (read back at its version)."""
@@ -633,16 +634,28 @@ class Writer:
             f"features: writing {name}")
         return self._written(name, loc)
 
-    def put(self, name: str, df: DataFrame, plan: Plan, keys: list[str], metadata: Optional[dict] = None) -> DataFrame:
+    def put(self, name: str, df: DataFrame, plan: Plan, keys: list[str], metadata: Optional[dict] = None,
+            keep_rows: bool = False) -> DataFrame:
         """Per the plan: overwrite table `name` with df, or replace just the changed users' rows
-        with df's (a MERGE: the rows of those users that df lacks are deleted)."""
+        with df's (a MERGE: the rows of those users that df lacks are deleted). keep_rows: a later
+        step reads those rows (`rebuilt`), from memory rather than from the whole table."""
         if plan.mode == FULL:
             return self.write(name, df, metadata)
         loc = tables.location(self.root, name)
+        if keep_rows:
+            self._rebuilt[name] = df = df.persist()
         tables.retry_on_conflict(
             lambda: tables.replace_groups(self.spark, df, loc, "user_idx", keys, plan.changed, metadata),
             f"features: merging the changed users into {name}")
         return self._written(name, loc)
+
+    def rebuilt(self, name: str, written: DataFrame, plan: Plan) -> DataFrame:
+        """The rows of the plan's users in table `name` as written (`written`, the whole table)."""
+        return self._rebuilt[name] if plan.mode == INCREMENTAL and name in self._rebuilt else plan.scope(written)
+
+    def release(self) -> None:
+        for df in self._rebuilt.values():
+            df.unpersist()
 
     def keep(self, name: str, version: int) -> DataFrame:
         """Table `name` as the previous run wrote it (its version is recorded again)."""
@@ -736,9 +749,10 @@ def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
     # The sequences commit records the events version and settings the tables were built from:
     # incremental scoring and the next incremental features run read the change feed from there.
     seqs = out.put(schema.SEQUENCES, split(sequences(ev, fc), fc).join(idx.user, "user_idx"), plan, ["user_idx"],
-                   metadata={"events_version": inp.events_version, "settings": settings_digest(fc)})
+                   metadata={"events_version": inp.events_version, "settings": settings_digest(fc)}, keep_rows=True)
     # Serving profiles from every event; training ones from the events before the held-out targets.
-    prof = out.put(schema.USER_PROFILE, profiles(ev, users, content, n_categories, training_cut(plan.scope(seqs))),
+    prof = out.put(schema.USER_PROFILE, profiles(ev, users, content, n_categories,
+                                                 training_cut(out.rebuilt(schema.SEQUENCES, seqs, plan))),
                    plan, ["user_idx"])
     ev.unpersist()
     stats, p80 = _feature_stats(spark, content_stats, prof, seqs, fc)
@@ -754,6 +768,7 @@ def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
     report = FeaturesReport(written, n_users, idx.item.count(), train.count(), max_len, plan.mode,
                             plan.reason, rebuilt)
     plan.release()
+    out.release()
     logger.info(report.summary())
     return report
 
