@@ -424,23 +424,30 @@ def _present(df: Optional[DataFrame], columns: tuple) -> list[str]:
     return [c for c in columns if df is not None and c in df.columns]
 
 
-def _indexes(spark: SparkSession, root: str, inp: Inputs, events: DataFrame) -> Indexes:
-    """Extend the persistent user, item and attribute-value indexes with the new values of events
-    (all of them, or those added since the previous run) and the users and items tables."""
+def _indexes(spark: SparkSession, root: str, inp: Inputs, plan: Plan) -> Indexes:
+    """Extend the persistent user, item and attribute-value indexes with the new values of the
+    events and of the users and items tables: all their rows (full), or incrementally the events
+    added since the previous run, the changed users' rows, and the items table only when an item
+    row changed (other values were numbered by an earlier run)."""
+    events, users, items = inp.events, inp.users, inp.items
+    if plan.mode == INCREMENTAL:
+        events = plan.new_events
+        users = None if users is None else users.join(F.broadcast(plan.changed_ids), "user_id", "left_semi")
+        items = None if items is None else items.where(F.lit(not plan.items_unchanged))
     user_ids, item_ids = events.select("user_id"), events.select("item_id")
-    if inp.users is not None:
-        user_ids = user_ids.unionByName(inp.users.select("user_id"))
-    if inp.items is not None:
-        item_ids = item_ids.unionByName(inp.items.select("item_id"))
+    if users is not None:
+        user_ids = user_ids.unionByName(users.select("user_id"))
+    if items is not None:
+        item_ids = item_ids.unionByName(items.select("item_id"))
     user_index = extend_index(spark, user_ids, tables.location(root, schema.USER_INDEX), "user_id", "user_idx", 0)
     item_index = extend_index(spark, item_ids, tables.location(root, schema.ITEM_INDEX), "item_id", "item_idx", 1)
     item_cols = _present(inp.items, schema.ITEM_ATTRIBUTE_COLUMNS)
     user_cols = _present(inp.users, schema.USER_ATTRIBUTE_COLUMNS)
     if not item_cols + user_cols:
         return Indexes(user_index, item_index, spark.createDataFrame([], "attribute string, value string, idx long"))
-    src = inp.items.select(*item_cols) if item_cols else None
+    src = items.select(*item_cols) if item_cols else None
     if user_cols:
-        u = inp.users.select(*user_cols)
+        u = users.select(*user_cols)
         src = u if src is None else src.unionByName(u, allowMissingColumns=True)
     attr_index = extend_attribute_index(spark, src, item_cols + user_cols, root)
     return Indexes(user_index, item_index, attr_index)
@@ -737,7 +744,7 @@ def run(spark: SparkSession, cfg: Config) -> FeaturesReport:
     inp = _read_inputs(spark, root)
     plan = _plan(spark, cfg, inp)
     logger.info(f"features: {plan.mode} ({plan.reason})")
-    idx = _indexes(spark, root, inp, plan.new_events if plan.mode == INCREMENTAL else inp.events)
+    idx = _indexes(spark, root, inp, plan)
     plan.resolve(idx.user)
     out = Writer(spark, root)
     content, content_stats = _item_content(spark, cfg, inp, idx, plan, out)

@@ -243,10 +243,16 @@ def test_an_incremental_run_rebuilds_only_changed_users_and_equals_a_full_rebuil
     (tmp_path / "lake" / "raw" / "events" / "b.csv").write_text(HEADER + "\n".join([
         "e9,u2,i3,view,2026-01-04 00:00:00", "e10,n1,i2,view,2026-01-04 01:00:00",
         "e11,n1,i1,purchase,2026-01-04 02:00:00"]) + "\n")
+    # The users feed declares s1, a sign-up with no events from a region not seen before; the items
+    # feed renames i4 and adds i5 (a brand not seen before) to an existing category.
+    raw = tmp_path / "lake" / "raw"
+    (raw / "users" / "u.csv").write_text((raw / "users" / "u.csv").read_text() + "s1,18-24,F,east\n")
+    items = (raw / "items" / "i.csv").read_text().replace("New Case", "Newer Case")
+    (raw / "items" / "i.csv").write_text(items + "i5,Case Five,Case,Initech,15,,\n")
     before = {name: _read(spark, cfg, name).inputFiles() for name in (schema.USER_ITEM, schema.SEQUENCES, schema.USER_PROFILE)}
     ingest.run(spark, cfg)
     incremental = features.run(spark, cfg)
-    assert (incremental.mode, incremental.users_rebuilt, incremental.n_users) == ("incremental", 2, 3)
+    assert (incremental.mode, incremental.users_rebuilt, incremental.n_users) == ("incremental", 3, 4)
     assert _read(spark, cfg, schema.SEQUENCES).where("user_id = 'u1'").collect() == u1_before
     # Only the changed users' rows were written: u1's rows stayed in their files (deletion vectors
     # mark the replaced ones), except in the training table, whose files Petastorm reads as they are.
@@ -257,7 +263,8 @@ def test_an_incremental_run_rebuilds_only_changed_users_and_equals_a_full_rebuil
     assert tables.active_files(spark, loc, incremental.versions[schema.TRAIN_EXAMPLES])
     full = features.run(spark, make_config(tmp_path / "lake", features=FEATURES))
     assert full.mode == "full"
-    for name in (schema.USER_ITEM, schema.SEQUENCES, schema.USER_PROFILE, schema.TRAIN_EXAMPLES, schema.FEATURE_STATS):
+    for name in (schema.USER_ITEM, schema.SEQUENCES, schema.USER_PROFILE, schema.TRAIN_EXAMPLES, schema.FEATURE_STATS,
+                 schema.ITEM_CONTENT):
         loc = tables.location(cfg.tables_root, name)
         got, want = (sorted(tuple(r) for r in tables.read(spark, loc, report.versions[name]).collect())
                      for report in (incremental, full))
