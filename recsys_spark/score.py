@@ -291,8 +291,8 @@ def _write_latest(spark: SparkSession, root: str, partition: DataFrame, rescored
     """Bring gold/recommendations_latest to this run's lists; its new version. A full run overwrites
     it with the partition. An incremental run replaces only the rescored users' rows when the
     table still holds the last run's lists (changed since by the refresh stream alone): the other
-    users' rows are the lists it carried, and keep the run_date they were made on (a list the
-    refresh stream made from events newer than this run's stays)."""
+    users' rows are the lists it carried, and keep the run_date they were made on (or, for a user
+    with only events newer than this run's, the list the refresh stream made from them)."""
     loc = tables.location(root, schema.RECOMMENDATIONS_LATEST)
     why_whole = _latest_whole_reason(spark, loc, scope, last)
     if why_whole is None:
