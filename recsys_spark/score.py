@@ -96,6 +96,7 @@ class Scope:
     users: DataFrame
     carried: Optional[DataFrame] = None
     rescored: Optional[DataFrame] = None  # incremental: user_id of the users scored afresh
+    n_rescored: int = 0
     cached: tuple = ()
 
     def release(self) -> None:
@@ -227,10 +228,9 @@ def _scope(spark: SparkSession, root: str, users: DataFrame, last: Optional[dict
     # Materialised, so the planner knows its size and broadcasts it when small (the usual night)
     # instead of shuffling the last run's million rows to join them.
     rescore = changed.unionByName(unserved).distinct().persist()
-    rescore.count()
     return Scope(mode, reason, users.join(rescore, "user_id", "left_semi"),
                  previous.join(rescore, "user_id", "left_anti").drop("model_run_id", "run_date"), rescore,
-                 (changed, rescore))
+                 rescore.count(), (changed, rescore))
 
 
 def _staged(scored: DataFrame, carried: Optional[DataFrame], run_id: str, run_date: date) -> DataFrame:
@@ -317,7 +317,7 @@ def _latest_whole_reason(spark: SparkSession, location: str, scope: Scope, last:
         return "the last run did not write the latest lists"
     # Beyond the listed predicate's size the replacement is a MERGE joining every list: at 300k
     # users and 3,005 rescored it took 10.4 s, twice the rewrite (docs/scoring.md).
-    if scope.rescored.count() > tables.MAX_LISTED_GROUPS:
+    if scope.n_rescored > tables.MAX_LISTED_GROUPS:
         return f"more than {tables.MAX_LISTED_GROUPS} users rescored: rewriting costs less than a MERGE"
     rewrite, _ = latest_rewrites(spark, location, int(recorded))
     return None if rewrite is None else f"another job rewrote them after the last run, at {rewrite}"
