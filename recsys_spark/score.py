@@ -96,7 +96,6 @@ class Scope:
     users: DataFrame
     carried: Optional[DataFrame] = None
     rescored: Optional[DataFrame] = None  # incremental: user_id of the users scored afresh
-    n_rescored: int = 0
     cached: tuple = ()
 
     def release(self) -> None:
@@ -228,9 +227,10 @@ def _scope(spark: SparkSession, root: str, users: DataFrame, last: Optional[dict
     # Materialised, so the planner knows its size and broadcasts it when small (the usual night)
     # instead of shuffling the last run's million rows to join them.
     rescore = changed.unionByName(unserved).distinct().persist()
+    rescore.count()
     return Scope(mode, reason, users.join(rescore, "user_id", "left_semi"),
                  previous.join(rescore, "user_id", "left_anti").drop("model_run_id", "run_date"), rescore,
-                 rescore.count(), (changed, rescore))
+                 (changed, rescore))
 
 
 def _staged(scored: DataFrame, carried: Optional[DataFrame], run_id: str, run_date: date) -> DataFrame:
@@ -294,16 +294,22 @@ def _write_latest(spark: SparkSession, root: str, partition: DataFrame, rescored
     users' rows are the lists it carried, and keep the run_date they were made on (or, for a user
     with only events newer than this run's, the list the refresh stream made from them)."""
     loc = tables.location(root, schema.RECOMMENDATIONS_LATEST)
+
+    def rewrite() -> None:
+        tables.overwrite(partition, loc, metadata=meta, deletion_vectors=True)
+
     why_whole = _latest_whole_reason(spark, loc, scope, last)
     if why_whole is None:
+        # Beyond the users a listed predicate takes, the replacement would be a MERGE joining
+        # every list: at 300k users and 3,005 rescored it took 10.4 s, twice the rewrite.
         tables.retry_on_conflict(
-            lambda: tables.replace_groups(spark, rescored, loc, "user_id", ["user_id", "rank"], scope.rescored, meta),
+            lambda: tables.replace_groups(spark, rescored, loc, "user_id", ["user_id", "rank"], scope.rescored, meta,
+                                          rewrite=rewrite),
             "score: replacing the rescored users' latest lists")
     else:
         if scope.mode == "incremental":
             logger.info(f"score: rewriting every latest list: {why_whole}")
-        tables.retry_on_conflict(lambda: tables.overwrite(partition, loc, metadata=meta, deletion_vectors=True),
-                                 "score: writing the latest lists")
+        tables.retry_on_conflict(rewrite, "score: writing the latest lists")
     return tables.version(spark, loc)
 
 
@@ -315,10 +321,6 @@ def _latest_whole_reason(spark: SparkSession, location: str, scope: Scope, last:
     recorded = (last or {}).get("latest_version")
     if recorded is None or not tables.exists(spark, location):
         return "the last run did not write the latest lists"
-    # Beyond the listed predicate's size the replacement is a MERGE joining every list: at 300k
-    # users and 3,005 rescored it took 10.4 s, twice the rewrite (docs/scoring.md).
-    if scope.n_rescored > tables.MAX_LISTED_GROUPS:
-        return f"more than {tables.MAX_LISTED_GROUPS} users rescored: rewriting costs less than a MERGE"
     rewrite, _ = latest_rewrites(spark, location, int(recorded))
     return None if rewrite is None else f"another job rewrote them after the last run, at {rewrite}"
 

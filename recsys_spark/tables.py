@@ -372,15 +372,17 @@ MAX_LISTED_GROUPS = 2_000
 
 
 def replace_groups(spark: SparkSession, df: DataFrame, location: str, group: str, keys: list[str],
-                   groups: DataFrame, metadata: Optional[dict] = None, max_listed: int = MAX_LISTED_GROUPS) -> None:
+                   groups: DataFrame, metadata: Optional[dict] = None, max_listed: int = MAX_LISTED_GROUPS,
+                   rewrite: Optional[Callable[[], None]] = None) -> None:
     """Make the rows of every group listed in `groups` (a one-column DataFrame of integer or string
     `group` values, users for instance) exactly df's rows, atomically; other groups are untouched.
     df holds rows of those groups only.
 
     Up to max_listed groups: one overwrite whose replaceWhere predicate lists them (deleting their
     rows, with deletion vectors where the table has them, and appending df's): cheaper than a
-    MERGE, which joins df with the whole table to find the rows to change. More groups: one MERGE
-    by keys."""
+    MERGE, which joins df with the whole table to find the rows to change. More groups: rewrite()
+    when the caller has the table's whole new contents at hand (cheaper than the MERGE's join),
+    else one MERGE by keys."""
     listed = [r[0] for r in groups.limit(max_listed + 1).collect()]
     if not listed:  # nothing to replace; Delta would not commit an empty write either
         return
@@ -390,6 +392,10 @@ def replace_groups(spark: SparkSession, df: DataFrame, location: str, group: str
         if metadata is not None:
             writer = writer.option("userMetadata", json.dumps(metadata, sort_keys=True))
         _save(spark, writer, location)
+        return
+    if rewrite is not None:
+        logger.info(f"{location}: more than {max_listed} {group}s to replace: rewriting the table")
+        rewrite()
         return
     current = read(spark, location).join(groups, group, "left_semi").select(*keys)
     gone = current.join(df.select(*keys), keys, "left_anti")

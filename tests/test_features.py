@@ -271,9 +271,11 @@ def test_an_incremental_run_rebuilds_only_changed_users_and_equals_a_full_rebuil
         assert len(got) == len(want) and _same(got, want), name
 
 
-@pytest.mark.parametrize("max_listed, catalog", [(10, False), (1, False), (10, True)],
-                         ids=["listed", "merge", "listed-catalog-table"])
-def test_replacing_users_rows_leaves_exactly_their_new_rows_and_everyone_elses(spark, tmp_path, max_listed, catalog):
+@pytest.mark.parametrize("max_listed, catalog, rewritten", [(10, False, False), (1, False, False), (10, True, False),
+                                                           (1, False, True)],
+                         ids=["listed", "merge", "listed-catalog-table", "rewrite-beyond-listed"])
+def test_replacing_users_rows_leaves_exactly_their_new_rows_and_everyone_elses(spark, tmp_path, max_listed, catalog,
+                                                                               rewritten):
     if catalog:
         spark.sql("CREATE SCHEMA IF NOT EXISTS replace_groups")
         spark.sql("DROP TABLE IF EXISTS replace_groups.t")
@@ -282,11 +284,17 @@ def test_replacing_users_rows_leaves_exactly_their_new_rows_and_everyone_elses(s
                                            "user_idx long, item_idx long, w double"), loc, deletion_vectors=True)
     # User 2 drops item 2, keeps item 1 with a new weight and gains item 3; user 3 has no rows left.
     new = spark.createDataFrame([(2, 1, 5.0), (2, 3, 5.0)], "user_idx long, item_idx long, w double")
+    expected = [(1, 1, 1.0), (1, 2, 1.0), (2, 1, 5.0), (2, 3, 5.0)]
+    # A caller holding the whole new table offers to rewrite it; it is taken only beyond max_listed.
+    whole = spark.createDataFrame(expected, "user_idx long, item_idx long, w double")
+    rewrite = (lambda: tables.overwrite(whole, loc, metadata={"run": "r"}, deletion_vectors=True)) if rewritten else None
     tables.replace_groups(spark, new, loc, "user_idx", ["user_idx", "item_idx"],
-                          spark.createDataFrame([(2,), (3,)], "user_idx long"), {"run": "r"}, max_listed=max_listed)
-    assert sorted(tuple(r) for r in tables.read(spark, loc).collect()) == [
-        (1, 1, 1.0), (1, 2, 1.0), (2, 1, 5.0), (2, 3, 5.0)]
+                          spark.createDataFrame([(2,), (3,)], "user_idx long"), {"run": "r"}, max_listed=max_listed,
+                          rewrite=rewrite)
+    assert sorted(tuple(r) for r in tables.read(spark, loc).collect()) == expected
     assert tables.commit_metadata(spark, loc, tables.version(spark, loc)) == {"run": "r"}
+    operation = tables.delta_table(spark, loc).history(1).first().operation
+    assert operation == ("MERGE" if max_listed == 1 and not rewritten else "WRITE")
     # No user changed (a run with nothing new): nothing is written.
     version = tables.version(spark, loc)
     tables.replace_groups(spark, new.limit(0), loc, "user_idx", ["user_idx", "item_idx"],
