@@ -19,11 +19,7 @@ def spark(tmp_path_factory):
     cfg = config_mod.SparkConfig(
         master="local[2]", app_name="recsys-spark-tests", shuffle_partitions=2, log_level="ERROR",
         conf={"spark.ui.enabled": "false", "spark.sql.warehouse.dir": str(warehouse),
-              "spark.driver.memory": "3g", "spark.default.parallelism": "2",
-              # Interpreted expressions: on the tests' tiny tables, compiling each query's generated
-              # code costs more than it saves (a warm features run: 16 s instead of 21 s). Results
-              # are the same by Spark's design; jobs run by spark-submit here keep code generation.
-              "spark.sql.codegen.factoryMode": "NO_CODEGEN", "spark.sql.codegen.wholeStage": "false"},
+              "spark.driver.memory": "3g", "spark.default.parallelism": "2"},
     )
     # A local metastore, as the CLI builds one when paths.catalog is set (tests/test_catalog.py).
     session = build_spark(cfg, metastore=str(tmp_path_factory.mktemp("metastore")))
