@@ -19,7 +19,11 @@ def spark(tmp_path_factory):
     cfg = config_mod.SparkConfig(
         master="local[2]", app_name="recsys-spark-tests", shuffle_partitions=2, log_level="ERROR",
         conf={"spark.ui.enabled": "false", "spark.sql.warehouse.dir": str(warehouse),
-              "spark.driver.memory": "3g", "spark.default.parallelism": "2"},
+              "spark.driver.memory": "3g", "spark.default.parallelism": "2",
+              # The suite runs the same stages' queries again and again in one JVM; Spark's default
+              # cache of 100 compiled query classes evicts them, and recompiling costs ~15% of a warm
+              # features run here.
+              "spark.sql.codegen.cache.maxEntries": "4000"},
     )
     # A local metastore, as the CLI builds one when paths.catalog is set (tests/test_catalog.py).
     session = build_spark(cfg, metastore=str(tmp_path_factory.mktemp("metastore")))
