@@ -21,8 +21,8 @@ def spark(tmp_path_factory):
         conf={"spark.ui.enabled": "false", "spark.sql.warehouse.dir": str(warehouse),
               "spark.driver.memory": "3g", "spark.default.parallelism": "2",
               # The suite runs the same stages' queries again and again in one JVM; Spark's default
-              # cache of 100 compiled query classes evicts them, and recompiling costs ~15% of a warm
-              # features run here.
+              # cache of 100 compiled query classes evicts them, and compiling them again costs about
+              # a quarter of a repeated features run (benchmarks/repeated_stages.py).
               "spark.sql.codegen.cache.maxEntries": "4000"},
     )
     # A local metastore, as the CLI builds one when paths.catalog is set (tests/test_catalog.py).
