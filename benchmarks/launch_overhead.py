@@ -6,9 +6,9 @@ run and under the tests that launch ranks.
 
 Launches a rank function that only joins the process group, gathers the rank numbers and returns
 (after waiting --hold seconds: Horovod keeps a rank's command alive for at least 3 s, so a hold
-tells that minimum from the fixed cost of ending a launch),
-with the product's `train.launch`, under each launcher in turn (alternating which goes first), on
-one warm Spark session (the first launch of each launcher is dropped as warm-up). Per launch: the
+tells that minimum from the fixed cost of ending a launch), with the product's `train.launch`,
+under each launcher in turn (alternating which goes first), on one warm Spark session (the first
+launch of each launcher is dropped as warm-up). Per launch: the
 wall time, and its three parts as the rank-0 function sees them: from the call until the function
 starts (Spark job, rank processes, imports), the function itself (imports of the rank code, joining,
 gathering), and from its return until the driver has the result (rank processes and Spark tasks
