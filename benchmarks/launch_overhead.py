@@ -26,16 +26,15 @@ LAUNCHERS = ("horovod", "torch_distributor")
 
 
 def joined_ranks(launcher: str, hold_s: float) -> dict:
-    """Rank function: when it started, when the rank code was imported and joined, when it returned."""
+    """Rank function: the rank numbers rank 0 gathered, and when the function started and returned."""
     started = time.time()
     from recsys_spark import ranks as ranks_mod
 
     ranks = ranks_mod.connect(launcher)
-    joined = time.time()
     numbers, rank = ranks.gather(ranks.rank), ranks.rank
     ranks.close()
     time.sleep(hold_s)
-    return {"rank": rank, "ranks": numbers, "started": started, "joined": joined, "returned": time.time()}
+    return {"rank": rank, "ranks": numbers, "started": started, "returned": time.time()}
 
 
 def launch_once(launcher: str, n_ranks: int, hold_s: float) -> dict:
@@ -74,7 +73,12 @@ def main(argv: list[str] | None = None) -> int:
         if cfg is None:
             return 2
         with harness.spark_session(cfg) as spark:
-            spark.range(10).count()
+            from recsys_spark import train
+
+            if args.ranks > train.task_slots(spark):
+                print(f"--ranks {args.ranks}: the session runs {train.task_slots(spark)} task(s) at once, and every "
+                      f"rank needs its own task slot; lower --ranks or set spark.master", file=sys.stderr)
+                return 2
             for launcher in LAUNCHERS:
                 launch_once(launcher, args.ranks, args.hold)  # warm-up: first imports, first Spark jobs
             runs = []
