@@ -39,20 +39,6 @@ def _train_df(spark, users, files):
     return df.repartition(files, "user_idx").sortWithinPartitions("user_idx")
 
 
-def shard_ids(files, launcher, seed=0):
-    """Rank function: every rank's shard read once, as (user_idx, window) keys, gathered by rank."""
-    from recsys_spark import ranks as ranks_mod
-
-    ranks = ranks_mod.connect(launcher)
-    ids = []
-    for b in shard_batches(files, ranks.rank, ranks.size, batch_size=1 << 30, seed=seed, num_epochs=1,
-                           columns=["user_idx", "window"]):
-        ids.extend(zip(b["user_idx"].tolist(), b["window"].tolist()))
-    by_rank, rank = ranks.gather(ids), ranks.rank
-    ranks.close()
-    return {"rank": rank, "ids_by_rank": by_rank}
-
-
 def _read_all(files):
     keys = []
     for b in shard_batches(files, 0, 1, batch_size=1 << 30, seed=0, num_epochs=1, columns=["user_idx", "window"]):
@@ -84,15 +70,6 @@ def train_files(spark, tmp_path_factory):
     return tables.active_files(spark, loc, tables.version(spark, loc))
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("launcher", LAUNCHERS)
-def test_ranks_read_disjoint_shards_covering_the_table(spark, train_files, launcher):
-    result = launch(launcher, 2, shard_ids, train_files, launcher)
-    a, b = (set(map(tuple, ids)) for ids in result["ids_by_rank"])
-    assert a and b and not (a & b)
-    assert sorted(a | b) == [(u, 0) for u in range(300)]
-
-
 def _validation_case():
     """A seeded small model and 37 validation users (an odd count: the ranks get unequal shares)."""
     import torch
@@ -108,27 +85,45 @@ def _validation_case():
     return model, valid
 
 
-def sharded_ndcgs(launcher):
-    """Rank function: the validation users ranked by all ranks together, as every rank sees them."""
+def what_each_rank_sees(files, launcher):
+    """Rank function: every rank's shard read once, as (user_idx, window) keys, and the validation
+    users' figures after the ranks shared the users out, both gathered by rank."""
     from recsys_spark import ranks as ranks_mod
     from recsys_spark.trainer import sharded_validation_ndcgs
 
     ranks = ranks_mod.connect(launcher)
+    ids = []
+    for b in shard_batches(files, ranks.rank, ranks.size, batch_size=1 << 30, seed=0, num_epochs=1,
+                           columns=["user_idx", "window"]):
+        ids.extend(zip(b["user_idx"].tolist(), b["window"].tolist()))
     model, valid = _validation_case()
     ndcgs = sharded_validation_ndcgs(model, valid, ranks)
-    by_rank, rank = ranks.gather(ndcgs.tolist()), ranks.rank
+    seen = {"rank": ranks.rank, "ids_by_rank": ranks.gather(ids), "ndcgs_by_rank": ranks.gather(ndcgs.tolist())}
     ranks.close()
-    return {"rank": rank, "ndcgs_by_rank": by_rank}
+    return seen
 
 
-@pytest.mark.parametrize("launcher", LAUNCHERS)
-def test_ranks_share_the_validation_users_and_each_gets_every_users_figure_in_order(spark, launcher):
+@pytest.fixture(scope="module", params=LAUNCHERS)
+def rank_views(request, spark, train_files):
+    """What rank 0 gathered from one launch of 2 ranks under each launcher (a launch costs 7-8 s
+    whatever its ranks do: benchmarks/launch_overhead.py)."""
+    return launch(request.param, 2, what_each_rank_sees, train_files, request.param)
+
+
+@pytest.mark.slow
+def test_ranks_read_disjoint_shards_covering_the_table(rank_views):
+    a, b = (set(map(tuple, ids)) for ids in rank_views["ids_by_rank"])
+    assert a and b and not (a & b)
+    assert sorted(a | b) == [(u, 0) for u in range(300)]
+
+
+def test_ranks_share_the_validation_users_and_each_gets_every_users_figure_in_order(rank_views):
     from recsys_spark.trainer import validation_ndcgs
 
     model, valid = _validation_case()
     alone = validation_ndcgs(model, valid)
     assert 0 < alone.mean() < 1  # some users are found, some are not: the order matters
-    for ndcgs in launch(launcher, 2, sharded_ndcgs, launcher)["ndcgs_by_rank"]:
+    for ndcgs in rank_views["ndcgs_by_rank"]:
         np.testing.assert_allclose(ndcgs, alone, rtol=0, atol=1e-12)
 
 
