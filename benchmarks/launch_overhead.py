@@ -21,8 +21,7 @@ import sys
 import time
 
 from benchmarks import harness
-
-LAUNCHERS = ("horovod", "torch_distributor")
+from recsys_spark.config import LAUNCHERS
 
 
 def joined_ranks(launcher: str, hold_s: float) -> dict:

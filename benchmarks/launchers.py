@@ -18,8 +18,7 @@ import sys
 import time
 
 from benchmarks import harness
-
-LAUNCHERS = ("horovod", "torch_distributor")
+from recsys_spark.config import LAUNCHERS
 
 
 def train_once(spark, cfg, launcher: str, seconds: float) -> dict:
