@@ -20,6 +20,7 @@ from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.errors import AnalysisException
+from py4j.protocol import Py4JError
 
 from recsys_spark import schema
 from recsys_spark.config import is_uri
@@ -93,8 +94,16 @@ def require(spark: SparkSession, location: str, produced_by: str) -> None:
 
 
 def version(spark: SparkSession, location: str) -> int:
-    """The latest committed version of a Delta table."""
-    return int(delta_table(spark, location).history(1).select("version").first()[0])
+    """The latest committed version of a Delta table. Read from the table's Delta log in the driver
+    (milliseconds); the table's history, the public way, costs a Spark job (a quarter of a second
+    here, and a stage looks up ten or more versions). A Delta without that log method (a runtime's
+    own build) is asked for its history instead."""
+    table = delta_table(spark, location)
+    try:
+        none = spark._jvm.scala.Option.empty()
+        return int(table._jdt.deltaLog().update(False, none, none).version())
+    except Py4JError:
+        return int(table.history(1).select("version").first()[0])
 
 
 def read(spark: SparkSession, location: str, at_version: Optional[int] = None) -> DataFrame:
@@ -262,7 +271,9 @@ def replace_partition(df: DataFrame, location: str, predicate: str, partition_by
 
 def commit_metadata(spark: SparkSession, location: str, at_version: int) -> dict:
     """The JSON metadata stored with the commit of at_version ({} when there is none)."""
-    row = (delta_table(spark, location).history().where(f"version = {int(at_version)}")
+    # Only the commits since at_version are read, so the lookup does not grow with the table's age.
+    since = version(spark, location) - int(at_version) + 1
+    row = (delta_table(spark, location).history(max(since, 1)).where(f"version = {int(at_version)}")
            .select("userMetadata").first())
     if row is None or not row[0]:
         return {}
