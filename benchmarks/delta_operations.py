@@ -5,8 +5,11 @@ step of an incremental night.
 
 For a two-column table (user_idx, v) with deletion vectors, of each size: seconds for an overwrite
 of the whole table, the rows of 1,000 and of 10 users replaced (tables.replace_groups, the
-incremental features' write), 10 rows appended, and a count. Medians of `repeats`, the first
-repetition left out (the JVM warming up).
+incremental features' write), 10 rows appended, a count, and three lookups every stage makes
+several of: the table's latest version (tables.version, from the Delta log), the same through the
+table's history (the public API, which tables.version falls back on), and the metadata of the
+latest commit (tables.commit_metadata). Medians of `repeats`, the first repetition left out (the
+JVM warming up).
 """
 from __future__ import annotations
 
@@ -40,6 +43,9 @@ def _measure(spark, location: str, rows: int, repeats: int) -> dict:
         steps["append_10_rows"] = lambda: tables.append(
             spark.range(10).select(F.col("id").alias("user_idx"), F.lit(-1).cast("long").alias("v")), location)
         steps["count"] = lambda: tables.read(spark, location).count()
+        steps["version"] = lambda: tables.version(spark, location)
+        steps["version_by_history"] = lambda: tables.delta_table(spark, location).history(1).select("version").first()
+        steps["commit_metadata"] = lambda: tables.commit_metadata(spark, location, tables.version(spark, location))
         for name, action in steps.items():
             took = _time(action)
             if rep > 0:

@@ -97,12 +97,12 @@ def version(spark: SparkSession, location: str) -> int:
     """The latest committed version of a Delta table. Read from the table's Delta log in the driver
     (milliseconds); the table's history, the public way, costs a Spark job (a quarter of a second
     here, and a stage looks up ten or more versions). A Delta without that log method (a runtime's
-    own build) is asked for its history instead."""
+    own build) or a session without a JVM at hand (Spark Connect) is asked for its history instead."""
     table = delta_table(spark, location)
     try:
         none = spark._jvm.scala.Option.empty()
         return int(table._jdt.deltaLog().update(False, none, none).version())
-    except Py4JError:
+    except (Py4JError, AttributeError):
         return int(table.history(1).select("version").first()[0])
 
 
