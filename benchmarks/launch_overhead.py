@@ -68,15 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     for pickler in (cloudpickle, spark_cloudpickle):
         pickler.register_pickle_by_value(sys.modules[__name__])
     with harness.work_dir(args.work, "bench-launch-overhead-") as work:
-        cfg = harness.load_config(args.config, harness.lakehouse(work) + ["spark.master=local[2]"] + args.overrides)
+        cfg = harness.load_config(args.config, harness.lakehouse(work) + ["spark.master=local[2]",
+                                                                          f"train.num_proc={args.ranks}"] + args.overrides)
         if cfg is None:
             return 2
         with harness.spark_session(cfg) as spark:
             from recsys_spark import train
+            from recsys_spark.config import ConfigError
 
-            if args.ranks > train.task_slots(spark):
-                print(f"--ranks {args.ranks}: the session runs {train.task_slots(spark)} task(s) at once, and every "
-                      f"rank needs its own task slot; lower --ranks or set spark.master", file=sys.stderr)
+            try:
+                train.check_slots(spark, cfg)
+            except ConfigError as e:
+                print(f"--ranks {args.ranks}: {e}", file=sys.stderr)
                 return 2
             for launcher in LAUNCHERS:
                 launch_once(launcher, args.ranks, args.hold)  # warm-up: first imports, first Spark jobs

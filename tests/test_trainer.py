@@ -117,6 +117,7 @@ def test_ranks_read_disjoint_shards_covering_the_table(rank_views):
     assert sorted(a | b) == [(u, 0) for u in range(300)]
 
 
+@pytest.mark.slow
 def test_ranks_share_the_validation_users_and_each_gets_every_users_figure_in_order(rank_views):
     from recsys_spark.trainer import validation_ndcgs
 
