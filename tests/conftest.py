@@ -31,6 +31,41 @@ def spark(tmp_path_factory):
     session.stop()
 
 
+def _forget_tables_under(spark, folder) -> None:
+    """Drop the cached Delta logs of the tables under `folder` (each table's folder holds _delta_log)."""
+    jvm = spark._jvm
+    for parent, dirs, _ in os.walk(folder):
+        if "_delta_log" in dirs:
+            jvm.org.apache.spark.sql.delta.DeltaLog.invalidateCache(spark._jsparkSession, jvm.org.apache.hadoop.fs.Path(parent))
+            dirs[:] = []
+
+
+# Delta keeps every table's log and latest snapshot (its plans and cached file list) in the JVM for an
+# hour after the last use. One run touches the same ~20 tables, but the suite makes hundreds of
+# lakes: without these two fixtures the tests' JVM heap filled (2 GB of 3 after half the suite), the
+# collector's concurrent marking took a quarter of the JVM's CPU, and a 32 MB sort page could not be
+# allocated ("Unable to acquire ... memory, got 0").
+@pytest.fixture(autouse=True)
+def _forget_the_tests_tables(request):
+    """After a test that made tables under its tmp_path, drop their cached logs."""
+    yield
+    made = request.node.funcargs  # the test's fixture values (tmp_path's own teardown ran already)
+    if "spark" in made and "tmp_path" in made:
+        _forget_tables_under(made["spark"], made["tmp_path"])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _forget_the_modules_tables(request):
+    """After a module, drop every cached log: its module fixtures' tables and its catalog tables. The
+    shop's are read again from their logs by the next module that reads it."""
+    yield
+    from pyspark import SparkContext
+
+    sc = SparkContext._active_spark_context  # the tests' session, if a test of the module started it
+    if sc is not None:
+        sc._jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()
+
+
 def make_config(root, **sections) -> config_mod.Config:
     """A Config rooted at a temp folder, with small training settings, plus section overrides."""
     overrides = [f"paths.root={root}", f"paths.raw={os.path.join(str(root), 'raw')}",
