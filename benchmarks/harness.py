@@ -154,6 +154,21 @@ def run_stages(spark, cfg: config_mod.Config, stages=("ingest", "features", "tra
     return out
 
 
+def forget_cached_logs(spark, folder: str) -> int:
+    """Drop Delta's cached logs (each a table's latest snapshot, with its plans and a persisted file
+    list, kept for an hour after last use) of the tables under `folder`; how many tables. A session
+    that makes many lakehouses (the test suite, benchmarks/cached_logs.py) calls it for the ones it
+    is done with."""
+    jvm = spark._jvm
+    tables = 0
+    for parent, dirs, _ in os.walk(folder):
+        if "_delta_log" in dirs:
+            jvm.org.apache.spark.sql.delta.DeltaLog.invalidateCache(spark._jsparkSession, jvm.org.apache.hadoop.fs.Path(parent))
+            tables += 1
+            dirs[:] = []
+    return tables
+
+
 def parse_variant(spec: str, named: dict) -> tuple[str, dict]:
     """A model variant: 'name' (one of `named`) or 'label:key=value,key=value' (ModelConfig / train
     fields); values are read as JSON (0.2, 128, false)."""

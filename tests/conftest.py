@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from benchmarks import harness
 from recsys_spark import config as config_mod
 
 
@@ -31,15 +32,6 @@ def spark(tmp_path_factory):
     session.stop()
 
 
-def _forget_tables_under(spark, folder) -> None:
-    """Drop the cached Delta logs of the tables under `folder` (each table's folder holds _delta_log)."""
-    jvm = spark._jvm
-    for parent, dirs, _ in os.walk(folder):
-        if "_delta_log" in dirs:
-            jvm.org.apache.spark.sql.delta.DeltaLog.invalidateCache(spark._jsparkSession, jvm.org.apache.hadoop.fs.Path(parent))
-            dirs[:] = []
-
-
 # Delta keeps every table's log and latest snapshot (its plans and cached file list) in the JVM for an
 # hour after the last use. One run touches the same ~20 tables, but the suite makes hundreds of
 # lakes: without these two fixtures the tests' JVM heap filled (2 GB of 3 after half the suite), the
@@ -51,7 +43,7 @@ def _forget_the_tests_tables(request):
     yield
     made = request.node.funcargs  # the test's fixture values (tmp_path's own teardown ran already)
     if "spark" in made and "tmp_path" in made:
-        _forget_tables_under(made["spark"], made["tmp_path"])
+        harness.forget_cached_logs(made["spark"], str(made["tmp_path"]))
 
 
 @pytest.fixture(autouse=True, scope="module")
