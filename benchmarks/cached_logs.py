@@ -28,6 +28,8 @@ def _heap(spark) -> dict:
 
 
 def _build_lakes(spark, config: str, base: list, work: str, phase: str, lakes: int, forget: bool) -> list:
+    """Ingest and features into `lakes` new lakehouses under `work`, one after the other; with
+    `forget`, each one's cached logs are dropped once it is built. A row per lakehouse."""
     from recsys_spark import cli
 
     rows = []
