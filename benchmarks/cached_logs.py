@@ -6,7 +6,7 @@ after last use.
 
 Generates a small shop once, then builds `lakes` lakehouses from it one after the other in one
 session (ingest and features, each into a new folder), printing after each the JVM's heap in use
-after a full collection and the persisted RDDs. Then drops every cached log (DeltaLog.clearCache)
+after a full collection and the persisted RDDs. Then drops every cached log (harness.forget_every_cached_log)
 and builds as many lakehouses again, dropping each one's cached logs once built
 (harness.forget_cached_logs, as tests/conftest.py does after every test).
 """
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
         with harness.spark_session(cfg) as spark:
             start = _heap(spark)
             kept = _build_lakes(spark, args.config, base, work, "kept", args.lakes, forget=False)
-            spark._jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()
+            harness.forget_every_cached_log(spark._jvm)
             cleared = _heap(spark)
             print(f"after clearing every cached log: heap {cleared['heap_mb']} MB, "
                   f"{cleared['persisted_rdds']} persisted RDDs", flush=True)

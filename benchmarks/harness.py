@@ -154,6 +154,11 @@ def run_stages(spark, cfg: config_mod.Config, stages=("ingest", "features", "tra
     return out
 
 
+def forget_every_cached_log(jvm) -> None:
+    """Drop every cached Delta log of the session's JVM (`jvm`: a SparkContext's or session's _jvm)."""
+    jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()
+
+
 def forget_cached_logs(spark, folder: str) -> int:
     """Drop Delta's cached logs (each a table's latest snapshot, with its plans and a persisted file
     list, kept for an hour after last use) of the tables under `folder`; how many tables. A session

@@ -55,7 +55,7 @@ def _forget_the_modules_tables(request):
 
     sc = SparkContext._active_spark_context  # the tests' session, if a test of the module started it
     if sc is not None:
-        sc._jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()
+        harness.forget_every_cached_log(sc._jvm)
 
 
 def make_config(root, **sections) -> config_mod.Config:
