@@ -39,7 +39,7 @@ import logging
 import math
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, time, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from typing import Optional
 
 import numpy as np
@@ -50,7 +50,7 @@ from recsys_spark import schema, tables
 from recsys_spark.abtest import Shop, click_chance, lognormal_revenue_mean
 from recsys_spark.baselines import popularity_counts
 from recsys_spark.config import Config
-from recsys_spark.ope import REWARDS
+from recsys_spark.rewards import REWARDS, rewarded
 from recsys_spark.table_schemas import BANDIT_DAYS_SCHEMA, BANDIT_EXPOSURES_SCHEMA, BANDIT_STATE_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -257,20 +257,6 @@ def serving_state(spark: SparkSession, cfg: Config) -> Learned:
                          f"start again from the prior")
     d = len(FEATURES)
     return Learned(LinUCB(np.array(row.a).reshape(d, d), np.array(row.b), int(row.n)), row.learned_through, row.day)
-
-
-def rewarded(shown: DataFrame, events: DataFrame, night: date, days: int) -> DataFrame:
-    """The items shown on `night` with their rewards: clicked (1 when the user had any event on the
-    item within `days` days from the night) and revenue (the item's reward_value when one of those
-    events was a purchase)."""
-    start = datetime.combine(night, time.min)
-    window = (events.where((F.col("ts") >= F.lit(start)) & (F.col("ts") < F.lit(start + timedelta(days=days))))
-              .groupBy("user_id", "item_id")
-              .agg(F.max((F.col("event_type") == F.lit(schema.PURCHASE)).cast("int")).alias("_bought")))
-    out = shown.join(window, ["user_id", "item_id"], "left")
-    return (out.withColumn("clicked", F.col("_bought").isNotNull().cast("double"))
-            .withColumn("revenue", F.when(F.col("_bought") == 1, F.col("reward_value")).otherwise(F.lit(0.0)))
-            .drop("_bought"))
 
 
 def learn_closed_nights(spark: SparkSession, cfg: Config, today: date) -> Learned:

@@ -8,7 +8,7 @@ of the exposure/outcome log), abtest-simulate (writes such a log for the synthet
 users from every table, keep them out of future ingests, purge history; see recsys_spark.forget),
 audience (the users most likely to engage with each campaign of audience.campaigns; show
 --campaign ID prints one with reasons), ope (off-policy estimates of candidate policies from the
-exposure log with propensities), ingest --stream (load new events files as they arrive; --once:
+exposure log with propensities, or from a scored night's lists: --set ope.night=YYYY-MM-DD), ingest --stream (load new events files as they arrive; --once:
 the files there now), refresh (a stream over new events that rescores their users into
 gold/recommendations_latest between nightly runs; --once: what is there now, then stop),
 bandit-simulate (days of a LinUCB re-ranker learning from the shop's rewards, against the greedy

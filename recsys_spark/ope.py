@@ -2,10 +2,13 @@
 
 The exposure log (`ope.log`, default gold/ab_exposures, written by abtest-simulate) has one row per
 shown item: user_id, item_id, propensity (the chance the logging policy showed that item to that
-user, as score records it with exploration), clicked (0/1) and revenue. A candidate policy is a
-deterministic top-k per user; its value is clicks and revenue per user, with the item-level model
-of feedback: a shown item's reward depends on the user and the item, not on the rest of the list
-or the position.
+user, as score records it with exploration), clicked (0/1) and revenue. Or (`ope.night`) the lists
+the nightly wrote for a night, each shown item rewarded by the events that followed it
+(recsys_spark.rewards). A candidate policy is a deterministic top-k per user: as abtest-simulate
+shows lists, or for a night as that night's run would have made them with the same model, inputs
+and rules (score.replayed_lists). Its value is clicks and revenue per user, with the item-level
+model of feedback: a shown item's reward depends on the user and the item, not on the rest of the
+list or the position.
 
 Estimators, per logged user u, over the candidate's list C_u and the logged items L_u:
 - DM (direct method): sum over C_u of a reward model q(i): each item's mean logged reward, shrunk
@@ -29,21 +32,22 @@ from __future__ import annotations
 
 import logging
 import math
-from datetime import datetime, timezone
+from dataclasses import dataclass
+from datetime import date, datetime, timedelta, timezone
+from typing import Callable, Optional
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from scipy import stats
 
-from recsys_spark import schema, tables
+from recsys_spark import schema, score, tables
 from recsys_spark.abtest import Shop
 from recsys_spark.config import Config
+from recsys_spark.rewards import REWARDS, rewarded
 from recsys_spark.table_schemas import OPE_ESTIMATES_SCHEMA
 
 logger = logging.getLogger(__name__)
 
-# Outcome columns of the log, estimated per user: clicks (from clicked) and revenue.
-REWARDS = {"clicks": "clicked", "revenue": "revenue"}
 ESTIMATORS = ("DM", "IPS", "SNIPS", "DR")
 # Strength of the reward model's pull toward the overall mean, in exposures of an item.
 PRIOR_EXPOSURES = 20.0
@@ -145,6 +149,59 @@ def candidate_lists(spark: SparkSession, cfg: Config, shop: Shop, policy: str) -
     return shop.lists(cfg, policy).join(ids, "user_idx").join(items, "item_idx").select("user_id", "item_id")
 
 
+@dataclass
+class Logged:
+    """An exposure log to estimate from: its rows (user_id, item_id, propensity, clicked, revenue),
+    where they were read (table, version, and the night for a nightly's lists), and each candidate
+    policy's lists for the logged users (`candidates(policy)`: user_id, item_id)."""
+    log: DataFrame
+    location: str
+    version: int
+    night: Optional[date]
+    candidates: Callable[[str], DataFrame]
+    close: Callable[[], None] = lambda: None
+
+    def describe(self) -> str:
+        return f"{self.location} (version {self.version}{f', night {self.night}' if self.night else ''})"
+
+
+def exposure_table(spark: SparkSession, cfg: Config) -> Logged:
+    """ope.log, an item-level exposure log of the synthetic shop, with candidates as
+    abtest-simulate shows lists."""
+    loc = tables.locate(cfg.tables_root, cfg.ope.log)
+    tables.require(spark, loc, "abtest-simulate (synthetic shop) or a job that logs shown items with propensities")
+    version = tables.version(spark, loc)
+    shop = Shop.open(spark, cfg)
+    return Logged(tables.read(spark, loc, version), loc, version, None,
+                  lambda policy: candidate_lists(spark, cfg, shop, policy), shop.close)
+
+
+def logged_night(spark: SparkSession, cfg: Config, night: date, today: date) -> Logged:
+    """The lists the nightly wrote for `night` (gold/recommendations, with their propensities) as an
+    exposure log: each shown item rewarded by the user's events on it in the ope.reward_days days
+    from the night (rewards.rewarded); candidates made as that night's run would have made them
+    (score.replayed_lists). Refused while the reward window is open on `today`."""
+    root, days = cfg.tables_root, cfg.ope.reward_days
+    if night + timedelta(days=days) > today:
+        raise ValueError(f"the rewards of {night} are not all in: its {days}-day window closes on "
+                         f"{night + timedelta(days=days)}; estimate it then (or shorten ope.reward_days)")
+    run = score.night_run(spark, root, night)
+    loc = tables.location(root, schema.RECOMMENDATIONS)
+    lists = tables.read(spark, loc, run["recommendations_version"]).where(F.col("run_date") == F.lit(night))
+    # Lists written before propensities were recorded never explored: each item was shown for sure.
+    propensity = F.coalesce(F.col("propensity") if "propensity" in lists.columns else F.lit(None), F.lit(1.0))
+    content = tables.read_pinned(spark, root, schema.ITEM_CONTENT, run["versions"])
+    price = F.col("price") if "price" in content.columns else F.lit(None)
+    shown = (lists.select("user_id", "item_id", propensity.cast("double").alias("propensity"))
+             .join(content.select("item_id", F.coalesce(price, F.lit(0.0)).cast("double").alias("reward_value")),
+                   "item_id", "left").fillna({"reward_value": 0.0}))
+    events = tables.read(spark, tables.location(root, schema.EVENTS)).select("user_id", "item_id", "event_type", "ts")
+    log = rewarded(shown, events, night, days).drop("reward_value")
+    users = lists.select("user_id").distinct()
+    return Logged(log, loc, run["recommendations_version"], night,
+                  lambda policy: score.replayed_lists(spark, cfg, run, users, policy))
+
+
 def format_estimates(rows: list[dict]) -> str:
     lines = [f"  {'policy':<18}{'metric':<9}{'estimator':<10}{'per user':>10}{'interval':>24}"
              f"{'matched':>9}{'ESS':>9}"]
@@ -156,25 +213,24 @@ def format_estimates(rows: list[dict]) -> str:
 
 
 def run(spark: SparkSession, cfg: Config) -> dict:
-    """Estimate each policy of ope.policies from the exposure log; append to gold/ope_estimates."""
+    """Estimate each policy of ope.policies from the exposure log (ope.log) or from a night's lists
+    (ope.night); append to gold/ope_estimates."""
     oc, root = cfg.ope, cfg.tables_root
-    loc = tables.locate(root, oc.log)
-    tables.require(spark, loc, "abtest-simulate (synthetic shop) or a job that logs shown items with propensities")
-    version = tables.version(spark, loc)
-    log = tables.read(spark, loc, version)
-    shop = Shop.open(spark, cfg)
+    now = datetime.now(timezone.utc).replace(tzinfo=None)
+    source = (logged_night(spark, cfg, date.fromisoformat(oc.night), now.date()) if oc.night
+              else exposure_table(spark, cfg))
     rows = []
     try:
         for policy in oc.policies:
-            est = estimate(log, candidate_lists(spark, cfg, shop, policy), oc.alpha, f"{loc} (version {version})")
+            est = estimate(source.log, source.candidates(policy), oc.alpha, source.describe())
             rows += [{"policy": policy, **r} for r in est]
     finally:
-        shop.close()
-    now = datetime.now(timezone.utc).replace(tzinfo=None)
-    out = spark.createDataFrame([(now, loc, version, r["policy"], r["metric"], r["estimator"], float(r["value"]),
-                                  float(r["ci_low"]), float(r["ci_high"]), r["n_users"], float(r["matched_share"]),
-                                  float(r["ess"]), oc.alpha) for r in rows], OPE_ESTIMATES_SCHEMA)
+        source.close()
+    out = spark.createDataFrame([(now, source.location, source.version, r["policy"], r["metric"], r["estimator"],
+                                  float(r["value"]), float(r["ci_low"]), float(r["ci_high"]), r["n_users"],
+                                  float(r["matched_share"]), float(r["ess"]), oc.alpha, source.night)
+                                 for r in rows], OPE_ESTIMATES_SCHEMA)
     tables.append(out, tables.location(root, schema.OPE_ESTIMATES))
-    logger.info(f"ope: {len(oc.policies)} polic{'y' if len(oc.policies) == 1 else 'ies'} from {loc} (version {version}; "
-                f"{int(round((1 - oc.alpha) * 100))}% intervals):\n{format_estimates(rows)}")
-    return {"log": loc, "log_version": version, "estimates": rows}
+    logger.info(f"ope: {len(oc.policies)} polic{'y' if len(oc.policies) == 1 else 'ies'} from {source.describe()}; "
+                f"{int(round((1 - oc.alpha) * 100))}% intervals:\n{format_estimates(rows)}")
+    return {"log": source.location, "log_version": source.version, "night": oc.night or None, "estimates": rows}

@@ -322,6 +322,21 @@ def score_users(users, spec: ScoringSpec, catalog_bc):
     return users.mapInPandas(lambda it: _score_partition(it, spec, catalog_bc), out)
 
 
+def popularity_rows(users, k: int, catalog_bc):
+    """user_id, rank, item_id: each user's top-k by popularity as the nightly ranks it for users the
+    model cannot serve (fallback_list: the user's segment, or everyone; seen and ineligible items
+    removed). users: user_id, seen, profile_cat."""
+    def part(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        catalog = catalog_bc.value
+        for pdf in batches:
+            rows = [(user, rank, catalog["ids"][item])
+                    for user, cat, seen in zip(pdf["user_id"], pdf["profile_cat"], pdf["seen"])
+                    for rank, item in enumerate(fallback_list(catalog, cat, [] if seen is None else seen, k)[0], 1)]
+            yield pd.DataFrame(rows, columns=["user_id", "rank", "item_id"])
+
+    return users.select("user_id", "seen", "profile_cat").mapInPandas(part, "user_id string, rank int, item_id string")
+
+
 def attention_topk(users, ckpt_path: str, k: int, batch_users: int = 1024, objective: str = "relevance",
                    value: Optional[np.ndarray] = None, explore_slots: int = 0, explore_pool: int = 0,
                    explore_seed: int = 0):

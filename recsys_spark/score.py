@@ -21,6 +21,7 @@ How a run works (ranking itself is recsys_spark.ranking)
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -35,7 +36,7 @@ from pyspark.sql import functions as F
 from recsys_spark import bandit, checkpoints, features, promotion, schema, splits, tables
 from recsys_spark.baselines import fallback_lists
 from recsys_spark.config import Config
-from recsys_spark.ranking import ScoringSpec, item_catalog, score_users
+from recsys_spark.ranking import ScoringSpec, item_catalog, popularity_rows, score_users
 from recsys_spark.table_schemas import RECOMMENDATIONS_SCHEMA, SCORE_RUNS_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -113,19 +114,23 @@ def pin_inputs(spark: SparkSession, root: str) -> tuple[dict, Optional[int]]:
     return versions, events_version
 
 
-def _eligibility(spark: SparkSession, cfg: Config, item_index: DataFrame, n_items: int) -> tuple[np.ndarray, Optional[int]]:
-    """(ineligible mask, eligibility table version) from score.eligibility; all eligible without one."""
+def _eligibility(spark: SparkSession, cfg: Config, item_index: DataFrame, n_items: int,
+                 version: Optional[int] = None) -> tuple[np.ndarray, Optional[int]]:
+    """(ineligible mask, eligibility table version) from score.eligibility at `version` (the newest
+    when None); all eligible without one."""
     if not cfg.score.eligibility:
         return np.zeros(n_items, dtype=bool), None
     loc = tables.locate(cfg.tables_root, cfg.score.eligibility)
     tables.require(spark, loc, "an upstream job that maintains item eligibility (score.eligibility)")
-    version = tables.version(spark, loc)
+    version = tables.version(spark, loc) if version is None else version
     return _ineligible_mask(spark, loc, version, item_index, n_items), version
 
 
-def current_catalog(spark: SparkSession, cfg: Config, model, versions: dict, users: DataFrame) -> tuple[dict, Optional[int]]:
+def current_catalog(spark: SparkSession, cfg: Config, model, versions: dict, users: DataFrame,
+                    eligibility_version: Optional[int] = None) -> tuple[dict, Optional[int]]:
     """The item side, once per run: the current catalog, including items newer than the model
-    (their vectors come from the checkpoint's own encoders). Returns (catalog, eligibility version)."""
+    (their vectors come from the checkpoint's own encoders), with the eligibility table at
+    eligibility_version (the newest when None). Returns (catalog, eligibility version)."""
     import torch
 
     root = cfg.tables_root
@@ -151,7 +156,7 @@ def current_catalog(spark: SparkSession, cfg: Config, model, versions: dict, use
     feats = {k: torch.as_tensor(v) for k, v in features.item_feature_arrays(content, n_items).items()}
     with torch.no_grad():
         vectors = model.item_vectors(feats).numpy()
-    ineligible, elig_version = _eligibility(spark, cfg, item_index, n_items)
+    ineligible, elig_version = _eligibility(spark, cfg, item_index, n_items, eligibility_version)
     ineligible |= ids == ""  # an index row the model knows but the catalog lost
     if cfg.score.item_kinds:
         ineligible |= ~np.isin(kinds, cfg.score.item_kinds)
@@ -180,6 +185,55 @@ def scoring_spec(cfg: Config, ckpt_path: str, ckpt: dict, run_date: date) -> Sco
                        calibration=checkpoints.calibration(ckpt), objective=sc.objective,
                        explore_slots=sc.explore_slots, explore_pool=sc.explore_pool,
                        explore_seed=run_date.toordinal())
+
+
+def night_run(spark: SparkSession, root: str, night: date) -> dict:
+    """The newest scoring run of `night`: its gold/score_runs row, with `versions`, the input tables'
+    versions its lists were made from (stored with its partition's commit)."""
+    loc = tables.location(root, schema.SCORE_RUNS)
+    runs = tables.read(spark, loc) if tables.exists(spark, loc) else None
+    row = runs.where(F.col("run_date") == F.lit(night)).orderBy(F.desc("finished_at")).first() if runs is not None else None
+    if row is None:
+        nights = sorted(str(r.run_date) for r in runs.select("run_date").distinct().collect()) if runs is not None else []
+        raise ValueError(f"no scoring run for {night} in {loc}; the nights scored: {', '.join(nights[-10:]) or 'none'}")
+    run = row.asDict()
+    versions = tables.commit_metadata(spark, tables.location(root, schema.RECOMMENDATIONS),
+                                      run["recommendations_version"]).get("versions")
+    if not versions:
+        raise ValueError(f"the scoring run of {night} (recommendations version {run['recommendations_version']}) did "
+                         f"not record the versions of its inputs, so its lists cannot be made again; evaluate a "
+                         f"night scored since")
+    return {**run, "versions": versions}
+
+
+def _replay_config(cfg: Config, rules: dict, policy: str) -> Config:
+    """cfg with a night's rules (score.k and the business rules its run recorded), ranking by
+    `policy`'s objective, without exploration, the bandit or explanations."""
+    sc = dataclasses.replace(cfg.score, k=rules["k"], max_per_category=rules["max_per_category"],
+                             mmr_lambda=rules["mmr_lambda"], new_item_slots=rules.get("new_item_slots", 0),
+                             item_kinds=rules.get("item_kinds", []), explain=0, explore_slots=0,
+                             objective="relevance" if policy == "popularity" else policy)
+    return dataclasses.replace(cfg, score=sc, bandit=dataclasses.replace(cfg.bandit, serve=False))
+
+
+def replayed_lists(spark: SparkSession, cfg: Config, run: dict, users: DataFrame, policy: str) -> DataFrame:
+    """user_id, item_id: the lists `policy` would have shown `users` (user_id) on a scored night
+    (`run`, from night_run): the same checkpoint, input versions, eligibility and rules as that
+    night's run, ranked by the policy's objective (popularity: the popularity lists the night gave
+    users the model cannot serve), without exploration or the bandit."""
+    ckpt_path = promotion.checkpoint_of(cfg, run["model_run_id"])
+    if ckpt_path is None:
+        raise ValueError(f"the checkpoint of model {run['model_run_id']}, which scored {run['run_date']}, is not in "
+                         f"{cfg.models_dir}: that night's lists cannot be made again")
+    model, ckpt = checkpoints.load(ckpt_path)
+    replay = _replay_config(cfg, json.loads(run["rules"]), policy)
+    everyone = splits.scoring_input(spark, replay, run["versions"])
+    catalog, _ = current_catalog(spark, replay, model, run["versions"], everyone, run["eligibility_version"])
+    catalog_bc = spark.sparkContext.broadcast(catalog)
+    shown = everyone.join(users, "user_id", "left_semi")
+    if policy == "popularity":
+        return popularity_rows(shown, replay.score.k, catalog_bc).select("user_id", "item_id")
+    return score_users(shown, scoring_spec(replay, ckpt_path, ckpt, run["run_date"]), catalog_bc).select("user_id", "item_id")
 
 
 def _rules(cfg: Config) -> str:

@@ -118,6 +118,7 @@ OPE_ESTIMATES_SCHEMA = T.StructType(
         T.StructField("matched_share", T.DoubleType(), False),
         T.StructField("ess", T.DoubleType(), False),
         T.StructField("alpha", T.DoubleType(), False),
+        T.StructField("night", T.DateType(), True),  # the nightly's lists estimated from (ope.night); null: ope.log
     ]
 )
 

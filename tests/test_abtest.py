@@ -181,3 +181,63 @@ def test_off_policy_estimates_hold_the_true_value_of_a_policy_the_log_explored(s
     assert got["popularity", "clicks", "IPS"]["matched_share"] < got["relevance", "clicks", "IPS"]["matched_share"]
     stored = tables.read(spark, tables.location(cfg.tables_root, schema.OPE_ESTIMATES))
     assert stored.count() == len(out["estimates"]) == 2 * 2 * 5
+
+
+@pytest.mark.slow
+def test_off_policy_estimates_of_a_scored_night_make_its_lists_again_and_reward_what_followed(spark, shop_copy, tmp_path):
+    """The shop's nightly scored 2026-07-01 without exploration. Estimated from that night's lists,
+    the relevance candidate, made again from the night's model, inputs and rules (not from the
+    features rebuilt since), is the logged list itself: every estimator gives what the night earned.
+    A shown item earns from the user's events on it in the day after the night."""
+    from datetime import date
+
+    import pandas as pd
+
+    root, night = shop_copy.paths.root, "2026-07-01"
+    recs = tables.read(spark, tables.location(shop_copy.tables_root, schema.RECOMMENDATIONS)).where(
+        F.col("run_date") == night).toPandas()
+    first = recs[recs["rank"] == 1].set_index("user_id").item_id
+    users = sorted(first.index)
+    buyers, viewer, late = users[:3], users[3], users[4]
+    new = pd.DataFrame({"user_id": buyers + [viewer, late],
+                        "item_id": [first[u] for u in buyers + [viewer, late]],
+                        "event_type": ["purchase"] * 3 + ["view", "purchase"],
+                        "timestamp": pd.to_datetime(["2026-07-01 12:00:00"] * 3 + ["2026-07-01 18:00:00",
+                                                                                   "2026-07-02 09:00:00"])})
+    (tmp_path / "new").mkdir()
+    new.to_parquet(tmp_path / "new" / "events.parquet")
+    cli.run_stage(spark, make_config(root, ingest={"events": str(tmp_path / "new")}), "ingest")
+    cli.run_stage(spark, make_config(root, **SHOP), "features")  # the bought items are now seen: lists would differ
+
+    cfg = make_config(root, **SHOP, ope={"night": night, "policies": ["relevance", "popularity"]})
+    out = cli.run_stage(spark, cfg, "ope")
+    got = {(r["policy"], r["metric"], r["estimator"]): r for r in out["estimates"]}
+
+    # What the night earned, counted here from the events table: any event on a shown item in the
+    # day from the night is a click, a purchase earns the item's price.
+    events = tables.read(spark, tables.location(shop_copy.tables_root, schema.EVENTS)).where(
+        (F.col("ts") >= "2026-07-01") & (F.col("ts") < "2026-07-02")).select("user_id", "item_id", "event_type").toPandas()
+    price = tables.read(spark, tables.location(shop_copy.tables_root, schema.ITEM_CONTENT)).select(
+        "item_id", "price").toPandas().set_index("item_id").price
+    shown = set(zip(recs.user_id, recs.item_id))
+    acted = events[[(u, i) in shown for u, i in zip(events.user_id, events.item_id)]]
+    clicks = len(acted[["user_id", "item_id"]].drop_duplicates())
+    bought = acted[acted.event_type == "purchase"][["user_id", "item_id"]].drop_duplicates()
+    revenue = float(sum(price[i] for i in bought.item_id))
+    assert clicks >= 4 and revenue >= sum(price[first[u]] for u in buyers) > 0  # the late purchase is outside
+    n = recs.user_id.nunique()
+    for metric, total in (("clicks", clicks), ("revenue", revenue)):
+        for est in ("logged", "IPS", "SNIPS", "DR"):
+            assert got["relevance", metric, est]["value"] == pytest.approx(total / n), (metric, est)
+    assert got["relevance", "clicks", "IPS"]["matched_share"] == 1.0
+    assert got["relevance", "clicks", "IPS"]["n_users"] == n
+    # Popularity's lists are mostly items the night never showed, and the diagnostics say so.
+    assert got["popularity", "clicks", "IPS"]["matched_share"] < 0.5
+    stored = tables.read(spark, tables.location(shop_copy.tables_root, schema.OPE_ESTIMATES)).toPandas()
+    assert len(stored) == 2 * 2 * 5 and (stored.night.astype(str) == night).all()
+
+    # A night never scored, or one whose rewards are not all in, is refused with the reason.
+    with pytest.raises(ValueError, match="no scoring run for 2026-06-30 .* the nights scored: 2026-07-01"):
+        cli.run_stage(spark, make_config(root, **SHOP, ope={"night": "2026-06-30"}), "ope")
+    with pytest.raises(ValueError, match="window closes on 2026-07-02"):
+        ope.logged_night(spark, cfg, date(2026, 7, 1), today=date(2026, 7, 1))
