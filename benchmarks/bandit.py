@@ -52,7 +52,6 @@ def write_plot(spark, cfg, run_id: str, path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     from recsys_spark import bandit
-    from recsys_spark.generate import generate
 
     p = harness.parser(__doc__, dataset=False, config="conf/local.yaml")
     p.add_argument("--users", type=int, default=5000)
@@ -60,28 +59,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--plot", default="")
     args = p.parse_args(argv)
-    with harness.work_dir(args.work, "recsys-bandit-") as work:
-        overrides = (harness.lakehouse(work) + harness.shop_overrides(args.users, 500, 20)
-                     + ["tracking.enabled=false", f"bandit.days={args.days}"])
-        cfg = harness.load_config(args.config, overrides + args.overrides)
-        if cfg is None:
-            return 2
-        generate(cfg.generate, cfg.paths.raw)
-        with harness.spark_session(cfg) as spark:
-            trained = harness.run_stages(spark, cfg)
-            base = overrides + args.overrides + [f"score.model_run_id={trained['run_id']}"]
-            runs = []
-            for seed in range(1, args.repeats + 1):
-                t0 = time.time()
-                run_cfg = harness.load_config(args.config, base + [f"abtest.seed={seed}"])
-                out = bandit.simulate(spark, run_cfg)
-                runs.append({"seed": seed, "run_id": out["run_id"], "seconds": time.time() - t0,
-                             "theta": out["theta"], "policies": summary(out["days"], args.days)})
-                print(f"repeat {seed}: {runs[-1]['seconds']:.0f}s {runs[-1]['policies']}", flush=True)
-            by_ratio = sorted(runs, key=lambda r: r["policies"]["bandit"]["revenue"] / r["policies"]["greedy"]["revenue"])
-            median_run = by_ratio[len(by_ratio) // 2]
-            if args.plot:
-                write_plot(spark, cfg, median_run["run_id"], args.plot)
+    with harness.trained_shop(args, "recsys-bandit-", 500, [f"bandit.days={args.days}"]) as (spark, _, cfg, base):
+        runs = []
+        for seed in range(1, args.repeats + 1):
+            t0 = time.time()
+            run_cfg = harness.load_config(args.config, base + [f"abtest.seed={seed}"])
+            out = bandit.simulate(spark, run_cfg)
+            runs.append({"seed": seed, "run_id": out["run_id"], "seconds": time.time() - t0,
+                         "theta": out["theta"], "policies": summary(out["days"], args.days)})
+            print(f"repeat {seed}: {runs[-1]['seconds']:.0f}s {runs[-1]['policies']}", flush=True)
+        by_ratio = sorted(runs, key=lambda r: r["policies"]["bandit"]["revenue"] / r["policies"]["greedy"]["revenue"])
+        median_run = by_ratio[len(by_ratio) // 2]
+        if args.plot:
+            write_plot(spark, cfg, median_run["run_id"], args.plot)
     table = {policy: {m: statistics.median(r["policies"][policy][m] for r in runs) for m in runs[0]["policies"][policy]}
              for policy in ("greedy", "uniform", "bandit")}
     ratios = {m: statistics.median(r["policies"]["bandit"][m] / r["policies"]["greedy"][m] for r in runs)

@@ -154,6 +154,26 @@ def run_stages(spark, cfg: config_mod.Config, stages=("ingest", "features", "tra
     return out
 
 
+@contextlib.contextmanager
+def trained_shop(args, prefix: str, items: int, settings: list[str]) -> Iterator[tuple]:
+    """A generated shop of args.users users and `items` items (20 events per user) through ingest,
+    features and train (the nightly code), for the benchmarks that then play on it: yields (spark,
+    work folder, config, overrides); the overrides (the shop's, `settings`, then the command line's)
+    pin the trained model for score, and the config is theirs. Exits with 2 on a config error."""
+    from recsys_spark.generate import generate
+
+    with work_dir(args.work, prefix) as work:
+        overrides = lakehouse(work) + shop_overrides(args.users, items, 20) + ["tracking.enabled=false"] + settings
+        cfg = load_config(args.config, overrides + args.overrides)
+        if cfg is None:
+            raise SystemExit(2)
+        generate(cfg.generate, cfg.paths.raw)
+        with spark_session(cfg) as spark:
+            trained = run_stages(spark, cfg)
+            base = overrides + args.overrides + [f"score.model_run_id={trained['run_id']}"]
+            yield spark, work, load_config(args.config, base), base
+
+
 def forget_every_cached_log(jvm) -> None:
     """Drop every cached Delta log of the session's JVM (`jvm`: a SparkContext's or session's _jvm)."""
     jvm.org.apache.spark.sql.delta.DeltaLog.clearCache()

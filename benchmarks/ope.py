@@ -26,41 +26,31 @@ CANDIDATES = ("relevance", "expected_revenue", "popularity")
 
 def main(argv: list[str] | None = None) -> int:
     from recsys_spark import abtest, ope, tables
-    from recsys_spark.generate import generate
 
     p = harness.parser(__doc__, dataset=False, config="conf/local.yaml")
     p.add_argument("--users", type=int, default=5000)
     p.add_argument("--repeats", type=int, default=20)
     args = p.parse_args(argv)
-    with harness.work_dir(args.work, "recsys-ope-") as work:
-        overrides = harness.lakehouse(work) + harness.shop_overrides(args.users, 500, 20) + ["tracking.enabled=false",
-            "score.explore_slots=3", "score.explore_pool=20", "score.new_item_slots=0",
-            "abtest.sim_variants=[relevance]"]
-        cfg = harness.load_config(args.config, overrides + args.overrides)
-        if cfg is None:
-            return 2
-        generate(cfg.generate, cfg.paths.raw)
-        with harness.spark_session(cfg) as spark:
-            trained = harness.run_stages(spark, cfg)
-            base = overrides + args.overrides + [f"score.model_run_id={trained['run_id']}"]
-            cfg = harness.load_config(args.config, base)
-            shop = abtest.Shop.open(spark, cfg)
-            lists = {c: ope.candidate_lists(spark, cfg, shop, c).persist() for c in CANDIDATES}
-            truth = {c: abtest.expected_value(spark, shop, shop.lists(cfg, c), cfg.abtest) for c in CANDIDATES}
-            truth["logging"] = abtest.expected_value(spark, shop, shop.lists(cfg, "relevance", explore=True,
-                                                                             seed=1), cfg.abtest)
-            shop.close()
-            print(f"true values per user: {truth}", flush=True)
-            runs = []
-            for seed in range(1, args.repeats + 1):
-                t0 = time.time()
-                run_cfg = harness.load_config(args.config, base + [f"abtest.seed={seed}"])
-                sim = abtest.simulate(spark, run_cfg)
-                log = tables.read(spark, sim["exposures"])
-                for c in CANDIDATES:
-                    for r in ope.estimate(log, lists[c], cfg.ope.alpha):
-                        runs.append({"seed": seed, "policy": c, **r})
-                print(f"repeat {seed}: {time.time() - t0:.0f}s", flush=True)
+    logging_policy = ["score.explore_slots=3", "score.explore_pool=20", "score.new_item_slots=0",
+                      "abtest.sim_variants=[relevance]"]
+    with harness.trained_shop(args, "recsys-ope-", 500, logging_policy) as (spark, _, cfg, base):
+        shop = abtest.Shop.open(spark, cfg)
+        lists = {c: ope.candidate_lists(spark, cfg, shop, c).persist() for c in CANDIDATES}
+        truth = {c: abtest.expected_value(spark, shop, shop.lists(cfg, c), cfg.abtest) for c in CANDIDATES}
+        truth["logging"] = abtest.expected_value(spark, shop, shop.lists(cfg, "relevance", explore=True,
+                                                                         seed=1), cfg.abtest)
+        shop.close()
+        print(f"true values per user: {truth}", flush=True)
+        runs = []
+        for seed in range(1, args.repeats + 1):
+            t0 = time.time()
+            run_cfg = harness.load_config(args.config, base + [f"abtest.seed={seed}"])
+            sim = abtest.simulate(spark, run_cfg)
+            log = tables.read(spark, sim["exposures"])
+            for c in CANDIDATES:
+                for r in ope.estimate(log, lists[c], cfg.ope.alpha):
+                    runs.append({"seed": seed, "policy": c, **r})
+            print(f"repeat {seed}: {time.time() - t0:.0f}s", flush=True)
     rows = []
     for c in CANDIDATES:
         for metric in ("clicks", "revenue"):
