@@ -187,7 +187,9 @@ def logged_night(spark: SparkSession, cfg: Config, night: date, today: date) -> 
                          f"{night + timedelta(days=days)}; estimate it then (or shorten ope.reward_days)")
     run = score.night_run(spark, root, night)
     loc = tables.location(root, schema.RECOMMENDATIONS)
-    lists = tables.read(spark, loc, run["recommendations_version"]).where(F.col("run_date") == F.lit(night))
+    # The table as it is now, not the version the run wrote: users forgotten since are left out.
+    version = tables.version(spark, loc)
+    lists = tables.read(spark, loc, version).where(F.col("run_date") == F.lit(night))
     # Lists written before propensities were recorded never explored: each item was shown for sure.
     propensity = F.coalesce(F.col("propensity") if "propensity" in lists.columns else F.lit(None), F.lit(1.0))
     content = tables.read_pinned(spark, root, schema.ITEM_CONTENT, run["versions"])
@@ -198,8 +200,7 @@ def logged_night(spark: SparkSession, cfg: Config, night: date, today: date) -> 
     events = tables.read(spark, tables.location(root, schema.EVENTS)).select("user_id", "item_id", "event_type", "ts")
     log = rewarded(shown, events, night, days).drop("reward_value")
     users = lists.select("user_id").distinct()
-    return Logged(log, loc, run["recommendations_version"], night,
-                  lambda policy: score.replayed_lists(spark, cfg, run, users, policy))
+    return Logged(log, loc, version, night, lambda policy: score.replayed_lists(spark, cfg, run, users, policy))
 
 
 def format_estimates(rows: list[dict]) -> str:
