@@ -4,7 +4,7 @@ import torch
 
 from recsys_spark import schema
 from recsys_spark.baselines import fallback_lists
-from recsys_spark.ranking import encode_users, fallback_list, item_catalog
+from recsys_spark.ranking import encode_users, fallback_list, item_catalog, popularity_rows
 from test_model import _model
 
 
@@ -31,6 +31,19 @@ def test_fallback_lists_rank_by_segment_with_global_backoff(spark):
     assert fallback_list(cat, [1, 1], np.array([5]), 3) == ([6], schema.SERVED_SEGMENT)
     cat["ineligible"][7] = True
     assert fallback_list(cat, [2, 2], np.array([], dtype=np.int64), 3) == ([5, 6, 8], schema.SERVED_POPULAR)
+
+
+def test_popularity_lists_give_each_user_their_segments_or_everyones_unseen_eligible_items(spark):
+    cat = item_catalog(np.zeros((10, 2), dtype=np.float32), item_ids=np.array([f"i{i}" for i in range(10)]),
+                       popular=np.array([5, 6, 7, 8]), segments={"1,1": np.array([5, 6])})
+    cat["ineligible"][7] = True
+    users = spark.createDataFrame([("a", [5], [1, 1]), ("b", [], [2, 2]), ("c", None, None)],
+                                  "user_id string, seen array<int>, profile_cat array<int>")
+    got = sorted(tuple(r) for r in popularity_rows(users, 3, spark.sparkContext.broadcast(cat)).collect())
+    # a: its segment's list without the seen item 5; b (a segment too small) and c: everyone's, without
+    # the ineligible item 7.
+    assert got == [("a", 1, "i6"), ("b", 1, "i5"), ("b", 2, "i6"), ("b", 3, "i8"),
+                   ("c", 1, "i5"), ("c", 2, "i6"), ("c", 3, "i8")]
 
 
 def test_campaign_top_keeps_each_campaigns_best_users_across_batches():
