@@ -487,9 +487,10 @@ class OpeConfig:
     # Off-policy evaluation (`ope`): the item-level exposure log to learn from (a Delta table with
     # user_id, item_id, propensity, clicked, revenue; abtest-simulate writes one).
     log: str = "gold/ab_exposures"
-    # Or a night the nightly scored (YYYY-MM-DD; read instead of `log`): its lists in
-    # gold/recommendations with their propensities, each shown item rewarded by the user's events on
-    # it in the `reward_days` days from the night (any event: a click; a purchase: its price).
+    # Or a night the nightly scored (YYYY-MM-DD, or latest: the newest whose reward window has
+    # closed; read instead of `log`): its lists in gold/recommendations with their propensities, each
+    # shown item rewarded by the user's events on it in the `reward_days` days from the night (any
+    # event: a click; a purchase: its price).
     night: str = ""
     reward_days: int = 1
     # Candidate policies, each estimated from the log: popularity, relevance, expected_revenue,
@@ -843,11 +844,11 @@ def _check_values(cfg: Config) -> None:
     if not 0 < cfg.ope.alpha < 1:
         raise ConfigError(f"ope.alpha: must be in (0, 1), got {cfg.ope.alpha}")
     _at_least("ope.reward_days", cfg.ope.reward_days, 1)
-    if cfg.ope.night:
+    if cfg.ope.night and cfg.ope.night != "latest":
         try:
             date.fromisoformat(cfg.ope.night)
         except ValueError:
-            raise ConfigError(f"ope.night: expected a date such as '2026-07-01', got {cfg.ope.night!r}") from None
+            raise ConfigError(f"ope.night: expected a date such as '2026-07-01' or latest, got {cfg.ope.night!r}") from None
     if not (0 < ab.alpha < 1 and 0 < ab.power < 1):
         raise ConfigError(f"abtest.alpha and abtest.power must be in (0, 1), got {ab.alpha} and {ab.power}")
     if not cfg.evaluate.ks or min(cfg.evaluate.ks) < 1:

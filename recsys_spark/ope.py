@@ -176,6 +176,19 @@ def exposure_table(spark: SparkSession, cfg: Config) -> Logged:
                   lambda policy: candidate_lists(spark, cfg, shop, policy), shop.close)
 
 
+def night_to_estimate(spark: SparkSession, cfg: Config, today: date) -> date:
+    """ope.night as a date: the date it names, or for `latest` the newest scored night whose
+    reward window (ope.reward_days) has closed by `today`."""
+    if cfg.ope.night != "latest":
+        return date.fromisoformat(cfg.ope.night)
+    nights = score.scored_nights(spark, cfg.tables_root)
+    closed = [d for d in nights if d + timedelta(days=cfg.ope.reward_days) <= today]
+    if not closed:
+        raise ValueError(f"ope.night is latest, but no scored night's {cfg.ope.reward_days}-day reward window has "
+                         f"closed by {today} (nights scored: {', '.join(map(str, nights[-10:])) or 'none'})")
+    return closed[-1]
+
+
 def logged_night(spark: SparkSession, cfg: Config, night: date, today: date) -> Logged:
     """The lists the nightly wrote for `night` (gold/recommendations, with their propensities) as an
     exposure log: each shown item rewarded by the user's events on it in the ope.reward_days days
@@ -218,7 +231,7 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     (ope.night); append to gold/ope_estimates."""
     oc, root = cfg.ope, cfg.tables_root
     now = datetime.now(timezone.utc).replace(tzinfo=None)
-    source = (logged_night(spark, cfg, date.fromisoformat(oc.night), now.date()) if oc.night
+    source = (logged_night(spark, cfg, night_to_estimate(spark, cfg, now.date()), now.date()) if oc.night
               else exposure_table(spark, cfg))
     rows = []
     try:
@@ -234,4 +247,5 @@ def run(spark: SparkSession, cfg: Config) -> dict:
     tables.append(out, tables.location(root, schema.OPE_ESTIMATES))
     logger.info(f"ope: {len(oc.policies)} polic{'y' if len(oc.policies) == 1 else 'ies'} from {source.describe()}; "
                 f"{int(round((1 - oc.alpha) * 100))}% intervals:\n{format_estimates(rows)}")
-    return {"log": source.location, "log_version": source.version, "night": oc.night or None, "estimates": rows}
+    return {"log": source.location, "log_version": source.version,
+            "night": source.night.isoformat() if source.night else None, "estimates": rows}

@@ -187,6 +187,14 @@ def scoring_spec(cfg: Config, ckpt_path: str, ckpt: dict, run_date: date) -> Sco
                        explore_seed=run_date.toordinal())
 
 
+def scored_nights(spark: SparkSession, root: str) -> list[date]:
+    """The run dates gold/score_runs holds, oldest first."""
+    loc = tables.location(root, schema.SCORE_RUNS)
+    if not tables.exists(spark, loc):
+        return []
+    return sorted(r.run_date for r in tables.read(spark, loc).select("run_date").distinct().collect())
+
+
 def night_run(spark: SparkSession, root: str, night: date) -> dict:
     """The newest scoring run of `night`: its gold/score_runs row, with `versions`, the input tables'
     versions its lists were made from (stored with its partition's commit)."""
@@ -194,7 +202,7 @@ def night_run(spark: SparkSession, root: str, night: date) -> dict:
     runs = tables.read(spark, loc) if tables.exists(spark, loc) else None
     row = runs.where(F.col("run_date") == F.lit(night)).orderBy(F.desc("finished_at")).first() if runs is not None else None
     if row is None:
-        nights = sorted(str(r.run_date) for r in runs.select("run_date").distinct().collect()) if runs is not None else []
+        nights = [str(d) for d in scored_nights(spark, root)]
         raise ValueError(f"no scoring run for {night} in {loc}; the nights scored: {', '.join(nights[-10:]) or 'none'}")
     run = row.asDict()
     versions = tables.commit_metadata(spark, tables.location(root, schema.RECOMMENDATIONS),

@@ -241,3 +241,8 @@ def test_off_policy_estimates_of_a_scored_night_make_its_lists_again_and_reward_
         cli.run_stage(spark, make_config(root, **SHOP, ope={"night": "2026-06-30"}), "ope")
     with pytest.raises(ValueError, match="window closes on 2026-07-02"):
         ope.logged_night(spark, cfg, date(2026, 7, 1), today=date(2026, 7, 1))
+    # `latest` (the scheduled job's setting): the newest night whose window has closed.
+    latest = make_config(root, **SHOP, ope={"night": "latest"})
+    assert ope.night_to_estimate(spark, latest, today=date(2026, 7, 2)) == date(2026, 7, 1)
+    with pytest.raises(ValueError, match="no scored night's 1-day reward window has closed by 2026-07-01"):
+        ope.night_to_estimate(spark, latest, today=date(2026, 7, 1))
