@@ -39,7 +39,7 @@ import logging
 import math
 import uuid
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from typing import Optional
 
 import numpy as np
@@ -50,7 +50,7 @@ from recsys_spark import schema, tables
 from recsys_spark.abtest import Shop, click_chance, lognormal_revenue_mean
 from recsys_spark.baselines import popularity_counts
 from recsys_spark.config import Config
-from recsys_spark.rewards import REWARDS, rewarded
+from recsys_spark.rewards import REWARDS, rewarded, window_closes
 from recsys_spark.table_schemas import BANDIT_DAYS_SCHEMA, BANDIT_EXPOSURES_SCHEMA, BANDIT_STATE_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -270,7 +270,7 @@ def learn_closed_nights(spark: SparkSession, cfg: Config, today: date) -> Learne
         return learned
     exposures = tables.read(spark, loc)
     closed = sorted(r.run_date for r in exposures.select("run_date").distinct().collect()
-                    if r.run_date + timedelta(days=bc.reward_days) <= today
+                    if window_closes(r.run_date, bc.reward_days) <= today
                     and (learned.through is None or r.run_date > learned.through))
     events = tables.read(spark, tables.location(root, schema.EVENTS)).select("user_id", "item_id", "event_type", "ts")
     for night in closed:

@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from typing import Callable, Optional
 
 from pyspark.sql import DataFrame, SparkSession
@@ -43,7 +43,7 @@ from scipy import stats
 from recsys_spark import schema, score, tables
 from recsys_spark.abtest import Shop
 from recsys_spark.config import Config
-from recsys_spark.rewards import REWARDS, rewarded
+from recsys_spark.rewards import REWARDS, rewarded, window_closes
 from recsys_spark.table_schemas import OPE_ESTIMATES_SCHEMA
 
 logger = logging.getLogger(__name__)
@@ -182,7 +182,7 @@ def night_to_estimate(spark: SparkSession, cfg: Config, today: date) -> date:
     if cfg.ope.night != "latest":
         return date.fromisoformat(cfg.ope.night)
     nights = score.scored_nights(spark, cfg.tables_root)
-    closed = [d for d in nights if d + timedelta(days=cfg.ope.reward_days) <= today]
+    closed = [d for d in nights if window_closes(d, cfg.ope.reward_days) <= today]
     if not closed:
         raise ValueError(f"ope.night is latest, but no scored night's {cfg.ope.reward_days}-day reward window has "
                          f"closed by {today} (nights scored: {', '.join(map(str, nights[-10:])) or 'none'})")
@@ -195,19 +195,17 @@ def logged_night(spark: SparkSession, cfg: Config, night: date, today: date) -> 
     from the night (rewards.rewarded); candidates made as that night's run would have made them
     (score.replayed_lists). Refused while the reward window is open on `today`."""
     root, days = cfg.tables_root, cfg.ope.reward_days
-    if night + timedelta(days=days) > today:
+    if window_closes(night, days) > today:
         raise ValueError(f"the rewards of {night} are not all in: its {days}-day window closes on "
-                         f"{night + timedelta(days=days)}; estimate it then (or shorten ope.reward_days)")
+                         f"{window_closes(night, days)}; estimate it then (or shorten ope.reward_days)")
     run = score.night_run(spark, root, night)
     loc = tables.location(root, schema.RECOMMENDATIONS)
     # The table as it is now, not the version the run wrote: users forgotten since are left out.
     version = tables.version(spark, loc)
     lists = tables.read(spark, loc, version).where(F.col("run_date") == F.lit(night))
-    # Lists written before propensities were recorded never explored: each item was shown for sure.
-    propensity = F.coalesce(F.col("propensity") if "propensity" in lists.columns else F.lit(None), F.lit(1.0))
     content = tables.read_pinned(spark, root, schema.ITEM_CONTENT, run["versions"])
     price = F.col("price") if "price" in content.columns else F.lit(None)
-    shown = (lists.select("user_id", "item_id", propensity.cast("double").alias("propensity"))
+    shown = (lists.select("user_id", "item_id", score.recorded_propensity(lists).cast("double").alias("propensity"))
              .join(content.select("item_id", F.coalesce(price, F.lit(0.0)).cast("double").alias("reward_value")),
                    "item_id", "left").fillna({"reward_value": 0.0}))
     events = tables.read(spark, tables.location(root, schema.EVENTS)).select("user_id", "item_id", "event_type", "ts")

@@ -18,12 +18,17 @@ from recsys_spark import schema
 REWARDS = {"clicks": "clicked", "revenue": "revenue"}
 
 
+def window_closes(night: date, days: int) -> date:
+    """The first day whose events no longer reward what `night` showed: its rewards are all in then."""
+    return night + timedelta(days=days)
+
+
 def rewarded(shown: DataFrame, events: DataFrame, night: date, days: int) -> DataFrame:
     """The items shown on `night` (user_id, item_id, reward_value and any other columns) with their
     rewards: clicked (1 when the user had any event on the item within `days` days from the night)
     and revenue (reward_value when one of those events was a purchase, else 0)."""
-    start = datetime.combine(night, time.min)
-    window = (events.where((F.col("ts") >= F.lit(start)) & (F.col("ts") < F.lit(start + timedelta(days=days))))
+    start, end = datetime.combine(night, time.min), datetime.combine(window_closes(night, days), time.min)
+    window = (events.where((F.col("ts") >= F.lit(start)) & (F.col("ts") < F.lit(end)))
               .groupBy("user_id", "item_id")
               .agg(F.max((F.col("event_type") == F.lit(schema.PURCHASE)).cast("int")).alias("_bought")))
     out = shown.join(window, ["user_id", "item_id"], "left")

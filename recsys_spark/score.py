@@ -30,7 +30,7 @@ from datetime import date, datetime, timezone
 from typing import Optional
 
 import numpy as np
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from recsys_spark import bandit, checkpoints, features, promotion, schema, splits, tables
@@ -282,9 +282,7 @@ def _scope(spark: SparkSession, root: str, users: DataFrame, last: Optional[dict
     for column in ("probability", "purchase_probability"):
         if column not in previous.columns:
             previous = previous.withColumn(column, F.lit(None).cast("float"))
-    # Lists written before propensities were recorded never explored: each item was shown for sure.
-    previous = previous.withColumn("propensity", F.coalesce(
-        F.col("propensity") if "propensity" in previous.columns else F.lit(None), F.lit(1.0)).cast("float"))
+    previous = previous.withColumn("propensity", recorded_propensity(previous).cast("float"))
     unserved = users.select("user_id").join(previous.select("user_id"), "user_id", "left_anti")
     # Materialised, so the planner knows its size and broadcasts it when small (the usual night)
     # instead of shuffling the last run's million rows to join them.
@@ -293,6 +291,12 @@ def _scope(spark: SparkSession, root: str, users: DataFrame, last: Optional[dict
     return Scope(mode, reason, users.join(rescore, "user_id", "left_semi"),
                  previous.join(rescore, "user_id", "left_anti").drop("model_run_id", "run_date"), rescore,
                  (changed, rescore))
+
+
+def recorded_propensity(lists: DataFrame) -> Column:
+    """The chance each row's item was shown, from a partition of gold/recommendations. Lists written
+    before propensities were recorded never explored: each of their items was shown for sure."""
+    return F.coalesce(F.col("propensity") if "propensity" in lists.columns else F.lit(None), F.lit(1.0))
 
 
 def _staged(scored: DataFrame, carried: Optional[DataFrame], run_id: str, run_date: date) -> DataFrame:
