@@ -189,6 +189,21 @@ print(kept, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+def test_a_horovod_task_keeps_its_command_alive_three_seconds_from_its_start_not_from_its_end():
+    """scripts/build_horovod.sh patches Horovod's Spark task, which started its 3-second minimum
+    command lifetime when the command ended: every launch waited 3 s more after its ranks returned."""
+    import threading
+
+    from horovod.spark.task.task_service import SparkTaskService
+
+    task = SparkTaskService(0, b"k" * 32, None, minimum_command_lifetime_s=3)
+    try:
+        task._run_command("sleep 1", dict(os.environ), threading.Event())
+        assert task._minimum_command_lifetime.remaining() <= 2.0  # the clock ran during the 1-s command
+    finally:
+        task.shutdown()
+
+
 def test_a_cpu_rank_reuses_freed_memory_instead_of_faulting_in_fresh_pages():
     """A step-sized allocation after a few steps: fresh pages every time by default (about 49,000
     page faults for 200 MB), the pages of earlier steps when the rank keeps freed memory."""
