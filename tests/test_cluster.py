@@ -24,6 +24,7 @@ from recsys_spark.session import delta_package
 
 pytestmark = [pytest.mark.slow, pytest.mark.cluster]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+QUICK_JIT = "-XX:TieredStopAtLevel=1"
 
 
 @pytest.fixture(scope="module")
@@ -57,6 +58,9 @@ def test_nightly_on_a_standalone_cluster_via_spark_submit(cluster, wheel, tmp_pa
            "--conf", "spark.executor.cores=1", "--conf", "spark.executor.memory=1g",
            "--conf", "spark.cores.max=2", "--conf", "spark.task.cpus=1",
            "--conf", "spark.ui.enabled=false", "--conf", f"spark.pyspark.python={python}",
+           # These JVMs live two minutes: the optimising JIT costs more CPU than it saves in them
+           # (the test took 105-107 s with the quick compiler alone, 123-126 s without this).
+           "--conf", f"spark.driver.extraJavaOptions={QUICK_JIT}", "--conf", f"spark.executor.extraJavaOptions={QUICK_JIT}",
            "--py-files", str(shipped),
            # TorchDistributor's torchrun processes import through PYTHONPATH, relative to the executor's
            # working directory, where Spark puts the shipped file.
