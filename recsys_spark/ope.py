@@ -184,8 +184,10 @@ def night_to_estimate(spark: SparkSession, cfg: Config, today: date) -> date:
     nights = score.scored_nights(spark, cfg.tables_root)
     closed = [d for d in nights if window_closes(d, cfg.ope.reward_days) <= today]
     if not closed:
+        then = (f"run it again on {min(window_closes(d, cfg.ope.reward_days) for d in nights)}" if nights
+                else "score a night first")
         raise ValueError(f"ope.night is latest, but no scored night's {cfg.ope.reward_days}-day reward window has "
-                         f"closed by {today} (nights scored: {', '.join(map(str, nights[-10:])) or 'none'})")
+                         f"closed by {today} (nights scored: {', '.join(map(str, nights[-10:])) or 'none'}); {then}")
     return closed[-1]
 
 
