@@ -115,33 +115,6 @@ def test_training_windows_are_padded_next_item_pairs(spark):
     ]
 
 
-def test_ids_and_tags_are_indexed_persistently(spark, built, tmp_path):
-    """Numbers given to user ids, item ids and tag values never change; newcomers are appended."""
-    shutil.copytree(built.paths.root, tmp_path / "lake")
-    cfg = make_config(tmp_path / "lake", features=FEATURES)
-    items = tmp_path / "lake" / "raw" / "items" / "i.csv"
-    before_u = {r.user_id: r.user_idx for r in _read(spark, cfg, schema.USER_INDEX).collect()}
-    before_i = {r.item_id: r.item_idx for r in _read(spark, cfg, schema.ITEM_INDEX).collect()}
-    assert sorted(before_i.values()) == [1, 2, 3, 4]  # i4 has no events but is in the catalog
-    assert sorted(before_u.values()) == [0, 1]
-    tags = {r.item_id: sorted(r.tag_ids) for r in _read(spark, cfg, schema.ITEM_CONTENT).collect()}
-    comedy = set(tags["i1"]) & set(tags["i2"])
-    assert len(tags["i1"]) == 2 and len(comedy) == 1 and tags["i3"] == []
-    # New ids that sort before the old ones must still get new numbers after them; a new tag too.
-    (tmp_path / "lake" / "raw" / "events" / "b.csv").write_text(HEADER + "e8,a0,h0,view,2026-01-03 01:00:00\n")
-    items.write_text(items.read_text().replace("i3,Phone Three,Phone,Globex,200,", "i3,Phone Three,Phone,Globex,200,"
-                                                                                    "Action|Comedy"))
-    ingest.run(spark, cfg)
-    features.run(spark, cfg)
-    after_u = {r.user_id: r.user_idx for r in _read(spark, cfg, schema.USER_INDEX).collect()}
-    after_i = {r.item_id: r.item_idx for r in _read(spark, cfg, schema.ITEM_INDEX).collect()}
-    assert {k: after_u[k] for k in before_u} == before_u and after_u["a0"] == 2
-    assert {k: after_i[k] for k in before_i} == before_i and after_i["h0"] == 5
-    after = {r.item_id: sorted(r.tag_ids) for r in _read(spark, cfg, schema.ITEM_CONTENT).collect()}
-    assert after["i1"] == tags["i1"] and after["i2"] == tags["i2"]
-    assert comedy <= set(after["i3"]) and max(after["i3"]) > max(tags["i1"])  # "Action" appended
-
-
 def test_profiles_and_item_content(spark, built):
     cfg = built
     uidx = {r.user_id: r.user_idx for r in _read(spark, cfg, schema.USER_INDEX).collect()}
@@ -235,24 +208,37 @@ def _same(a, b) -> bool:
     return a == b
 
 
-def test_an_incremental_run_rebuilds_only_changed_users_and_equals_a_full_rebuild(spark, built, tmp_path):
+def test_an_incremental_run_rebuilds_only_changed_users_keeps_every_number_and_equals_a_full_rebuild(
+        spark, built, tmp_path):
+    """Numbers given to user ids, item ids and tag values never change, whichever the mode; newcomers
+    are numbered after them. An incremental run then holds what a full rebuild holds."""
     shutil.copytree(built.paths.root, tmp_path / "lake")
     cfg = make_config(tmp_path / "lake", features={**FEATURES, "mode": "incremental"})
     u1_before = _read(spark, cfg, schema.SEQUENCES).where("user_id = 'u1'").collect()
-    # u2 gets a third item (so now has held-out targets), n1 is a new user; u1 has nothing new.
+    before_u = {r.user_id: r.user_idx for r in _read(spark, cfg, schema.USER_INDEX).collect()}
+    before_i = {r.item_id: r.item_idx for r in _read(spark, cfg, schema.ITEM_INDEX).collect()}
+    assert sorted(before_i.values()) == [1, 2, 3, 4]  # i4 has no events but is in the catalog
+    assert sorted(before_u.values()) == [0, 1]
+    tags = {r.item_id: sorted(r.tag_ids) for r in _read(spark, cfg, schema.ITEM_CONTENT).collect()}
+    comedy = set(tags["i1"]) & set(tags["i2"])
+    assert len(tags["i1"]) == 2 and len(comedy) == 1 and tags["i3"] == []
+    # u2 gets a third item (so now has held-out targets), n1 is a new user; u1 has nothing new. a0 and
+    # h0 are new ids that sort before the old ones.
     (tmp_path / "lake" / "raw" / "events" / "b.csv").write_text(HEADER + "\n".join([
-        "e9,u2,i3,view,2026-01-04 00:00:00", "e10,n1,i2,view,2026-01-04 01:00:00",
-        "e11,n1,i1,purchase,2026-01-04 02:00:00"]) + "\n")
+        "e8,a0,h0,view,2026-01-03 01:00:00", "e9,u2,i3,view,2026-01-04 00:00:00",
+        "e10,n1,i2,view,2026-01-04 01:00:00", "e11,n1,i1,purchase,2026-01-04 02:00:00"]) + "\n")
     # The users feed declares s1, a sign-up with no events from a region not seen before; the items
-    # feed renames i4 and adds i5 (a brand not seen before) to an existing category.
+    # feed tags i3 (with a new tag), renames i4 and adds i5 (a brand not seen before) to an existing
+    # category.
     raw = tmp_path / "lake" / "raw"
     (raw / "users" / "u.csv").write_text((raw / "users" / "u.csv").read_text() + "s1,18-24,F,east\n")
-    items = (raw / "items" / "i.csv").read_text().replace("New Case", "Newer Case")
+    items = (raw / "items" / "i.csv").read_text().replace("New Case", "Newer Case").replace(
+        "i3,Phone Three,Phone,Globex,200,", "i3,Phone Three,Phone,Globex,200,Action|Comedy")
     (raw / "items" / "i.csv").write_text(items + "i5,Case Five,Case,Initech,15,,\n")
     before = {name: _read(spark, cfg, name).inputFiles() for name in (schema.USER_ITEM, schema.SEQUENCES, schema.USER_PROFILE)}
     ingest.run(spark, cfg)
     incremental = features.run(spark, cfg)
-    assert (incremental.mode, incremental.users_rebuilt, incremental.n_users) == ("incremental", 3, 4)
+    assert (incremental.mode, incremental.users_rebuilt, incremental.n_users) == ("incremental", 4, 5)
     assert _read(spark, cfg, schema.SEQUENCES).where("user_id = 'u1'").collect() == u1_before
     # Only the changed users' rows were written: u1's rows stayed in their files (deletion vectors
     # mark the replaced ones), except in the training table, whose files Petastorm reads as they are.
@@ -263,6 +249,17 @@ def test_an_incremental_run_rebuilds_only_changed_users_and_equals_a_full_rebuil
     assert tables.active_files(spark, loc, incremental.versions[schema.TRAIN_EXAMPLES])
     full = features.run(spark, make_config(tmp_path / "lake", features=FEATURES))
     assert full.mode == "full"
+    for report in (incremental, full):
+        after_u = {r.user_id: r.user_idx for r in tables.read(spark, tables.location(cfg.tables_root, schema.USER_INDEX),
+                                                              report.versions[schema.USER_INDEX]).collect()}
+        after_i = {r.item_id: r.item_idx for r in tables.read(spark, tables.location(cfg.tables_root, schema.ITEM_INDEX),
+                                                              report.versions[schema.ITEM_INDEX]).collect()}
+        assert {k: after_u[k] for k in before_u} == before_u and (after_u["a0"], after_u["n1"], after_u["s1"]) == (2, 3, 4)
+        assert {k: after_i[k] for k in before_i} == before_i and (after_i["h0"], after_i["i5"]) == (5, 6)
+        after = {r.item_id: sorted(r.tag_ids) for r in tables.read(
+            spark, tables.location(cfg.tables_root, schema.ITEM_CONTENT), report.versions[schema.ITEM_CONTENT]).collect()}
+        assert after["i1"] == tags["i1"] and after["i2"] == tags["i2"]
+        assert comedy <= set(after["i3"]) and max(after["i3"]) > max(tags["i1"])  # "Action" numbered after them
     for name in (schema.USER_ITEM, schema.SEQUENCES, schema.USER_PROFILE, schema.TRAIN_EXAMPLES, schema.FEATURE_STATS,
                  schema.ITEM_CONTENT):
         loc = tables.location(cfg.tables_root, name)
