@@ -24,7 +24,11 @@ def spark(tmp_path_factory):
               # The suite runs the same stages' queries again and again in one JVM; Spark's default
               # cache of 100 compiled query classes evicts them, and compiling them again costs about
               # a quarter of a repeated features run (benchmarks/repeated_stages.py).
-              "spark.sql.codegen.cache.maxEntries": "4000"},
+              "spark.sql.codegen.cache.maxEntries": "4000",
+              # The throughput collector: G1's concurrent marking took about a sixth of a core while
+              # stages ran; test_features and test_score took 286 and 295 s with this, 323 and 301 s
+              # without it (alternated, 2026-12-05).
+              "spark.driver.extraJavaOptions": "-XX:+UseParallelGC"},
     )
     # A local metastore, as the CLI builds one when paths.catalog is set (tests/test_catalog.py).
     session = build_spark(cfg, metastore=str(tmp_path_factory.mktemp("metastore")))
