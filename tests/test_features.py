@@ -45,8 +45,8 @@ def _days_since_1970(when: str) -> float:
     return datetime.fromisoformat(when).replace(tzinfo=timezone.utc).timestamp() / 86400
 
 
-def _read(spark, cfg, name):
-    return tables.read(spark, tables.location(cfg.tables_root, name))
+def _read(spark, cfg, name, version=None):
+    return tables.read(spark, tables.location(cfg.tables_root, name), version)
 
 
 @pytest.fixture(scope="module")
@@ -249,22 +249,21 @@ def test_an_incremental_run_rebuilds_only_changed_users_keeps_every_number_and_e
     assert tables.active_files(spark, loc, incremental.versions[schema.TRAIN_EXAMPLES])
     full = features.run(spark, make_config(tmp_path / "lake", features=FEATURES))
     assert full.mode == "full"
+
+    def written(report, name):
+        return _read(spark, cfg, name, report.versions[name]).collect()
+
     for report in (incremental, full):
-        after_u = {r.user_id: r.user_idx for r in tables.read(spark, tables.location(cfg.tables_root, schema.USER_INDEX),
-                                                              report.versions[schema.USER_INDEX]).collect()}
-        after_i = {r.item_id: r.item_idx for r in tables.read(spark, tables.location(cfg.tables_root, schema.ITEM_INDEX),
-                                                              report.versions[schema.ITEM_INDEX]).collect()}
+        after_u = {r.user_id: r.user_idx for r in written(report, schema.USER_INDEX)}
+        after_i = {r.item_id: r.item_idx for r in written(report, schema.ITEM_INDEX)}
         assert {k: after_u[k] for k in before_u} == before_u and (after_u["a0"], after_u["n1"], after_u["s1"]) == (2, 3, 4)
         assert {k: after_i[k] for k in before_i} == before_i and (after_i["h0"], after_i["i5"]) == (5, 6)
-        after = {r.item_id: sorted(r.tag_ids) for r in tables.read(
-            spark, tables.location(cfg.tables_root, schema.ITEM_CONTENT), report.versions[schema.ITEM_CONTENT]).collect()}
+        after = {r.item_id: sorted(r.tag_ids) for r in written(report, schema.ITEM_CONTENT)}
         assert after["i1"] == tags["i1"] and after["i2"] == tags["i2"]
         assert comedy <= set(after["i3"]) and max(after["i3"]) > max(tags["i1"])  # "Action" numbered after them
     for name in (schema.USER_ITEM, schema.SEQUENCES, schema.USER_PROFILE, schema.TRAIN_EXAMPLES, schema.FEATURE_STATS,
                  schema.ITEM_CONTENT):
-        loc = tables.location(cfg.tables_root, name)
-        got, want = (sorted(tuple(r) for r in tables.read(spark, loc, report.versions[name]).collect())
-                     for report in (incremental, full))
+        got, want = (sorted(tuple(r) for r in written(report, name)) for report in (incremental, full))
         assert len(got) == len(want) and _same(got, want), name
 
 
