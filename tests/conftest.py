@@ -120,6 +120,21 @@ def wheel(tmp_path_factory) -> str:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cluster_nightly(request, tmp_path_factory):
+    """The nightly of tests/test_cluster.py, submitted to its standalone cluster when the session
+    starts (if that test was collected) so that it runs in its own JVMs beside the other tests;
+    the test waits for it. None when the test was not collected."""
+    if not any(item.get_closest_marker("cluster") for item in request.session.items):
+        yield None
+        return
+    from test_cluster import SubmittedNightly
+
+    job = SubmittedNightly(lambda: request.getfixturevalue("wheel"), tmp_path_factory.mktemp("cluster"))
+    yield job
+    job.stop()
+
+
 def bare_python(folder) -> str:
     """A Python environment with this project's dependencies but not the project itself: a venv
     whose site-packages lists the test environment's site-packages as a plain path (a line of a .pth

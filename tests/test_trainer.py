@@ -583,7 +583,8 @@ def test_ranks_end_identical_and_write_a_self_describing_checkpoint(spark, unint
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", LAUNCHERS)
+# Under Horovod the same loss and resume is the averaged-weights test's below.
+@pytest.mark.parametrize("launcher", ["torch_distributor"])
 def test_a_run_that_lost_a_rank_resumes_to_the_uninterrupted_weights(spark, train_files, tmp_path, uninterrupted,
                                                                      launcher):
     models = str(tmp_path / "models")
