@@ -59,6 +59,18 @@ def _with_profiler(cfg):
     return dataclasses.replace(cfg, spark=dataclasses.replace(cfg.spark, conf=conf))
 
 
+def _profiler(spark):
+    """async-profiler in the session's JVM. A JVM started before without its package (a session this
+    process already had) cannot load it, so that is refused before any run."""
+    from py4j.java_gateway import JavaClass
+
+    loader = spark._jvm.one.profiler.AsyncProfilerLoader
+    if not isinstance(loader, JavaClass):
+        raise SystemExit(f"--profile needs {PROFILER_PACKAGE} in the session's JVM, which was started without it "
+                         "(a Spark session this process already had): run the benchmark in a new process")
+    return loader.load()
+
+
 def cpu_split(collapsed: str, runs: int) -> dict:
     """Seconds of CPU per run by thread kind (and the driver's by the work of DRIVER_WORK), from
     async-profiler's collapsed stacks recorded with the `threads` option."""
@@ -95,9 +107,9 @@ def main(argv=None) -> int:
             return 2
         generate(cfg.generate, cfg.paths.raw)
         with harness.spark_session(_with_profiler(cfg) if args.profile else cfg) as spark:
+            profiler = _profiler(spark) if args.profile else None
             cold = [_run(spark, cfg, stage, "cold") for stage in ("ingest", "features")]
             if args.profile:
-                profiler = spark._jvm.one.profiler.AsyncProfilerLoader.load()
                 profiler.execute(f"start,event=itimer,interval={int(SAMPLE_S * 1000)}ms,threads")
             again = [_run(spark, cfg, args.stage, f"again {i + 1}") for i in range(args.repeats)]
             if args.profile:
