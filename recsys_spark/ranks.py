@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import sys
 
 import torch
 
@@ -137,9 +138,19 @@ STARTED = "recsys-spark: rank function started"
 
 
 def announced(fn, *args):
-    """Rank function: print STARTED, then return fn(*args)."""
+    """Rank function: print STARTED, then return fn(*args).
+
+    The ranks of one torchrun (TorchDistributor's local mode starts them all from one) write what
+    they return to the same file, which the driver takes for rank 0's, and torchrun's wrapper exits 0
+    even when a rank failed: so the other ranks leave without writing, and a failed rank 0 leaves no
+    result behind, which TorchDistributor reports as a failure."""
     print(f"{STARTED} (rank {os.environ.get('RANK', '?')})", flush=True)
-    return fn(*args)
+    result = fn(*args)
+    if int(os.environ.get("LOCAL_WORLD_SIZE", "1")) > 1 and os.environ.get("RANK") != "0":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return result
 
 
 def connect(launcher: str):

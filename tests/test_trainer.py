@@ -105,7 +105,7 @@ def what_each_rank_sees(files, launcher):
 
 @pytest.fixture(scope="module", params=LAUNCHERS)
 def rank_views(request, spark, train_files):
-    """What rank 0 gathered from one launch of 2 ranks under each launcher (a launch costs 7-8 s
+    """What rank 0 gathered from one launch of 2 ranks under each launcher (a launch costs 5-6 s
     whatever its ranks do: benchmarks/launch_overhead.py)."""
     return launch(request.param, 2, what_each_rank_sees, train_files, request.param)
 
