@@ -261,6 +261,15 @@ def prepare(spark: SparkSession, cfg: Config) -> TrainJob:
 TORCH_DISTRIBUTOR_ATTEMPTS = 3
 
 
+def torch_distributor_local_mode(use_gpu: bool) -> bool:
+    """Whether TorchDistributor starts the ranks from one torchrun on the driver's machine (local
+    mode) rather than as barrier tasks on the executors: for CPU ranks on a local master, whose only
+    executor is the driver's own JVM, so the ranks run on this machine either way, and one torchrun
+    starts them in less than half the time (a launch of 2 ranks 5.0-5.2 s instead of 11.6-12.1 s,
+    docs/benchmarks.md). GPU ranks stay barrier tasks, which get the GPUs Spark assigned them."""
+    return not use_gpu and SparkSession.active().sparkContext.master.startswith("local")
+
+
 def launch(launcher: str, num_proc: int, fn, *args, use_gpu: bool = False):
     """fn(*args) on num_proc executor task slots, ranks joined by recsys_spark.ranks.connect(launcher);
     rank 0's result (fn must return a dict with its "rank" under horovod). A failed launch raises
@@ -269,11 +278,7 @@ def launch(launcher: str, num_proc: int, fn, *args, use_gpu: bool = False):
         return _launch_horovod(num_proc, fn, *args)
     from pyspark.ml.torch.distributor import TorchDistributor
 
-    # On a local master the only executor is the driver's own JVM, so the ranks run on this machine
-    # either way: TorchDistributor's local mode starts one torchrun here for all of them instead of a
-    # barrier stage whose every task starts its own torchrun (a launch of 2 CPU ranks 7.0 s instead
-    # of 12.6 s, docs/benchmarks.md). GPU ranks stay barrier tasks, which get the GPUs Spark gave them.
-    local_mode = not use_gpu and SparkSession.active().sparkContext.master.startswith("local")
+    local_mode = torch_distributor_local_mode(use_gpu)
     for attempt in range(1, TORCH_DISTRIBUTOR_ATTEMPTS + 1):
         with _RankOutput() as output:
             try:

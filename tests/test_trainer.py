@@ -16,6 +16,7 @@ from benchmarks import faults
 from recsys_spark import checkpoints, schema, tables
 from recsys_spark.config import TrainConfig
 from recsys_spark.model import ModelConfig
+from recsys_spark import train as train_mod
 from recsys_spark.train import launch
 from recsys_spark.trainer import PetastormShards, TrainJob, shard_batches, worker
 
@@ -656,10 +657,17 @@ def test_every_rank_trains_on_at_the_cut_rate_after_a_plateau_and_rank_0_ends_wi
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launcher", LAUNCHERS)
-def test_a_checkpoint_rank_0_cannot_write_fails_the_launch_with_the_reason(spark, train_files, tmp_path, launcher):
+@pytest.mark.parametrize("launcher, barrier_tasks", [("horovod", False), ("torch_distributor", False),
+                                                    ("torch_distributor", True)],
+                         ids=["horovod", "torch_distributor", "torch_distributor-barrier-tasks"])
+def test_a_checkpoint_rank_0_cannot_write_fails_the_launch_with_the_reason(spark, train_files, tmp_path, monkeypatch,
+                                                                          launcher, barrier_tasks):
     # The other rank has finished and left the process group when rank 0 writes the checkpoint: the
-    # launch must still end, failed, and say why (not wait on the finished rank).
+    # launch must still end, failed, and say why (not wait on the finished rank). With barrier tasks,
+    # as on a cluster, the ranks' lines reach the driver through pyspark's log server instead of
+    # straight from the one torchrun of local mode.
+    if barrier_tasks:
+        monkeypatch.setattr(train_mod, "torch_distributor_local_mode", lambda use_gpu: False)
     blocked = tmp_path / "models-is-a-file"
     blocked.write_text("")
     job = _job(train_files, str(blocked / "models"), "attn-blocked", launcher=launcher, resume="off")
