@@ -14,9 +14,9 @@ from pyspark import cloudpickle as spark_cloudpickle
 
 from benchmarks import faults
 from recsys_spark import checkpoints, schema, tables
+from recsys_spark import train as train_mod
 from recsys_spark.config import TrainConfig
 from recsys_spark.model import ModelConfig
-from recsys_spark import train as train_mod
 from recsys_spark.train import launch
 from recsys_spark.trainer import PetastormShards, TrainJob, shard_batches, worker
 
