@@ -84,8 +84,9 @@ class SubmittedNightly:
                os.path.join(REPO, "jobs", "nightly.py"), "--config", str(cfg_file)]
         env = {**self.cluster["env"], "PYSPARK_PYTHON": python, "PYSPARK_DRIVER_PYTHON": python}
         self._log = self.logs / "submit.log"
-        return subprocess.Popen(cmd, env=env, cwd=str(self.folder), stdout=open(self._log, "w"),
-                                stderr=subprocess.STDOUT, text=True)
+        with open(self._log, "w") as out:  # the child keeps its own copy of the handle
+            return subprocess.Popen(cmd, env=env, cwd=str(self.folder), stdout=out, stderr=subprocess.STDOUT,
+                                    text=True)
 
     def result(self, timeout: float = 1200) -> tuple[int, str]:
         """(spark-submit's exit code, its output), once it has ended; the cluster is stopped then."""
