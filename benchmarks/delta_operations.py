@@ -10,9 +10,20 @@ several of: the table's latest version (tables.version, from the Delta log), the
 table's history (the public API, which tables.version falls back on), and the metadata of the
 latest commit (tables.commit_metadata). Medians of `repeats`, the first repetition left out (the
 JVM warming up).
+
+    python -m benchmarks.delta_operations --out RESULT.json --nights 100
+
+With --nights N it measures instead what N nights of small replacements do to a table like the
+user-item matrix (100,000 users x 14 rows, written as tables.overwrite writes the tables that
+keep deletion vectors; each night the rows of 1,000 random users replaced with
+tables.replace_groups, the incremental features' write): every 25 nights its files, the rows
+deleted but still inside them, and the median time of a whole-table aggregation (3 runs); the
+median and largest replacement time of each 25 nights; then an OPTIMIZE, its time, and the same
+figures after it.
 """
 from __future__ import annotations
 
+import json
 import statistics
 import sys
 import time
@@ -53,10 +64,68 @@ def _measure(spark, location: str, rows: int, repeats: int) -> dict:
     return {name: round(statistics.median(v), 3) for name, v in seconds.items()}
 
 
+def _state(spark, location: str) -> dict:
+    from recsys_spark import tables
+
+    snapshot = tables.read(spark, location)
+    files = snapshot.inputFiles()
+    rows = snapshot.count()
+    return {"files": len(files), "rows": rows, "deleted_rows_in_files": spark.read.parquet(*files).count() - rows}
+
+
+def _whole_read(spark, location: str) -> float:
+    from pyspark.sql import functions as F
+
+    from recsys_spark import tables
+
+    return statistics.median(_time(lambda: tables.read(spark, location).groupBy("user_idx")
+                                   .agg(F.sum("weight").alias("w")).agg(F.sum("w")).collect()) for _ in range(3))
+
+
+def _nights(spark, location: str, nights: int, users: int = 100_000, per_user: int = 14,
+            changed: int = 1000) -> dict:
+    import random
+
+    from pyspark.sql import functions as F
+
+    from recsys_spark import tables
+
+    matrix = spark.range(users * per_user).select(
+        (F.col("id") % users).alias("user_idx"), (F.col("id") * 7919 % 5000).alias("item_idx"),
+        F.rand(1).cast("float").alias("weight"))
+    tables.overwrite(matrix.repartition(4), location, deletion_vectors=True)
+    rng, checks, windows, window = random.Random(3), [], [], []
+    for night in range(nights):
+        if night % 25 == 0:
+            checks.append({"night": night, **_state(spark, location), "whole_read_s": round(_whole_read(spark, location), 3)})
+            print(json.dumps(checks[-1]), flush=True)
+        chosen = spark.createDataFrame([(u,) for u in rng.sample(range(users), changed)], "user_idx long")
+        rows = chosen.crossJoin(spark.range(per_user).withColumnRenamed("id", "k")).select(
+            "user_idx", (F.col("k") * 13 + night).alias("item_idx"), F.lit(0.5).cast("float").alias("weight"))
+        window.append(_time(lambda: tables.replace_groups(spark, rows, location, "user_idx", ["user_idx", "item_idx"],
+                                                          chosen)))
+        if len(window) == 25 or night == nights - 1:
+            windows.append({"nights": [night + 2 - len(window), night + 1], "replace_median_s":
+                            round(statistics.median(window), 3), "replace_max_s": round(max(window), 3)})
+            print(json.dumps(windows[-1]), flush=True)
+            window = []
+    checks.append({"night": nights, **_state(spark, location), "whole_read_s": round(_whole_read(spark, location), 3)})
+    optimize_s = _time(lambda: tables.delta_table(spark, location).optimize().executeCompaction())
+    after = {**_state(spark, location), "whole_read_s": round(_whole_read(spark, location), 3)}
+    chosen = spark.createDataFrame([(u,) for u in rng.sample(range(users), changed)], "user_idx long")
+    rows = chosen.select("user_idx", F.lit(1).cast("long").alias("item_idx"), F.lit(0.5).cast("float").alias("weight"))
+    after["replace_s"] = [round(_time(lambda: tables.replace_groups(spark, rows, location, "user_idx",
+                                                                     ["user_idx", "item_idx"], chosen)), 3)
+                          for _ in range(5)]
+    return {"nights": nights, "checks": checks, "replacements": windows, "optimize_s": round(optimize_s, 3),
+            "after_optimize": after}
+
+
 def main(argv=None) -> int:
     p = harness.parser(__doc__, dataset=False, config=None)
     p.add_argument("--rows", default="100,100000,1000000", help="table sizes, comma-separated")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--nights", type=int, help="N nights of small replacements instead (see above)")
     args = p.parse_args(argv)
     sizes = [int(x) for x in args.rows.split(",")]
     with harness.work_dir(args.work, "bench-delta-ops-") as work:
@@ -65,6 +134,12 @@ def main(argv=None) -> int:
         if cfg is None:
             return 2
         with harness.spark_session(cfg) as spark:
+            if args.nights:
+                result = {"benchmark": "delta_operations-nights",
+                          **_nights(spark, f"{work}/user_item", args.nights)}
+                print(json.dumps(result["after_optimize"]))
+                harness.write_result(args.out, result)
+                return 0
             result = {"benchmark": "delta_operations", "repeats": args.repeats,
                       "seconds": {rows: _measure(spark, f"{work}/t{rows}", rows, args.repeats) for rows in sizes}}
     for rows, figures in result["seconds"].items():

@@ -12,6 +12,11 @@ scorings the same lists for the changed users, and reports medians and the incre
 share of a full night (features + score). With --profile, the first repetition's incremental features
 and score runs are profiled in the driver (cProfile: each call's time includes the Spark work it
 waits for): the .prof files go to DIR and the project's slowest calls are printed.
+
+With --successive N it runs N incremental nights in a row instead (ingest, features, score, as a
+nightly that does not retrain), then one full night on the same tables: what months of incremental
+nights do to the tables they replace rows in (files, files with deletion vectors) and to the
+night's time. Settings under test go in --set (a maintenance policy, for instance).
 """
 from __future__ import annotations
 
@@ -131,6 +136,58 @@ def _night(spark, cfg, work: str, base: list, new: pd.DataFrame, rep: int, confi
             "same_lists_for_changed_users": lists(days["incremental"]) == lists(days["full"])}
 
 
+# The tables an incremental night replaces rows in, whose files it adds to night after night.
+_GROWING = ("gold/user_item", "gold/sequences", "gold/user_profile", "gold/train_examples",
+            "gold/recommendations_latest", "bronze/events")
+
+
+def _files(spark, root: str) -> dict:
+    """{table: [active files, rows, deleted rows still inside them]} of the tables a night adds
+    files to."""
+    from recsys_spark import tables
+
+    out = {}
+    for name in _GROWING:
+        loc = tables.location(root, name)
+        if tables.exists(spark, loc):
+            snapshot = tables.read(spark, loc)
+            files = snapshot.inputFiles()
+            rows = snapshot.count()
+            out[name] = [len(files), rows, spark.read.parquet(*files).count() - rows]
+    return out
+
+
+def _successive(spark, cfg, work: str, base: list, users: list, items: list, nights: int, share: float,
+                config: str = None) -> dict:
+    """`nights` incremental nights in a row, then a full one; seconds and file counts per night."""
+    from recsys_spark import cli
+
+    rng = np.random.default_rng(11)
+    rows = []
+    for night in range(nights + 1):
+        mode = "incremental" if night < nights else "full"
+        new = _new_events(rng, users, items, share, night)
+        new_dir = os.path.join(work, f"new-{night}")
+        os.makedirs(new_dir, exist_ok=True)
+        new.to_parquet(os.path.join(new_dir, "events.parquet"))
+        day = (pd.Timestamp("2026-08-02") + pd.to_timedelta(night, "D")).date().isoformat()
+        seconds = {}
+        for stage, settings in (("ingest", [f"ingest.events={new_dir}"]), ("features", [f"features.mode={mode}"]),
+                                ("score", [f"score.mode={mode}", f"score.run_date={day}"])):
+            t = time.time()
+            report = cli.run_stage(spark, _cfg(work, base + settings, config), stage)
+            seconds[stage] = time.time() - t
+        row = {"night": night + 1, "mode": mode, **{f"{k}_s": v for k, v in seconds.items()},
+               "night_s": seconds["features"] + seconds["score"], "score_mode": report["mode"],
+               "files": _files(spark, cfg.tables_root)}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    full = rows[-1]["night_s"]
+    return {"nights": rows, "full_night_s": full,
+            "share_first_nights": statistics.median(r["night_s"] for r in rows[:3]) / full,
+            "share_last_nights": statistics.median(r["night_s"] for r in rows[-4:-1]) / full}
+
+
 def _same_features(spark, cfg, incremental: dict, full: dict) -> bool:
     """Whether the incremental and the full build hold the same sequences and profile counts."""
     from recsys_spark import schema, tables
@@ -153,6 +210,7 @@ def main(argv=None) -> int:
     p.add_argument("--changed", type=float, default=0.01)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--profile", metavar="DIR", help="profile the first repetition's incremental runs into DIR")
+    p.add_argument("--successive", type=int, metavar="N", help="N incremental nights in a row, then a full one")
     args = p.parse_args(argv)
     from recsys_spark import schema, tables
 
@@ -168,6 +226,17 @@ def main(argv=None) -> int:
                          .select("user_id").collect()]
             items = [r.item_id for r in tables.read(spark, tables.location(cfg.tables_root, schema.ITEM_INDEX))
                      .select("item_id").collect()]
+            if args.successive:
+                result = {"benchmark": "incremental-successive", "users": len(all_users), "items": args.items,
+                          "events": args.events, "changed_share": args.changed, "settings": args.overrides,
+                          "setup_stage_s": stages,
+                          **_successive(spark, cfg, work, base, all_users, items, args.successive, args.changed,
+                                        args.config)}
+                print(f"{args.successive} incremental nights in a row: the first three "
+                      f"{result['share_first_nights']:.0%} of a full night, the last three "
+                      f"{result['share_last_nights']:.0%} ({result['full_night_s']:.1f}s)")
+                harness.write_result(args.out, result)
+                return 0
             reps = []
             for rep in range(args.repeats):
                 new = _new_events(rng, all_users, items, args.changed, rep)

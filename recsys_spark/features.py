@@ -606,7 +606,7 @@ def _plan(spark: SparkSession, cfg: Config, inp: Inputs) -> Plan:
     reason = rebuild_reason(cfg.features, built, inp.events_version)
     if reason:
         return Plan(FULL, reason)
-    moved = [n for n in INCREMENTAL_TABLES if tables.version(spark, tables.location(root, n)) != previous.get(n)]
+    moved = [n for n in INCREMENTAL_TABLES if tables.rows_changed_since(spark, tables.location(root, n), previous.get(n))]
     if moved:  # a run killed before recording its set: its partial writes are not the base to merge into
         return Plan(FULL, f"{', '.join(moved)} changed after the previous complete features run")
     reason, declared, items_unchanged = _side_table_changes(spark, root, previous, inp)

@@ -335,8 +335,9 @@ def _publish(spark: SparkSession, cfg: Config, staged: DataFrame, rescored: Data
 
 def latest_rewrites(spark: SparkSession, location: str, since_version: int) -> tuple[Optional[str], int]:
     """(the first commit to the latest lists after since_version that the refresh stream did not
-    make, as "version N (OPERATION)", or None; the newest version checked). Only those commits'
-    history is read, so the check does not grow with the table's age."""
+    make and that changed rows (a compaction does not), as "version N (OPERATION)", or None; the
+    newest version checked). Only those commits' history is read, so the check does not grow with
+    the table's age."""
     current = tables.version(spark, location)
     if current <= since_version:
         return None, since_version
@@ -347,7 +348,7 @@ def latest_rewrites(spark: SparkSession, location: str, since_version: int) -> t
     if not rows or rows[0].version != since_version + 1:
         return f"versions after {since_version} (their history is gone)", since_version
     for r in rows:
-        if "refresh_events_version" not in json.loads(r.userMetadata or "{}"):
+        if r.operation != tables.COMPACTION and "refresh_events_version" not in json.loads(r.userMetadata or "{}"):
             return f"version {r.version} ({r.operation})", r.version - 1
     return None, rows[-1].version
 

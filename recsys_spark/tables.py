@@ -28,6 +28,13 @@ from recsys_spark.config import is_uri
 logger = logging.getLogger(__name__)
 
 
+# The operation Delta records for a compaction (OPTIMIZE, by hand or scheduled, and Delta's auto
+# compaction where a platform turns it on): the same rows in fewer files. Small replacements add
+# files night after night (docs/scoring.md, "Compaction"); a compaction leaves the incremental
+# runs incremental.
+COMPACTION = "OPTIMIZE"
+
+
 @contextmanager
 def temporary_conf(spark: SparkSession, settings: dict):
     """Spark SQL settings for the duration of a block, restored afterwards."""
@@ -270,17 +277,34 @@ def replace_partition(df: DataFrame, location: str, predicate: str, partition_by
 
 
 def commit_metadata(spark: SparkSession, location: str, at_version: int) -> dict:
-    """The JSON metadata stored with the commit of at_version ({} when there is none)."""
-    # Only the commits since at_version are read, so the lookup does not grow with the table's age.
+    """The JSON metadata stored with the commit that made the table's rows as they are at
+    at_version ({} when there is none): that version's own commit, or, when that commit only
+    compacted files (COMPACTION), the newest commit before it that wrote rows."""
+    # Only the commits since at_version (and a few before it) are read, so the lookup does not
+    # grow with the table's age.
     since = version(spark, location) - int(at_version) + 1
-    row = (delta_table(spark, location).history(max(since, 1)).where(f"version = {int(at_version)}")
-           .select("userMetadata").first())
-    if row is None or not row[0]:
+    rows = (delta_table(spark, location).history(max(since, 1) + 8).where(f"version <= {int(at_version)}")
+            .select("version", "operation", "userMetadata").orderBy(F.desc("version")).collect())
+    row = next((r for r in rows if r.operation != COMPACTION), None)
+    if row is None or not row.userMetadata:
         return {}
     try:
-        return json.loads(row[0])
+        return json.loads(row.userMetadata)
     except ValueError:
         return {}
+
+
+def rows_changed_since(spark: SparkSession, location: str, since_version: Optional[int]) -> bool:
+    """Whether a commit after since_version changed the table's rows (a compaction does not, so a
+    table compacted since still holds the rows of since_version). True without a since_version."""
+    if since_version is None:
+        return True
+    current = version(spark, location)
+    if current <= since_version:
+        return current < since_version
+    commits = (delta_table(spark, location).history(current - since_version)
+               .where(f"version > {int(since_version)}").select("operation").collect())
+    return len(commits) < current - since_version or any(c.operation != COMPACTION for c in commits)
 
 
 def _enable(spark: SparkSession, location: str, prop: str) -> None:

@@ -4,7 +4,7 @@ import pytest
 from pyspark.sql import functions as F
 
 from conftest import make_config
-from recsys_spark import cli, schema, tables
+from recsys_spark import cli, schema, score, tables
 
 
 def _recs(spark, cfg):
@@ -235,6 +235,25 @@ def test_incremental_scoring_equals_a_full_run_for_changed_users(spark, shop_cop
     # A full run rewrites the latest table whole: it is that run's partition.
     latest = tables.read(spark, latest_loc)
     assert {str(r.run_date) for r in latest.select("run_date").distinct().collect()} == {"2026-07-12"}
+
+
+def test_the_latest_lists_count_as_rewritten_by_another_jobs_write_not_by_a_compaction(spark, tmp_path):
+    """Whether the last run's latest lists are still there (an incremental run then replaces only
+    the rescored users' rows, and the refresh stream keeps going) is read from the commits since."""
+    loc = str(tmp_path / "latest")
+    lists = spark.createDataFrame([("u1", 1, "i1"), ("u2", 1, "i2")], "user_id string, rank int, item_id string")
+    tables.overwrite(lists, loc, metadata={"mode": "full"}, deletion_vectors=True)
+    scored = tables.version(spark, loc)
+    # The refresh stream replaces a user's list, then the table is compacted (Delta's auto
+    # compaction after such a write, or a scheduled OPTIMIZE): the same lists in fewer files.
+    tables.replace_groups(spark, lists.where("user_id = 'u1'"), loc, "user_id", ["user_id", "rank"],
+                          spark.createDataFrame([("u1",)], "user_id string"), {"refresh_events_version": 7})
+    tables.delta_table(spark, loc).optimize().executeCompaction()
+    assert tables.delta_table(spark, loc).history(1).first().operation == tables.COMPACTION
+    assert score.latest_rewrites(spark, loc, scored) == (None, scored + 2)
+    # Any other write is another job's.
+    tables.overwrite(lists, loc, deletion_vectors=True)
+    assert score.latest_rewrites(spark, loc, scored) == (f"version {scored + 3} (WRITE)", scored + 2)
 
 
 @pytest.mark.slow

@@ -51,3 +51,30 @@ def test_a_delta_without_the_log_method_is_asked_for_its_history(spark, tmp_path
     monkeypatch.setattr(tables, "delta_table", lambda s, location: WithoutLog(real(s, location)))
     assert tables.version(spark, loc) == 1
     assert tables.commit_metadata(spark, loc, 0) == {"run": "r0"}
+
+
+def test_a_compaction_changes_no_row_so_what_made_the_rows_is_read_past_it(spark, tmp_path):
+    """An OPTIMIZE (by hand, scheduled, or Delta's auto compaction) commits the same rows in fewer
+    files: the metadata of a version and whether rows changed since one look through it."""
+    from pyspark.sql import functions as F
+
+    loc = str(tmp_path / "t")
+    tables.overwrite(spark.range(1000).select(F.col("id").alias("user_idx"), F.lit(0).cast("long").alias("night")),
+                     loc, metadata={"night": 0}, deletion_vectors=True)
+    users = spark.range(0, 1000, 101).select(F.col("id").alias("user_idx"))
+    tables.replace_groups(spark, users.withColumn("night", F.lit(1).cast("long")), loc, "user_idx", ["user_idx"],
+                          users, {"night": 1})
+    written = tables.version(spark, loc)
+    files = len(tables.read(spark, loc).inputFiles())
+    tables.delta_table(spark, loc).optimize().executeCompaction()
+    assert tables.version(spark, loc) == written + 1
+    assert tables.delta_table(spark, loc).history(1).first().operation == tables.COMPACTION
+    # Fewer files, the same rows, and the replaced rows gone from the files.
+    compacted = tables.read(spark, loc)
+    assert len(compacted.inputFiles()) < files
+    assert sorted((r.user_idx, r.night) for r in compacted.collect()) == [
+        (u, 1 if u % 101 == 0 else 0) for u in range(1000)]
+    assert spark.read.parquet(*compacted.inputFiles()).count() == 1000
+    assert tables.commit_metadata(spark, loc, written + 1) == {"night": 1}
+    assert not tables.rows_changed_since(spark, loc, written)
+    assert tables.rows_changed_since(spark, loc, written - 1)
