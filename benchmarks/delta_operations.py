@@ -64,15 +64,6 @@ def _measure(spark, location: str, rows: int, repeats: int) -> dict:
     return {name: round(statistics.median(v), 3) for name, v in seconds.items()}
 
 
-def _state(spark, location: str) -> dict:
-    from recsys_spark import tables
-
-    snapshot = tables.read(spark, location)
-    files = snapshot.inputFiles()
-    rows = snapshot.count()
-    return {"files": len(files), "rows": rows, "deleted_rows_in_files": spark.read.parquet(*files).count() - rows}
-
-
 def _whole_read(spark, location: str) -> float:
     from pyspark.sql import functions as F
 
@@ -105,7 +96,7 @@ def _nights(spark, location: str, nights: int, users: int = 100_000, per_user: i
 
     for night in range(nights):
         if night % 25 == 0:
-            checks.append({"night": night, **_state(spark, location), "whole_read_s": round(_whole_read(spark, location), 3)})
+            checks.append({"night": night, **harness.table_files(spark, location), "whole_read_s": round(_whole_read(spark, location), 3)})
             print(json.dumps(checks[-1]), flush=True)
         window.append(_time(lambda: replace(night)))
         if len(window) == 25 or night == nights - 1:
@@ -113,9 +104,9 @@ def _nights(spark, location: str, nights: int, users: int = 100_000, per_user: i
                             round(statistics.median(window), 3), "replace_max_s": round(max(window), 3)})
             print(json.dumps(windows[-1]), flush=True)
             window = []
-    checks.append({"night": nights, **_state(spark, location), "whole_read_s": round(_whole_read(spark, location), 3)})
+    checks.append({"night": nights, **harness.table_files(spark, location), "whole_read_s": round(_whole_read(spark, location), 3)})
     optimize_s = _time(lambda: tables.delta_table(spark, location).optimize().executeCompaction())
-    after = {**_state(spark, location), "whole_read_s": round(_whole_read(spark, location), 3)}
+    after = {**harness.table_files(spark, location), "whole_read_s": round(_whole_read(spark, location), 3)}
     # The same replacements on the compacted table (each adds its file again).
     after["replace_s"] = [round(_time(lambda: replace(nights + i)), 3) for i in range(5)]
     return {"nights": nights, "checks": checks, "replacements": windows, "optimize_s": round(optimize_s, 3),

@@ -221,6 +221,17 @@ def split_variants(specs: str) -> list[str]:
     return out
 
 
+def table_files(spark, location: str) -> dict:
+    """A Delta table's active files, its rows, and the rows deleted (by deletion vectors) but still
+    inside those files."""
+    from recsys_spark import tables
+
+    snapshot = tables.read(spark, location)
+    files = snapshot.inputFiles()
+    rows = snapshot.count()
+    return {"files": len(files), "rows": rows, "deleted_rows_in_files": spark.read.parquet(*files).count() - rows}
+
+
 def write_result(path: str, result: dict) -> None:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as fh:

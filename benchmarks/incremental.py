@@ -15,8 +15,8 @@ waits for): the .prof files go to DIR and the project's slowest calls are printe
 
 With --successive N it runs N incremental nights in a row instead (ingest, features, score, as a
 nightly that does not retrain), then one full night on the same tables: what months of incremental
-nights do to the tables they replace rows in (files, files with deletion vectors) and to the
-night's time. Settings under test go in --set (a maintenance policy, for instance).
+nights do to the tables they add files to (their files, and the rows deleted but still inside
+them) and to the night's time. Settings under test go in --set.
 """
 from __future__ import annotations
 
@@ -136,25 +136,15 @@ def _night(spark, cfg, work: str, base: list, new: pd.DataFrame, rep: int, confi
             "same_lists_for_changed_users": lists(days["incremental"]) == lists(days["full"])}
 
 
-# The tables an incremental night replaces rows in, whose files it adds to night after night.
-_GROWING = ("gold/user_item", "gold/sequences", "gold/user_profile", "gold/train_examples",
-            "gold/recommendations_latest", "bronze/events")
-
-
 def _files(spark, root: str) -> dict:
-    """{table: [active files, rows, deleted rows still inside them]} of the tables a night adds
-    files to."""
-    from recsys_spark import tables
+    """harness.table_files of the tables an incremental night adds files to (the events table by
+    ingest; the others by replacing the changed users' rows)."""
+    from recsys_spark import schema, tables
 
-    out = {}
-    for name in _GROWING:
-        loc = tables.location(root, name)
-        if tables.exists(spark, loc):
-            snapshot = tables.read(spark, loc)
-            files = snapshot.inputFiles()
-            rows = snapshot.count()
-            out[name] = [len(files), rows, spark.read.parquet(*files).count() - rows]
-    return out
+    names = (schema.USER_ITEM, schema.SEQUENCES, schema.USER_PROFILE, schema.TRAIN_EXAMPLES,
+             schema.RECOMMENDATIONS_LATEST, schema.EVENTS)
+    return {name: harness.table_files(spark, tables.location(root, name)) for name in names
+            if tables.exists(spark, tables.location(root, name))}
 
 
 def _successive(spark, cfg, work: str, base: list, users: list, items: list, nights: int, share: float,
